@@ -1,0 +1,41 @@
+# Set-up and checks. `make test` and `make demo` build .venv themselves on a fresh Linux
+# machine with only Python; a torch that is already installed is reused, never replaced.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build to take when there is no torch and no GPU (it lies on disk on our CI machines).
+CPU_TORCH ?= torch==2.13.0
+
+.PHONY: test lint demo bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "reusing the installed torch"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install torch; \
+	  else $(PY) -m pip install "$(CPU_TORCH)" || $(PY) -m pip install torch; fi; \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+test: $(VENV)/.installed lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: $(VENV)/.installed
+	$(PY) -m betavae_triton.demo $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m perf.bench $(ARGS)
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m perf.bench --quick $(ARGS)
+
+clean:
+	rm -rf $(VENV) demo-output perf/out .pytest_cache .hypothesis

@@ -1,0 +1,122 @@
+"""Input checks shared by every backend (CONTRACT section 5).
+
+Everything here reads only metadata (shapes, dtypes, devices) and never synchronises with
+the device, except :func:`check_bernoulli_range`, which runs only in eager mode with
+argument validation on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Distribution
+
+DISTRIBUTIONS = ("normal", "laplace", "bernoulli")
+
+
+def check_dist(dist: str) -> str:
+    """Return ``dist`` if it names a decoder distribution, else raise ``ValueError``."""
+    if dist not in DISTRIBUTIONS:
+        raise ValueError(
+            f"decoder distribution must be 'normal', 'laplace' or 'bernoulli', got {dist!r}"
+        )
+    return dist
+
+
+def _check_float(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
+            f"float64), got {t.dtype}"
+        )
+    return t
+
+
+def check_reconstruction(p: torch.Tensor, x: torch.Tensor) -> None:
+    """Check the decoder parameter ``p`` against the data ``x``.
+
+    Raises
+    ------
+    TypeError
+        If either is not a floating-point tensor.
+    ValueError
+        If their shapes or devices differ, or the batch is empty.
+    """
+    _check_float("p", p)
+    _check_float("x", x)
+    if p.shape != x.shape:
+        raise ValueError(
+            f"the decoder parameter has shape {tuple(p.shape)} but the data x has shape "
+            f"{tuple(x.shape)}; they must be equal (no broadcasting)"
+        )
+    if p.device != x.device:
+        raise ValueError(f"p is on {p.device} but x is on {x.device}; put them on one device")
+    if x.dim() == 0:
+        raise ValueError("x must have a batch dimension: shape (B, ...), got a scalar")
+    if x.shape[0] == 0:
+        raise ValueError(f"the batch is empty: x has shape {tuple(x.shape)}")
+
+
+def check_posterior(loc: torch.Tensor, scale: torch.Tensor) -> torch.Size:
+    """Check the posterior's ``loc`` and ``scale``; return their broadcast shape.
+
+    Raises
+    ------
+    TypeError
+        If either is not a floating-point tensor.
+    ValueError
+        If they do not broadcast, differ in device, have no batch dimension or an empty one.
+    """
+    _check_float("q.loc", loc)
+    _check_float("q.scale", scale)
+    if loc.device != scale.device:
+        raise ValueError(
+            f"q.loc is on {loc.device} but q.scale is on {scale.device}; put them on one device"
+        )
+    try:
+        shape = torch.broadcast_shapes(loc.shape, scale.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"q.loc {tuple(loc.shape)} and q.scale {tuple(scale.shape)} do not broadcast"
+        ) from err
+    if len(shape) == 0:
+        raise ValueError("the posterior must have a batch dimension: shape (B, ...), got scalars")
+    if shape[0] == 0:
+        raise ValueError(f"the posterior's batch is empty: shape {tuple(shape)}")
+    return shape
+
+
+def check_same_device(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Raise ``ValueError`` if the data and the posterior live on different devices."""
+    if a.device != b.device:
+        raise ValueError(
+            f"x is on {a.device} but the posterior is on {b.device}; put them on one device"
+        )
+
+
+def validation_enabled(validate_args: bool | None) -> bool:
+    """Resolve ``validate_args``: ``None`` follows ``torch.distributions``' global default."""
+    if validate_args is None:
+        return bool(Distribution._validate_args)
+    return bool(validate_args)
+
+
+def check_bernoulli_range(p: torch.Tensor, x: torch.Tensor, validate_args: bool | None) -> None:
+    """Raise ``ValueError`` if Bernoulli probabilities or targets leave [0, 1].
+
+    The one host synchronisation in the package: it runs only in eager mode with validation
+    on. Inside ``torch.compile`` or a CUDA-graph capture it is skipped and bad values give
+    NaN. NaN itself is not "out of range": it propagates to the result.
+    """
+    if not validation_enabled(validate_args) or torch.compiler.is_compiling():
+        return
+    if p.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    for name, t in (("probabilities p", p), ("targets x", x)):
+        if bool(((t < 0) | (t > 1)).any()):
+            raise ValueError(
+                f"bernoulli {name} must lie in [0, 1]; found values outside it. Pass "
+                "validate_args=False (or torch.distributions.Distribution."
+                "set_default_validate_args(False)) to skip this check and get NaN instead."
+            )

@@ -1,0 +1,88 @@
+"""The eager path: the loss in plain PyTorch ops, differentiated by autograd.
+
+It builds no distribution objects and never synchronises with the device, so that
+``torch.compile`` (inductor) can fuse it into a couple of kernels by itself. Half-precision
+inputs are computed in float32 (float64 stays float64), and each result is cast back to
+the dtype the reference returns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 for everything narrower."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _BernoulliNLLSum(torch.autograd.Function):
+    """Σ −[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)], with PyTorch's gradient.
+
+    ``F.binary_cross_entropy`` computes the same, but raises (CPU) or asserts on the device
+    (CUDA) when p leaves [0, 1] or is NaN; the contract asks for NaN there instead.
+    """
+
+    @staticmethod
+    def forward(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        log_p = torch.log(p).clamp_min_(-100.0)
+        log_1mp = torch.log1p(-p).clamp_min_(-100.0)
+        # x·log p + (1 − x)·log(1 − p) = lerp(log(1 − p), log p, x)
+        return -torch.lerp(log_1mp, log_p, x).sum()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        p, x = ctx.saved_tensors
+        grad_p = grad_x = None
+        if ctx.needs_input_grad[0]:
+            # (p − x) / max(p(1 − p), 1e-12), as binary_cross_entropy's backward.
+            grad_p = grad * (p - x) / (p * (1 - p)).clamp_min(1e-12)
+        if ctx.needs_input_grad[1]:
+            grad_x = grad * (torch.log1p(-p).clamp_min(-100.0) - torch.log(p).clamp_min(-100.0))
+        return grad_p, grad_x
+
+
+def reconstruction_sum(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
+    """Σ over every element of the per-element negative log-likelihood, in the acc. dtype."""
+    acc = accumulation_dtype(torch.result_type(p, x))
+    p, x = p.to(acc), x.to(acc)
+    if dist == "normal":
+        return F.mse_loss(p, x, reduction="sum")
+    if dist == "laplace":
+        return F.l1_loss(p, x, reduction="sum")
+    return _BernoulliNLLSum.apply(p, x)
+
+
+def reconstruction_loss(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
+    """Per-image reconstruction loss Σ ℓ(p, x) / B, in p's and x's result dtype."""
+    out_dtype = torch.result_type(p, x)
+    return (reconstruction_sum(p, x, dist) / x.shape[0]).to(out_dtype)
+
+
+def kl_normal_loss(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Σ [½(μ² + σ² − 1) − log σ] / Bq, the KL of N(μ, σ²) from N(0, 1), batch-averaged."""
+    out_dtype = torch.result_type(loc, scale)
+    acc = accumulation_dtype(out_dtype)
+    mu, sigma = loc.to(acc), scale.to(acc)
+    batch = torch.broadcast_shapes(loc.shape, scale.shape)[0]
+    kl = 0.5 * (mu.square() + sigma.square() - 1.0) - torch.log(sigma)
+    return (kl.sum() / batch).to(out_dtype)
+
+
+def beta_vae_loss(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    beta: float,
+    dist: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, rec, kl)`` with ``loss = rec + beta * kl``."""
+    rec = reconstruction_loss(p, x, dist)
+    kl = kl_normal_loss(loc, scale)
+    return rec + beta * kl, rec, kl

@@ -1,0 +1,160 @@
+"""The functional core: the beta-VAE loss on plain tensors.
+
+:class:`betavae_triton.BetaVAELoss` is a thin module over these functions, as
+``torch.nn.MSELoss`` is over ``torch.nn.functional.mse_loss``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _eager
+from ._checks import (
+    check_bernoulli_range,
+    check_dist,
+    check_posterior,
+    check_reconstruction,
+    check_same_device,
+)
+from ._dispatch import check_backend, default_backend, resolve_backend
+
+__all__ = ["beta_vae_loss", "kl_normal_loss", "reconstruction_loss"]
+
+
+def _backend_for(backend: str | None, device: torch.device) -> str:
+    return resolve_backend(check_backend(backend) if backend else default_backend(), device)
+
+
+def beta_vae_loss(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    beta: float = 4.0,
+    dist: str = "normal",
+    backend: str | None = None,
+    *,
+    validate_args: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Compute the beta-VAE loss from tensors: the fastest path, no distribution objects.
+
+    .. math::
+        \mathcal{L} = \frac{1}{B}\sum \ell(p, x)
+            + \beta \, \frac{1}{B_q}\sum \left[\tfrac12(\mu^2 + \sigma^2 - 1) - \log\sigma\right]
+
+    with :math:`\ell` the squared error (``"normal"``), the absolute error (``"laplace"``) or
+    the binary cross-entropy (``"bernoulli"``, logs clamped at -100 as
+    ``torch.nn.functional.binary_cross_entropy`` does).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The data, shape ``(B, ...)``.
+    p : torch.Tensor
+        The decoder's output, shape of ``x``: the mean (normal, laplace) or the probability
+        (bernoulli) of each element.
+    q_loc, q_scale : torch.Tensor
+        Mean and standard deviation of the diagonal Normal posterior; they broadcast to
+        ``(Bq, ...)``.
+    beta : float, default=4.0
+        Weight of the KL divergence.
+    dist : {"normal", "laplace", "bernoulli"}, default="normal"
+        Decoder distribution, which defines the reconstruction loss.
+    backend : {"auto", "triton", "eager"} or None, default=None
+        Implementation; None reads ``BETAVAE_TRITON_BACKEND`` and falls back to ``"auto"``.
+    validate_args : bool or None, default=None
+        Check that bernoulli probabilities and targets lie in [0, 1] (one host sync, eager
+        mode only). None follows ``torch.distributions.Distribution``'s global default.
+
+    Returns
+    -------
+    loss, rec_loss, kl_loss : torch.Tensor
+        Scalars: ``loss = rec_loss + beta * kl_loss``.
+
+    Raises
+    ------
+    TypeError
+        If a tensor is not floating point.
+    ValueError
+        On mismatched shapes or devices, an empty batch, an unknown ``dist`` or ``backend``,
+        or bernoulli values outside [0, 1] when validation is on.
+    RuntimeError
+        If ``backend="triton"`` cannot run on these tensors.
+    """
+    check_dist(dist)
+    check_reconstruction(p, x)
+    check_posterior(q_loc, q_scale)
+    check_same_device(x, q_loc)
+    if dist == "bernoulli":
+        check_bernoulli_range(p, x, validate_args)
+    if _backend_for(backend, x.device) == "triton":
+        from ._ops import triton_beta_vae_loss
+
+        return triton_beta_vae_loss(x, p, q_loc, q_scale, float(beta), dist)
+    return _eager.beta_vae_loss(x, p, q_loc, q_scale, beta, dist)
+
+
+def reconstruction_loss(
+    p: torch.Tensor,
+    x: torch.Tensor,
+    dist: str = "normal",
+    backend: str | None = None,
+    *,
+    validate_args: bool | None = None,
+) -> torch.Tensor:
+    """Per-image reconstruction loss: Σ ℓ(p, x) over every element, divided by B.
+
+    Parameters
+    ----------
+    p : torch.Tensor
+        The decoder's mean (normal, laplace) or probability (bernoulli), shape of ``x``.
+    x : torch.Tensor
+        The data, shape ``(B, ...)``.
+    dist : {"normal", "laplace", "bernoulli"}, default="normal"
+        Decoder distribution.
+    backend : {"auto", "triton", "eager"} or None, default=None
+        Implementation, as in :func:`beta_vae_loss`.
+    validate_args : bool or None, default=None
+        As in :func:`beta_vae_loss`.
+
+    Returns
+    -------
+    rec_loss : torch.Tensor
+        A scalar in the dtype of ``p`` and ``x`` promoted.
+    """
+    check_dist(dist)
+    check_reconstruction(p, x)
+    if dist == "bernoulli":
+        check_bernoulli_range(p, x, validate_args)
+    if _backend_for(backend, x.device) == "triton":
+        from ._ops import triton_reconstruction_loss
+
+        return triton_reconstruction_loss(p, x, dist)
+    return _eager.reconstruction_loss(p, x, dist)
+
+
+def kl_normal_loss(
+    q_loc: torch.Tensor, q_scale: torch.Tensor, backend: str | None = None
+) -> torch.Tensor:
+    """KL divergence of N(μ, σ²) from N(0, 1), summed over latents and averaged over batch.
+
+    Parameters
+    ----------
+    q_loc, q_scale : torch.Tensor
+        Mean and standard deviation of the diagonal Normal posterior, broadcasting to
+        ``(Bq, ...)``.
+    backend : {"auto", "triton", "eager"} or None, default=None
+        Implementation, as in :func:`beta_vae_loss`.
+
+    Returns
+    -------
+    kl_loss : torch.Tensor
+        A scalar, equal to ``kl_divergence(Normal(q_loc, q_scale), Normal(0, 1))
+        .mean(dim=0).sum()``, in the dtype of ``q_loc`` and ``q_scale`` promoted.
+    """
+    check_posterior(q_loc, q_scale)
+    if _backend_for(backend, q_loc.device) == "triton":
+        from ._ops import triton_kl_normal_loss
+
+        return triton_kl_normal_loss(q_loc, q_scale)
+    return _eager.kl_normal_loss(q_loc, q_scale)
