@@ -1,0 +1,239 @@
+"""Custom-operator registration: the Triton backend as ``torch.library`` operators.
+
+Two operators under the ``betavae_triton`` namespace carry the Triton backend:
+
+``loss_fwd(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q)``
+    rec, kl and loss, plus the flat buffers of the gradients the backward pass will need,
+    written in the same pass over memory as the loss (forward+backward reads p and x once).
+``scale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta)``
+    the backward pass: scales those buffers in place by the incoming gradients, read on
+    the device (no host sync; no memory traffic when the factor is 1).
+
+On CUDA both are ``torch.library.triton_op``\\ s whose kernels are launched through
+``wrap_triton``, so inductor sees and schedules them. On the CPU they forward to opaque
+``*_cpu`` operators that run the same kernels under Triton's interpreter when
+``TRITON_INTERPRET=1``, and the eager PyTorch path otherwise. Autograd is registered with
+``torch.library.register_autograd``; the fake implementation allocates the outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.library import custom_op, register_autograd, triton_op, wrap_triton
+
+from . import _eager, _launch
+from ._dispatch import interpreter_enabled
+
+Tensor = torch.Tensor
+
+
+def _direct(kernel):
+    return kernel
+
+
+# ---- the CPU implementations (opaque) -------------------------------------------------
+
+
+def _eager_loss_fwd(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q):
+    """The operator's semantics in eager PyTorch: gradients by autograd, packed as the
+    kernels pack them."""
+    out = _launch.allocate_outputs(x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q)
+    rec_out, kl_out, loss_out, rec_grads, kl_grads = out
+    with torch.enable_grad():
+        xs = x.detach().requires_grad_(need_grad_x)
+        ps = p.detach().requires_grad_(need_grad_p)
+        mus = loc.detach().requires_grad_(need_grad_q)
+        sigmas = scale.detach().requires_grad_(need_grad_q)
+        n, m = x.numel(), mus.expand(torch.broadcast_shapes(loc.shape, scale.shape)).numel()
+        rec = _eager.reconstruction_loss(ps, xs, dist) if n > 0 else x.new_zeros(())
+        kl = _eager.kl_normal_loss(mus, sigmas) if m > 0 else loc.new_zeros(())
+        if n > 0 and (need_grad_p or need_grad_x):
+            wrt = [t for t, need in ((ps, need_grad_p), (xs, need_grad_x)) if need]
+            order = _launch.shared_layout(p, x)
+            flats = [g.permute(order).reshape(-1) for g in torch.autograd.grad(rec, wrt)]
+            rec_grads.copy_(torch.cat(flats))
+        if m > 0 and need_grad_q:
+            shape = torch.broadcast_shapes(loc.shape, scale.shape)
+            mu_b, sigma_b = mus.expand(shape), sigmas.expand(shape)
+            kl_b = _eager.kl_normal_loss(mu_b, sigma_b)
+            grads = torch.autograd.grad(kl_b, [mu_b, sigma_b])
+            kl_grads.copy_(torch.cat([g.reshape(-1) for g in grads]))
+    rec_out.copy_(rec.detach())
+    kl_out.copy_(kl.detach())
+    loss_out.copy_(rec_out.to(loss_out.dtype) + beta * kl_out.to(loss_out.dtype))
+    return out
+
+
+@custom_op("betavae_triton::loss_fwd_cpu", mutates_args=())
+def _loss_fwd_cpu(
+    x: Tensor,
+    p: Tensor,
+    loc: Tensor,
+    scale: Tensor,
+    beta: float,
+    dist: str,
+    need_grad_p: bool,
+    need_grad_x: bool,
+    need_grad_q: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = (x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q)
+    if interpreter_enabled():
+        return _launch.loss_fwd(_direct, *args)
+    return _eager_loss_fwd(*args)
+
+
+@_loss_fwd_cpu.register_fake
+def _(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q):
+    return _launch.allocate_outputs(x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q)
+
+
+@custom_op("betavae_triton::scale_grads_cpu_", mutates_args=("rec_grads", "kl_grads"))
+def _scale_grads_cpu_(
+    rec_grads: Tensor,
+    kl_grads: Tensor,
+    g_rec: Tensor | None,
+    g_kl: Tensor | None,
+    g_loss: Tensor | None,
+    beta: float,
+) -> None:
+    if interpreter_enabled():
+        _launch.scale_grad_(_direct, rec_grads, g_rec, g_loss, 1.0)
+        _launch.scale_grad_(_direct, kl_grads, g_kl, g_loss, beta)
+        return
+    for grads, g_term, weight in ((rec_grads, g_rec, 1.0), (kl_grads, g_kl, beta)):
+        if grads.numel() and (g_term is not None or g_loss is not None):
+            s = torch.zeros((), dtype=torch.float64)
+            if g_term is not None:
+                s = s + g_term.double()
+            if g_loss is not None:
+                s = s + weight * g_loss.double()
+            grads.mul_(s.to(grads.dtype))
+
+
+@_scale_grads_cpu_.register_fake
+def _(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta):
+    return None
+
+
+# ---- the device-generic operators -----------------------------------------------------
+
+
+@triton_op("betavae_triton::loss_fwd", mutates_args=())
+def loss_fwd(
+    x: Tensor,
+    p: Tensor,
+    loc: Tensor,
+    scale: Tensor,
+    beta: float,
+    dist: str,
+    need_grad_p: bool,
+    need_grad_x: bool,
+    need_grad_q: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The loss terms and the gradient buffers; see the module docstring."""
+    args = (x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q)
+    if loc.device.type == "cpu":
+        return torch.ops.betavae_triton.loss_fwd_cpu(*args)
+    return _launch.loss_fwd(wrap_triton, *args)
+
+
+@triton_op("betavae_triton::scale_grads_", mutates_args=("rec_grads", "kl_grads"))
+def scale_grads_(
+    rec_grads: Tensor,
+    kl_grads: Tensor,
+    g_rec: Tensor | None,
+    g_kl: Tensor | None,
+    g_loss: Tensor | None,
+    beta: float,
+) -> None:
+    """Scale the saved gradients in place by the incoming ones; see the module docstring."""
+    if rec_grads.device.type == "cpu":
+        torch.ops.betavae_triton.scale_grads_cpu_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta)
+        return
+    _launch.scale_grad_(wrap_triton, rec_grads, g_rec, g_loss, 1.0)
+    _launch.scale_grad_(wrap_triton, kl_grads, g_kl, g_loss, beta)
+
+
+# ---- autograd -------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, p, loc, scale, beta, _dist, need_grad_p, need_grad_x, need_grad_q = inputs
+    _rec, _kl, _loss, rec_grads, kl_grads = output
+    ctx.mark_non_differentiable(rec_grads, kl_grads)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(rec_grads, kl_grads)
+    ctx.beta = beta
+    ctx.need = (need_grad_p, need_grad_x, need_grad_q)
+    ctx.rec_meta = (x.shape, x.numel(), _launch.shared_layout(p, x) if x.numel() else None)
+    ctx.dtypes = (x.dtype, p.dtype, loc.dtype, scale.dtype)
+    ctx.q_shapes = (loc.shape, scale.shape)
+    ctx.consumed = False
+
+
+def _backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads):
+    if ctx.consumed:
+        raise RuntimeError(
+            "betavae_triton's Triton backend writes the gradient during the forward pass and "
+            "scales it in place in the backward pass, so it cannot backpropagate through the "
+            "same loss twice (retain_graph=True). Compute the loss again, or use "
+            "backend='eager'."
+        )
+    ctx.consumed = True
+    rec_grads, kl_grads = ctx.saved_tensors
+    torch.ops.betavae_triton.scale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, ctx.beta)
+    need_grad_p, need_grad_x, need_grad_q = ctx.need
+    x_dtype, p_dtype, loc_dtype, scale_dtype = ctx.dtypes
+    shape, n, order = ctx.rec_meta
+    grad_x = grad_p = grad_loc = grad_scale = None
+    if n > 0 and need_grad_p:
+        grad_p = _launch.unflatten(rec_grads[:n], shape, order).to(p_dtype)
+    if n > 0 and need_grad_x:
+        start = n if need_grad_p else 0
+        grad_x = _launch.unflatten(rec_grads[start : start + n], shape, order).to(x_dtype)
+    if need_grad_q and kl_grads.numel() > 0:
+        loc_shape, scale_shape = ctx.q_shapes
+        bshape = torch.broadcast_shapes(loc_shape, scale_shape)
+        m = kl_grads.numel() // 2
+        grad_loc = kl_grads[:m].view(bshape).sum_to_size(loc_shape).to(loc_dtype)
+        grad_scale = kl_grads[m:].view(bshape).sum_to_size(scale_shape).to(scale_dtype)
+    return grad_x, grad_p, grad_loc, grad_scale, None, None, None, None, None
+
+
+register_autograd("betavae_triton::loss_fwd", _backward, setup_context=_setup_context)
+register_autograd("betavae_triton::loss_fwd_cpu", _backward, setup_context=_setup_context)
+
+
+# ---- entry points used by the functional API ------------------------------------------
+
+
+def _needs(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def triton_beta_vae_loss(
+    x: Tensor, p: Tensor, loc: Tensor, scale: Tensor, beta: float, dist: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, rec, kl)`` on the Triton backend."""
+    rec, kl, loss, _, _ = torch.ops.betavae_triton.loss_fwd(
+        x, p, loc, scale, beta, dist, _needs(p), _needs(x), _needs(loc, scale)
+    )
+    return loss, rec, kl
+
+
+def triton_reconstruction_loss(p: Tensor, x: Tensor, dist: str) -> Tensor:
+    """The reconstruction term alone on the Triton backend (no KL launch)."""
+    none = x.new_empty((0,))
+    rec, _, _, _, _ = torch.ops.betavae_triton.loss_fwd(
+        x, p, none, none, 0.0, dist, _needs(p), _needs(x), False
+    )
+    return rec
+
+
+def triton_kl_normal_loss(loc: Tensor, scale: Tensor) -> Tensor:
+    """The KL term alone on the Triton backend (no reconstruction launch)."""
+    none = loc.new_empty((0,), dtype=torch.promote_types(loc.dtype, scale.dtype))
+    _, kl, _, _, _ = torch.ops.betavae_triton.loss_fwd(
+        none, none, loc, scale, 0.0, "normal", False, False, _needs(loc, scale)
+    )
+    return kl

@@ -1,0 +1,58 @@
+"""Per-element negative log-likelihoods and their derivatives, as ``@triton.jit`` helpers.
+
+Each takes p and x already in the accumulation dtype and returns ``(loss, d/dp, d/dx)``.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def squared_error(p, x):
+    """(p − x)², 2(p − x), −2(p − x)."""
+    d = p - x
+    return d * d, 2.0 * d, -2.0 * d
+
+
+@triton.jit
+def absolute_error(p, x):
+    """|p − x| and its subgradient sign(p − x), 0 where p == x (PyTorch's convention)."""
+    d = p - x
+    sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0)).to(d.dtype)
+    return tl.abs(d), sign, -sign
+
+
+@triton.jit
+def clamped_log(v):
+    """max(log v, −100) with NaN kept (``tl.maximum`` does not promise to propagate NaN)."""
+    lv = tl.log(v)
+    return tl.where(lv < -100.0, -100.0, lv)
+
+
+@triton.jit
+def log1p_neg(p):
+    """log(1 − p), accurate for small p (Goldberg: log1p(u) = log(1 + u)·u / ((1 + u) − 1))."""
+    one_m = 1.0 - p
+    return tl.where(one_m == 1.0, -p, tl.log(one_m) * (-p) / (one_m - 1.0))
+
+
+@triton.jit
+def bernoulli_nll(p, x):
+    """−[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)] and its derivatives.
+
+    d/dp = (p − x) / max(p(1 − p), 1e-12), as ``binary_cross_entropy``'s backward;
+    d/dx = max(log(1 − p), −100) − max(log p, −100).
+    """
+    log_p = clamped_log(p)
+    l1 = log1p_neg(p)
+    log_1mp = tl.where(l1 < -100.0, -100.0, l1)
+    loss = -(log_1mp + x * (log_p - log_1mp))
+    denom = p * (1.0 - p)
+    denom = tl.where(denom < 1e-12, 1e-12, denom)
+    return loss, (p - x) / denom, log_1mp - log_p
+
+
+@triton.jit
+def normal_kl(mu, sigma):
+    """½(μ² + σ² − 1) − log σ and its derivatives μ and σ − 1/σ."""
+    return 0.5 * (mu * mu + sigma * sigma - 1.0) - tl.log(sigma), mu, sigma - 1.0 / sigma

@@ -1,0 +1,43 @@
+"""Sum the per-program partials into the three scalars the loss returns."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _finalize_loss(
+    rec_partial_ptr,
+    kl_partial_ptr,
+    rec_ptr,
+    kl_ptr,
+    loss_ptr,
+    n_rec_partials,
+    n_kl_partials,
+    rec_batch,
+    kl_batch,
+    beta_hi,
+    beta_lo,
+    ACC_FP64: tl.constexpr,
+    MAX_PARTIALS: tl.constexpr,
+):
+    """rec = Σ partials / B, kl = Σ partials / Bq, loss = rec + β·kl; one program.
+
+    The sums run over a fixed-size block in a fixed order (bitwise reproducible).
+
+    Memory traffic: reads at most 2·MAX_PARTIALS accumulators; writes 3 scalars.
+    """
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    idx = tl.arange(0, MAX_PARTIALS)
+    rec_sum = tl.sum(tl.load(rec_partial_ptr + idx, mask=idx < n_rec_partials, other=0.0), 0)
+    kl_sum = tl.sum(tl.load(kl_partial_ptr + idx, mask=idx < n_kl_partials, other=0.0), 0)
+    rec = rec_sum.to(acc_ty) / tl.full([], rec_batch, acc_ty)
+    kl = kl_sum.to(acc_ty) / tl.full([], kl_batch, acc_ty)
+    # β arrives as two float32 halves (hi + lo) so float64 keeps all of its digits.
+    beta = tl.full([], beta_hi, acc_ty) + tl.full([], beta_lo, acc_ty)
+    # Round each term to its output dtype first, as the reference adds the returned terms.
+    rec_out = rec.to(rec_ptr.dtype.element_ty)
+    kl_out = kl.to(kl_ptr.dtype.element_ty)
+    tl.store(rec_ptr, rec_out)
+    tl.store(kl_ptr, kl_out)
+    loss = rec_out.to(acc_ty) + beta * kl_out.to(acc_ty)
+    tl.store(loss_ptr, loss.to(loss_ptr.dtype.element_ty))
