@@ -3,8 +3,14 @@
 >>> from betavae_triton import BetaVAELoss, beta_vae_loss
 """
 
+from ._dispatch import triton_available
 from .functional import beta_vae_loss, kl_normal_loss, reconstruction_loss
 from .loss import BetaVAELoss
+
+if triton_available():
+    # Registers the torch.library operators (betavae_triton::loss_fwd, ...), so that
+    # exported programs that call them load as soon as the package is imported.
+    from . import _ops  # noqa: F401
 
 __all__ = ["BetaVAELoss", "beta_vae_loss", "kl_normal_loss", "reconstruction_loss"]
 __version__ = "0.1.0"

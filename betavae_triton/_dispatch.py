@@ -7,7 +7,6 @@ on plain PyTorch. ``BETAVAE_TRITON_BACKEND`` sets the default.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -32,10 +31,12 @@ def default_backend() -> str:
     return name
 
 
-@functools.cache
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """Whether the ``triton`` package can be imported here."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_AVAILABLE
 
 
 def interpreter_enabled() -> bool:

@@ -49,7 +49,7 @@ class _BernoulliNLLSum(torch.autograd.Function):
 
 def reconstruction_sum(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
     """Σ over every element of the per-element negative log-likelihood, in the acc. dtype."""
-    acc = accumulation_dtype(torch.result_type(p, x))
+    acc = accumulation_dtype(torch.promote_types(p.dtype, x.dtype))
     p, x = p.to(acc), x.to(acc)
     if dist == "normal":
         return F.mse_loss(p, x, reduction="sum")
@@ -60,13 +60,13 @@ def reconstruction_sum(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Ten
 
 def reconstruction_loss(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
     """Per-image reconstruction loss Σ ℓ(p, x) / B, in p's and x's result dtype."""
-    out_dtype = torch.result_type(p, x)
+    out_dtype = torch.promote_types(p.dtype, x.dtype)
     return (reconstruction_sum(p, x, dist) / x.shape[0]).to(out_dtype)
 
 
 def kl_normal_loss(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Σ [½(μ² + σ² − 1) − log σ] / Bq, the KL of N(μ, σ²) from N(0, 1), batch-averaged."""
-    out_dtype = torch.result_type(loc, scale)
+    out_dtype = torch.promote_types(loc.dtype, scale.dtype)
     acc = accumulation_dtype(out_dtype)
     mu, sigma = loc.to(acc), scale.to(acc)
     batch = torch.broadcast_shapes(loc.shape, scale.shape)[0]

@@ -108,8 +108,10 @@ def flat_pair(
 
 def unflatten(flat: torch.Tensor, shape: Sequence[int], order: list[int]) -> torch.Tensor:
     """Inverse of :func:`flat_pair` for a gradient: a view with p's layout."""
-    permuted = flat.view([shape[d] for d in order])
-    return permuted.permute(list(np.argsort(order)))
+    inverse = [0] * len(order)
+    for position, dim in enumerate(order):
+        inverse[dim] = position
+    return flat.view([shape[d] for d in order]).permute(inverse)
 
 
 # ---- outputs --------------------------------------------------------------------------

@@ -19,6 +19,8 @@ On CUDA both are ``torch.library.triton_op``\\ s whose kernels are launched thro
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 from torch.library import custom_op, register_autograd, triton_op, wrap_triton
 
 from . import _eager, _launch
@@ -157,31 +159,40 @@ def scale_grads_(
 # ---- autograd -------------------------------------------------------------------------
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _tracing(t: Tensor) -> bool:
+    """Whether autograd's backward is being traced (torch.compile, export, opcheck)."""
+    return (
+        torch.compiler.is_compiling()
+        or isinstance(t, FunctionalTensor)
+        or isinstance(t, FakeTensor)
+    )
+
+
+def _scaled(grads: Tensor, g_term: Tensor | None, g_loss: Tensor | None, weight: float) -> Tensor:
+    """grads · (g_term + weight·g_loss), out of place, in the accumulation dtype."""
+    if grads.numel() == 0 or (g_term is None and g_loss is None):
+        return grads
+    acc = _launch.accumulation_dtype(grads.dtype)
+    factor = torch.zeros((), dtype=acc, device=grads.device)
+    if g_term is not None:
+        factor = factor + g_term.to(acc)
+    if g_loss is not None:
+        factor = factor + weight * g_loss.to(acc)
+    return (grads.to(acc) * factor).to(grads.dtype)
+
+
+def _save(ctx, inputs, rec_grads: Tensor, kl_grads: Tensor) -> None:
     x, p, loc, scale, beta, _dist, need_grad_p, need_grad_x, need_grad_q = inputs
-    _rec, _kl, _loss, rec_grads, kl_grads = output
-    ctx.mark_non_differentiable(rec_grads, kl_grads)
-    ctx.set_materialize_grads(False)
     ctx.save_for_backward(rec_grads, kl_grads)
     ctx.beta = beta
     ctx.need = (need_grad_p, need_grad_x, need_grad_q)
     ctx.rec_meta = (x.shape, x.numel(), _launch.shared_layout(p, x) if x.numel() else None)
     ctx.dtypes = (x.dtype, p.dtype, loc.dtype, scale.dtype)
     ctx.q_shapes = (loc.shape, scale.shape)
-    ctx.consumed = False
 
 
-def _backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads):
-    if ctx.consumed:
-        raise RuntimeError(
-            "betavae_triton's Triton backend writes the gradient during the forward pass and "
-            "scales it in place in the backward pass, so it cannot backpropagate through the "
-            "same loss twice (retain_graph=True). Compute the loss again, or use "
-            "backend='eager'."
-        )
-    ctx.consumed = True
-    rec_grads, kl_grads = ctx.saved_tensors
-    torch.ops.betavae_triton.scale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, ctx.beta)
+def _input_grads(ctx, rec_grads: Tensor, kl_grads: Tensor) -> tuple:
+    """Views of the (scaled) flat buffers shaped, laid out and typed like the inputs."""
     need_grad_p, need_grad_x, need_grad_q = ctx.need
     x_dtype, p_dtype, loc_dtype, scale_dtype = ctx.dtypes
     shape, n, order = ctx.rec_meta
@@ -200,8 +211,61 @@ def _backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads):
     return grad_x, grad_p, grad_loc, grad_scale, None, None, None, None, None
 
 
-register_autograd("betavae_triton::loss_fwd", _backward, setup_context=_setup_context)
-register_autograd("betavae_triton::loss_fwd_cpu", _backward, setup_context=_setup_context)
+# The operators' own autograd formula, for anyone who calls them directly: the gradient
+# buffers are outputs the caller can see, so the backward scales them out of place.
+
+
+def _op_setup_context(ctx, inputs, output) -> None:
+    _rec, _kl, _loss, rec_grads, kl_grads = output
+    ctx.mark_non_differentiable(rec_grads, kl_grads)
+    _save(ctx, inputs, rec_grads, kl_grads)
+
+
+def _op_backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads):
+    rec_grads, kl_grads = ctx.saved_tensors
+    rec_grads = _scaled(rec_grads, g_rec, g_loss, 1.0)
+    kl_grads = _scaled(kl_grads, g_kl, g_loss, ctx.beta)
+    return _input_grads(ctx, rec_grads, kl_grads)
+
+
+register_autograd("betavae_triton::loss_fwd", _op_backward, setup_context=_op_setup_context)
+register_autograd("betavae_triton::loss_fwd_cpu", _op_backward, setup_context=_op_setup_context)
+
+
+class _FusedBetaVAELoss(torch.autograd.Function):
+    """What the package itself calls: the buffers never leave this function, so the
+    eager backward may scale them in place (one launch, no traffic when the factor is 1).
+    """
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        rec, kl, loss, rec_grads, kl_grads = torch.ops.betavae_triton.loss_fwd(*inputs)
+        _save(ctx, inputs, rec_grads, kl_grads)
+        ctx.set_materialize_grads(False)
+        ctx.consumed = False
+        return rec, kl, loss
+
+    @staticmethod
+    def backward(ctx, g_rec, g_kl, g_loss):
+        if ctx.consumed:
+            raise RuntimeError(
+                "betavae_triton's Triton backend writes the gradient during the forward pass "
+                "and scales it in place in the backward pass, so it cannot backpropagate "
+                "through the same loss twice (retain_graph=True). Compute the loss again, "
+                "or use backend='eager'."
+            )
+        rec_grads, kl_grads = ctx.saved_tensors
+        if _tracing(rec_grads):
+            # Under torch.compile / export: out of place, so that inductor fuses the
+            # scaling into whatever consumes the gradient next.
+            rec_grads = _scaled(rec_grads, g_rec, g_loss, 1.0)
+            kl_grads = _scaled(kl_grads, g_kl, g_loss, ctx.beta)
+        else:
+            ctx.consumed = True
+            torch.ops.betavae_triton.scale_grads_(
+                rec_grads, kl_grads, g_rec, g_kl, g_loss, ctx.beta
+            )
+        return _input_grads(ctx, rec_grads, kl_grads)
 
 
 # ---- entry points used by the functional API ------------------------------------------
@@ -215,7 +279,7 @@ def triton_beta_vae_loss(
     x: Tensor, p: Tensor, loc: Tensor, scale: Tensor, beta: float, dist: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss, rec, kl)`` on the Triton backend."""
-    rec, kl, loss, _, _ = torch.ops.betavae_triton.loss_fwd(
+    rec, kl, loss = _FusedBetaVAELoss.apply(
         x, p, loc, scale, beta, dist, _needs(p), _needs(x), _needs(loc, scale)
     )
     return loss, rec, kl
@@ -224,16 +288,14 @@ def triton_beta_vae_loss(
 def triton_reconstruction_loss(p: Tensor, x: Tensor, dist: str) -> Tensor:
     """The reconstruction term alone on the Triton backend (no KL launch)."""
     none = x.new_empty((0,))
-    rec, _, _, _, _ = torch.ops.betavae_triton.loss_fwd(
-        x, p, none, none, 0.0, dist, _needs(p), _needs(x), False
-    )
+    rec, _, _ = _FusedBetaVAELoss.apply(x, p, none, none, 0.0, dist, _needs(p), _needs(x), False)
     return rec
 
 
 def triton_kl_normal_loss(loc: Tensor, scale: Tensor) -> Tensor:
     """The KL term alone on the Triton backend (no reconstruction launch)."""
     none = loc.new_empty((0,), dtype=torch.promote_types(loc.dtype, scale.dtype))
-    _, kl, _, _, _ = torch.ops.betavae_triton.loss_fwd(
+    _, kl, _ = _FusedBetaVAELoss.apply(
         none, none, loc, scale, 0.0, "normal", False, False, _needs(loc, scale)
     )
     return kl

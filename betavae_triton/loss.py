@@ -190,6 +190,5 @@ class BetaVAELoss(nn.Module):
                 return Laplace(p, torch.ones_like(p), validate_args=self.validate_args)
             return Bernoulli(probs=p, validate_args=self.validate_args)
         raise TypeError(
-            "Decoder distribution must be `torch.distributions` or `torch.Tensor`, "
-            f"got {type(p)}"
+            f"Decoder distribution must be `torch.distributions` or `torch.Tensor`, got {type(p)}"
         )
