@@ -191,9 +191,17 @@ def _save(ctx, inputs, rec_grads: Tensor, kl_grads: Tensor) -> None:
     ctx.q_shapes = (loc.shape, scale.shape)
 
 
-def _input_grads(ctx, rec_grads: Tensor, kl_grads: Tensor) -> tuple:
-    """Views of the (scaled) flat buffers shaped, laid out and typed like the inputs."""
+def _input_grads(
+    ctx, rec_grads: Tensor, kl_grads: Tensor, rec_live: bool = True, kl_live: bool = True
+) -> tuple:
+    """Views of the (scaled) flat buffers shaped, laid out and typed like the inputs.
+
+    ``rec_live`` / ``kl_live`` say whether any gradient reached the term at all; where
+    none did, its inputs get None (zero), not the unscaled buffer.
+    """
     need_grad_p, need_grad_x, need_grad_q = ctx.need
+    need_grad_p, need_grad_x = need_grad_p and rec_live, need_grad_x and rec_live
+    need_grad_q = need_grad_q and kl_live
     x_dtype, p_dtype, loc_dtype, scale_dtype = ctx.dtypes
     shape, n, order = ctx.rec_meta
     grad_x = grad_p = grad_loc = grad_scale = None
@@ -265,7 +273,9 @@ class _FusedBetaVAELoss(torch.autograd.Function):
             torch.ops.betavae_triton.scale_grads_(
                 rec_grads, kl_grads, g_rec, g_kl, g_loss, ctx.beta
             )
-        return _input_grads(ctx, rec_grads, kl_grads)
+        rec_live = g_rec is not None or g_loss is not None
+        kl_live = g_kl is not None or g_loss is not None
+        return _input_grads(ctx, rec_grads, kl_grads, rec_live, kl_live)
 
 
 # ---- entry points used by the functional API ------------------------------------------

@@ -1,0 +1,208 @@
+"""torch.compile, torch.export and torch.library.opcheck (CONTRACT section 4).
+
+On a CPU the Triton backend runs under the interpreter inside an opaque custom operator;
+on a GPU the same tests trace the kernels through ``triton_op``. GPU-only tests carry the
+``gpu`` mark.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.distributions import Bernoulli, Laplace, Normal
+
+import betavae_triton._ops  # noqa: F401  (registers the operators)
+from betavae_triton import BetaVAELoss, beta_vae_loss
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BACKENDS = ("eager", "triton")
+DISTS = ("normal", "laplace", "bernoulli")
+WRAP = {"normal": Normal, "laplace": Laplace}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _batch(dist: str, batch: int = 4, seed: int = 0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 1, 6, 6, generator=gen, dtype=dtype)
+    if dist == "bernoulli":
+        x = x.round()
+    h = torch.randn(batch, 1, 6, 6, generator=gen, dtype=dtype)
+    mu = torch.randn(batch, 5, generator=gen, dtype=dtype)
+    log_sigma = 0.3 * torch.randn(batch, 5, generator=gen, dtype=dtype)
+    return [t.to(DEVICE) for t in (x, h, mu, log_sigma)]
+
+
+def _step(loss_fn: BetaVAELoss, dist: str, as_distribution: bool):
+    """A training step's loss: decoder and encoder heads turned into distributions."""
+
+    def step(x, h, mu, log_sigma):
+        mean = torch.sigmoid(h) if dist == "bernoulli" else h
+        if not as_distribution:
+            p = mean
+        elif dist == "bernoulli":
+            p = Bernoulli(probs=mean)
+        else:
+            p = WRAP[dist](mean, torch.ones_like(mean))
+        out = loss_fn(x, p, Normal(mu, log_sigma.exp()))
+        return out["loss"], out["rec_loss"], out["kl_loss"]
+
+    return step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("as_distribution", [True, False])
+def test_no_graph_breaks(backend, dist, as_distribution):
+    step = _step(BetaVAELoss(4.0, dist, backend=backend), dist, as_distribution)
+    explanation = torch._dynamo.explain(step)(*_batch(dist))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dynamic_batch_compiles_once(backend):
+    counter = CompileCounterWithBackend("aot_eager")
+    step = torch.compile(
+        _step(BetaVAELoss(2.0, "normal", backend=backend), "normal", True),
+        backend=counter,
+        dynamic=True,
+        fullgraph=True,
+    )
+    frames = []
+    for batch in (3, 5, 8, 13, 21):
+        leaves = [t.requires_grad_() for t in _batch("normal", batch, seed=batch)]
+        loss, _, _ = step(*leaves)
+        loss.backward()
+        frames.append(counter.frame_count)
+    # One compile, at the first batch size; none after. (Dynamo may also hand the backend
+    # an empty graph for a helper frame: only graphs that hold operations count.)
+    assert frames == [frames[0]] * 5
+    assert sum(len(g.graph.nodes) > 0 for g in counter.graphs) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dist", DISTS)
+def test_compiled_matches_eager(backend, dist):
+    step = _step(BetaVAELoss(3.0, dist, backend=backend), dist, True)
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        leaves = [t.requires_grad_() for t in _batch(dist, seed=1)]
+        loss, rec, kl = fn(*leaves)
+        grads = torch.autograd.grad(2 * loss + rec, leaves[1:])
+        results.append((loss, rec, kl, *grads))
+    for eager_t, compiled_t in zip(*results, strict=True):
+        torch.testing.assert_close(compiled_t, eager_t, rtol=1e-5, atol=1e-6)
+
+
+class TinyVAE(nn.Module):
+    def __init__(self, pixels: int = 36, latent: int = 4) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(pixels, 32), nn.ReLU(), nn.Linear(32, 2 * latent))
+        self.decoder = nn.Sequential(nn.Linear(latent, 32), nn.ReLU(), nn.Linear(32, pixels))
+
+    def forward(self, x):
+        mu, log_sigma = self.encoder(x.flatten(1)).chunk(2, dim=1)
+        z = mu + log_sigma.exp() * torch.randn_like(mu)
+        probs = torch.sigmoid(self.decoder(z)).view_as(x)
+        return Bernoulli(probs=probs), Normal(mu, log_sigma.exp())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_optimizer_step_trains_a_vae(backend):
+    torch.manual_seed(0)
+    patterns = (torch.rand(4, 1, 6, 6) > 0.5).float()
+    data = patterns.repeat(4, 1, 1, 1).to(DEVICE)  # four images to learn, four times each
+    model = TinyVAE().to(DEVICE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = BetaVAELoss(1.0, "bernoulli", backend=backend)
+
+    @torch.compile(fullgraph=True)
+    def loss_of(x):
+        p, q = model(x)
+        return loss_fn(x, p, q)["loss"]
+
+    @torch.compile  # PyTorch's optimizer step has graph breaks of its own
+    def update():
+        opt.step()
+
+    losses = []
+    for _ in range(40):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(data)
+        loss.backward()
+        update()
+        losses.append(float(loss))
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
+
+
+@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_opcheck(dist, dtype):
+    x, h, mu, log_sigma = _batch(dist, dtype=dtype)
+    p = torch.sigmoid(h) if dist == "bernoulli" else h
+    args = (x, p.requires_grad_(), mu.requires_grad_(), log_sigma.exp().detach().requires_grad_())
+    ops = [torch.ops.betavae_triton.loss_fwd.default]
+    if DEVICE.type == "cpu":
+        ops.append(torch.ops.betavae_triton.loss_fwd_cpu.default)
+    for op in ops:
+        for need in ((True, False, True), (True, True, True), (False, False, False)):
+            torch.library.opcheck(op, (*args, 0.5, dist, *need))
+    grads = torch.rand(50, dtype=dtype, device=DEVICE), torch.rand(10, dtype=dtype, device=DEVICE)
+    g = torch.tensor(2.0, dtype=dtype, device=DEVICE)
+    torch.library.opcheck(torch.ops.betavae_triton.scale_grads_.default, (*grads, g, None, g, 0.5))
+
+
+class LossModule(nn.Module):
+    def __init__(self, backend: str) -> None:
+        super().__init__()
+        self.loss_fn = BetaVAELoss(2.0, "normal", backend=backend)
+
+    def forward(self, x, p, mu, sigma):
+        out = self.loss_fn(x, p, Normal(mu, sigma, validate_args=False))
+        return out["loss"], out["rec_loss"], out["kl_loss"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_runs(backend):
+    x, h, mu, log_sigma = _batch("normal")
+    args = (x, h, mu, log_sigma.exp())
+    module = LossModule(backend)
+    exported = torch.export.export(module, args)
+    if backend == "triton":
+        assert "betavae_triton" in str(exported.graph_module.code)
+    for got, want in zip(exported.module()(*args), module(*args), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_functional_form_compiles_without_breaks():
+    x, h, mu, log_sigma = _batch("normal")
+
+    def f(x, h, mu, log_sigma):
+        return beta_vae_loss(x, h, mu, log_sigma.exp(), 4.0, "normal", "triton")
+
+    assert torch._dynamo.explain(f)(x, h, mu, log_sigma).graph_break_count == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dist", DISTS)
+def test_cuda_graphs_match_eager(dist):
+    step = _step(BetaVAELoss(4.0, dist), dist, True)
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    for seed in range(3):  # warm-up, record, replay
+        leaves = [t.requires_grad_() for t in _batch(dist, 64, seed=seed)]
+        loss, rec, kl = compiled(*leaves)
+        grads = torch.autograd.grad(loss, leaves[1:])
+        ref_leaves = [t.detach().requires_grad_() for t in leaves]
+        ref = step(*ref_leaves)
+        ref_grads = torch.autograd.grad(ref[0], ref_leaves[1:])
+        for got, want in zip((loss, rec, kl, *grads), (*ref, *ref_grads), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
