@@ -71,7 +71,7 @@ def assert_matches_reference(x, p, mu, sigma, beta, dist, dtype=None):
     for name, ours, ref in zip(("loss", "rec", "kl"), values, ref_values, strict=True):
         torch.testing.assert_close(ours.double().cpu(), ref, **tol, msg=f"{name} differs")
     for name, ours, ref, inp in zip(
-        ("x", "p", "mu", "sigma"), grads, ref_grads, (x, p, mu, sigma), strict=False
+        ("x", "p", "mu", "sigma"), grads, ref_grads, (x, p, mu, sigma), strict=True
     ):
         assert ours.shape == inp.shape and ours.dtype == inp.dtype
         scale = ref.abs().max().clamp_min(1.0)
