@@ -17,6 +17,10 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# float32(1e-12): the floor of p(1 − p) in ATen's binary_cross_entropy backward.
+_BCE_EPS = 9.999999960041972e-13
+
+
 class _BernoulliNLLSum(torch.autograd.Function):
     """Σ −[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)], with PyTorch's gradient.
 
@@ -29,7 +33,11 @@ class _BernoulliNLLSum(torch.autograd.Function):
         log_p = torch.log(p).clamp_min_(-100.0)
         log_1mp = torch.log1p(-p).clamp_min_(-100.0)
         # x·log p + (1 − x)·log(1 − p) = lerp(log(1 − p), log p, x)
-        return -torch.lerp(log_1mp, log_p, x).sum()
+        loss = -torch.lerp(log_1mp, log_p, x).sum()
+        # Targets outside [0, 1] give NaN (CONTRACT section 5), not an extrapolated number:
+        # one read-only pass, no host sync. (Probabilities outside give NaN through the logs.)
+        lo, hi = torch.aminmax(x)
+        return torch.where((lo < 0) | (hi > 1), torch.nan, loss)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -40,8 +48,9 @@ class _BernoulliNLLSum(torch.autograd.Function):
         p, x = ctx.saved_tensors
         grad_p = grad_x = None
         if ctx.needs_input_grad[0]:
-            # (p − x) / max(p(1 − p), 1e-12), as binary_cross_entropy's backward.
-            grad_p = grad * (p - x) / (p * (1 - p)).clamp_min(1e-12)
+            # (p − x) / max(p(1 − p), 1e-12), as binary_cross_entropy's backward, whose
+            # 1e-12 is a float32 constant even in float64.
+            grad_p = grad * (p - x) / (p * (1 - p)).clamp_min(_BCE_EPS)
         if ctx.needs_input_grad[1]:
             grad_x = grad * (torch.log1p(-p).clamp_min(-100.0) - torch.log(p).clamp_min(-100.0))
         return grad_p, grad_x

@@ -203,6 +203,13 @@ def test_64_bit_offsets_path():
     launch._INT32_LIMIT = 16
     try:
         assert_matches_reference(x, p, mu, sigma, 3.0, "bernoulli")
+        # A factor of 2 runs the backward kernel's int64 path as well.
+        leaves = _leaves(x, p, mu, sigma)
+        loss, _, _ = beta_vae_loss(*leaves, beta=3.0, dist="bernoulli", backend="triton")
+        doubled = torch.autograd.grad(2 * loss, leaves)
+        _, ref_grads = run_reference(x, p, mu, sigma, 3.0, "bernoulli")
+        for ours, ref in zip(doubled, ref_grads, strict=True):
+            torch.testing.assert_close(ours.double().cpu(), 2 * ref, rtol=2e-5, atol=1e-6)
     finally:
         launch._INT32_LIMIT = saved
 

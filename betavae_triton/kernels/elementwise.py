@@ -41,14 +41,18 @@ def bernoulli_nll(p, x):
     """−[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)] and its derivatives.
 
     d/dp = (p − x) / max(p(1 − p), 1e-12), as ``binary_cross_entropy``'s backward;
-    d/dx = max(log(1 − p), −100) − max(log p, −100).
+    d/dx = max(log(1 − p), −100) − max(log p, −100). A p outside [0, 1] gives NaN through
+    the logs; an x outside [0, 1] is made NaN here (CONTRACT section 5: NaN, not a number
+    extrapolated from the formula).
     """
     log_p = clamped_log(p)
     l1 = log1p_neg(p)
     log_1mp = tl.where(l1 < -100.0, -100.0, l1)
     loss = -(log_1mp + x * (log_p - log_1mp))
+    loss = tl.where((x < 0.0) | (x > 1.0), float("nan"), loss)
     denom = p * (1.0 - p)
-    denom = tl.where(denom < 1e-12, 1e-12, denom)
+    # ATen's 1e-12 floor is a float32 constant, in float64 too: 9.999999960041972e-13.
+    denom = tl.where(denom < 9.999999960041972e-13, 9.999999960041972e-13, denom)
     return loss, (p - x) / denom, log_1mp - log_p
 
 

@@ -44,7 +44,7 @@ def _reconstruction_fwd_bwd(
     n_tiles = tl.cdiv(n_elements, BLOCK)
     for tile in range(pid, n_tiles, n_programs):
         if INT64:
-            offs = tile.to(tl.int64) * BLOCK + lanes
+            offs = tl.cast(tile, tl.int64) * BLOCK + lanes
         else:
             offs = tile * BLOCK + lanes
         mask = offs < n_elements
