@@ -20,6 +20,7 @@ sprite's own frame at once and tested against the shape's implicit equation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,15 +183,16 @@ def render(factors: np.ndarray, chunk: int = 1024) -> np.ndarray:
     return out
 
 
-def make_sprites(n: int, seed: int) -> Sprites:
+def make_sprites(n: int, seed: int | Sequence[int]) -> Sprites:
     """Generate a seeded data set of ``n`` sprites with their factors.
 
     Parameters
     ----------
     n : int
         Number of images.
-    seed : int
-        Seed of the ``numpy`` generator: equal seeds give equal data sets.
+    seed : int or sequence of int
+        Seed of the ``numpy`` generator (a sequence, e.g. ``[seed, rank]``, mixes its
+        entries): equal seeds give equal data sets.
 
     Returns
     -------

@@ -30,8 +30,10 @@ def _finalize_loss(
     idx = tl.arange(0, MAX_PARTIALS)
     rec_sum = tl.sum(tl.load(rec_partial_ptr + idx, mask=idx < n_rec_partials, other=0.0), 0)
     kl_sum = tl.sum(tl.load(kl_partial_ptr + idx, mask=idx < n_kl_partials, other=0.0), 0)
-    rec = rec_sum.to(acc_ty) / tl.full([], rec_batch, acc_ty)
-    kl = kl_sum.to(acc_ty) / tl.full([], kl_batch, acc_ty)
+    # Each term is averaged in its own accumulation dtype (that of its partials: float32 for
+    # 16-bit data, float64 for float64), then rounded to its output dtype.
+    rec = rec_sum / tl.full([], rec_batch, rec_sum.dtype)
+    kl = kl_sum / tl.full([], kl_batch, kl_sum.dtype)
     # β arrives as two float32 halves (hi + lo) so float64 keeps all of its digits.
     beta = tl.full([], beta_hi, acc_ty) + tl.full([], beta_lo, acc_ty)
     # Round each term to its output dtype first, as the reference adds the returned terms.

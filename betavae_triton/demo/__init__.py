@@ -1,0 +1,13 @@
+"""A small beta-VAE trained on procedural sprites with :class:`betavae_triton.BetaVAELoss`.
+
+Run it with ``python -m betavae_triton.demo`` (``--help`` lists the options), or under
+``torchrun --nproc-per-node N -m betavae_triton.demo`` for data-parallel training.
+
+Modules: :mod:`.sprites` (the data), :mod:`.model` (the convolutional VAE), :mod:`.train`
+(the loop, DDP, evaluation), :mod:`.mig` (the disentanglement score), :mod:`.plots` (the
+figures) and :mod:`.__main__` (the command line).
+"""
+
+from .train import DemoConfig, run
+
+__all__ = ["DemoConfig", "run"]

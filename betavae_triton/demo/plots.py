@@ -1,0 +1,155 @@
+"""The demo's figures, drawn with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["plot_kl_per_dim", "plot_loss_curves", "plot_reconstructions", "plot_traversals"]
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, path: Path) -> Path:
+    """Inputs beside their reconstructions: pairs of rows, inputs above.
+
+    Parameters
+    ----------
+    inputs, recons : numpy.ndarray
+        Shape ``(N, 64, 64)``, values in [0, 1]; ``N`` a multiple of 8 reads best.
+    path : pathlib.Path
+        Where to write the PNG.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``path``.
+    """
+    n = inputs.shape[0]
+    cols = min(n, 8)
+    pairs = -(-n // cols)
+    fig, axes = plt.subplots(2 * pairs, cols, figsize=(1.2 * cols, 2.5 * pairs), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i in range(n):
+        r, c = divmod(i, cols)
+        axes[2 * r, c].imshow(inputs[i], cmap="gray", vmin=0, vmax=1)
+        axes[2 * r + 1, c].imshow(recons[i], cmap="gray", vmin=0, vmax=1)
+    for r in range(pairs):
+        axes[2 * r, 0].set_ylabel("input", fontsize=8)
+        axes[2 * r + 1, 0].set_ylabel("recon.", fontsize=8)
+    fig.suptitle("Inputs and reconstructions (decoder at the posterior mean)")
+    return _save(fig, path)
+
+
+def plot_traversals(
+    images: np.ndarray, values: np.ndarray, kl_per_dim: np.ndarray, path: Path
+) -> Path:
+    """One row per latent dimension swept over ``values``, the others held fixed.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        Shape ``(D, V, 64, 64)``: row ``d`` decodes the sweep of latent ``d``.
+    values : numpy.ndarray
+        Shape ``(V,)``: the values of the swept latent, one per column.
+    kl_per_dim : numpy.ndarray
+        Shape ``(D,)``: each latent's mean KL, written beside its row; rows are sorted
+        by it, most informative first.
+    path : pathlib.Path
+        Where to write the PNG.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``path``.
+    """
+    d, v = images.shape[:2]
+    order = np.argsort(-kl_per_dim, kind="stable")
+    fig, axes = plt.subplots(d, v, figsize=(0.9 * v + 1.0, 0.9 * d + 0.6), squeeze=False)
+    for row, dim in enumerate(order):
+        for col in range(v):
+            ax = axes[row, col]
+            ax.imshow(images[dim, col], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == d - 1:
+                ax.set_xlabel(f"{values[col]:+.1f}", fontsize=7)
+        axes[row, 0].set_ylabel(f"z{dim}\nKL {kl_per_dim[dim]:.2f}", fontsize=7)
+    fig.suptitle("Latent traversals (rows sorted by KL)")
+    return _save(fig, path)
+
+
+def plot_kl_per_dim(kl_per_dim: np.ndarray, path: Path) -> Path:
+    """Bar chart of the KL of each latent dimension, averaged over a batch.
+
+    Parameters
+    ----------
+    kl_per_dim : numpy.ndarray
+        Shape ``(D,)``, nats.
+    path : pathlib.Path
+        Where to write the PNG.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``path``.
+    """
+    d = kl_per_dim.shape[0]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * d + 1.5), 3.0))
+    ax.bar(np.arange(d), kl_per_dim, color="tab:blue")
+    ax.set_xticks(np.arange(d), [f"z{i}" for i in range(d)], fontsize=8)
+    ax.set_ylabel("KL (nats)")
+    ax.set_title("KL per latent dimension: the active units")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_loss_curves(
+    steps: Sequence[int], curves: dict[str, Sequence[float]], beta: float, path: Path
+) -> Path:
+    """Loss, reconstruction and KL against the training step.
+
+    Parameters
+    ----------
+    steps : sequence of int
+        Step numbers.
+    curves : dict of str to sequence of float
+        ``"loss"``, ``"rec_loss"`` and ``"kl_loss"``, one value per step.
+    beta : float
+        The KL weight, for the legend.
+    path : pathlib.Path
+        Where to write the PNG.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``path``.
+    """
+    fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(steps, curves["loss"], label=f"loss = rec + {beta:g}·KL", lw=1)
+    ax_loss.plot(steps, curves["rec_loss"], label="reconstruction", lw=1)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("per image (summed over pixels)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3, which="both")
+    ax_kl.plot(steps, curves["kl_loss"], color="tab:green", lw=1)
+    ax_kl.set_xlabel("step")
+    ax_kl.set_ylabel("KL (nats per image, summed over latents)")
+    ax_kl.set_title("KL")
+    ax_kl.grid(alpha=0.3)
+    fig.suptitle("Training curves")
+    fig.tight_layout()
+    return _save(fig, path)

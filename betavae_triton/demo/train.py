@@ -1,0 +1,438 @@
+"""The training loop: data, a (possibly distributed, possibly compiled) step, evaluation.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) every rank trains its own copy
+of the model wrapped in ``DistributedDataParallel`` on its own shard of sprites (the data
+generator is seeded with the rank), DDP averages the gradients, and rank 0 alone shows
+the progress bar, evaluates and writes the outputs.
+
+``torch.compile`` is applied to the loss step (the forward pass through the, possibly
+DDP-wrapped, model, the construction of the decoder and posterior distributions and
+:class:`betavae_triton.BetaVAELoss`); AOTAutograd compiles the matching backward, which
+``loss.backward()`` runs. Dynamo's DDP optimiser splits the graph at DDP's gradient
+buckets so that the all-reduces still overlap the backward. The optimiser step and the
+evaluation stay eager.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributions import Bernoulli, Distribution, Laplace, Normal
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import betavae_triton
+from betavae_triton import BetaVAELoss
+from betavae_triton._dispatch import resolve_backend
+
+from . import plots
+from .mig import mig
+from .model import ConvVAE
+from .sprites import FACTOR_NAMES, Sprites, make_sprites
+
+__all__ = ["DemoConfig", "DistInfo", "distributed_info", "run"]
+
+LOSS_KEYS = ("loss", "rec_loss", "kl_loss")
+FIGURES = ("reconstructions.png", "traversals.png", "kl_per_dim.png", "loss_curves.png")
+
+
+@dataclass
+class DemoConfig:
+    """Settings of one demo run (the command-line arguments).
+
+    Attributes
+    ----------
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Under torchrun on CUDA each rank takes
+        ``cuda:LOCAL_RANK``.
+    steps : int
+        Optimiser steps (per rank).
+    beta : float
+        KL weight of the beta-VAE loss.
+    dist : str
+        Decoder distribution: ``"bernoulli"``, ``"normal"`` or ``"laplace"``.
+    batch_size : int
+        Images per step and rank.
+    latent_dim : int
+        Latent dimensions.
+    out : pathlib.Path
+        Output folder.
+    seed : int
+        Seed of the model initialisation, the data and the sampling.
+    compile : bool
+        Run the loss step under ``torch.compile``.
+    lr : float
+        Adam's learning rate.
+    n_train : int
+        Training sprites generated per rank.
+    n_eval : int
+        Held-out sprites for the MIG and the per-dimension KL.
+    channels : int
+        Convolution channels of the model.
+    log_every : int
+        Steps between updates of the progress bar (each one reads the losses back).
+    check_params : pathlib.Path or None
+        If given, each rank saves its final parameters and a checksum of its data shard
+        to ``<check_params>.rank<r>.pt``, so that a test can check that every rank ends
+        with identical parameters trained on different data.
+    """
+
+    device: str = "cpu"
+    steps: int = 600
+    beta: float = 4.0
+    dist: str = "bernoulli"
+    batch_size: int = 64
+    latent_dim: int = 10
+    out: Path = field(default_factory=lambda: Path("demo-output"))
+    seed: int = 0
+    compile: bool = True
+    lr: float = 1e-3
+    n_train: int = 16384
+    n_eval: int = 4096
+    channels: int = 32
+    log_every: int = 10
+    check_params: Path | None = None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a torchrun launch (one process without one).
+
+    Attributes
+    ----------
+    rank, world_size, local_rank, local_world_size : int
+        As torchrun sets them in the environment.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        """Whether there is more than one process."""
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the one that reports and writes files."""
+        return self.rank == 0
+
+
+def distributed_info(environ: dict[str, str] | None = None) -> DistInfo:
+    """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``.
+
+    Parameters
+    ----------
+    environ : dict of str to str, optional
+        The environment; ``os.environ`` by default.
+
+    Returns
+    -------
+    info : DistInfo
+        The single-process defaults for missing variables.
+    """
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    return DistInfo(
+        rank=int(env.get("RANK", "0")),
+        world_size=world,
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _decoder_distribution(p: torch.Tensor, name: str) -> Distribution:
+    """Wrap the decoder output in the distribution that BetaVAELoss reads."""
+    if name == "bernoulli":
+        return Bernoulli(probs=p, validate_args=False)
+    if name == "normal":
+        return Normal(p, torch.ones_like(p), validate_args=False)
+    return Laplace(p, torch.ones_like(p), validate_args=False)
+
+
+def _make_loss_step(
+    model: torch.nn.Module, loss_fn: BetaVAELoss, dist_name: str
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    def loss_step(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        p, mu, scale = model(x)
+        q = Normal(mu, scale, validate_args=False)
+        return loss_fn(x, _decoder_distribution(p, dist_name), q)
+
+    return loss_step
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Yield index batches forever: a fresh permutation every epoch, remainder dropped."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield perm[start : start + batch_size]
+
+
+@torch.no_grad()
+def _evaluate(model: ConvVAE, data: Sprites, device: torch.device) -> dict[str, np.ndarray]:
+    """Posterior means and per-dimension KL over ``data``, in eager mode."""
+    mus, kls = [], []
+    for start in range(0, len(data), 512):
+        x = data.batch(slice(start, start + 512)).to(device)
+        mu, scale = model.encode(x)
+        kl = 0.5 * (mu.square() + scale.square() - 1.0) - torch.log(scale)
+        mus.append(mu.float().cpu())
+        kls.append(kl.float().cpu())
+    return {"mu": torch.cat(mus).numpy(), "kl": torch.cat(kls).numpy()}
+
+
+@torch.no_grad()
+def _figures(
+    model: ConvVAE,
+    eval_data: Sprites,
+    mu: np.ndarray,
+    kl_per_dim: np.ndarray,
+    curves: dict[str, list[float]],
+    beta: float,
+    out: Path,
+    device: torch.device,
+) -> list[Path]:
+    n_show = 16
+    inputs = eval_data.batch(slice(0, n_show)).numpy()[:, 0]
+    recons = model.decode(torch.from_numpy(mu[:n_show]).to(device)).float().cpu().numpy()[:, 0]
+    values = np.linspace(-3.0, 3.0, 9)
+    d = mu.shape[1]
+    codes = np.repeat(mu[None, None, 0], d, axis=0).repeat(len(values), axis=1)  # (d, v, d)
+    for j in range(d):
+        codes[j, :, j] = values
+    sweep = torch.from_numpy(codes.reshape(-1, d).astype(np.float32)).to(device)
+    traversals = model.decode(sweep).float().cpu().numpy().reshape(d, len(values), 64, 64)
+    steps = list(range(1, len(curves["loss"]) + 1))
+    return [
+        plots.plot_reconstructions(inputs, recons, out / FIGURES[0]),
+        plots.plot_traversals(traversals, values, kl_per_dim, out / FIGURES[1]),
+        plots.plot_kl_per_dim(kl_per_dim, out / FIGURES[2]),
+        plots.plot_loss_curves(steps, curves, beta, out / FIGURES[3]),
+    ]
+
+
+def _data_checksum(data: Sprites) -> str:
+    return hashlib.sha256(data.factors.tobytes()).hexdigest()[:16]
+
+
+def run(config: DemoConfig, info: DistInfo | None = None) -> dict:
+    """Train the beta-VAE, evaluate it, write the figures and ``run.json``.
+
+    Parameters
+    ----------
+    config : DemoConfig
+        The run's settings.
+    info : DistInfo, optional
+        The process's place in a torchrun launch; read from the environment by default.
+
+    Returns
+    -------
+    summary : dict
+        What ``run.json`` holds (on every rank; only rank 0 writes it, evaluates and
+        fills in ``mig``, ``kl_per_dim`` and ``files``).
+    """
+    t_start = time.perf_counter()
+    info = distributed_info() if info is None else info
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        if info.distributed:
+            device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if info.distributed:
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            rank=info.rank,
+            world_size=info.world_size,
+        )
+    try:
+        return _run(config, info, device, t_start)
+    finally:
+        if info.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: float) -> dict:
+    # The model starts the same on every rank (DDP would broadcast rank 0's anyway);
+    # the data shard and the reparameterisation noise differ per rank.
+    torch.manual_seed(config.seed)
+    raw_model = ConvVAE(config.latent_dim, config.channels).to(device)
+    model: torch.nn.Module = raw_model
+    if info.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(raw_model, device_ids=ids)
+    torch.manual_seed(config.seed * 1000 + info.rank + 1)
+
+    t0 = time.perf_counter()
+    train = make_sprites(config.n_train, seed=[config.seed, info.rank, 0])
+    images = train.images.to(device)
+    eval_data = make_sprites(config.n_eval, seed=[config.seed, 0, 1]) if info.main else None
+    data_s = time.perf_counter() - t0
+
+    loss_fn = BetaVAELoss(config.beta, config.dist, backend="auto", validate_args=False)
+    step_fn = _make_loss_step(model, loss_fn, config.dist)
+    if config.compile:
+        step_fn = torch.compile(step_fn, fullgraph=True, dynamic=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    sampler = _batches(
+        config.n_train,
+        config.batch_size,
+        torch.Generator().manual_seed(config.seed * 1000 + info.rank),
+    )
+
+    history = torch.zeros(config.steps, len(LOSS_KEYS), device=device)
+    bar = tqdm(total=config.steps, desc="training", disable=not info.main, dynamic_ncols=True)
+    step_times: list[float] = []
+    t_train = time.perf_counter()
+    for step in range(config.steps):
+        t_step = time.perf_counter()
+        x = images[next(sampler).to(device)].float()
+        out = step_fn(x)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        history[step] = torch.stack([out[k].detach().float() for k in LOSS_KEYS])
+        if step == 0 or (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            last = history[step].tolist()  # the one read-back: syncs with the device
+            bar.set_postfix(loss=f"{last[0]:.1f}", rec=f"{last[1]:.1f}", kl=f"{last[2]:.2f}")
+        if step == 0:
+            _sync(device)
+        step_times.append(time.perf_counter() - t_step)
+        bar.update(1)
+    _sync(device)
+    train_s = time.perf_counter() - t_train
+    bar.close()
+
+    curves_t = history.cpu()
+    last_k = min(50, config.steps)
+    final_avg = curves_t[-last_k:].mean(dim=0).to(device)
+    if info.distributed:
+        dist.all_reduce(final_avg)
+        final_avg /= info.world_size
+    params_identical = _compare_ranks(raw_model, info)
+    if config.check_params is not None:
+        _save_params(raw_model, train, info, config.check_params)
+
+    later = step_times[1:]
+    mean_step = statistics.fmean(later) if later else None
+    summary: dict = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "device": str(device),
+        "world_size": info.world_size,
+        "loss_backend": resolve_backend(loss_fn.backend, device),
+        "compiled": config.compile,
+        "torch_version": torch.__version__,
+        "betavae_triton_version": betavae_triton.__version__,
+        "python_version": platform.python_version(),
+        "timings": {
+            "data_s": data_s,
+            "first_step_s": step_times[0],
+            "compile_s": step_times[0] - mean_step if mean_step is not None else step_times[0],
+            "steps_per_s": 1.0 / mean_step if mean_step else None,
+            "train_s": train_s,
+        },
+        "initial": dict(zip(LOSS_KEYS, curves_t[0].tolist(), strict=True)),
+        "final": dict(zip(LOSS_KEYS, curves_t[-1].tolist(), strict=True)),
+        f"final_mean_last_{last_k}_all_ranks": dict(
+            zip(LOSS_KEYS, final_avg.cpu().tolist(), strict=True)
+        ),
+        "params_identical_across_ranks": params_identical,
+        "curves": {k: curves_t[:, i].tolist() for i, k in enumerate(LOSS_KEYS)},
+    }
+    if info.main:
+        assert eval_data is not None
+        summary.update(_report(raw_model, eval_data, summary, config, device, t_start))
+    return summary
+
+
+def _compare_ranks(model: torch.nn.Module, info: DistInfo) -> bool | None:
+    """Gather every rank's flattened parameters and compare them (None: one process)."""
+    if not info.distributed:
+        return None
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(info.world_size)]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+def _save_params(model: torch.nn.Module, data: Sprites, info: DistInfo, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "rank": info.rank,
+            "world_size": info.world_size,
+            "data_checksum": _data_checksum(data),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        path.with_name(f"{path.name}.rank{info.rank}.pt"),
+    )
+
+
+def _report(
+    model: ConvVAE,
+    eval_data: Sprites,
+    summary: dict,
+    config: DemoConfig,
+    device: torch.device,
+    t_start: float,
+) -> dict:
+    """Evaluate on held-out sprites, draw the figures, write ``run.json``, print a summary."""
+    t0 = time.perf_counter()
+    model.eval()
+    ev = _evaluate(model, eval_data, device)
+    kl_per_dim = ev["kl"].mean(axis=0)
+    score, per_factor, _ = mig(ev["mu"], eval_data.factors)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = _figures(
+        model, eval_data, ev["mu"], kl_per_dim, summary["curves"], config.beta, out, device
+    )
+    eval_s = time.perf_counter() - t0
+    report = {
+        "mig": score,
+        "mig_per_factor": dict(zip(FACTOR_NAMES, per_factor.tolist(), strict=True)),
+        "kl_per_dim": kl_per_dim.tolist(),
+        "active_dims": int((kl_per_dim > 0.1).sum()),
+        "files": [str(f) for f in (*files, out / "run.json")],
+    }
+    timings = summary["timings"]
+    timings["eval_s"] = eval_s
+    timings["total_s"] = time.perf_counter() - t_start
+    (out / "run.json").write_text(json.dumps({**summary, **report}, indent=2) + "\n")
+
+    final = summary["final"]
+    sps = timings["steps_per_s"]
+    per = ", ".join(f"{k} {v:.3f}" for k, v in report["mig_per_factor"].items())
+    lines = [
+        f"final loss {final['loss']:.2f} (rec {final['rec_loss']:.2f}, "
+        f"kl {final['kl_loss']:.2f}); first step {summary['initial']['loss']:.2f}",
+        f"{config.steps} steps on {summary['device']} x{summary['world_size']} in "
+        f"{timings['train_s']:.1f} s (compile {timings['compile_s']:.1f} s, "
+        + (f"{sps:.2f} steps/s" if sps else "n/a steps/s")
+        + f"); total {timings['total_s']:.1f} s",
+        f"active latent dims (KL > 0.1): {report['active_dims']} of {config.latent_dim}",
+        f"MIG: {score:.4f}  ({per})",
+        f"wrote {', '.join(Path(f).name for f in report['files'])} to {out.resolve()}",
+    ]
+    print("\n".join(lines), file=sys.stdout, flush=True)
+    return report

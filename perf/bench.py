@@ -1,0 +1,506 @@
+"""Benchmark the beta-VAE loss: ``python -m perf.bench [--quick] [options]``.
+
+Races ``betavae_triton`` (Triton kernels on a GPU, the eager path, the eager path under
+``torch.compile``) against nidl's ``BetaVAELoss`` and ``torch.compile`` of the reference's
+plain maths, on CONTRACT section 6's workloads, forward alone and forward + backward.
+Writes a table to the terminal and, under ``--out`` (default ``perf/out/``), a JSON file of
+every figure, the table as text, and a PNG of effective bandwidth against size on the sweep.
+
+Effective bandwidth is the fewest bytes the step must move divided by its median time:
+forward reads p and x; forward + backward also writes p's gradient. The latent tensors are
+left out of that count.
+
+torch.distributions argument validation is off for every contender while timing (it scans
+the tensors and syncs with the device; ``--validate-args`` keeps it on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import itertools
+import math
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python perf/bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch._inductor.config
+from tqdm import tqdm
+
+from perf.contenders import (
+    COMPILED,
+    CONTENDERS,
+    NIDL_VERSION,
+    available_contenders,
+    build_step,
+    load_nidl,
+    oracle_loss,
+)
+from perf.report import add_ratios, format_table, plot_sweep, write_json
+from perf.timing import Timing, cache_bytes, copy_bandwidth, measure, rotation_count, wall_seconds
+from perf.workloads import MODES, Workload, make_input_sets, select_workloads
+
+__all__ = ["main", "parse_args", "run"]
+
+PERF_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = PERF_DIR / "out"
+NIDL_CACHE = PERF_DIR / "out" / "nidl-cache"
+#: Largest sweep size (power of two) on a CPU, so that a full run stays near 10 minutes.
+CPU_SWEEP_MAX = 24
+GPU_SWEEP_MAX = 28
+#: Relative error against the float64 oracle above which a row is flagged.
+TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-9, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        Arguments; None reads ``sys.argv``.
+
+    Returns
+    -------
+    args : argparse.Namespace
+        Parsed options.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.bench",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small subset, short budgets: sprites and faces at 1/8 batch, 3-point sweep",
+    )
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        metavar="NAME",
+        help="sprites faces mri mri-bf16 mri64 sweep sweep-2^K (default: all)",
+    )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        metavar="NAME",
+        choices=CONTENDERS,
+        help=f"{' '.join(CONTENDERS)} (default: every one that can run here)",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="default: both"
+    )
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument(
+        "--nidl",
+        metavar="PATH",
+        help="nidl's beta_vae.py or a nidl wheel (.whl); `none` leaves nidl out "
+        f"(default: an installed nidl, else `pip download nidl=={NIDL_VERSION}`)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: perf/out/)"
+    )
+    parser.add_argument(
+        "--sweep-max",
+        type=int,
+        metavar="K",
+        help=f"largest sweep size 2^K (default: {GPU_SWEEP_MAX} on a GPU, "
+        f"{CPU_SWEEP_MAX} on a CPU)",
+    )
+    parser.add_argument(
+        "--validate-args",
+        action="store_true",
+        help="keep torch.distributions argument validation on while timing",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="R",
+        help="interleaved timing rounds per contender, fastest median kept "
+        "(default: 3, 1 with --quick)",
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()} ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs)"
+
+
+def _versions() -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+    }
+
+
+def _machine_load() -> dict:
+    """Load average and CPU pressure: other work on the machine skews CPU timings."""
+    load: dict = {}
+    with contextlib.suppress(OSError):
+        load["loadavg_1_5_15"] = list(os.getloadavg())
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
+        load["cpu_pressure_some"] = {k: float(v) for k, v in (f.split("=") for f in some[1:4])}
+    return load
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _validation(enabled: bool) -> Iterator[None]:
+    from torch.distributions import Distribution
+
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(before)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _timed_fn(mode: str, step, sets) -> Callable[[], None]:
+    """One call of the step on the next input set (and its backward, in ``fwd+bwd``)."""
+    cycle = itertools.cycle(sets)
+    if mode == "fwd":
+
+        def fn() -> None:
+            step(*next(cycle))
+
+    else:
+
+        def fn() -> None:
+            x, p, mu, scale = next(cycle)
+            torch.autograd.grad(step(x, p, mu, scale), (p, mu, scale))
+
+    return fn
+
+
+def _warm_up(mode: str, step, sets, fn, device: torch.device) -> dict:
+    """First call (compiles the compiled contenders), two more calls, and the loss's value."""
+    start = time.perf_counter()
+    loss = step(*sets[0])
+    if mode == "fwd+bwd":
+        torch.autograd.grad(loss, sets[0][1:])
+    _sync(device)
+    first_call = time.perf_counter() - start
+    for _ in range(2):
+        fn()
+    _sync(device)
+    return {"first_call_s": first_call, "loss": float(loss.detach())}
+
+
+def _new_row(w: Workload, mode: str, name: str, n_sets: int, oracle, error) -> dict:
+    return {
+        **{k: v for k, v in w.describe().items() if k != "name"},
+        "workload": w.name,
+        "mode": mode,
+        "contender": name,
+        "seconds": None,
+        "p25": None,
+        "p75": None,
+        "round_medians": [],
+        "first_call_s": None,
+        "n_sets": n_sets,
+        "bytes": w.min_bytes(mode),
+        "loss": None,
+        "oracle_loss": oracle,
+        "rel_err": None,
+        "error": error,
+        "warning": None,
+    }
+
+
+def _bench_mode(w, mode, steps, errors, sets, oracle, ctx: dict) -> list[dict]:
+    """Every contender on one workload and mode: warm up and check each, then time them
+    in ``rounds`` round-robin passes and keep each one's fastest median.
+
+    Interleaving the rounds spreads any interference from other work on the machine over
+    every contender alike; the fastest median is the least disturbed one.
+    """
+    device, timing, bar = ctx["device"], ctx["timing"], ctx["bar"]
+    rows, fns = {}, {}
+    progress_end = bar.n + len(steps | errors) * (1 + ctx["rounds"])
+    for name in steps | errors:
+        rows[name] = _new_row(w, mode, name, len(sets or ()), oracle, errors.get(name))
+        if rows[name]["error"] is not None:
+            continue
+        bar.set_postfix_str(f"{w.name} {mode} {name} (warm-up{', compile' * (name in COMPILED)})")
+        try:
+            fns[name] = _timed_fn(mode, steps[name], sets)
+            rows[name].update(_warm_up(mode, steps[name], sets, fns[name], device))
+        except Exception as err:
+            rows[name]["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+            fns.pop(name, None)
+            _free(device)
+        bar.update()
+    for r in range(ctx["rounds"]):
+        for name, fn in list(fns.items()):
+            bar.set_postfix_str(f"{w.name} {mode} {name} (round {r + 1})")
+            try:
+                stats = measure(fn, device, timing)
+                if device.type == "cuda":
+                    stats["wall_seconds"] = wall_seconds(fn, device)
+            except Exception as err:
+                rows[name]["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                fns.pop(name)
+                _free(device)
+                continue
+            row = rows[name]
+            row["round_medians"].append(stats["seconds"])
+            if row["seconds"] is None or stats["seconds"] < row["seconds"]:
+                row.update(stats)
+            bar.update()
+    bar.update(progress_end - bar.n)
+    for row in rows.values():
+        if row["loss"] is not None and oracle:
+            row["rel_err"] = abs(row["loss"] - oracle) / abs(oracle)
+            if not row["rel_err"] <= TOLERANCE.get(w.dtype, 1e-3):
+                row["warning"] = f"loss off by {row['rel_err']:.2g} (rel.)"
+        if row["error"] or row["warning"]:
+            tqdm.write(f"{w.name} {mode} {row['contender']}: {row['error'] or row['warning']}")
+        secs = row["seconds"]
+        ok = secs is not None and math.isfinite(secs) and secs > 0
+        row["bandwidth"] = row["bytes"] / secs if ok else None
+        copy_bw = ctx["copy_bw"]
+        row["copy_share"] = row["bandwidth"] / copy_bw if ok and copy_bw else None
+    return [rows[name] for name in ctx["contenders"] if name in rows]
+
+
+def _bench_workload(w: Workload, ctx: dict) -> list[dict]:
+    """Both modes of one workload, with freshly compiled contenders."""
+    device, contenders = ctx["device"], ctx["contenders"]
+    torch._dynamo.reset()
+    steps, errors = {}, {}
+    for name in contenders:
+        try:
+            steps[name] = build_step(name, w, ctx["nidl_cls"])
+        except Exception as err:
+            errors[name] = f"{type(err).__name__}: {err}"
+    rows, oracle = [], None
+    n_sets = rotation_count(w.min_bytes("fwd"), ctx["cache"], ctx["timing"])
+    for mode in ctx["modes"]:
+        mode_errors, sets = dict(errors), None
+        try:
+            sets = make_input_sets(w, device, mode == "fwd+bwd", n_sets)
+            if oracle is None:
+                oracle = oracle_loss(w, *sets[0])
+        except torch.OutOfMemoryError as err:
+            mode_errors = dict.fromkeys(contenders, f"inputs: OutOfMemoryError: {err}"[:200])
+        mode_steps = {k: v for k, v in steps.items() if k not in mode_errors}
+        rows += _bench_mode(w, mode, mode_steps, mode_errors, sets, oracle, ctx)
+        del sets
+        _free(device)
+    return rows
+
+
+def _busy(load: dict) -> str | None:
+    """A warning when other work already loads the CPUs (it skews CPU timings)."""
+    avg = load.get("loadavg_1_5_15")
+    cpus = os.cpu_count() or 1
+    if avg and avg[0] >= max(1.0, 0.5 * cpus):
+        return (
+            f"the machine is busy before the benchmark starts (load average {avg[0]:.2f} on "
+            f"{cpus} CPUs): CPU timings will be skewed by the other work"
+        )
+    return None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark and write its outputs.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options from :func:`parse_args`.
+
+    Returns
+    -------
+    document : dict
+        Everything written to the JSON file.
+    """
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    timing = Timing(args.quick)
+    rounds = args.rounds or (1 if args.quick else 3)
+    sweep_max = args.sweep_max or (GPU_SWEEP_MAX if device.type == "cuda" else CPU_SWEEP_MAX)
+    workloads = select_workloads(args.workloads, args.quick, sweep_max)
+    wanted = list(args.contenders or CONTENDERS)
+
+    nidl_cls, nidl_origin = (None, "not asked for")
+    if "nidl" in wanted:
+        nidl_cls, nidl_origin = load_nidl(args.nidl, NIDL_CACHE)
+    status = available_contenders(device, nidl_cls)
+    contenders = [c for c in CONTENDERS if c in wanted and status[c] is None]
+    dropped = {c: status[c] for c in wanted if status[c] is not None}
+    for name, reason in dropped.items():
+        loud = "!" * 8 if name == "nidl" else "note:"
+        print(f"{loud} contender {name!r} dropped: {reason}", file=sys.stderr)
+    if "nidl" in wanted and nidl_cls is None:
+        print(f"!!!!!!!! nidl: {nidl_origin}", file=sys.stderr)
+    load_before = _machine_load()
+    busy = _busy(load_before) if device.type == "cpu" else None
+    if busy:
+        print(f"!!!!!!!! {busy}", file=sys.stderr)
+
+    # In-process compilation: a pool of compile workers starting up in the background
+    # steals the CPU from whatever is being timed meanwhile.
+    torch._inductor.config.compile_threads = 1
+    cache = cache_bytes(device)
+    with _validation(args.validate_args):
+        copy_bw = copy_bandwidth(device, timing)
+    meta = {
+        "device": _device_name(device),
+        "device_type": device.type,
+        "host": socket.gethostname(),
+        "date": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(),
+        "versions": _versions(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "argv": sys.argv[1:],
+        "load_before": load_before,
+        "busy_warning": busy,
+        "nidl": nidl_origin,
+        "validate_args": args.validate_args,
+        "sweep_max_log2": sweep_max,
+        "rounds": rounds,
+        "cache_bytes_defeated": cache,
+        "timer": (
+            "triton.testing.do_bench, median (L2 flushed between calls)"
+            if device.type == "cuda"
+            else "torch.utils.benchmark.Timer.blocked_autorange, median"
+        )
+        + f"; fastest median of {rounds} interleaved round(s)",
+        "bytes_counted": "fwd: read p and x; fwd+bwd: read p and x, write grad p "
+        "(latent tensors left out)",
+        "speedup": "their median time / this row's median time",
+        "copy_bandwidth_Bps": copy_bw,
+        "inductor_compile_threads": 1,
+    }
+    tqdm.write(f"device: {meta['device']}; copy bandwidth {copy_bw / 1e9:.1f} GB/s", sys.stderr)
+
+    total = len(workloads) * len(args.modes) * len(contenders) * (1 + rounds)
+    bar = tqdm(total=total, unit="step", disable=args.no_progress, file=sys.stderr)
+    ctx = {
+        "device": device,
+        "timing": timing,
+        "rounds": rounds,
+        "bar": bar,
+        "contenders": contenders,
+        "modes": args.modes,
+        "nidl_cls": nidl_cls,
+        "cache": cache,
+        "copy_bw": copy_bw,
+    }
+    rows: list[dict] = []
+    with _validation(args.validate_args):
+        for w in workloads:
+            rows += _bench_workload(w, ctx)
+    bar.close()
+    add_ratios(rows)
+
+    meta["load_after"] = _machine_load()
+    document = {
+        "meta": meta,
+        "contenders": contenders,
+        "dropped": dropped,
+        "workloads": [w.describe() for w in workloads],
+        "results": rows,
+    }
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench_{device.type}{'_quick' if args.quick else ''}"
+    table = format_table(rows, copy_bw if device.type == "cuda" else None)
+    header = (
+        f"# {meta['device']} | torch {meta['versions']['torch']} | "
+        f"triton {meta['versions']['triton']} | python {meta['versions']['python']} | "
+        f"{meta['date']} | {meta['host']}\n"
+        f"# copy bandwidth {copy_bw / 1e9:.1f} GB/s; {meta['timer']}; "
+        "speed-up = their time / ours\n"
+        f"# GB/s: {meta['bytes_counted']}\n"
+    )
+    if busy:
+        header += f"# WARNING: {busy}\n"
+    print(header + table)
+    (out / f"{stem}.txt").write_text(header + table + "\n")
+    write_json(out / f"{stem}.json", document)
+    title = f"beta-VAE loss, sweep: {meta['device']}"
+    plotted = plot_sweep(out / f"{stem}.png", rows, contenders, copy_bw, title)
+    written = [f"{stem}.json", f"{stem}.txt"] + ([f"{stem}.png"] if plotted else [])
+    print(f"wrote {', '.join(str(out / f) for f in written)}")
+    if "nidl" in dropped:
+        print(f"!!!!!!!! NO NIDL COLUMN: {dropped['nidl']} ({nidl_origin})", file=sys.stderr)
+    if busy:
+        print(f"!!!!!!!! {busy}", file=sys.stderr)
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m perf.bench``.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        Arguments; None reads ``sys.argv``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on a bad option.
+    """
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The float64 oracle: a plain statement of CONTRACT section 2, used only by the tests.
+
+It is written the way nidl writes the loss (``torch.distributions`` objects,
+``torch.nn.functional`` losses with ``reduction="sum"``, ``kl_divergence``), computes in
+float64, and shares no code with :mod:`betavae_triton`: the package never imports it, and
+it never imports the package.
+"""
+
+from .beta_vae import (
+    DISTRIBUTIONS,
+    reference_beta_vae_loss,
+    reference_kl_normal_loss,
+    reference_reconstruction_loss,
+)
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "reference_beta_vae_loss",
+    "reference_kl_normal_loss",
+    "reference_reconstruction_loss",
+]

@@ -1,0 +1,148 @@
+"""The beta-VAE loss of CONTRACT section 2, in float64, the plainest way PyTorch offers.
+
+Every input is cast to float64 first (autograd flows back through the cast, so gradients
+with respect to the caller's tensors come out in their own dtype), the decoder output is
+wrapped in the ``torch.distributions`` object it stands for, and each term is the
+``torch.nn.functional`` loss with ``reduction="sum"`` or ``kl_divergence``, as nidl's
+``BetaVAELoss`` computes them. There is no validation beyond what those functions do:
+callers pass valid inputs (bernoulli values in [0, 1], positive scales).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Distribution, Laplace, Normal, kl_divergence
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "reference_beta_vae_loss",
+    "reference_kl_normal_loss",
+    "reference_reconstruction_loss",
+]
+
+DISTRIBUTIONS = ("normal", "laplace", "bernoulli")
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64, differentiably (the gradient is cast back to ``t``'s dtype)."""
+    return t.to(torch.float64)
+
+
+def _decoder(p: torch.Tensor, dist: str) -> Distribution:
+    """The decoder distribution that the tensor ``p`` parametrises (unit scale)."""
+    if dist == "normal":
+        return Normal(p, torch.ones_like(p), validate_args=False)
+    if dist == "laplace":
+        return Laplace(p, torch.ones_like(p), validate_args=False)
+    if dist == "bernoulli":
+        return Bernoulli(probs=p, validate_args=False)
+    raise ValueError(f"unknown decoder distribution {dist!r}; expected one of {DISTRIBUTIONS}")
+
+
+def _bernoulli_nll_sum(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Σ −[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)] with the contract's gradients.
+
+    The value and the gradient with respect to ``probs`` are ``binary_cross_entropy``'s.
+    Its gradient with respect to the target ignores the −100 clamp (it is ±inf where p is 0
+    or 1), whereas CONTRACT section 2 differentiates the clamped formula:
+    d/dx = max(log(1 − p), −100) − max(log p, −100). So the target enters
+    ``binary_cross_entropy`` detached, and a term whose value is exactly zero carries that
+    gradient to ``x``.
+    """
+    loss = F.binary_cross_entropy(probs, x.detach(), reduction="sum")
+    if x.requires_grad:
+        with torch.no_grad():
+            d_dx = torch.log1p(-probs).clamp_min(-100.0) - torch.log(probs).clamp_min(-100.0)
+        loss = loss + ((x - x.detach()) * d_dx).sum()
+    return loss
+
+
+def reference_reconstruction_loss(
+    p: torch.Tensor, x: torch.Tensor, dist: str = "normal"
+) -> torch.Tensor:
+    """Per-image reconstruction loss: Σ over every element of ℓ(p, x), divided by B.
+
+    Parameters
+    ----------
+    p : torch.Tensor
+        The decoder's mean (``"normal"``, ``"laplace"``) or probability (``"bernoulli"``),
+        shape of ``x``. Any floating dtype; it is cast to float64.
+    x : torch.Tensor
+        The data, shape ``(B, ...)``. Any floating dtype; it is cast to float64.
+    dist : {"normal", "laplace", "bernoulli"}, default="normal"
+        Decoder distribution: squared error (the decoder's scale is ignored), absolute
+        error, or binary cross-entropy with logs clamped at −100.
+
+    Returns
+    -------
+    rec_loss : torch.Tensor
+        A float64 scalar.
+
+    Raises
+    ------
+    ValueError
+        If ``dist`` is unknown.
+    """
+    decoder = _decoder(_f64(p), dist)
+    data = _f64(x)
+    if isinstance(decoder, Bernoulli):
+        loss = _bernoulli_nll_sum(decoder.probs, data)
+    elif isinstance(decoder, Normal):
+        loss = F.mse_loss(decoder.loc, data, reduction="sum")
+    else:
+        loss = F.l1_loss(decoder.loc, data, reduction="sum")
+    return loss / len(data)
+
+
+def reference_kl_normal_loss(q_loc: torch.Tensor, q_scale: torch.Tensor) -> torch.Tensor:
+    """KL divergence of N(μ, σ²) from N(0, 1), averaged over dim 0 and summed over the rest.
+
+    Parameters
+    ----------
+    q_loc, q_scale : torch.Tensor
+        Mean and (positive) standard deviation of the diagonal Normal posterior; they
+        broadcast to ``(Bq, ...)``. Any floating dtype; they are cast to float64.
+
+    Returns
+    -------
+    kl_loss : torch.Tensor
+        A float64 scalar: ``kl_divergence(q, Normal(0, 1)).mean(dim=0).sum()``.
+    """
+    q = Normal(_f64(q_loc), _f64(q_scale), validate_args=False)
+    zero = torch.zeros((), dtype=torch.float64, device=q.loc.device)
+    prior = Normal(zero, torch.ones_like(zero), validate_args=False)
+    return kl_divergence(q, prior).mean(dim=0).sum()
+
+
+def reference_beta_vae_loss(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    beta: float = 4.0,
+    dist: str = "normal",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The beta-VAE loss ``rec_loss + beta * kl_loss``, in float64.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The data, shape ``(B, ...)``.
+    p : torch.Tensor
+        The decoder's output, shape of ``x`` (see :func:`reference_reconstruction_loss`).
+    q_loc, q_scale : torch.Tensor
+        The posterior's mean and standard deviation (see :func:`reference_kl_normal_loss`).
+    beta : float, default=4.0
+        Weight of the KL divergence.
+    dist : {"normal", "laplace", "bernoulli"}, default="normal"
+        Decoder distribution.
+
+    Returns
+    -------
+    loss, rec_loss, kl_loss : torch.Tensor
+        float64 scalars.
+    """
+    rec_loss = reference_reconstruction_loss(p, x, dist)
+    kl_loss = reference_kl_normal_loss(q_loc, q_scale)
+    return rec_loss + beta * kl_loss, rec_loss, kl_loss

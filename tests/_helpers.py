@@ -1,0 +1,448 @@
+"""Shared test helpers: Hypothesis strategies for loss inputs, and checks against the oracle.
+
+Everything is compared with ``reference/`` run in float64, never with the code under test.
+The strategies keep tensors small (a few thousand elements at most, a few hundred in half
+precision) because the same tests run the Triton kernels under the CPU interpreter.
+
+Tolerances
+----------
+A result is compared with the float64 reference *rounded to the result's dtype* (the
+exact answer as that dtype can hold it: an overflow to inf in float16 is then expected),
+and the allowed error is ``rtol * magnitude + floor`` where ``magnitude`` is the size of
+the sum of the absolute values of the terms that make the quantity (not of the quantity
+itself, which may cancel: the KL term ½(σ² − 1) − log σ near σ = 1, say):
+
+==========  =======  ========================================================
+dtype       rtol     why
+==========  =======  ========================================================
+float64     1e-10    float64 accumulation; only summation-order error
+float32     1e-5     float32 accumulation over ≤ a few thousand terms
+float16     1e-2     float32 accumulation, then rounding to 11 significant bits
+bfloat16    3e-2     float32 accumulation, then rounding to 8 significant bits
+==========  =======  ========================================================
+
+``floor`` is two units of the dtype's smallest subnormal: the rounding of a result that is
+(nearly) zero. Gradients are checked element by element the same way, with per-element
+magnitudes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from hypothesis import strategies as st
+from torch.distributions import Bernoulli, Laplace, Normal
+
+from betavae_triton import BetaVAELoss, beta_vae_loss
+from reference import reference_beta_vae_loss
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DISTS = ("normal", "laplace", "bernoulli")
+BACKENDS = ("eager", "triton")
+FULL_DTYPES = (torch.float64, torch.float32)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+FLOAT_DTYPES = FULL_DTYPES + HALF_DTYPES
+# How the loss is called: the tensor-level function, the module with p as a tensor of
+# `default_dist`, the module with p as a distribution object (and another default_dist).
+FORMS = ("functional", "module_tensor", "module_dist")
+# Weights (w_loss, w_rec, w_kl) of the scalar that is differentiated.
+GRAD_WEIGHTS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.5, -2.0, 3.0))
+BETAS = (0.0, 0.5, 1.0, 4.0, 250.0)
+DIST_CLASSES = {"normal": Normal, "laplace": Laplace, "bernoulli": Bernoulli}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    floor: float
+
+
+def _subnormal(dtype: torch.dtype) -> float:
+    info = torch.finfo(dtype)
+    return info.smallest_normal * info.eps
+
+
+TOLERANCES = {
+    torch.float64: Tolerance(1e-10, 2 * _subnormal(torch.float64)),
+    torch.float32: Tolerance(1e-5, 2 * _subnormal(torch.float32)),
+    torch.float16: Tolerance(1e-2, 2 * _subnormal(torch.float16)),
+    torch.bfloat16: Tolerance(3e-2, 2 * _subnormal(torch.bfloat16)),
+}
+
+
+# ---- inputs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """One set of arguments of the loss: data, decoder output and posterior parameters."""
+
+    dist: str
+    x: torch.Tensor
+    p: torch.Tensor
+    q_loc: torch.Tensor
+    q_scale: torch.Tensor
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, p, q_loc, q_scale)``."""
+        return self.x, self.p, self.q_loc, self.q_scale
+
+    def leaves(self) -> list[torch.Tensor]:
+        """Fresh leaf copies of ``(x, p, q_loc, q_scale)``, all requiring grad."""
+        return [t.detach().clone().requires_grad_() for t in self.tensors]
+
+    def to(self, dtype: torch.dtype) -> LossInputs:
+        x, p, loc, scale = (t.to(dtype) for t in self.tensors)
+        return replace(self, x=x, p=p, q_loc=loc, q_scale=scale)
+
+    def describe(self) -> str:
+        shapes = ", ".join(
+            f"{n}{tuple(t.shape)}"
+            for n, t in zip(("x", "p", "q_loc", "q_scale"), self.tensors, strict=True)
+        )
+        return f"dist={self.dist} dtype={self.x.dtype} {shapes}"
+
+
+def max_elements(dtype: torch.dtype) -> int:
+    """Bound on the elements of x: small for the interpreter, smaller still in half
+    precision so that sums stay far from float16's overflow at 65504."""
+    return 256 if dtype in HALF_DTYPES else 2048
+
+
+@st.composite
+def shapes(draw, batch: int, budget: int, min_dims: int = 1, max_dims: int = 4):
+    """``(batch, d1, ..., dk)`` with ``min_dims <= k <= max_dims`` and at most ``budget``
+    elements in all."""
+    ndim = draw(st.integers(min_dims, max_dims))
+    sizes: list[int] = []
+    room = max(1, budget // batch)
+    for i in range(ndim):
+        cap = 64 if i == ndim - 1 else 12
+        size = draw(st.integers(1, max(1, min(cap, room))))
+        sizes.append(size)
+        room //= size
+    return (batch, *sizes)
+
+
+def _randn(shape, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, dtype=torch.float64).clamp(-3.0, 3.0)
+
+
+def _inject(draw, t: torch.Tensor, values: Sequence[float], max_count: int = 4) -> None:
+    """Overwrite a few elements of ``t`` (in place) with values drawn from ``values``."""
+    flat = t.view(-1)
+    count = draw(st.integers(0, min(max_count, flat.numel())))
+    for _ in range(count):
+        flat[draw(st.integers(0, flat.numel() - 1))] = draw(st.sampled_from(values))
+
+
+@st.composite
+def decoder_values(draw, dist: str, shape: tuple[int, ...], dtype: torch.dtype, gen):
+    """``(x, p)`` in float64, valid for ``dist`` once rounded to ``dtype``."""
+    if dist == "bernoulli":
+        x = torch.rand(shape, generator=gen, dtype=torch.float64)
+        if draw(st.sampled_from(["binary", "soft"])) == "binary":
+            x = x.round()
+        p = torch.rand(shape, generator=gen, dtype=torch.float64)
+        p_mode = draw(st.sampled_from(["uniform", "near_0", "near_1"]))
+        if p_mode == "near_0":
+            p = p**8
+        elif p_mode == "near_1":
+            p = 1 - p**8
+        info = torch.finfo(dtype)
+        # Exact 0 and 1, the smallest normal number, the largest number below 1.
+        _inject(draw, p, [0.0, 1.0, info.smallest_normal, 1.0 - info.eps / 2])
+        _inject(draw, x, [0.0, 1.0])
+        return x, p
+    spread = draw(st.sampled_from([1e-2, 1.0, 2.0] if dtype in HALF_DTYPES else [1e-2, 1.0, 3.0]))
+    x = _randn(shape, gen) * spread
+    mode = draw(st.sampled_from(["independent", "close", "ties"]))
+    if mode == "close":
+        p = x + 1e-2 * spread * _randn(shape, gen)
+    else:
+        p = _randn(shape, gen) * spread
+    if mode == "ties":
+        # Exact ties p == x, where the L1 subgradient is 0.
+        tie = torch.rand(shape, generator=gen) < 0.4
+        p = torch.where(tie, x, p)
+    return x, p
+
+
+# How the posterior's loc and scale broadcast: both (Bq, ...); a 0-dim scale; an all-ones
+# scale shape; a scale shared by the batch, (1, ...); a loc shared by the batch.
+Q_LAYOUTS = ("same", "scalar_scale", "ones_scale", "batch1_scale", "batch1_loc")
+
+
+@st.composite
+def posterior_values(draw, batch: int, dtype: torch.dtype, gen, layout: str | None = None):
+    """``(q_loc, q_scale)`` in float64, scale strictly positive, in a broadcast layout."""
+    latent = draw(shapes(batch, 32 if dtype in HALF_DTYPES else 64, min_dims=1, max_dims=2))
+    layout = layout or draw(st.sampled_from(Q_LAYOUTS))
+    loc_shape, scale_shape = latent, latent
+    if layout == "scalar_scale":
+        scale_shape = ()
+    elif layout == "ones_scale":
+        scale_shape = (1,) * len(latent)
+    elif layout == "batch1_scale":
+        scale_shape = (1, *latent[1:])
+    elif layout == "batch1_loc":
+        loc_shape = (1, *latent[1:])
+    mode = draw(st.sampled_from(["typical", "near_prior"]))
+    if mode == "near_prior":
+        # μ ≈ 0, σ ≈ 1: the KL terms cancel almost entirely.
+        loc = 1e-3 * _randn(loc_shape, gen)
+        scale = 1 + 1e-3 * _randn(scale_shape, gen)
+    else:
+        loc = _randn(loc_shape, gen) * draw(st.sampled_from([0.1, 1.0, 2.0]))
+        log_scale = torch.rand(scale_shape, generator=gen, dtype=torch.float64) * 4.5 - 2.5
+        scale = log_scale.exp()
+    return loc, scale
+
+
+@st.composite
+def loss_inputs(
+    draw,
+    dist: str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    q_layout: str | None = None,
+    same_q_batch: bool = False,
+    device: torch.device = DEVICE,
+) -> LossInputs:
+    """A :class:`LossInputs` for ``dist`` and ``dtype`` (drawn when None).
+
+    Shapes: B in [1, 6], 1 to 4 feature dimensions, at most :func:`max_elements` elements;
+    a posterior of 1 or 2 latent dimensions whose batch is usually B (sometimes another,
+    unless ``same_q_batch``), in one of :data:`Q_LAYOUTS`. Values: generated from a drawn
+    seed, with exact 0 and 1 injected for bernoulli and exact ties for normal/laplace.
+    """
+    dist = dist or draw(st.sampled_from(DISTS))
+    dtype = dtype or draw(st.sampled_from(FULL_DTYPES))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    batch = draw(st.integers(1, 6))
+    shape = draw(shapes(batch, max_elements(dtype)))
+    x, p = draw(decoder_values(dist, shape, dtype, gen))
+    q_batch = batch if same_q_batch else draw(st.one_of(st.just(batch), st.integers(1, 6)))
+    loc, scale = draw(posterior_values(q_batch, dtype, gen, q_layout))
+    x, p, loc, scale = (t.to(device=device, dtype=dtype) for t in (x, p, loc, scale))
+    return LossInputs(dist, x, p, loc, scale)
+
+
+# ---- running the loss --------------------------------------------------------------------
+
+
+def other_dist(dist: str) -> str:
+    """A distribution other than ``dist`` (to show that p's type, not the default, wins)."""
+    return DISTS[(DISTS.index(dist) + 1) % len(DISTS)]
+
+
+def as_distribution(p: torch.Tensor, dist: str):
+    """The torch.distributions object that a decoder returns for parameter ``p``."""
+    if dist == "bernoulli":
+        return Bernoulli(probs=p)
+    return DIST_CLASSES[dist](p, torch.ones_like(p))
+
+
+def call_loss(
+    leaves: Sequence[torch.Tensor], dist: str, beta: float, backend: str, form: str = "functional"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, rec, kl)`` of the package, called in the given ``form`` (see FORMS)."""
+    x, p, loc, scale = leaves
+    if form == "functional":
+        return beta_vae_loss(x, p, loc, scale, beta=beta, dist=dist, backend=backend)
+    if form == "module_tensor":
+        out = BetaVAELoss(beta=beta, default_dist=dist, backend=backend)(x, p, Normal(loc, scale))
+    elif form == "module_dist":
+        module = BetaVAELoss(beta=beta, default_dist=other_dist(dist), backend=backend)
+        out = module(x, as_distribution(p, dist), Normal(loc, scale))
+    else:
+        raise ValueError(form)
+    assert set(out) == {"loss", "rec_loss", "kl_loss"}
+    return out["loss"], out["rec_loss"], out["kl_loss"]
+
+
+def objective(values: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor | float:
+    """``w_loss·loss + w_rec·rec + w_kl·kl``, leaving out the terms of weight 0."""
+    return sum(w * v for w, v in zip(weights, values, strict=True) if w != 0)
+
+
+def grads_of(
+    values: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor], weights: Sequence[float]
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of :func:`objective` w.r.t. ``leaves`` (zeros for unused leaves)."""
+    return torch.autograd.grad(
+        objective(values, weights), leaves, allow_unused=True, materialize_grads=True
+    )
+
+
+def reference_results(
+    inputs: LossInputs, beta: float, weights: Sequence[float] | None = (1.0, 0.0, 0.0)
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """The oracle: float64 ``(loss, rec, kl)`` and float64 gradients (or None)."""
+    leaves = [t.detach().cpu().double().requires_grad_() for t in inputs.tensors]
+    values = reference_beta_vae_loss(*leaves, beta, inputs.dist)
+    grads = None if weights is None else grads_of(values, leaves, weights)
+    return tuple(v.detach() for v in values), grads
+
+
+# ---- magnitudes and comparison -----------------------------------------------------------
+
+
+def _clamped_logs(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.log(p).clamp_min(-100.0), torch.log1p(-p).clamp_min(-100.0)
+
+
+def value_magnitudes(inputs: LossInputs, beta: float) -> tuple[float, float, float]:
+    """Sizes of ``(loss, rec, kl)`` as sums of absolute terms, for tolerances."""
+    x, p, loc, scale = (t.detach().cpu().double() for t in inputs.tensors)
+    if inputs.dist == "normal":
+        rec = (p - x).square().sum()
+    elif inputs.dist == "laplace":
+        rec = (p - x).abs().sum()
+    else:
+        log_p, log_1mp = _clamped_logs(p)
+        rec = (log_p.abs() + log_1mp.abs()).sum()
+    rec = float(rec) / x.shape[0]
+    mu, sigma = torch.broadcast_tensors(loc, scale)
+    kl = 0.5 * (mu.square() + sigma.square() + 1) + sigma.log().abs()
+    kl = float(kl.sum()) / mu.shape[0]
+    return rec + abs(beta) * kl, rec, kl
+
+
+def grad_magnitudes(
+    inputs: LossInputs, beta: float, weights: Sequence[float]
+) -> tuple[torch.Tensor, ...]:
+    """Per-element sizes of the gradients w.r.t. ``(x, p, q_loc, q_scale)``."""
+    x, p, loc, scale = (t.detach().cpu().double() for t in inputs.tensors)
+    w_loss, w_rec, w_kl = weights
+    rec_w = (abs(w_loss) + abs(w_rec)) / x.shape[0]
+    if inputs.dist == "normal":
+        g_p = 2 * (p - x).abs()
+        g_x = g_p
+    elif inputs.dist == "laplace":
+        g_p = torch.ones_like(p)
+        g_x = g_p
+    else:
+        g_p = (p.abs() + x.abs()) / (p * (1 - p)).clamp_min(1e-12)
+        log_p, log_1mp = _clamped_logs(p)
+        g_x = log_p.abs() + log_1mp.abs()
+    mu, sigma = torch.broadcast_tensors(loc, scale)
+    kl_w = (abs(w_loss * beta) + abs(w_kl)) / mu.shape[0]
+    g_mu = (kl_w * mu.abs()).sum_to_size(loc.shape)
+    g_sigma = (kl_w * (sigma + 1 / sigma)).sum_to_size(scale.shape)
+    return rec_w * g_x, rec_w * g_p, g_mu, g_sigma
+
+
+def assert_close_to_reference(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    magnitude: torch.Tensor | float,
+    name: str = "",
+    context: str = "",
+    tol_dtype: torch.dtype | None = None,
+) -> None:
+    """``actual`` equals the float64 ``expected`` rounded to ``actual.dtype``, within
+    ``rtol * magnitude + floor`` element by element (see the module docstring), with the
+    tolerance of ``tol_dtype`` (default: ``actual.dtype``; pass the coarsest dtype that
+    went into the result when it mixes dtypes)."""
+    tol = TOLERANCES[tol_dtype or actual.dtype]
+    rounded = expected.detach().to(actual.dtype).cpu().double()
+    got = actual.detach().cpu().double()
+    bound = tol.rtol * torch.as_tensor(magnitude, dtype=torch.float64) + tol.floor
+
+    def message(generated: str) -> str:
+        err = (got - rounded).abs()
+        worst = int(torch.nan_to_num(err / bound, nan=math.inf).argmax()) if err.numel() else 0
+        g, e = got.reshape(-1)[worst].item(), rounded.reshape(-1)[worst].item()
+        b = bound.expand_as(got).reshape(-1)[worst].item()
+        return (
+            f"{name} differs from the float64 reference ({context}); error over "
+            f"rtol*magnitude+floor with rtol={tol.rtol}, floor={tol.floor:g}:\n{generated}\n"
+            f"worst element {worst}: got {g!r}, expected {e!r}, bound {b!r}"
+        )
+
+    torch.testing.assert_close(got / bound, rounded / bound, rtol=0.0, atol=1.0, msg=message)
+
+
+def result_dtypes(inputs: LossInputs) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+    """The dtypes of ``(loss, rec, kl)`` that nidl's code returns for these inputs."""
+    rec = torch.promote_types(inputs.p.dtype, inputs.x.dtype)
+    kl = torch.promote_types(inputs.q_loc.dtype, inputs.q_scale.dtype)
+    return torch.promote_types(rec, kl), rec, kl
+
+
+def assert_values_match(
+    values: Sequence[torch.Tensor], inputs: LossInputs, beta: float, context: str = ""
+) -> None:
+    """``(loss, rec, kl)`` match the reference in value and dtype, and are scalars."""
+    ref_values, _ = reference_results(inputs, beta, weights=None)
+    mags = value_magnitudes(inputs, beta)
+    context = context or inputs.describe()
+    dtypes = result_dtypes(inputs)
+    # The loss adds rec and kl already rounded to their own dtypes: the coarser of the two
+    # sets its tolerance.
+    coarsest = max(dtypes[1:], key=lambda d: TOLERANCES[d].rtol)
+    for name, got, ref, mag, dtype, tol_dtype in zip(
+        ("loss", "rec_loss", "kl_loss"),
+        values,
+        ref_values,
+        mags,
+        dtypes,
+        (coarsest, *dtypes[1:]),
+        strict=True,
+    ):
+        assert got.shape == (), f"{name} has shape {tuple(got.shape)}, not a scalar"
+        assert got.dtype == dtype, f"{name} is {got.dtype}, expected {dtype} ({context})"
+        assert got.device.type == inputs.x.device.type
+        assert_close_to_reference(got, ref, mag, name, context, tol_dtype)
+
+
+def assert_grads_match(
+    grads: Sequence[torch.Tensor],
+    inputs: LossInputs,
+    beta: float,
+    weights: Sequence[float] = (1.0, 0.0, 0.0),
+    context: str = "",
+) -> None:
+    """Gradients w.r.t. ``(x, p, q_loc, q_scale)`` match the reference's, element-wise."""
+    _, ref_grads = reference_results(inputs, beta, weights)
+    mags = grad_magnitudes(inputs, beta, weights)
+    context = context or f"{inputs.describe()} beta={beta} weights={tuple(weights)}"
+    for name, got, ref, mag, t in zip(
+        ("x", "p", "q_loc", "q_scale"), grads, ref_grads, mags, inputs.tensors, strict=True
+    ):
+        assert got.shape == t.shape, f"grad {name}: shape {tuple(got.shape)} != {tuple(t.shape)}"
+        assert got.dtype == t.dtype, f"grad {name}: dtype {got.dtype} != {t.dtype}"
+        assert_close_to_reference(got, ref, mag, f"grad {name}", context)
+
+
+def check_against_reference(
+    inputs: LossInputs,
+    beta: float,
+    backend: str,
+    form: str = "functional",
+    weights: Sequence[float] = (1.0, 0.0, 0.0),
+) -> tuple[torch.Tensor, ...]:
+    """Run the package on ``inputs`` and check values, dtypes and all four gradients
+    against the float64 reference. Returns ``(loss, rec, kl)``."""
+    leaves = inputs.leaves()
+    values = call_loss(leaves, inputs.dist, beta, backend, form)
+    context = f"{inputs.describe()} beta={beta} backend={backend} form={form} weights={weights}"
+    assert_values_match(values, inputs, beta, context)
+    assert_grads_match(grads_of(values, leaves, weights), inputs, beta, weights, context)
+    return tuple(v.detach() for v in values)
+
+
+def permute_batch(inputs: LossInputs, perm: torch.Tensor) -> LossInputs:
+    """``inputs`` with the batch reordered by ``perm`` (posterior tensors whose dim 0 has
+    size 1 or no dim 0 stay as they are)."""
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        return t[perm.to(t.device)] if t.dim() and t.shape[0] == perm.numel() > 1 else t
+
+    x, p, loc, scale = (take(t) for t in inputs.tensors)
+    return replace(inputs, x=x, p=p, q_loc=loc, q_scale=scale)
