@@ -102,8 +102,12 @@ def validation_enabled(validate_args: bool | None) -> bool:
     return bool(validate_args)
 
 
-def check_bernoulli_range(p: torch.Tensor, x: torch.Tensor, validate_args: bool | None) -> None:
+def check_bernoulli_range(
+    p: torch.Tensor | None, x: torch.Tensor, validate_args: bool | None
+) -> None:
     """Raise ``ValueError`` if Bernoulli probabilities or targets leave [0, 1].
+
+    ``p=None`` checks the targets alone (logits may be any real number).
 
     The one host synchronisation in the package: it runs only in eager mode with validation
     on. Inside ``torch.compile`` or a CUDA-graph capture it is skipped and bad values give
@@ -111,9 +115,11 @@ def check_bernoulli_range(p: torch.Tensor, x: torch.Tensor, validate_args: bool 
     """
     if not validation_enabled(validate_args) or torch.compiler.is_compiling():
         return
-    if p.is_cuda and torch.cuda.is_current_stream_capturing():
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     for name, t in (("probabilities p", p), ("targets x", x)):
+        if t is None:
+            continue
         if bool(((t < 0) | (t > 1)).any()):
             raise ValueError(
                 f"bernoulli {name} must lie in [0, 1]; found values outside it. Pass "

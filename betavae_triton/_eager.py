@@ -34,10 +34,9 @@ class _BernoulliNLLSum(torch.autograd.Function):
         log_1mp = torch.log1p(-p).clamp_min_(-100.0)
         # x·log p + (1 − x)·log(1 − p) = lerp(log(1 − p), log p, x)
         loss = -torch.lerp(log_1mp, log_p, x).sum()
-        # Targets outside [0, 1] give NaN (CONTRACT section 5), not an extrapolated number:
-        # one read-only pass, no host sync. (Probabilities outside give NaN through the logs.)
-        lo, hi = torch.aminmax(x)
-        return torch.where((lo < 0) | (hi > 1), torch.nan, loss)
+        # Targets outside [0, 1] give NaN, not an extrapolated number. (Probabilities
+        # outside give NaN through the logs.)
+        return _nan_outside_unit_interval(loss, x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -56,14 +55,28 @@ class _BernoulliNLLSum(torch.autograd.Function):
         return grad_p, grad_x
 
 
+def _nan_outside_unit_interval(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """NaN where a Bernoulli target leaves [0, 1] (CONTRACT section 5): one read-only
+    pass over x, no host sync."""
+    lo, hi = torch.aminmax(x)
+    return torch.where((lo < 0) | (hi > 1), torch.nan, loss)
+
+
 def reconstruction_sum(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
-    """Σ over every element of the per-element negative log-likelihood, in the acc. dtype."""
+    """Σ over every element of the per-element negative log-likelihood, in the acc. dtype.
+
+    ``dist="bernoulli_logits"`` reads p as logits: the exact cross-entropy
+    ``binary_cross_entropy_with_logits`` computes (no clamp, gradient σ(l) − x and −l).
+    """
     acc = accumulation_dtype(torch.promote_types(p.dtype, x.dtype))
     p, x = p.to(acc), x.to(acc)
     if dist == "normal":
         return F.mse_loss(p, x, reduction="sum")
     if dist == "laplace":
         return F.l1_loss(p, x, reduction="sum")
+    if dist == "bernoulli_logits":
+        loss = F.binary_cross_entropy_with_logits(p, x, reduction="sum")
+        return _nan_outside_unit_interval(loss, x)
     return _BernoulliNLLSum.apply(p, x)
 
 
@@ -73,13 +86,19 @@ def reconstruction_loss(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Te
     return (reconstruction_sum(p, x, dist) / x.shape[0]).to(out_dtype)
 
 
-def kl_normal_loss(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Σ [½(μ² + σ² − 1) − log σ] / Bq, the KL of N(μ, σ²) from N(0, 1), batch-averaged."""
+def kl_normal_loss(loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False) -> torch.Tensor:
+    """Σ [½(μ² + σ² − 1) − log σ] / Bq, the KL of N(μ, σ²) from N(0, 1), batch-averaged.
+
+    With ``q_logvar`` the second argument is v = log σ²: Σ ½(μ² + e^v − 1 − v) / Bq.
+    """
     out_dtype = torch.promote_types(loc.dtype, scale.dtype)
     acc = accumulation_dtype(out_dtype)
-    mu, sigma = loc.to(acc), scale.to(acc)
+    mu, s = loc.to(acc), scale.to(acc)
     batch = torch.broadcast_shapes(loc.shape, scale.shape)[0]
-    kl = 0.5 * (mu.square() + sigma.square() - 1.0) - torch.log(sigma)
+    if q_logvar:
+        kl = 0.5 * (mu.square() + torch.exp(s) - 1.0 - s)
+    else:
+        kl = 0.5 * (mu.square() + s.square() - 1.0) - torch.log(s)
     return (kl.sum() / batch).to(out_dtype)
 
 
@@ -90,8 +109,9 @@ def beta_vae_loss(
     scale: torch.Tensor,
     beta: float,
     dist: str,
+    q_logvar: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, rec, kl)`` with ``loss = rec + beta * kl``."""
     rec = reconstruction_loss(p, x, dist)
-    kl = kl_normal_loss(loc, scale)
+    kl = kl_normal_loss(loc, scale, q_logvar)
     return rec + beta * kl, rec, kl

@@ -17,10 +17,22 @@ import triton
 
 from .kernels.finalize import _finalize_loss
 from .kernels.kl import _normal_kl_fwd_bwd
-from .kernels.reconstruction import BERNOULLI, LAPLACE, NORMAL, _reconstruction_fwd_bwd
+from .kernels.reconstruction import (
+    BERNOULLI,
+    BERNOULLI_LOGITS,
+    LAPLACE,
+    NORMAL,
+    _reconstruction_fwd_bwd,
+)
 from .kernels.scale import _scale_grad_inplace
 
-DIST_CODES = {"normal": NORMAL, "laplace": LAPLACE, "bernoulli": BERNOULLI}
+# The reconstruction losses the kernels know; "bernoulli_logits" reads p as logits.
+DIST_CODES = {
+    "normal": NORMAL,
+    "laplace": LAPLACE,
+    "bernoulli": BERNOULLI,
+    "bernoulli_logits": BERNOULLI_LOGITS,
+}
 # Upper bound on the programs of a reduction, hence on the partials the finalize sums.
 MAX_PARTIALS = 1024
 _INT32_LIMIT = 2**31 - 1
@@ -165,11 +177,15 @@ def loss_fwd(
     scale: torch.Tensor,
     beta: float,
     dist: str,
+    q_logvar: bool,
     need_grad_p: bool,
     need_grad_x: bool,
     need_grad_q: bool,
 ) -> tuple[torch.Tensor, ...]:
     """Loss terms and the gradients they need, in at most three launches.
+
+    ``dist`` is a key of ``DIST_CODES``; with ``q_logvar`` the ``scale`` argument holds
+    log σ² (and the KL gradient buffer its gradient).
 
     Launches: the reconstruction reduction (skipped when x is empty), the KL reduction
     (skipped when the posterior is empty) and the finalize.
@@ -226,6 +242,7 @@ def loss_fwd(
             m,
             shape[0],
             WRITE_GRAD=need_grad_q,
+            LOGVAR=q_logvar,
             ACC_FP64=kl_acc == torch.float64,
             INT64=m > _INT32_LIMIT - block,
             BLOCK=block,

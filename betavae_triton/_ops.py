@@ -2,7 +2,7 @@
 
 Two operators under the ``betavae_triton`` namespace carry the Triton backend:
 
-``loss_fwd(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q)``
+``loss_fwd(x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)``
     rec, kl and loss, plus the flat buffers of the gradients the backward pass will need,
     written in the same pass over memory as the loss (forward+backward reads p and x once).
 ``scale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta)``
@@ -36,7 +36,7 @@ def _direct(kernel):
 # ---- the CPU implementations (opaque) -------------------------------------------------
 
 
-def _eager_loss_fwd(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q):
+def _eager_loss_fwd(x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q):
     """The operator's semantics in eager PyTorch: gradients by autograd, packed as the
     kernels pack them."""
     out = _launch.allocate_outputs(x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q)
@@ -48,7 +48,7 @@ def _eager_loss_fwd(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need
         sigmas = scale.detach().requires_grad_(need_grad_q)
         n, m = x.numel(), mus.expand(torch.broadcast_shapes(loc.shape, scale.shape)).numel()
         rec = _eager.reconstruction_loss(ps, xs, dist) if n > 0 else x.new_zeros(())
-        kl = _eager.kl_normal_loss(mus, sigmas) if m > 0 else loc.new_zeros(())
+        kl = _eager.kl_normal_loss(mus, sigmas, q_logvar) if m > 0 else loc.new_zeros(())
         if n > 0 and (need_grad_p or need_grad_x):
             wrt = [t for t, need in ((ps, need_grad_p), (xs, need_grad_x)) if need]
             order = _launch.shared_layout(p, x)
@@ -57,7 +57,7 @@ def _eager_loss_fwd(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need
         if m > 0 and need_grad_q:
             shape = torch.broadcast_shapes(loc.shape, scale.shape)
             mu_b, sigma_b = mus.expand(shape), sigmas.expand(shape)
-            kl_b = _eager.kl_normal_loss(mu_b, sigma_b)
+            kl_b = _eager.kl_normal_loss(mu_b, sigma_b, q_logvar)
             grads = torch.autograd.grad(kl_b, [mu_b, sigma_b])
             kl_grads.copy_(torch.cat([g.reshape(-1) for g in grads]))
     rec_out.copy_(rec.detach())
@@ -74,18 +74,19 @@ def _loss_fwd_cpu(
     scale: Tensor,
     beta: float,
     dist: str,
+    q_logvar: bool,
     need_grad_p: bool,
     need_grad_x: bool,
     need_grad_q: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    args = (x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q)
+    args = (x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)
     if interpreter_enabled():
         return _launch.loss_fwd(_direct, *args)
     return _eager_loss_fwd(*args)
 
 
 @_loss_fwd_cpu.register_fake
-def _(x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q):
+def _(x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q):
     return _launch.allocate_outputs(x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q)
 
 
@@ -128,12 +129,13 @@ def loss_fwd(
     scale: Tensor,
     beta: float,
     dist: str,
+    q_logvar: bool,
     need_grad_p: bool,
     need_grad_x: bool,
     need_grad_q: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The loss terms and the gradient buffers; see the module docstring."""
-    args = (x, p, loc, scale, beta, dist, need_grad_p, need_grad_x, need_grad_q)
+    args = (x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)
     if loc.device.type == "cpu":
         return torch.ops.betavae_triton.loss_fwd_cpu(*args)
     return _launch.loss_fwd(wrap_triton, *args)
@@ -182,7 +184,7 @@ def _scaled(grads: Tensor, g_term: Tensor | None, g_loss: Tensor | None, weight:
 
 
 def _save(ctx, inputs, rec_grads: Tensor, kl_grads: Tensor) -> None:
-    x, p, loc, scale, beta, _dist, need_grad_p, need_grad_x, need_grad_q = inputs
+    x, p, loc, scale, beta, _dist, _q_logvar, need_grad_p, need_grad_x, need_grad_q = inputs
     ctx.save_for_backward(rec_grads, kl_grads)
     ctx.beta = beta
     ctx.need = (need_grad_p, need_grad_x, need_grad_q)
@@ -216,7 +218,7 @@ def _input_grads(
         m = kl_grads.numel() // 2
         grad_loc = kl_grads[:m].view(bshape).sum_to_size(loc_shape).to(loc_dtype)
         grad_scale = kl_grads[m:].view(bshape).sum_to_size(scale_shape).to(scale_dtype)
-    return grad_x, grad_p, grad_loc, grad_scale, None, None, None, None, None
+    return grad_x, grad_p, grad_loc, grad_scale, None, None, None, None, None, None
 
 
 # The operators' own autograd formula, for anyone who calls them directly: the gradient
@@ -286,11 +288,17 @@ def _needs(*tensors: Tensor) -> bool:
 
 
 def triton_beta_vae_loss(
-    x: Tensor, p: Tensor, loc: Tensor, scale: Tensor, beta: float, dist: str
+    x: Tensor,
+    p: Tensor,
+    loc: Tensor,
+    scale: Tensor,
+    beta: float,
+    dist: str,
+    q_logvar: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss, rec, kl)`` on the Triton backend."""
     rec, kl, loss = _FusedBetaVAELoss.apply(
-        x, p, loc, scale, beta, dist, _needs(p), _needs(x), _needs(loc, scale)
+        x, p, loc, scale, beta, dist, q_logvar, _needs(p), _needs(x), _needs(loc, scale)
     )
     return loss, rec, kl
 
@@ -298,14 +306,16 @@ def triton_beta_vae_loss(
 def triton_reconstruction_loss(p: Tensor, x: Tensor, dist: str) -> Tensor:
     """The reconstruction term alone on the Triton backend (no KL launch)."""
     none = x.new_empty((0,))
-    rec, _, _ = _FusedBetaVAELoss.apply(x, p, none, none, 0.0, dist, _needs(p), _needs(x), False)
+    rec, _, _ = _FusedBetaVAELoss.apply(
+        x, p, none, none, 0.0, dist, False, _needs(p), _needs(x), False
+    )
     return rec
 
 
-def triton_kl_normal_loss(loc: Tensor, scale: Tensor) -> Tensor:
+def triton_kl_normal_loss(loc: Tensor, scale: Tensor, q_logvar: bool = False) -> Tensor:
     """The KL term alone on the Triton backend (no reconstruction launch)."""
     none = loc.new_empty((0,), dtype=torch.promote_types(loc.dtype, scale.dtype))
     _, kl, _ = _FusedBetaVAELoss.apply(
-        none, none, loc, scale, 0.0, "normal", False, False, _needs(loc, scale)
+        none, none, loc, scale, 0.0, "normal", q_logvar, False, False, _needs(loc, scale)
     )
     return kl

@@ -25,6 +25,26 @@ def _backend_for(backend: str | None, device: torch.device) -> str:
     return resolve_backend(check_backend(backend) if backend else default_backend(), device)
 
 
+def _reconstruction_kind(dist: str, p_is_logits: bool) -> str:
+    """The loss the kernels compute: ``dist``, or ``"bernoulli_logits"``."""
+    check_dist(dist)
+    if not p_is_logits:
+        return dist
+    if dist != "bernoulli":
+        raise ValueError(f"p_is_logits=True needs dist='bernoulli', got dist={dist!r}")
+    return "bernoulli_logits"
+
+
+def _check_bernoulli_values(
+    kind: str, p: torch.Tensor, x: torch.Tensor, validate_args: bool | None
+) -> None:
+    """Validate bernoulli targets (and probabilities; logits may be any real)."""
+    if kind == "bernoulli":
+        check_bernoulli_range(p, x, validate_args)
+    elif kind == "bernoulli_logits":
+        check_bernoulli_range(None, x, validate_args)
+
+
 def beta_vae_loss(
     x: torch.Tensor,
     p: torch.Tensor,
@@ -35,6 +55,8 @@ def beta_vae_loss(
     backend: str | None = None,
     *,
     validate_args: bool | None = None,
+    p_is_logits: bool = False,
+    q_is_logvar: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Compute the beta-VAE loss from tensors: the fastest path, no distribution objects.
 
@@ -54,8 +76,8 @@ def beta_vae_loss(
         The decoder's output, shape of ``x``: the mean (normal, laplace) or the probability
         (bernoulli) of each element.
     q_loc, q_scale : torch.Tensor
-        Mean and standard deviation of the diagonal Normal posterior; they broadcast to
-        ``(Bq, ...)``.
+        Mean and standard deviation of the diagonal Normal posterior (or its log-variance,
+        with ``q_is_logvar``); they broadcast to ``(Bq, ...)``.
     beta : float, default=4.0
         Weight of the KL divergence.
     dist : {"normal", "laplace", "bernoulli"}, default="normal"
@@ -65,6 +87,13 @@ def beta_vae_loss(
     validate_args : bool or None, default=None
         Check that bernoulli probabilities and targets lie in [0, 1] (one host sync, eager
         mode only). None follows ``torch.distributions.Distribution``'s global default.
+    p_is_logits : bool, default=False
+        With ``dist="bernoulli"``: ``p`` holds logits, and the cross-entropy is computed
+        from them exactly and stably (``max(l, 0) − x·l + log(1 + e^−|l|)``), without the
+        −100 clamp and without materialising ``sigmoid(p)``.
+    q_is_logvar : bool, default=False
+        ``q_scale`` holds the log-variance log σ² instead of σ; the exponential is fused
+        into the KL and the gradient flows to the log-variance.
 
     Returns
     -------
@@ -81,17 +110,18 @@ def beta_vae_loss(
     RuntimeError
         If ``backend="triton"`` cannot run on these tensors.
     """
-    check_dist(dist)
+    kernel_dist = _reconstruction_kind(dist, p_is_logits)
     check_reconstruction(p, x)
     check_posterior(q_loc, q_scale)
     check_same_device(x, q_loc)
-    if dist == "bernoulli":
-        check_bernoulli_range(p, x, validate_args)
+    _check_bernoulli_values(kernel_dist, p, x, validate_args)
     if _backend_for(backend, x.device) == "triton":
         from ._ops import triton_beta_vae_loss
 
-        return triton_beta_vae_loss(x, p, q_loc, q_scale, float(beta), dist)
-    return _eager.beta_vae_loss(x, p, q_loc, q_scale, beta, dist)
+        return triton_beta_vae_loss(
+            x, p, q_loc, q_scale, float(beta), kernel_dist, bool(q_is_logvar)
+        )
+    return _eager.beta_vae_loss(x, p, q_loc, q_scale, beta, kernel_dist, bool(q_is_logvar))
 
 
 def reconstruction_loss(
@@ -101,6 +131,7 @@ def reconstruction_loss(
     backend: str | None = None,
     *,
     validate_args: bool | None = None,
+    p_is_logits: bool = False,
 ) -> torch.Tensor:
     """Per-image reconstruction loss: Σ ℓ(p, x) over every element, divided by B.
 
@@ -116,35 +147,42 @@ def reconstruction_loss(
         Implementation, as in :func:`beta_vae_loss`.
     validate_args : bool or None, default=None
         As in :func:`beta_vae_loss`.
+    p_is_logits : bool, default=False
+        As in :func:`beta_vae_loss`: ``p`` holds bernoulli logits.
 
     Returns
     -------
     rec_loss : torch.Tensor
         A scalar in the dtype of ``p`` and ``x`` promoted.
     """
-    check_dist(dist)
+    kernel_dist = _reconstruction_kind(dist, p_is_logits)
     check_reconstruction(p, x)
-    if dist == "bernoulli":
-        check_bernoulli_range(p, x, validate_args)
+    _check_bernoulli_values(kernel_dist, p, x, validate_args)
     if _backend_for(backend, x.device) == "triton":
         from ._ops import triton_reconstruction_loss
 
-        return triton_reconstruction_loss(p, x, dist)
-    return _eager.reconstruction_loss(p, x, dist)
+        return triton_reconstruction_loss(p, x, kernel_dist)
+    return _eager.reconstruction_loss(p, x, kernel_dist)
 
 
 def kl_normal_loss(
-    q_loc: torch.Tensor, q_scale: torch.Tensor, backend: str | None = None
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    backend: str | None = None,
+    *,
+    q_is_logvar: bool = False,
 ) -> torch.Tensor:
     """KL divergence of N(μ, σ²) from N(0, 1), summed over latents and averaged over batch.
 
     Parameters
     ----------
     q_loc, q_scale : torch.Tensor
-        Mean and standard deviation of the diagonal Normal posterior, broadcasting to
-        ``(Bq, ...)``.
+        Mean and standard deviation of the diagonal Normal posterior (or its log-variance,
+        with ``q_is_logvar``), broadcasting to ``(Bq, ...)``.
     backend : {"auto", "triton", "eager"} or None, default=None
         Implementation, as in :func:`beta_vae_loss`.
+    q_is_logvar : bool, default=False
+        ``q_scale`` holds log σ²: the KL is Σ ½(μ² + e^v − 1 − v) / Bq.
 
     Returns
     -------
@@ -156,5 +194,5 @@ def kl_normal_loss(
     if _backend_for(backend, q_loc.device) == "triton":
         from ._ops import triton_kl_normal_loss
 
-        return triton_kl_normal_loss(q_loc, q_scale)
-    return _eager.kl_normal_loss(q_loc, q_scale)
+        return triton_kl_normal_loss(q_loc, q_scale, bool(q_is_logvar))
+    return _eager.kl_normal_loss(q_loc, q_scale, bool(q_is_logvar))

@@ -79,16 +79,22 @@ class BetaVAELoss(nn.Module):
     def extra_repr(self) -> str:
         return f"beta={self.beta}, default_dist={self.default_dist!r}, backend={self.backend!r}"
 
-    def _decoder_parameter(self, p: object) -> tuple[torch.Tensor, str]:
-        """The tensor the reconstruction loss reads from ``p``, and its distribution."""
+    def _decoder_parameter(self, p: object) -> tuple[torch.Tensor, str, bool]:
+        """The tensor the reconstruction loss reads from ``p``, its distribution, and
+        whether that tensor holds bernoulli logits."""
         if isinstance(p, Bernoulli):
-            return p.probs, "bernoulli"
+            # A Bernoulli built from logits keeps them as its parameter: the loss is then
+            # computed from the logits, exactly (sigmoid(logits) is never formed).
+            logits = vars(p).get("logits")
+            if logits is not None and p._param is logits:
+                return logits, "bernoulli", True
+            return p.probs, "bernoulli", False
         if isinstance(p, Normal):
-            return p.loc, "normal"
+            return p.loc, "normal", False
         if isinstance(p, Laplace):
-            return p.loc, "laplace"
+            return p.loc, "laplace", False
         if isinstance(p, torch.Tensor):
-            return p, self.default_dist
+            return p, self.default_dist, False
         raise TypeError(
             "Decoder distribution must be a torch.distributions Normal, Laplace or Bernoulli, "
             f"or a torch.Tensor, got {type(p).__name__}"
@@ -121,10 +127,18 @@ class BetaVAELoss(nn.Module):
         losses : dict
             ``"loss"``, the beta-VAE loss, with its terms ``"rec_loss"`` and ``"kl_loss"``.
         """
-        param, dist = self._decoder_parameter(p)
+        param, dist, logits = self._decoder_parameter(p)
         loc, scale = self._posterior(q)
         loss, rec, kl = F.beta_vae_loss(
-            x, param, loc, scale, self.beta, dist, self.backend, validate_args=self.validate_args
+            x,
+            param,
+            loc,
+            scale,
+            self.beta,
+            dist,
+            self.backend,
+            validate_args=self.validate_args,
+            p_is_logits=logits,
         )
         return {"rec_loss": rec, "kl_loss": kl, "loss": loss}
 
@@ -146,9 +160,9 @@ class BetaVAELoss(nn.Module):
         loss : torch.Tensor
             Per-image reconstruction loss (normalised per batch, not per pixel or channel).
         """
-        param, dist = self._decoder_parameter(p)
+        param, dist, logits = self._decoder_parameter(p)
         return F.reconstruction_loss(
-            param, data, dist, self.backend, validate_args=self.validate_args
+            param, data, dist, self.backend, validate_args=self.validate_args, p_is_logits=logits
         )
 
     def kl_normal_loss(self, q: Normal) -> torch.Tensor:

@@ -59,7 +59,7 @@ def _bernoulli_nll_sum(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_reconstruction_loss(
-    p: torch.Tensor, x: torch.Tensor, dist: str = "normal"
+    p: torch.Tensor, x: torch.Tensor, dist: str = "normal", p_is_logits: bool = False
 ) -> torch.Tensor:
     """Per-image reconstruction loss: Σ over every element of ℓ(p, x), divided by B.
 
@@ -73,6 +73,9 @@ def reference_reconstruction_loss(
     dist : {"normal", "laplace", "bernoulli"}, default="normal"
         Decoder distribution: squared error (the decoder's scale is ignored), absolute
         error, or binary cross-entropy with logs clamped at −100.
+    p_is_logits : bool, default=False
+        With ``"bernoulli"``: ``p`` holds logits, and the loss is the exact
+        ``−Bernoulli(logits=p).log_prob(x)`` (no clamp).
 
     Returns
     -------
@@ -84,8 +87,13 @@ def reference_reconstruction_loss(
     ValueError
         If ``dist`` is unknown.
     """
-    decoder = _decoder(_f64(p), dist)
     data = _f64(x)
+    if p_is_logits:
+        if dist != "bernoulli":
+            raise ValueError("p_is_logits needs dist='bernoulli'")
+        decoder = Bernoulli(logits=_f64(p), validate_args=False)
+        return -decoder.log_prob(data).sum() / len(data)
+    decoder = _decoder(_f64(p), dist)
     if isinstance(decoder, Bernoulli):
         loss = _bernoulli_nll_sum(decoder.probs, data)
     elif isinstance(decoder, Normal):
@@ -95,7 +103,9 @@ def reference_reconstruction_loss(
     return loss / len(data)
 
 
-def reference_kl_normal_loss(q_loc: torch.Tensor, q_scale: torch.Tensor) -> torch.Tensor:
+def reference_kl_normal_loss(
+    q_loc: torch.Tensor, q_scale: torch.Tensor, q_is_logvar: bool = False
+) -> torch.Tensor:
     """KL divergence of N(μ, σ²) from N(0, 1), averaged over dim 0 and summed over the rest.
 
     Parameters
@@ -103,13 +113,16 @@ def reference_kl_normal_loss(q_loc: torch.Tensor, q_scale: torch.Tensor) -> torc
     q_loc, q_scale : torch.Tensor
         Mean and (positive) standard deviation of the diagonal Normal posterior; they
         broadcast to ``(Bq, ...)``. Any floating dtype; they are cast to float64.
+    q_is_logvar : bool, default=False
+        ``q_scale`` holds log σ²; the posterior is ``Normal(q_loc, exp(q_scale / 2))``.
 
     Returns
     -------
     kl_loss : torch.Tensor
         A float64 scalar: ``kl_divergence(q, Normal(0, 1)).mean(dim=0).sum()``.
     """
-    q = Normal(_f64(q_loc), _f64(q_scale), validate_args=False)
+    scale = torch.exp(0.5 * _f64(q_scale)) if q_is_logvar else _f64(q_scale)
+    q = Normal(_f64(q_loc), scale, validate_args=False)
     zero = torch.zeros((), dtype=torch.float64, device=q.loc.device)
     prior = Normal(zero, torch.ones_like(zero), validate_args=False)
     return kl_divergence(q, prior).mean(dim=0).sum()
@@ -122,6 +135,8 @@ def reference_beta_vae_loss(
     q_scale: torch.Tensor,
     beta: float = 4.0,
     dist: str = "normal",
+    p_is_logits: bool = False,
+    q_is_logvar: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The beta-VAE loss ``rec_loss + beta * kl_loss``, in float64.
 
@@ -137,12 +152,16 @@ def reference_beta_vae_loss(
         Weight of the KL divergence.
     dist : {"normal", "laplace", "bernoulli"}, default="normal"
         Decoder distribution.
+    p_is_logits : bool, default=False
+        ``p`` holds bernoulli logits (see :func:`reference_reconstruction_loss`).
+    q_is_logvar : bool, default=False
+        ``q_scale`` holds log σ² (see :func:`reference_kl_normal_loss`).
 
     Returns
     -------
     loss, rec_loss, kl_loss : torch.Tensor
         float64 scalars.
     """
-    rec_loss = reference_reconstruction_loss(p, x, dist)
-    kl_loss = reference_kl_normal_loss(q_loc, q_scale)
+    rec_loss = reference_reconstruction_loss(p, x, dist, p_is_logits)
+    kl_loss = reference_kl_normal_loss(q_loc, q_scale, q_is_logvar)
     return rec_loss + beta * kl_loss, rec_loss, kl_loss

@@ -85,6 +85,9 @@ class LossInputs:
     p: torch.Tensor
     q_loc: torch.Tensor
     q_scale: torch.Tensor
+    # p holds bernoulli logits; q_scale holds log σ² (the issue-8 parametrisations).
+    p_is_logits: bool = False
+    q_is_logvar: bool = False
 
     @property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,7 +107,8 @@ class LossInputs:
             f"{n}{tuple(t.shape)}"
             for n, t in zip(("x", "p", "q_loc", "q_scale"), self.tensors, strict=True)
         )
-        return f"dist={self.dist} dtype={self.x.dtype} {shapes}"
+        flags = " logits" * self.p_is_logits + " logvar" * self.q_is_logvar
+        return f"dist={self.dist}{flags} dtype={self.x.dtype} {shapes}"
 
 
 def max_elements(dtype: torch.dtype) -> int:
@@ -141,8 +145,22 @@ def _inject(draw, t: torch.Tensor, values: Sequence[float], max_count: int = 4) 
 
 
 @st.composite
-def decoder_values(draw, dist: str, shape: tuple[int, ...], dtype: torch.dtype, gen):
-    """``(x, p)`` in float64, valid for ``dist`` once rounded to ``dtype``."""
+def decoder_values(
+    draw, dist: str, shape: tuple[int, ...], dtype: torch.dtype, gen, logits: bool = False
+):
+    """``(x, p)`` in float64, valid for ``dist`` once rounded to ``dtype`` (``p`` as
+    bernoulli logits with ``logits``)."""
+    if dist == "bernoulli" and logits:
+        x = torch.rand(shape, generator=gen, dtype=torch.float64)
+        if draw(st.sampled_from(["binary", "soft"])) == "binary":
+            x = x.round()
+        p = _randn(shape, gen) * draw(st.sampled_from([1.0, 5.0, 20.0]))
+        # Exact 0, logits where σ saturates in float32 (±20, ±200) and beyond nidl's −100
+        # clamp; ±1e4 where the dtype holds it.
+        big = [1e4, -1e4] if dtype in FULL_DTYPES else [3e3, -3e3]
+        _inject(draw, p, [0.0, 20.0, -20.0, 200.0, -200.0, *big])
+        _inject(draw, x, [0.0, 1.0])
+        return x, p
     if dist == "bernoulli":
         x = torch.rand(shape, generator=gen, dtype=torch.float64)
         if draw(st.sampled_from(["binary", "soft"])) == "binary":
@@ -178,8 +196,11 @@ Q_LAYOUTS = ("same", "scalar_scale", "ones_scale", "batch1_scale", "batch1_loc")
 
 
 @st.composite
-def posterior_values(draw, batch: int, dtype: torch.dtype, gen, layout: str | None = None):
-    """``(q_loc, q_scale)`` in float64, scale strictly positive, in a broadcast layout."""
+def posterior_values(
+    draw, batch: int, dtype: torch.dtype, gen, layout: str | None = None, logvar: bool = False
+):
+    """``(q_loc, q_scale)`` in float64, scale strictly positive, in a broadcast layout
+    (``q_scale`` as log σ² with ``logvar``)."""
     latent = draw(shapes(batch, 32 if dtype in HALF_DTYPES else 64, min_dims=1, max_dims=2))
     layout = layout or draw(st.sampled_from(Q_LAYOUTS))
     loc_shape, scale_shape = latent, latent
@@ -200,6 +221,8 @@ def posterior_values(draw, batch: int, dtype: torch.dtype, gen, layout: str | No
         loc = _randn(loc_shape, gen) * draw(st.sampled_from([0.1, 1.0, 2.0]))
         log_scale = torch.rand(scale_shape, generator=gen, dtype=torch.float64) * 4.5 - 2.5
         scale = log_scale.exp()
+    if logvar:
+        return loc, 2.0 * scale.log()
     return loc, scale
 
 
@@ -212,6 +235,8 @@ def loss_inputs(
     q_layout: str | None = None,
     same_q_batch: bool = False,
     device: torch.device = DEVICE,
+    logits: bool = False,
+    logvar: bool = False,
 ) -> LossInputs:
     """A :class:`LossInputs` for ``dist`` and ``dtype`` (drawn when None).
 
@@ -219,17 +244,19 @@ def loss_inputs(
     a posterior of 1 or 2 latent dimensions whose batch is usually B (sometimes another,
     unless ``same_q_batch``), in one of :data:`Q_LAYOUTS`. Values: generated from a drawn
     seed, with exact 0 and 1 injected for bernoulli and exact ties for normal/laplace.
+    ``logits`` (bernoulli only) draws p as logits, ``logvar`` q_scale as log σ².
     """
     dist = dist or draw(st.sampled_from(DISTS))
     dtype = dtype or draw(st.sampled_from(FULL_DTYPES))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
     batch = draw(st.integers(1, 6))
     shape = draw(shapes(batch, max_elements(dtype)))
-    x, p = draw(decoder_values(dist, shape, dtype, gen))
+    logits = logits and dist == "bernoulli"
+    x, p = draw(decoder_values(dist, shape, dtype, gen, logits))
     q_batch = batch if same_q_batch else draw(st.one_of(st.just(batch), st.integers(1, 6)))
-    loc, scale = draw(posterior_values(q_batch, dtype, gen, q_layout))
+    loc, scale = draw(posterior_values(q_batch, dtype, gen, q_layout, logvar))
     x, p, loc, scale = (t.to(device=device, dtype=dtype) for t in (x, p, loc, scale))
-    return LossInputs(dist, x, p, loc, scale)
+    return LossInputs(dist, x, p, loc, scale, logits, logvar)
 
 
 # ---- running the loss --------------------------------------------------------------------
@@ -240,25 +267,46 @@ def other_dist(dist: str) -> str:
     return DISTS[(DISTS.index(dist) + 1) % len(DISTS)]
 
 
-def as_distribution(p: torch.Tensor, dist: str):
+def as_distribution(p: torch.Tensor, dist: str, logits: bool = False):
     """The torch.distributions object that a decoder returns for parameter ``p``."""
     if dist == "bernoulli":
-        return Bernoulli(probs=p)
+        return Bernoulli(logits=p) if logits else Bernoulli(probs=p)
     return DIST_CLASSES[dist](p, torch.ones_like(p))
 
 
 def call_loss(
-    leaves: Sequence[torch.Tensor], dist: str, beta: float, backend: str, form: str = "functional"
+    leaves: Sequence[torch.Tensor],
+    dist: str,
+    beta: float,
+    backend: str,
+    form: str = "functional",
+    logits: bool = False,
+    logvar: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, rec, kl)`` of the package, called in the given ``form`` (see FORMS)."""
+    """``(loss, rec, kl)`` of the package, called in the given ``form`` (see FORMS).
+
+    With ``logits`` the module forms get ``Bernoulli(logits=p)`` (a tensor p means
+    probabilities to the module); with ``logvar`` they get ``Normal(loc, exp(v / 2))``.
+    """
     x, p, loc, scale = leaves
     if form == "functional":
-        return beta_vae_loss(x, p, loc, scale, beta=beta, dist=dist, backend=backend)
-    if form == "module_tensor":
-        out = BetaVAELoss(beta=beta, default_dist=dist, backend=backend)(x, p, Normal(loc, scale))
-    elif form == "module_dist":
+        return beta_vae_loss(
+            x,
+            p,
+            loc,
+            scale,
+            beta=beta,
+            dist=dist,
+            backend=backend,
+            p_is_logits=logits,
+            q_is_logvar=logvar,
+        )
+    q = Normal(loc, torch.exp(0.5 * scale)) if logvar else Normal(loc, scale)
+    if form == "module_tensor" and not logits:
+        out = BetaVAELoss(beta=beta, default_dist=dist, backend=backend)(x, p, q)
+    elif form in ("module_dist", "module_tensor"):
         module = BetaVAELoss(beta=beta, default_dist=other_dist(dist), backend=backend)
-        out = module(x, as_distribution(p, dist), Normal(loc, scale))
+        out = module(x, as_distribution(p, dist, logits), q)
     else:
         raise ValueError(form)
     assert set(out) == {"loss", "rec_loss", "kl_loss"}
@@ -284,7 +332,9 @@ def reference_results(
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
     """The oracle: float64 ``(loss, rec, kl)`` and float64 gradients (or None)."""
     leaves = [t.detach().cpu().double().requires_grad_() for t in inputs.tensors]
-    values = reference_beta_vae_loss(*leaves, beta, inputs.dist)
+    values = reference_beta_vae_loss(
+        *leaves, beta, inputs.dist, inputs.p_is_logits, inputs.q_is_logvar
+    )
     grads = None if weights is None else grads_of(values, leaves, weights)
     return tuple(v.detach() for v in values), grads
 
@@ -299,7 +349,9 @@ def _clamped_logs(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def value_magnitudes(inputs: LossInputs, beta: float) -> tuple[float, float, float]:
     """Sizes of ``(loss, rec, kl)`` as sums of absolute terms, for tolerances."""
     x, p, loc, scale = (t.detach().cpu().double() for t in inputs.tensors)
-    if inputs.dist == "normal":
+    if inputs.p_is_logits:
+        rec = (p.clamp_min(0) + (x * p).abs() + torch.log1p(torch.exp(-p.abs()))).sum()
+    elif inputs.dist == "normal":
         rec = (p - x).square().sum()
     elif inputs.dist == "laplace":
         rec = (p - x).abs().sum()
@@ -307,8 +359,11 @@ def value_magnitudes(inputs: LossInputs, beta: float) -> tuple[float, float, flo
         log_p, log_1mp = _clamped_logs(p)
         rec = (log_p.abs() + log_1mp.abs()).sum()
     rec = float(rec) / x.shape[0]
-    mu, sigma = torch.broadcast_tensors(loc, scale)
-    kl = 0.5 * (mu.square() + sigma.square() + 1) + sigma.log().abs()
+    mu, s = torch.broadcast_tensors(loc, scale)
+    if inputs.q_is_logvar:
+        kl = 0.5 * (mu.square() + s.exp() + 1 + s.abs())
+    else:
+        kl = 0.5 * (mu.square() + s.square() + 1) + s.log().abs()
     kl = float(kl.sum()) / mu.shape[0]
     return rec + abs(beta) * kl, rec, kl
 
@@ -320,7 +375,10 @@ def grad_magnitudes(
     x, p, loc, scale = (t.detach().cpu().double() for t in inputs.tensors)
     w_loss, w_rec, w_kl = weights
     rec_w = (abs(w_loss) + abs(w_rec)) / x.shape[0]
-    if inputs.dist == "normal":
+    if inputs.p_is_logits:
+        g_p = 1 + x.abs()
+        g_x = p.abs()
+    elif inputs.dist == "normal":
         g_p = 2 * (p - x).abs()
         g_x = g_p
     elif inputs.dist == "laplace":
@@ -330,10 +388,11 @@ def grad_magnitudes(
         g_p = (p.abs() + x.abs()) / (p * (1 - p)).clamp_min(1e-12)
         log_p, log_1mp = _clamped_logs(p)
         g_x = log_p.abs() + log_1mp.abs()
-    mu, sigma = torch.broadcast_tensors(loc, scale)
+    mu, s = torch.broadcast_tensors(loc, scale)
     kl_w = (abs(w_loss * beta) + abs(w_kl)) / mu.shape[0]
     g_mu = (kl_w * mu.abs()).sum_to_size(loc.shape)
-    g_sigma = (kl_w * (sigma + 1 / sigma)).sum_to_size(scale.shape)
+    g_s = 0.5 * (s.exp() + 1) if inputs.q_is_logvar else s + 1 / s
+    g_sigma = (kl_w * g_s).sum_to_size(scale.shape)
     return rec_w * g_x, rec_w * g_p, g_mu, g_sigma
 
 
@@ -430,7 +489,9 @@ def check_against_reference(
     """Run the package on ``inputs`` and check values, dtypes and all four gradients
     against the float64 reference. Returns ``(loss, rec, kl)``."""
     leaves = inputs.leaves()
-    values = call_loss(leaves, inputs.dist, beta, backend, form)
+    values = call_loss(
+        leaves, inputs.dist, beta, backend, form, inputs.p_is_logits, inputs.q_is_logvar
+    )
     context = f"{inputs.describe()} beta={beta} backend={backend} form={form} weights={weights}"
     assert_values_match(values, inputs, beta, context)
     assert_grads_match(grads_of(values, leaves, weights), inputs, beta, weights, context)

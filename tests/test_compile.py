@@ -58,6 +58,35 @@ def _step(loss_fn: BetaVAELoss, dist: str, as_distribution: bool):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_logits_and_logvar_compile_without_breaks(backend):
+    """Bernoulli(logits=...) through the module, and a log-variance posterior through the
+    functional form, in one fullgraph compile that matches eager."""
+    x, h, mu, log_var = _batch("bernoulli")
+    loss_fn = BetaVAELoss(4.0, backend=backend)
+
+    def step(x, h, mu, log_var):
+        out = loss_fn(x, Bernoulli(logits=h), Normal(mu, torch.exp(0.5 * log_var)))
+        loss, rec, kl = beta_vae_loss(
+            x, h, mu, log_var, 4.0, "bernoulli", backend, p_is_logits=True, q_is_logvar=True
+        )
+        return out["loss"] + loss, rec, kl
+
+    explanation = torch._dynamo.explain(step)(x, h, mu, log_var)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    leaves = [t.detach().requires_grad_() for t in (h, mu, log_var)]
+    got = torch.compile(step, fullgraph=True)(x, *leaves)
+    want_leaves = [t.detach().requires_grad_() for t in (h, mu, log_var)]
+    want = step(x, *want_leaves)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    grads = torch.autograd.grad(got[0], leaves)
+    want_grads = torch.autograd.grad(want[0], want_leaves)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("as_distribution", [True, False])
 def test_no_graph_breaks(backend, dist, as_distribution):
@@ -144,18 +173,21 @@ def test_compiled_optimizer_step_trains_a_vae(backend):
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
 
 
-@pytest.mark.parametrize("dist", DISTS)
+@pytest.mark.parametrize("dist", [*DISTS, "bernoulli_logits"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_opcheck(dist, dtype):
-    x, h, mu, log_sigma = _batch(dist, dtype=dtype)
+    x, h, mu, log_sigma = _batch(dist.removesuffix("_logits"), dtype=dtype)
     p = torch.sigmoid(h) if dist == "bernoulli" else h
-    args = (x, p.requires_grad_(), mu.requires_grad_(), log_sigma.exp().detach().requires_grad_())
+    # The KL reads σ, or log σ² (q_logvar) for the logits case.
+    q_logvar = dist == "bernoulli_logits"
+    second = 2 * log_sigma if q_logvar else log_sigma.exp()
+    args = (x, p.requires_grad_(), mu.requires_grad_(), second.detach().requires_grad_())
     ops = [torch.ops.betavae_triton.loss_fwd.default]
     if DEVICE.type == "cpu":
         ops.append(torch.ops.betavae_triton.loss_fwd_cpu.default)
     for op in ops:
         for need in ((True, False, True), (True, True, True), (False, False, False)):
-            torch.library.opcheck(op, (*args, 0.5, dist, *need))
+            torch.library.opcheck(op, (*args, 0.5, dist, q_logvar, *need))
     grads = torch.rand(50, dtype=dtype, device=DEVICE), torch.rand(10, dtype=dtype, device=DEVICE)
     g = torch.tensor(2.0, dtype=dtype, device=DEVICE)
     torch.library.opcheck(torch.ops.betavae_triton.scale_grads_.default, (*grads, g, None, g, 0.5))

@@ -144,6 +144,26 @@ def test_invariant_under_batch_permutation(backend, data, beta):
         assert_close_to_reference(got, ref.double(), mag, f"grad {name}", "un-permuted")
 
 
+@BACKENDS
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(FULL_DTYPES + HALF_DTYPES),
+    which=st.sampled_from(["logits", "logvar", "both"]),
+    beta=st.sampled_from(BETAS),
+    form=st.sampled_from(FORMS),
+    weights=st.sampled_from(GRAD_WEIGHTS),
+)
+def test_logits_and_logvar_match_reference(backend, data, dtype, which, beta, form, weights):
+    """Bernoulli logits (exact cross-entropy, logits up to ±1e4) and log-variance
+    posteriors: values and all four gradients against the float64 reference."""
+    logits, logvar = which in ("logits", "both"), which in ("logvar", "both")
+    dist = "bernoulli" if logits else data.draw(st.sampled_from(DISTS), label="dist")
+    inputs = data.draw(
+        loss_inputs(dist, dtype, logits=logits, logvar=logvar), label="inputs"
+    )
+    check_against_reference(inputs, beta, backend, form, weights)
+
+
 @pytest.mark.parametrize("dist", DISTS)
 @BACKENDS
 def test_reference_example_per_dist(backend, dist):

@@ -57,6 +57,31 @@ def bernoulli_nll(p, x):
 
 
 @triton.jit
+def bernoulli_nll_logits(logit, x):
+    """Binary cross-entropy from the logit l, exact for every finite l, and its derivatives.
+
+    −[x·log σ(l) + (1 − x)·log(1 − σ(l))] = max(l, 0) − x·l + log(1 + e^−|l|), with
+    d/dl = σ(l) − x and d/dx = −l. No clamp and no ``sigmoid(l)`` in memory; an x outside
+    [0, 1] gives NaN, as for probabilities.
+    """
+    e = tl.exp(-tl.abs(logit))
+    one_p = 1.0 + e
+    # log1p(e) (Goldberg), exact where 1 + e rounds to 1.
+    softplus_tail = tl.where(one_p == 1.0, e, tl.log(one_p) * e / (one_p - 1.0))
+    loss = tl.maximum(logit, 0.0) - x * logit + softplus_tail
+    loss = tl.where((x < 0.0) | (x > 1.0), float("nan"), loss)
+    sigmoid = tl.where(logit >= 0.0, 1.0 / one_p, e / one_p)
+    return loss, sigmoid - x, -logit
+
+
+@triton.jit
+def normal_kl_logvar(mu, logvar):
+    """½(μ² + e^v − 1 − v) for v = log σ², and its derivatives μ and ½(e^v − 1)."""
+    var = tl.exp(logvar)
+    return 0.5 * (mu * mu + var - 1.0 - logvar), mu, 0.5 * (var - 1.0)
+
+
+@triton.jit
 def normal_kl(mu, sigma):
     """½(μ² + σ² − 1) − log σ and its derivatives μ and σ − 1/σ."""
     return 0.5 * (mu * mu + sigma * sigma - 1.0) - tl.log(sigma), mu, sigma - 1.0 / sigma

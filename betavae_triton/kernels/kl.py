@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 
-from .elementwise import normal_kl
+from .elementwise import normal_kl, normal_kl_logvar
 
 
 @triton.jit
@@ -16,12 +16,15 @@ def _normal_kl_fwd_bwd(
     n_elements,
     batch,
     WRITE_GRAD: tl.constexpr,
+    LOGVAR: tl.constexpr,
     ACC_FP64: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Per-program partial Σ KL(N(μ, σ²) ‖ N(0, 1)) and, optionally, μ / B and (σ − 1/σ) / B.
 
+    With ``LOGVAR`` the second input is v = log σ² instead of σ (the exponential is taken
+    here, never in memory) and its gradient is ½(e^v − 1) / B.
     μ and σ are contiguous, already broadcast to one shape. Fixed-order tiles as in
     ``_reconstruction_fwd_bwd``.
 
@@ -42,8 +45,12 @@ def _normal_kl_fwd_bwd(
             offs = tile * BLOCK + lanes
         mask = offs < n_elements
         mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        sigma = tl.load(sigma_ptr + offs, mask=mask, other=1.0).to(acc_ty)
-        kl, d_mu, d_sigma = normal_kl(mu, sigma)
+        if LOGVAR:
+            logvar = tl.load(sigma_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+            kl, d_mu, d_sigma = normal_kl_logvar(mu, logvar)
+        else:
+            sigma = tl.load(sigma_ptr + offs, mask=mask, other=1.0).to(acc_ty)
+            kl, d_mu, d_sigma = normal_kl(mu, sigma)
         acc += tl.where(mask, kl, 0.0)
         if WRITE_GRAD:
             g_mu = d_mu * inv_batch

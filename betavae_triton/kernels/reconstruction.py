@@ -3,10 +3,10 @@
 import triton
 import triton.language as tl
 
-from .elementwise import absolute_error, bernoulli_nll, squared_error
+from .elementwise import absolute_error, bernoulli_nll, bernoulli_nll_logits, squared_error
 
 # The values of the DIST constexpr.
-NORMAL, LAPLACE, BERNOULLI = 0, 1, 2
+NORMAL, LAPLACE, BERNOULLI, BERNOULLI_LOGITS = 0, 1, 2, 3
 
 
 @triton.jit
@@ -26,6 +26,9 @@ def _reconstruction_fwd_bwd(
     BLOCK: tl.constexpr,
 ):
     """Per-program partial Σ ℓ(p, x) and, optionally, dℓ/dp / B and dℓ/dx / B.
+
+    ``DIST`` picks ℓ: squared error, absolute error, binary cross-entropy from
+    probabilities, or from logits (p is then the logit).
 
     p and x are flat views in the same memory order. Program ``pid`` of ``G`` sums tiles
     pid, pid + G, pid + 2G, ... into ``partial[pid]``: a fixed order, so the result is
@@ -54,8 +57,10 @@ def _reconstruction_fwd_bwd(
             loss, d_p, d_x = squared_error(p, x)
         elif DIST == 1:
             loss, d_p, d_x = absolute_error(p, x)
-        else:
+        elif DIST == 2:
             loss, d_p, d_x = bernoulli_nll(p, x)
+        else:
+            loss, d_p, d_x = bernoulli_nll_logits(p, x)
         acc += tl.where(mask, loss, 0.0)
         if WRITE_GRAD_P:
             g = d_p * inv_batch
