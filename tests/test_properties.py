@@ -158,9 +158,7 @@ def test_logits_and_logvar_match_reference(backend, data, dtype, which, beta, fo
     posteriors: values and all four gradients against the float64 reference."""
     logits, logvar = which in ("logits", "both"), which in ("logvar", "both")
     dist = "bernoulli" if logits else data.draw(st.sampled_from(DISTS), label="dist")
-    inputs = data.draw(
-        loss_inputs(dist, dtype, logits=logits, logvar=logvar), label="inputs"
-    )
+    inputs = data.draw(loss_inputs(dist, dtype, logits=logits, logvar=logvar), label="inputs")
     check_against_reference(inputs, beta, backend, form, weights)
 
 
