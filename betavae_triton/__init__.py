@@ -4,13 +4,25 @@
 """
 
 from ._dispatch import triton_available
-from .functional import beta_vae_loss, kl_normal_loss, reconstruction_loss
-from .loss import BetaVAELoss
+from .functional import (
+    beta_vae_loss,
+    capacity_beta_vae_loss,
+    kl_normal_loss,
+    reconstruction_loss,
+)
+from .loss import BetaVAELoss, CapacityBetaVAELoss
 
 if triton_available():
     # Registers the torch.library operators (betavae_triton::loss_fwd, ...), so that
     # exported programs that call them load as soon as the package is imported.
     from . import _ops  # noqa: F401
 
-__all__ = ["BetaVAELoss", "beta_vae_loss", "kl_normal_loss", "reconstruction_loss"]
+__all__ = [
+    "BetaVAELoss",
+    "CapacityBetaVAELoss",
+    "beta_vae_loss",
+    "capacity_beta_vae_loss",
+    "kl_normal_loss",
+    "reconstruction_loss",
+]
 __version__ = "0.1.0"

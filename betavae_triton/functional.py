@@ -18,7 +18,12 @@ from ._checks import (
 )
 from ._dispatch import check_backend, default_backend, resolve_backend
 
-__all__ = ["beta_vae_loss", "kl_normal_loss", "reconstruction_loss"]
+__all__ = [
+    "beta_vae_loss",
+    "capacity_beta_vae_loss",
+    "kl_normal_loss",
+    "reconstruction_loss",
+]
 
 
 def _backend_for(backend: str | None, device: torch.device) -> str:
@@ -196,3 +201,80 @@ def kl_normal_loss(
 
         return triton_kl_normal_loss(q_loc, q_scale, bool(q_is_logvar))
     return _eager.kl_normal_loss(q_loc, q_scale, bool(q_is_logvar))
+
+
+def capacity_beta_vae_loss(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    capacity: torch.Tensor | float,
+    gamma: float = 1000.0,
+    dist: str = "normal",
+    backend: str | None = None,
+    *,
+    validate_args: bool | None = None,
+    p_is_logits: bool = False,
+    q_is_logvar: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Capacity-controlled beta-VAE loss (Burgess et al., 2018): rec + γ·|KL − C|.
+
+    .. math::
+        \mathcal{L} = \mathcal{L}_{rec} + \gamma \, \lvert \mathcal{L}_{KL} - C \rvert
+
+    The two terms come from the same fused pass as :func:`beta_vae_loss`'s; the gradient
+    of the KL term is scaled by γ·sign(KL − C) on the device, without a host sync.
+
+    Parameters
+    ----------
+    x, p, q_loc, q_scale
+        As in :func:`beta_vae_loss`.
+    capacity : torch.Tensor or float
+        The target KL, C, in nats: a number or a 0-dim tensor on the data's device (so a
+        value that changes every step causes no recompile under ``torch.compile``).
+    gamma : float, default=1000.0
+        Weight of the distance between the KL and the capacity.
+    dist, backend, validate_args, p_is_logits, q_is_logvar
+        As in :func:`beta_vae_loss`.
+
+    Returns
+    -------
+    loss, rec_loss, kl_loss : torch.Tensor
+        Scalars: ``loss = rec_loss + gamma * |kl_loss - capacity|``.
+
+    Raises
+    ------
+    ValueError
+        If ``capacity`` is a tensor with more than one element or on another device, or
+        as :func:`beta_vae_loss` raises.
+
+    References
+    ----------
+    .. [1] Christopher P. Burgess et al., "Understanding disentangling in β-VAE",
+       arXiv:1804.03599, 2018.
+    """
+    if isinstance(capacity, torch.Tensor):
+        if capacity.numel() != 1:
+            raise ValueError(
+                f"capacity must be a number or a one-element tensor, got shape "
+                f"{tuple(capacity.shape)}"
+            )
+        if capacity.device != x.device:
+            raise ValueError(
+                f"capacity is on {capacity.device} but x is on {x.device}; put it on the "
+                "data's device (for CapacityBetaVAELoss: loss_fn.to(device))"
+            )
+    _, rec, kl = beta_vae_loss(
+        x,
+        p,
+        q_loc,
+        q_scale,
+        0.0,
+        dist,
+        backend,
+        validate_args=validate_args,
+        p_is_logits=p_is_logits,
+        q_is_logvar=q_is_logvar,
+    )
+    c = torch.as_tensor(capacity, dtype=kl.dtype, device=kl.device).reshape(())
+    return rec + gamma * (kl - c).abs(), rec, kl

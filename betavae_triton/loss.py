@@ -10,7 +10,7 @@ from . import functional as F
 from ._checks import check_dist
 from ._dispatch import check_backend, default_backend
 
-__all__ = ["BetaVAELoss"]
+__all__ = ["BetaVAELoss", "CapacityBetaVAELoss"]
 
 
 class BetaVAELoss(nn.Module):
@@ -206,3 +206,121 @@ class BetaVAELoss(nn.Module):
         raise TypeError(
             f"Decoder distribution must be `torch.distributions` or `torch.Tensor`, got {type(p)}"
         )
+
+
+class CapacityBetaVAELoss(BetaVAELoss):
+    r"""Capacity-controlled beta-VAE loss [1]_: rec + γ·|KL − C|, C annealed linearly.
+
+    .. math::
+        L(\theta, \phi) = L_{rec}(\theta, \phi) + \gamma \, \lvert L_{KL}(\theta, \phi)
+            - C_t \rvert, \qquad C_t = c_{min} + (c_{max} - c_{min})
+            \min(t / n_{steps}, 1)
+
+    The step counter ``t`` is a buffer (an int64 tensor that moves with ``.to(device)``)
+    that each call in training mode advances by one on the device: no host sync, and no
+    recompile under ``torch.compile`` as it advances. It is saved in the ``state_dict``, so
+    a resumed run goes on from the same capacity. In eval mode it stays put.
+
+    Parameters
+    ----------
+    gamma : float, default=1000.0
+        Weight of the distance between the KL and the capacity.
+    c_min, c_max : float, default=0.0, 25.0
+        The capacity, in nats, at step 0 and from step ``n_steps`` on.
+    n_steps : int, default=100000
+        Steps over which the capacity rises from ``c_min`` to ``c_max``.
+    default_dist : {"normal", "laplace", "bernoulli"}, default="normal"
+        Decoder distribution assumed when ``p`` is given as a tensor.
+    backend, validate_args
+        As in :class:`BetaVAELoss`.
+
+    Raises
+    ------
+    ValueError
+        If ``n_steps`` < 1, ``gamma`` < 0, or as :class:`BetaVAELoss` raises.
+
+    References
+    ----------
+    .. [1] Christopher P. Burgess et al., "Understanding disentangling in β-VAE",
+       arXiv:1804.03599, 2018.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.distributions import Normal
+    >>> from betavae_triton import CapacityBetaVAELoss
+    >>> loss_fn = CapacityBetaVAELoss(gamma=100.0, c_max=25.0, n_steps=1000)
+    >>> x = torch.randn(8, 1, 16, 16)
+    >>> out = loss_fn(x, torch.randn(8, 1, 16, 16), Normal(torch.randn(8, 10), torch.ones(8, 10)))
+    >>> sorted(out), int(loss_fn.step)
+    (['capacity', 'kl_loss', 'loss', 'rec_loss'], 1)
+    """
+
+    step: torch.Tensor
+
+    def __init__(
+        self,
+        gamma: float = 1000.0,
+        c_min: float = 0.0,
+        c_max: float = 25.0,
+        n_steps: int = 100_000,
+        default_dist: str = "normal",
+        *,
+        backend: str | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(0.0, default_dist, backend=backend, validate_args=validate_args)
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        if gamma < 0:
+            raise ValueError(f"gamma must be non-negative, got {gamma}")
+        self.gamma = float(gamma)
+        self.c_min = float(c_min)
+        self.c_max = float(c_max)
+        self.n_steps = int(n_steps)
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return (
+            f"gamma={self.gamma}, c_min={self.c_min}, c_max={self.c_max}, "
+            f"n_steps={self.n_steps}, default_dist={self.default_dist!r}, "
+            f"backend={self.backend!r}"
+        )
+
+    def capacity(self) -> torch.Tensor:
+        """The current capacity C_t, a float32 0-dim tensor on the buffer's device."""
+        progress = (self.step.to(torch.float32) / self.n_steps).clamp(max=1.0)
+        return self.c_min + (self.c_max - self.c_min) * progress
+
+    def forward(self, x: torch.Tensor, p: Distribution | torch.Tensor, q: Normal) -> dict:
+        """Compute the loss at the current capacity, then advance the step (training mode).
+
+        Parameters
+        ----------
+        x, p, q
+            As in :meth:`BetaVAELoss.forward`.
+
+        Returns
+        -------
+        losses : dict
+            ``"loss"`` (rec + γ·|KL − C|), ``"rec_loss"``, ``"kl_loss"`` and the
+            ``"capacity"`` C used.
+        """
+        param, dist, logits = self._decoder_parameter(p)
+        loc, scale = self._posterior(q)
+        capacity = self.capacity()
+        loss, rec, kl = F.capacity_beta_vae_loss(
+            x,
+            param,
+            loc,
+            scale,
+            capacity,
+            self.gamma,
+            dist,
+            self.backend,
+            validate_args=self.validate_args,
+            p_is_logits=logits,
+        )
+        if self.training:
+            self.step.add_(1)
+        return {"rec_loss": rec, "kl_loss": kl, "loss": loss, "capacity": capacity}

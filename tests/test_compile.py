@@ -14,7 +14,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.distributions import Bernoulli, Laplace, Normal
 
 import betavae_triton._ops  # noqa: F401  (registers the operators)
-from betavae_triton import BetaVAELoss, beta_vae_loss
+from betavae_triton import BetaVAELoss, CapacityBetaVAELoss, beta_vae_loss
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ("eager", "triton")
@@ -84,6 +84,29 @@ def test_logits_and_logvar_compile_without_breaks(backend):
     want_grads = torch.autograd.grad(want[0], want_leaves)
     for a, b in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_capacity_anneals_inside_one_compiled_graph(backend):
+    """The capacity's step counter advances on the device: five steps, one compile, and
+    the compiled losses equal eager ones at the same capacities."""
+    x, h, mu, log_sigma = _batch("normal")
+    compiled_fn = CapacityBetaVAELoss(50.0, 0.0, 10.0, 4, backend=backend).to(DEVICE)
+    eager_fn = CapacityBetaVAELoss(50.0, 0.0, 10.0, 4, backend=backend).to(DEVICE)
+
+    def step(loss_fn, x, h, mu, log_sigma):
+        out = loss_fn(x, h, Normal(mu, log_sigma.exp()))
+        return out["loss"], out["capacity"]
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    for i in range(5):
+        got, capacity = compiled(compiled_fn, x, h, mu, log_sigma)
+        want, want_capacity = step(eager_fn, x, h, mu, log_sigma)
+        assert capacity.item() == want_capacity.item() == min(i, 4) * 2.5
+        torch.testing.assert_close(got, want)
+    assert counter.frame_count == 1
+    assert compiled_fn.step.item() == 5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,6 +1,7 @@
 """Examples for what the package adds to nidl's loss (issue 8): bernoulli logits,
-log-variance posteriors. Each is compared with a float64 formula written out here or with
-``reference/``; the Hypothesis comparisons live in ``test_properties.py``."""
+log-variance posteriors, the capacity-controlled loss. Each is compared with a float64
+formula written out here or with ``reference/``; the Hypothesis comparisons live in
+``test_properties.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ import torch
 from _helpers import DEVICE
 from torch.distributions import Bernoulli, Normal
 
-from betavae_triton import BetaVAELoss, beta_vae_loss, kl_normal_loss, reconstruction_loss
-from reference import reference_kl_normal_loss, reference_reconstruction_loss
+from betavae_triton import (
+    BetaVAELoss,
+    CapacityBetaVAELoss,
+    beta_vae_loss,
+    capacity_beta_vae_loss,
+    kl_normal_loss,
+    reconstruction_loss,
+)
+from reference import (
+    reference_beta_vae_loss,
+    reference_kl_normal_loss,
+    reference_reconstruction_loss,
+)
 
 BACKENDS = pytest.mark.parametrize("backend", ["eager", "triton"])
 
@@ -111,3 +123,83 @@ def test_logvar_and_logits_in_one_call(backend):
     torch.testing.assert_close(out["rec_loss"], rec)
     torch.testing.assert_close(out["kl_loss"], kl, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss, rec + 2.0 * kl)
+
+
+# ---- capacity-controlled beta-VAE --------------------------------------------------------
+
+
+def _capacity_inputs(seed: int = 0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(4, 2, 5, generator=gen, dtype=dtype)
+    p = torch.rand(4, 2, 5, generator=gen, dtype=dtype)
+    loc = torch.randn(4, 6, generator=gen, dtype=dtype)
+    scale = torch.rand(4, 6, generator=gen, dtype=dtype) + 0.3
+    return [t.to(DEVICE) for t in (x, p, loc, scale)]
+
+
+@BACKENDS
+@pytest.mark.parametrize("capacity", [0.0, 1.5, 40.0])
+def test_capacity_loss_matches_reference(backend, capacity):
+    """loss = rec + γ·|KL − C| and its gradients, KL below and above C."""
+    leaves = [t.requires_grad_() for t in _capacity_inputs()]
+    loss, rec, kl = capacity_beta_vae_loss(*leaves, capacity, 30.0, "laplace", backend)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    _, ref_rec, ref_kl = reference_beta_vae_loss(*ref_leaves, 0.0, "laplace")
+    ref_loss = ref_rec + 30.0 * (ref_kl - capacity).abs()
+    for got, want in ((loss, ref_loss), (rec, ref_rec), (kl, ref_kl)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(loss, leaves)
+    ref_grads = torch.autograd.grad(ref_loss, ref_leaves)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_capacity_schedule_and_step_counter():
+    loss_fn = CapacityBetaVAELoss(gamma=10.0, c_min=1.0, c_max=5.0, n_steps=4).to(DEVICE)
+    inputs = [t.float() for t in _capacity_inputs()]
+    q = Normal(inputs[2], inputs[3])
+    seen = [loss_fn(inputs[0], inputs[1], q)["capacity"].item() for _ in range(6)]
+    assert seen == [1.0, 2.0, 3.0, 4.0, 5.0, 5.0]
+    assert loss_fn.step.item() == 6 and loss_fn.step.device.type == DEVICE.type
+    loss_fn.eval()
+    loss_fn(inputs[0], inputs[1], q)
+    assert loss_fn.step.item() == 6  # eval mode does not advance
+    assert "step" in loss_fn.state_dict()
+    resumed = CapacityBetaVAELoss(gamma=10.0, c_min=1.0, c_max=5.0, n_steps=4)
+    resumed.load_state_dict(loss_fn.state_dict())
+    assert resumed.capacity().item() == 5.0
+
+
+def test_capacity_module_keeps_the_parent_api():
+    loss_fn = CapacityBetaVAELoss(default_dist="bernoulli")
+    x = torch.rand(2, 3).round()
+    logits = torch.randn(2, 3)
+    out = loss_fn(x, Bernoulli(logits=logits), Normal(torch.zeros(2, 4), torch.ones(2, 4)))
+    assert set(out) == {"loss", "rec_loss", "kl_loss", "capacity"}
+    # KL is 0 at the prior and C = 0 at step 0: loss = rec, the exact logit cross-entropy.
+    torch.testing.assert_close(out["loss"], _exact_bce_with_logits(logits, x).float())
+    assert "gamma=1000.0" in repr(loss_fn)
+
+
+def test_capacity_bad_arguments():
+    with pytest.raises(ValueError, match="n_steps"):
+        CapacityBetaVAELoss(n_steps=0)
+    with pytest.raises(ValueError, match="gamma"):
+        CapacityBetaVAELoss(gamma=-1.0)
+    x, p, loc, scale = _capacity_inputs()
+    with pytest.raises(ValueError, match="one-element"):
+        capacity_beta_vae_loss(x, p, loc, scale, torch.ones(2))
+    with pytest.raises(ValueError, match="device"):
+        capacity_beta_vae_loss(x, p, loc, scale, torch.ones((), device="meta"))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import betavae_triton.functional
+    import betavae_triton.loss
+
+    for module in (betavae_triton.loss, betavae_triton.functional):
+        result = doctest.testmod(module)
+        assert result.failed == 0, module.__name__
+    assert doctest.testmod(betavae_triton.loss).attempted > 0
