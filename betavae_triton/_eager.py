@@ -21,26 +21,30 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 _BCE_EPS = 9.999999960041972e-13
 
 
-class _BernoulliNLLSum(torch.autograd.Function):
-    """Σ −[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)], with PyTorch's gradient.
+class _BernoulliNLL(torch.autograd.Function):
+    """−[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)], summed (``reduce``) or per
+    element, with PyTorch's gradient.
 
     ``F.binary_cross_entropy`` computes the same, but raises (CPU) or asserts on the device
     (CUDA) when p leaves [0, 1] or is NaN; the contract asks for NaN there instead.
     """
 
     @staticmethod
-    def forward(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(p: torch.Tensor, x: torch.Tensor, reduce: bool) -> torch.Tensor:
         log_p = torch.log(p).clamp_min_(-100.0)
         log_1mp = torch.log1p(-p).clamp_min_(-100.0)
         # x·log p + (1 − x)·log(1 − p) = lerp(log(1 − p), log p, x)
-        loss = -torch.lerp(log_1mp, log_p, x).sum()
+        loss = -torch.lerp(log_1mp, log_p, x)
         # Targets outside [0, 1] give NaN, not an extrapolated number. (Probabilities
         # outside give NaN through the logs.)
-        return _nan_outside_unit_interval(loss, x)
+        if reduce:
+            return _nan_outside_unit_interval(loss.sum(), x)
+        return torch.where((x < 0) | (x > 1), torch.nan, loss)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
+        p, x, _ = inputs
+        ctx.save_for_backward(p, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -52,7 +56,7 @@ class _BernoulliNLLSum(torch.autograd.Function):
             grad_p = grad * (p - x) / (p * (1 - p)).clamp_min(_BCE_EPS)
         if ctx.needs_input_grad[1]:
             grad_x = grad * (torch.log1p(-p).clamp_min(-100.0) - torch.log(p).clamp_min(-100.0))
-        return grad_p, grad_x
+        return grad_p, grad_x, None
 
 
 def _nan_outside_unit_interval(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -77,29 +81,73 @@ def reconstruction_sum(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Ten
     if dist == "bernoulli_logits":
         loss = F.binary_cross_entropy_with_logits(p, x, reduction="sum")
         return _nan_outside_unit_interval(loss, x)
-    return _BernoulliNLLSum.apply(p, x)
+    return _BernoulliNLL.apply(p, x, True)
 
 
-def reconstruction_loss(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
-    """Per-image reconstruction loss Σ ℓ(p, x) / B, in p's and x's result dtype."""
+def reconstruction_rows(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
+    """Per-sample sums of the per-element negative log-likelihood, shape (B,), acc. dtype."""
+    acc = accumulation_dtype(torch.promote_types(p.dtype, x.dtype))
+    p, x = p.to(acc), x.to(acc)
+    if dist == "normal":
+        loss = F.mse_loss(p, x, reduction="none")
+    elif dist == "laplace":
+        loss = F.l1_loss(p, x, reduction="none")
+    elif dist == "bernoulli_logits":
+        loss = F.binary_cross_entropy_with_logits(p, x, reduction="none")
+        loss = torch.where((x < 0) | (x > 1), torch.nan, loss)
+    else:
+        loss = _BernoulliNLL.apply(p, x, False)
+    return loss.reshape(x.shape[0], -1).sum(1)
+
+
+def reconstruction_loss(
+    p: torch.Tensor, x: torch.Tensor, dist: str, per_sample: bool = False
+) -> torch.Tensor:
+    """Per-image reconstruction loss Σ ℓ(p, x) / B (or per sample, shape (B,)), in p's
+    and x's result dtype."""
     out_dtype = torch.promote_types(p.dtype, x.dtype)
+    if per_sample:
+        return reconstruction_rows(p, x, dist).to(out_dtype)
     return (reconstruction_sum(p, x, dist) / x.shape[0]).to(out_dtype)
 
 
-def kl_normal_loss(loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False) -> torch.Tensor:
-    """Σ [½(μ² + σ² − 1) − log σ] / Bq, the KL of N(μ, σ²) from N(0, 1), batch-averaged.
+def kl_elements(loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) of each latent, broadcast, in the accumulation dtype.
 
-    With ``q_logvar`` the second argument is v = log σ²: Σ ½(μ² + e^v − 1 − v) / Bq.
+    With ``q_logvar`` the second argument is v = log σ²: ½(μ² + e^v − 1 − v).
     """
-    out_dtype = torch.promote_types(loc.dtype, scale.dtype)
-    acc = accumulation_dtype(out_dtype)
+    acc = accumulation_dtype(torch.promote_types(loc.dtype, scale.dtype))
     mu, s = loc.to(acc), scale.to(acc)
-    batch = torch.broadcast_shapes(loc.shape, scale.shape)[0]
     if q_logvar:
-        kl = 0.5 * (mu.square() + torch.exp(s) - 1.0 - s)
-    else:
-        kl = 0.5 * (mu.square() + s.square() - 1.0) - torch.log(s)
+        return 0.5 * (mu.square() + torch.exp(s) - 1.0 - s)
+    return 0.5 * (mu.square() + s.square() - 1.0) - torch.log(s)
+
+
+def kl_normal_loss(
+    loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False, per_sample: bool = False
+) -> torch.Tensor:
+    """Σ KL / Bq over the latents, batch-averaged (or per sample, shape (Bq,))."""
+    out_dtype = torch.promote_types(loc.dtype, scale.dtype)
+    kl = kl_elements(loc, scale, q_logvar)
+    batch = torch.broadcast_shapes(loc.shape, scale.shape)[0]
+    if per_sample:
+        return (
+            kl.expand(torch.broadcast_shapes(loc.shape, scale.shape))
+            .reshape(batch, -1)
+            .sum(1)
+            .to(out_dtype)
+        )
     return (kl.sum() / batch).to(out_dtype)
+
+
+def kl_per_dimension(
+    loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False
+) -> torch.Tensor:
+    """The batch-mean KL of each latent dimension: shape of one posterior sample."""
+    out_dtype = torch.promote_types(loc.dtype, scale.dtype)
+    shape = torch.broadcast_shapes(loc.shape, scale.shape)
+    kl = kl_elements(loc, scale, q_logvar).expand(shape)
+    return (kl.sum(0) / shape[0]).to(out_dtype)
 
 
 def beta_vae_loss(
@@ -110,8 +158,9 @@ def beta_vae_loss(
     beta: float,
     dist: str,
     q_logvar: bool = False,
+    per_sample: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, rec, kl)`` with ``loss = rec + beta * kl``."""
-    rec = reconstruction_loss(p, x, dist)
-    kl = kl_normal_loss(loc, scale, q_logvar)
+    rec = reconstruction_loss(p, x, dist, per_sample)
+    kl = kl_normal_loss(loc, scale, q_logvar, per_sample)
     return rec + beta * kl, rec, kl

@@ -103,6 +103,15 @@ def shared_layout(p: torch.Tensor, x: torch.Tensor) -> list[int]:
     return order if order is not None else list(range(p.dim()))
 
 
+def rec_layout(p: torch.Tensor, x: torch.Tensor, per_sample: bool) -> list[int]:
+    """:func:`shared_layout`, made batch-outermost for per-sample sums (each sample then a
+    contiguous row of the flat order; a batch-inner layout is copied into one)."""
+    order = shared_layout(p, x)
+    if per_sample and order and order[0] != 0:
+        return list(range(p.dim()))
+    return order
+
+
 def flat_pair(
     p: torch.Tensor, x: torch.Tensor, order: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +147,21 @@ def output_dtypes(
     return rec_dtype, kl_dtype, torch.promote_types(rec_dtype, kl_dtype)
 
 
+def loss_rows(
+    x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, per_sample: bool
+) -> tuple[int, int, int]:
+    """``(rows, rec_rows, kl_rows)``: programs of the finalize, and the rows each term is
+    reduced into (1 each for the batch mean; B and Bq for per-sample sums; 0 for a term
+    that is not computed)."""
+    m = math.prod(torch.broadcast_shapes(loc.shape, scale.shape))
+    if not per_sample:
+        return 1, 1, 1
+    rec_rows = x.shape[0] if x.numel() > 0 else 0
+    kl_rows = torch.broadcast_shapes(loc.shape, scale.shape)[0] if m > 0 else 0
+    rows = max(rec_rows, kl_rows)
+    return rows, rec_rows, kl_rows
+
+
 def allocate_outputs(
     x: torch.Tensor,
     p: torch.Tensor,
@@ -146,23 +170,35 @@ def allocate_outputs(
     need_grad_p: bool,
     need_grad_x: bool,
     need_grad_q: bool,
+    per_sample: bool = False,
+    kl_per_dim: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """``rec, kl, loss`` (scalars) and the flat gradient buffers ``rec_grads, kl_grads``.
+    """``rec, kl, loss``, the flat gradient buffers ``rec_grads, kl_grads`` and ``kl_dims``.
 
-    ``rec_grads`` holds [dL/dp | dL/dx] (each present only when needed) in the memory
-    order of :func:`shared_layout`; ``kl_grads`` holds [dL/dμ | dL/dσ] over the broadcast
-    shape of (μ, σ). The fake (meta) implementation of the operator is this function.
+    ``rec, kl, loss`` are scalars, or with ``per_sample`` vectors of shape (B,), (Bq,) and
+    (max(B, Bq),). ``rec_grads`` holds [dL/dp | dL/dx] (each present only when needed) in
+    the memory order of :func:`rec_layout`; ``kl_grads`` holds [dL/dμ | dL/dσ] over the
+    broadcast shape of (μ, σ); ``kl_dims`` the batch-mean KL of each latent dimension
+    (shape of one posterior sample) with ``kl_per_dim``, else nothing. The fake (meta)
+    implementation of the operator is this function.
     """
     device = x.device
     rec_dtype, kl_dtype, loss_dtype = output_dtypes(x, p, loc, scale)
     n = x.numel()
-    m = math.prod(torch.broadcast_shapes(loc.shape, scale.shape))
+    shape = torch.broadcast_shapes(loc.shape, scale.shape)
+    m = math.prod(shape)
+    if per_sample:
+        rows, _, kl_rows = loss_rows(x, loc, scale, per_sample)
+        shapes = ((rows,), (kl_rows or rows,), (rows,))
+    else:
+        shapes = ((), (), ())
     return (
-        _empty((), rec_dtype, device),
-        _empty((), kl_dtype, device),
-        _empty((), loss_dtype, device),
+        _empty(shapes[0], rec_dtype, device),
+        _empty(shapes[1], kl_dtype, device),
+        _empty(shapes[2], loss_dtype, device),
         _empty(((int(need_grad_p) + int(need_grad_x)) * n,), rec_dtype, device),
         _empty((2 * m if need_grad_q else 0,), kl_dtype, device),
+        _empty(tuple(shape[1:]) if kl_per_dim else (0,), kl_dtype, device),
     )
 
 
@@ -181,39 +217,51 @@ def loss_fwd(
     need_grad_p: bool,
     need_grad_x: bool,
     need_grad_q: bool,
+    per_sample: bool = False,
+    kl_per_dim: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Loss terms and the gradients they need, in at most three launches.
 
-    ``dist`` is a key of ``DIST_CODES``; with ``q_logvar`` the ``scale`` argument holds
-    log σ² (and the KL gradient buffer its gradient).
-
     Launches: the reconstruction reduction (skipped when x is empty), the KL reduction
-    (skipped when the posterior is empty) and the finalize.
+    (skipped when the posterior is empty) and the finalize. ``dist`` is a key of
+    ``DIST_CODES``; with ``q_logvar`` the ``scale`` argument holds log σ² (and the KL
+    gradient buffer its gradient). With ``per_sample`` the terms are per-sample sums (the
+    gradient buffers then hold the unscaled per-element derivatives); ``kl_per_dim`` adds
+    one torch reduction of the KL elements the KL kernel writes.
     """
-    out = allocate_outputs(x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q)
-    rec, kl, loss, rec_grads, kl_grads = out
+    out = allocate_outputs(
+        x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q, per_sample, kl_per_dim
+    )
+    rec, kl, loss, rec_grads, kl_grads, kl_dims = out
     device = x.device
     rec_dtype, kl_dtype, loss_dtype = rec.dtype, kl.dtype, loss.dtype
+    rows, rec_rows, kl_rows = loss_rows(x, loc, scale, per_sample)
+    batch = max(x.shape[0], 1) if x.dim() > 0 else 1
+    shape = torch.broadcast_shapes(loc.shape, scale.shape)
+    q_batch = shape[0] if len(shape) > 0 and shape[0] > 0 else 1
 
     # Reconstruction: p and x in one memory order and one dtype.
     n = x.numel()
     rec_acc = accumulation_dtype(rec_dtype)
     n_rec_programs = 0
-    rec_partials = torch.empty((MAX_PARTIALS,), dtype=rec_acc, device=device)
+    rec_partials = torch.empty((max(rec_rows, 1) * MAX_PARTIALS,), dtype=rec_acc, device=device)
     if n > 0:
-        order = shared_layout(p, x)
+        order = rec_layout(p, x, per_sample)
         p_flat, x_flat = flat_pair(p.to(rec_dtype), x.to(rec_dtype), order)
-        block, warps, n_rec_programs = reduction_config(n, p_flat.element_size(), device)
+        row_len = n // rec_rows
+        block, warps, n_rec_programs = reduction_config(row_len, p_flat.element_size(), device)
+        if per_sample:
+            n_rec_programs = max(1, min(n_rec_programs, triton.cdiv(n_rec_programs, rec_rows)))
         grad_p = rec_grads[:n] if need_grad_p else p_flat
         grad_x = rec_grads[n * int(need_grad_p) :] if need_grad_x else p_flat
-        launch(_reconstruction_fwd_bwd)[(n_rec_programs,)](
+        launch(_reconstruction_fwd_bwd)[(rec_rows, n_rec_programs)](
             p_flat,
             x_flat,
             rec_partials,
             grad_p,
             grad_x,
-            n,
-            x.shape[0],
+            row_len,
+            1 if per_sample else batch,
             DIST=DIST_CODES[dist],
             WRITE_GRAD_P=need_grad_p,
             WRITE_GRAD_X=need_grad_x,
@@ -224,33 +272,40 @@ def loss_fwd(
         )
 
     # KL: μ and σ broadcast to one contiguous shape (a copy only where they differ).
-    shape = torch.broadcast_shapes(loc.shape, scale.shape)
     m = math.prod(shape)
     kl_acc = accumulation_dtype(kl_dtype)
     n_kl_programs = 0
-    kl_partials = torch.empty((MAX_PARTIALS,), dtype=kl_acc, device=device)
+    kl_partials = torch.empty((max(kl_rows, 1) * MAX_PARTIALS,), dtype=kl_acc, device=device)
     if m > 0:
         mu = loc.to(kl_dtype).expand(shape).contiguous()
         sigma = scale.to(kl_dtype).expand(shape).contiguous()
-        block, warps, n_kl_programs = reduction_config(m, mu.element_size(), device)
-        launch(_normal_kl_fwd_bwd)[(n_kl_programs,)](
+        row_len = m // kl_rows
+        block, warps, n_kl_programs = reduction_config(row_len, mu.element_size(), device)
+        if per_sample:
+            n_kl_programs = max(1, min(n_kl_programs, triton.cdiv(n_kl_programs, kl_rows)))
+        kl_elements = torch.empty_like(mu) if kl_per_dim else mu
+        launch(_normal_kl_fwd_bwd)[(kl_rows, n_kl_programs)](
             mu,
             sigma,
             kl_partials,
             kl_grads[:m] if need_grad_q else mu,
             kl_grads[m:] if need_grad_q else mu,
-            m,
-            shape[0],
+            kl_elements,
+            row_len,
+            1 if per_sample else q_batch,
             WRITE_GRAD=need_grad_q,
+            WRITE_KL=kl_per_dim,
             LOGVAR=q_logvar,
             ACC_FP64=kl_acc == torch.float64,
             INT64=m > _INT32_LIMIT - block,
             BLOCK=block,
             num_warps=warps,
         )
+        if kl_per_dim:
+            kl_dims.copy_(kl_elements.to(kl_acc).sum(0).div_(q_batch))
 
     beta_hi, beta_lo = _split_fp64(beta)
-    launch(_finalize_loss)[(1,)](
+    launch(_finalize_loss)[(rows,)](
         rec_partials,
         kl_partials,
         rec,
@@ -258,8 +313,9 @@ def loss_fwd(
         loss,
         n_rec_programs,
         n_kl_programs,
-        max(x.shape[0], 1) if x.dim() > 0 else 1,
-        shape[0] if len(shape) > 0 and shape[0] > 0 else 1,
+        kl_rows if kl_rows > 0 else rows,
+        1 if per_sample else batch,
+        1 if per_sample else q_batch,
         beta_hi,
         beta_lo,
         ACC_FP64=loss_dtype == torch.float64,

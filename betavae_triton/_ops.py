@@ -2,7 +2,8 @@
 
 Two operators under the ``betavae_triton`` namespace carry the Triton backend:
 
-``loss_fwd(x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)``
+``loss_fwd(x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q,
+per_sample, kl_per_dim)``
     rec, kl and loss, plus the flat buffers of the gradients the backward pass will need,
     written in the same pass over memory as the loss (forward+backward reads p and x once).
 ``scale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta)``
@@ -17,6 +18,8 @@ On CUDA both are ``torch.library.triton_op``\\ s whose kernels are launched thro
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -36,30 +39,56 @@ def _direct(kernel):
 # ---- the CPU implementations (opaque) -------------------------------------------------
 
 
-def _eager_loss_fwd(x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q):
+def _eager_loss_fwd(
+    x,
+    p,
+    loc,
+    scale,
+    beta,
+    dist,
+    q_logvar,
+    need_grad_p,
+    need_grad_x,
+    need_grad_q,
+    per_sample,
+    kl_per_dim,
+):
     """The operator's semantics in eager PyTorch: gradients by autograd, packed as the
-    kernels pack them."""
-    out = _launch.allocate_outputs(x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q)
-    rec_out, kl_out, loss_out, rec_grads, kl_grads = out
+    kernels pack them (per-element derivatives, divided by B for the batch mean only)."""
+    out = _launch.allocate_outputs(
+        x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q, per_sample, kl_per_dim
+    )
+    rec_out, kl_out, loss_out, rec_grads, kl_grads, kl_dims = out
     with torch.enable_grad():
         xs = x.detach().requires_grad_(need_grad_x)
         ps = p.detach().requires_grad_(need_grad_p)
         mus = loc.detach().requires_grad_(need_grad_q)
         sigmas = scale.detach().requires_grad_(need_grad_q)
-        n, m = x.numel(), mus.expand(torch.broadcast_shapes(loc.shape, scale.shape)).numel()
-        rec = _eager.reconstruction_loss(ps, xs, dist) if n > 0 else x.new_zeros(())
-        kl = _eager.kl_normal_loss(mus, sigmas, q_logvar) if m > 0 else loc.new_zeros(())
+        shape = torch.broadcast_shapes(loc.shape, scale.shape)
+        n, m = x.numel(), math.prod(shape)
+        rec = (
+            _eager.reconstruction_loss(ps, xs, dist, per_sample)
+            if n > 0
+            else x.new_zeros(rec_out.shape)
+        )
+        kl = (
+            _eager.kl_normal_loss(mus, sigmas, q_logvar, per_sample)
+            if m > 0
+            else loc.new_zeros(kl_out.shape)
+        )
         if n > 0 and (need_grad_p or need_grad_x):
             wrt = [t for t, need in ((ps, need_grad_p), (xs, need_grad_x)) if need]
-            order = _launch.shared_layout(p, x)
-            flats = [g.permute(order).reshape(-1) for g in torch.autograd.grad(rec, wrt)]
-            rec_grads.copy_(torch.cat(flats))
+            order = _launch.rec_layout(p, x, per_sample)
+            # Summing the per-sample terms gives each element's own derivative.
+            grads = torch.autograd.grad(rec.sum(), wrt)
+            rec_grads.copy_(torch.cat([g.permute(order).reshape(-1) for g in grads]))
         if m > 0 and need_grad_q:
-            shape = torch.broadcast_shapes(loc.shape, scale.shape)
             mu_b, sigma_b = mus.expand(shape), sigmas.expand(shape)
-            kl_b = _eager.kl_normal_loss(mu_b, sigma_b, q_logvar)
-            grads = torch.autograd.grad(kl_b, [mu_b, sigma_b])
+            kl_b = _eager.kl_normal_loss(mu_b, sigma_b, q_logvar, per_sample)
+            grads = torch.autograd.grad(kl_b.sum(), [mu_b, sigma_b])
             kl_grads.copy_(torch.cat([g.reshape(-1) for g in grads]))
+    if kl_per_dim and m > 0:
+        kl_dims.copy_(_eager.kl_per_dimension(loc, scale, q_logvar))
     rec_out.copy_(rec.detach())
     kl_out.copy_(kl.detach())
     loss_out.copy_(rec_out.to(loss_out.dtype) + beta * kl_out.to(loss_out.dtype))
@@ -78,16 +107,34 @@ def _loss_fwd_cpu(
     need_grad_p: bool,
     need_grad_x: bool,
     need_grad_q: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    per_sample: bool,
+    kl_per_dim: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     args = (x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)
+    args = (*args, per_sample, kl_per_dim)
     if interpreter_enabled():
         return _launch.loss_fwd(_direct, *args)
     return _eager_loss_fwd(*args)
 
 
 @_loss_fwd_cpu.register_fake
-def _(x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q):
-    return _launch.allocate_outputs(x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q)
+def _(
+    x,
+    p,
+    loc,
+    scale,
+    beta,
+    dist,
+    q_logvar,
+    need_grad_p,
+    need_grad_x,
+    need_grad_q,
+    per_sample,
+    kl_per_dim,
+):
+    return _launch.allocate_outputs(
+        x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q, per_sample, kl_per_dim
+    )
 
 
 @custom_op("betavae_triton::scale_grads_cpu_", mutates_args=("rec_grads", "kl_grads"))
@@ -133,9 +180,12 @@ def loss_fwd(
     need_grad_p: bool,
     need_grad_x: bool,
     need_grad_q: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    per_sample: bool,
+    kl_per_dim: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The loss terms and the gradient buffers; see the module docstring."""
     args = (x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)
+    args = (*args, per_sample, kl_per_dim)
     if loc.device.type == "cpu":
         return torch.ops.betavae_triton.loss_fwd_cpu(*args)
     return _launch.loss_fwd(wrap_triton, *args)
@@ -170,27 +220,71 @@ def _tracing(t: Tensor) -> bool:
     )
 
 
-def _scaled(grads: Tensor, g_term: Tensor | None, g_loss: Tensor | None, weight: float) -> Tensor:
-    """grads · (g_term + weight·g_loss), out of place, in the accumulation dtype."""
-    if grads.numel() == 0 or (g_term is None and g_loss is None):
-        return grads
+def _factor(
+    g_term: Tensor | None, g_loss: Tensor | None, weight: float, acc: torch.dtype
+) -> Tensor | None:
+    """g_term + weight·g_loss in ``acc`` (a scalar, or one value per sample), or None."""
+    if g_term is None and g_loss is None:
+        return None
+    if g_term is None:
+        return weight * g_loss.to(acc)
+    if g_loss is None:
+        return g_term.to(acc)
+    return g_term.to(acc) + weight * g_loss.to(acc)
+
+
+def _scaled(
+    grads: Tensor,
+    g_term: Tensor | None,
+    g_loss: Tensor | None,
+    weight: float,
+    rows: int = 0,
+    parts: int = 1,
+) -> Tensor:
+    """grads · (g_term + weight·g_loss), out of place, in the accumulation dtype.
+
+    With ``rows`` the buffer holds per-sample rows (``reduction="none"``): each row is
+    scaled by its sample's factor (an incoming gradient of shape (rows,), or of shape (1,)
+    for a posterior shared by the batch, whose factor is then the sum over the batch).
+    """
     acc = _launch.accumulation_dtype(grads.dtype)
-    factor = torch.zeros((), dtype=acc, device=grads.device)
-    if g_term is not None:
-        factor = factor + g_term.to(acc)
-    if g_loss is not None:
-        factor = factor + weight * g_loss.to(acc)
+    factor = _factor(g_term, g_loss, weight, acc)
+    if grads.numel() == 0 or factor is None:
+        return grads
+    if rows:
+        if factor.numel() != rows:
+            factor = factor.sum().reshape(1)
+        # [dL/dp | dL/dx] (or [dμ | dσ]): each part is a (rows, row_len) block.
+        blocks = grads.to(acc).view(parts, rows, -1)
+        return (blocks * factor.view(1, -1, 1)).reshape(-1).to(grads.dtype)
     return (grads.to(acc) * factor).to(grads.dtype)
 
 
 def _save(ctx, inputs, rec_grads: Tensor, kl_grads: Tensor) -> None:
-    x, p, loc, scale, beta, _dist, _q_logvar, need_grad_p, need_grad_x, need_grad_q = inputs
+    x, p, loc, scale, beta, _dist, _q_logvar, need_grad_p, need_grad_x, need_grad_q = inputs[:10]
+    per_sample = inputs[10]
     ctx.save_for_backward(rec_grads, kl_grads)
     ctx.beta = beta
     ctx.need = (need_grad_p, need_grad_x, need_grad_q)
-    ctx.rec_meta = (x.shape, x.numel(), _launch.shared_layout(p, x) if x.numel() else None)
+    ctx.per_sample = per_sample
+    _rows, rec_rows, kl_rows = _launch.loss_rows(x, loc, scale, per_sample)
+    ctx.rows = (rec_rows, kl_rows) if per_sample else (0, 0)
+    layout = _launch.rec_layout(p, x, per_sample) if x.numel() else None
+    ctx.rec_meta = (x.shape, x.numel(), layout)
     ctx.dtypes = (x.dtype, p.dtype, loc.dtype, scale.dtype)
     ctx.q_shapes = (loc.shape, scale.shape)
+
+
+def _scale_both(ctx, rec_grads, kl_grads, g_rec, g_kl, g_loss) -> tuple[Tensor, Tensor]:
+    """Both buffers scaled out of place (per sample for ``reduction="none"``)."""
+    rec_rows, kl_rows = ctx.rows
+    g_loss_kl = g_loss
+    if g_loss is not None and kl_rows and kl_rows != g_loss.numel():
+        g_loss_kl = g_loss.sum().reshape(1)  # a posterior shared by every sample
+    need_grad_p, need_grad_x, _ = ctx.need
+    rec_grads = _scaled(rec_grads, g_rec, g_loss, 1.0, rec_rows, need_grad_p + need_grad_x)
+    kl_grads = _scaled(kl_grads, g_kl, g_loss_kl, ctx.beta, kl_rows, 2)
+    return rec_grads, kl_grads
 
 
 def _input_grads(
@@ -218,7 +312,7 @@ def _input_grads(
         m = kl_grads.numel() // 2
         grad_loc = kl_grads[:m].view(bshape).sum_to_size(loc_shape).to(loc_dtype)
         grad_scale = kl_grads[m:].view(bshape).sum_to_size(scale_shape).to(scale_dtype)
-    return grad_x, grad_p, grad_loc, grad_scale, None, None, None, None, None, None
+    return (grad_x, grad_p, grad_loc, grad_scale, *([None] * 8))
 
 
 # The operators' own autograd formula, for anyone who calls them directly: the gradient
@@ -226,15 +320,14 @@ def _input_grads(
 
 
 def _op_setup_context(ctx, inputs, output) -> None:
-    _rec, _kl, _loss, rec_grads, kl_grads = output
-    ctx.mark_non_differentiable(rec_grads, kl_grads)
+    _rec, _kl, _loss, rec_grads, kl_grads, kl_dims = output
+    ctx.mark_non_differentiable(rec_grads, kl_grads, kl_dims)
     _save(ctx, inputs, rec_grads, kl_grads)
 
 
-def _op_backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads):
+def _op_backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads, _g_kl_dims):
     rec_grads, kl_grads = ctx.saved_tensors
-    rec_grads = _scaled(rec_grads, g_rec, g_loss, 1.0)
-    kl_grads = _scaled(kl_grads, g_kl, g_loss, ctx.beta)
+    rec_grads, kl_grads = _scale_both(ctx, rec_grads, kl_grads, g_rec, g_kl, g_loss)
     return _input_grads(ctx, rec_grads, kl_grads)
 
 
@@ -245,18 +338,20 @@ register_autograd("betavae_triton::loss_fwd_cpu", _op_backward, setup_context=_o
 class _FusedBetaVAELoss(torch.autograd.Function):
     """What the package itself calls: the buffers never leave this function, so the
     eager backward may scale them in place (one launch, no traffic when the factor is 1).
+    Returns ``rec, kl, loss, kl_dims`` (the last one not differentiable).
     """
 
     @staticmethod
     def forward(ctx, *inputs):
-        rec, kl, loss, rec_grads, kl_grads = torch.ops.betavae_triton.loss_fwd(*inputs)
+        rec, kl, loss, rec_grads, kl_grads, kl_dims = torch.ops.betavae_triton.loss_fwd(*inputs)
         _save(ctx, inputs, rec_grads, kl_grads)
+        ctx.mark_non_differentiable(kl_dims)
         ctx.set_materialize_grads(False)
         ctx.consumed = False
-        return rec, kl, loss
+        return rec, kl, loss, kl_dims
 
     @staticmethod
-    def backward(ctx, g_rec, g_kl, g_loss):
+    def backward(ctx, g_rec, g_kl, g_loss, _g_kl_dims):
         if ctx.consumed:
             raise RuntimeError(
                 "betavae_triton's Triton backend writes the gradient during the forward pass "
@@ -265,11 +360,10 @@ class _FusedBetaVAELoss(torch.autograd.Function):
                 "or use backend='eager'."
             )
         rec_grads, kl_grads = ctx.saved_tensors
-        if _tracing(rec_grads):
-            # Under torch.compile / export: out of place, so that inductor fuses the
-            # scaling into whatever consumes the gradient next.
-            rec_grads = _scaled(rec_grads, g_rec, g_loss, 1.0)
-            kl_grads = _scaled(kl_grads, g_kl, g_loss, ctx.beta)
+        if _tracing(rec_grads) or ctx.per_sample:
+            # Under torch.compile / export (and for per-sample losses): out of place, so
+            # that inductor fuses the scaling into whatever consumes the gradient next.
+            rec_grads, kl_grads = _scale_both(ctx, rec_grads, kl_grads, g_rec, g_kl, g_loss)
         else:
             ctx.consumed = True
             torch.ops.betavae_triton.scale_grads_(
@@ -295,27 +389,54 @@ def triton_beta_vae_loss(
     beta: float,
     dist: str,
     q_logvar: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, rec, kl)`` on the Triton backend."""
-    rec, kl, loss = _FusedBetaVAELoss.apply(
-        x, p, loc, scale, beta, dist, q_logvar, _needs(p), _needs(x), _needs(loc, scale)
+    per_sample: bool = False,
+    kl_per_dim: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(loss, rec, kl, kl_dims)`` on the Triton backend (``kl_dims`` empty unless
+    ``kl_per_dim``)."""
+    rec, kl, loss, kl_dims = _FusedBetaVAELoss.apply(
+        x,
+        p,
+        loc,
+        scale,
+        beta,
+        dist,
+        q_logvar,
+        _needs(p),
+        _needs(x),
+        _needs(loc, scale),
+        per_sample,
+        kl_per_dim,
     )
-    return loss, rec, kl
+    return loss, rec, kl, kl_dims
 
 
-def triton_reconstruction_loss(p: Tensor, x: Tensor, dist: str) -> Tensor:
+def triton_reconstruction_loss(p: Tensor, x: Tensor, dist: str, per_sample: bool = False) -> Tensor:
     """The reconstruction term alone on the Triton backend (no KL launch)."""
     none = x.new_empty((0,))
-    rec, _, _ = _FusedBetaVAELoss.apply(
-        x, p, none, none, 0.0, dist, False, _needs(p), _needs(x), False
+    rec, _, _, _ = _FusedBetaVAELoss.apply(
+        x, p, none, none, 0.0, dist, False, _needs(p), _needs(x), False, per_sample, False
     )
     return rec
 
 
-def triton_kl_normal_loss(loc: Tensor, scale: Tensor, q_logvar: bool = False) -> Tensor:
+def triton_kl_normal_loss(
+    loc: Tensor, scale: Tensor, q_logvar: bool = False, per_sample: bool = False
+) -> Tensor:
     """The KL term alone on the Triton backend (no reconstruction launch)."""
     none = loc.new_empty((0,), dtype=torch.promote_types(loc.dtype, scale.dtype))
-    _, kl, _ = _FusedBetaVAELoss.apply(
-        none, none, loc, scale, 0.0, "normal", q_logvar, False, False, _needs(loc, scale)
+    _, kl, _, _ = _FusedBetaVAELoss.apply(
+        none,
+        none,
+        loc,
+        scale,
+        0.0,
+        "normal",
+        q_logvar,
+        False,
+        False,
+        _needs(loc, scale),
+        per_sample,
+        False,
     )
     return kl

@@ -30,6 +30,16 @@ def _backend_for(backend: str | None, device: torch.device) -> str:
     return resolve_backend(check_backend(backend) if backend else default_backend(), device)
 
 
+REDUCTIONS = ("mean", "none")
+
+
+def _check_reduction(reduction: str) -> bool:
+    """Whether ``reduction`` asks for per-sample terms; ``ValueError`` if unknown."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return reduction == "none"
+
+
 def _reconstruction_kind(dist: str, p_is_logits: bool) -> str:
     """The loss the kernels compute: ``dist``, or ``"bernoulli_logits"``."""
     check_dist(dist)
@@ -62,7 +72,9 @@ def beta_vae_loss(
     validate_args: bool | None = None,
     p_is_logits: bool = False,
     q_is_logvar: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    reduction: str = "mean",
+    kl_per_dim: bool = False,
+) -> tuple[torch.Tensor, ...]:
     r"""Compute the beta-VAE loss from tensors: the fastest path, no distribution objects.
 
     .. math::
@@ -99,11 +111,21 @@ def beta_vae_loss(
     q_is_logvar : bool, default=False
         ``q_scale`` holds the log-variance log σ² instead of σ; the exponential is fused
         into the KL and the gradient flows to the log-variance.
+    reduction : {"mean", "none"}, default="mean"
+        ``"mean"``: each term summed per sample and averaged over the batch (nidl's loss).
+        ``"none"``: the per-sample sums, shape (B,) (the per-subject error that normative
+        modelling ranks subjects by); the posterior's batch must be B or 1.
+    kl_per_dim : bool, default=False
+        Also return the batch-mean KL of each latent dimension (shape of one posterior
+        sample), from the same pass: the active units, or a posterior collapse.
 
     Returns
     -------
     loss, rec_loss, kl_loss : torch.Tensor
-        Scalars: ``loss = rec_loss + beta * kl_loss``.
+        ``loss = rec_loss + beta * kl_loss``: scalars, or shape (B,) with
+        ``reduction="none"``.
+    kl_per_dim : torch.Tensor
+        Only with ``kl_per_dim=True``: a fourth result, not differentiable.
 
     Raises
     ------
@@ -116,17 +138,31 @@ def beta_vae_loss(
         If ``backend="triton"`` cannot run on these tensors.
     """
     kernel_dist = _reconstruction_kind(dist, p_is_logits)
+    per_sample = _check_reduction(reduction)
     check_reconstruction(p, x)
-    check_posterior(q_loc, q_scale)
+    q_shape = check_posterior(q_loc, q_scale)
     check_same_device(x, q_loc)
+    if per_sample and q_shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"reduction='none' needs the posterior's batch to be {x.shape[0]} (that of x) "
+            f"or 1, got {q_shape[0]}"
+        )
     _check_bernoulli_values(kernel_dist, p, x, validate_args)
+    q_is_logvar = bool(q_is_logvar)
     if _backend_for(backend, x.device) == "triton":
         from ._ops import triton_beta_vae_loss
 
-        return triton_beta_vae_loss(
-            x, p, q_loc, q_scale, float(beta), kernel_dist, bool(q_is_logvar)
+        loss, rec, kl, kl_dims = triton_beta_vae_loss(
+            x, p, q_loc, q_scale, float(beta), kernel_dist, q_is_logvar, per_sample, kl_per_dim
         )
-    return _eager.beta_vae_loss(x, p, q_loc, q_scale, beta, kernel_dist, bool(q_is_logvar))
+    else:
+        loss, rec, kl = _eager.beta_vae_loss(
+            x, p, q_loc, q_scale, beta, kernel_dist, q_is_logvar, per_sample
+        )
+        kl_dims = (
+            _eager.kl_per_dimension(q_loc, q_scale, q_is_logvar).detach() if kl_per_dim else None
+        )
+    return (loss, rec, kl, kl_dims) if kl_per_dim else (loss, rec, kl)
 
 
 def reconstruction_loss(
@@ -137,6 +173,7 @@ def reconstruction_loss(
     *,
     validate_args: bool | None = None,
     p_is_logits: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Per-image reconstruction loss: Σ ℓ(p, x) over every element, divided by B.
 
@@ -154,6 +191,8 @@ def reconstruction_loss(
         As in :func:`beta_vae_loss`.
     p_is_logits : bool, default=False
         As in :func:`beta_vae_loss`: ``p`` holds bernoulli logits.
+    reduction : {"mean", "none"}, default="mean"
+        As in :func:`beta_vae_loss`: ``"none"`` gives the per-sample sums, shape (B,).
 
     Returns
     -------
@@ -161,13 +200,14 @@ def reconstruction_loss(
         A scalar in the dtype of ``p`` and ``x`` promoted.
     """
     kernel_dist = _reconstruction_kind(dist, p_is_logits)
+    per_sample = _check_reduction(reduction)
     check_reconstruction(p, x)
     _check_bernoulli_values(kernel_dist, p, x, validate_args)
     if _backend_for(backend, x.device) == "triton":
         from ._ops import triton_reconstruction_loss
 
-        return triton_reconstruction_loss(p, x, kernel_dist)
-    return _eager.reconstruction_loss(p, x, kernel_dist)
+        return triton_reconstruction_loss(p, x, kernel_dist, per_sample)
+    return _eager.reconstruction_loss(p, x, kernel_dist, per_sample)
 
 
 def kl_normal_loss(
@@ -176,6 +216,7 @@ def kl_normal_loss(
     backend: str | None = None,
     *,
     q_is_logvar: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """KL divergence of N(μ, σ²) from N(0, 1), summed over latents and averaged over batch.
 
@@ -188,6 +229,8 @@ def kl_normal_loss(
         Implementation, as in :func:`beta_vae_loss`.
     q_is_logvar : bool, default=False
         ``q_scale`` holds log σ²: the KL is Σ ½(μ² + e^v − 1 − v) / Bq.
+    reduction : {"mean", "none"}, default="mean"
+        ``"none"`` gives the per-sample sums, shape (Bq,).
 
     Returns
     -------
@@ -195,12 +238,13 @@ def kl_normal_loss(
         A scalar, equal to ``kl_divergence(Normal(q_loc, q_scale), Normal(0, 1))
         .mean(dim=0).sum()``, in the dtype of ``q_loc`` and ``q_scale`` promoted.
     """
+    per_sample = _check_reduction(reduction)
     check_posterior(q_loc, q_scale)
     if _backend_for(backend, q_loc.device) == "triton":
         from ._ops import triton_kl_normal_loss
 
-        return triton_kl_normal_loss(q_loc, q_scale, bool(q_is_logvar))
-    return _eager.kl_normal_loss(q_loc, q_scale, bool(q_is_logvar))
+        return triton_kl_normal_loss(q_loc, q_scale, bool(q_is_logvar), per_sample)
+    return _eager.kl_normal_loss(q_loc, q_scale, bool(q_is_logvar), per_sample)
 
 
 def capacity_beta_vae_loss(

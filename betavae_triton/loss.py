@@ -37,11 +37,17 @@ class BetaVAELoss(nn.Module):
     validate_args : bool or None, default=None
         Check that bernoulli probabilities and targets lie in [0, 1] (one host sync, in
         eager mode only); None follows ``torch.distributions.Distribution``'s default.
+    reduction : {"mean", "none"}, default="mean"
+        ``"mean"`` averages the per-sample terms over the batch (nidl's loss); ``"none"``
+        returns them, shape (B,): the per-subject errors.
+    kl_per_dim : bool, default=False
+        Add ``"kl_per_dim"`` to the result: the batch-mean KL of each latent dimension
+        (which units are active), from the same pass, not differentiable.
 
     Raises
     ------
     ValueError
-        If ``default_dist`` or ``backend`` is not supported.
+        If ``default_dist``, ``backend`` or ``reduction`` is not supported.
 
     References
     ----------
@@ -69,15 +75,25 @@ class BetaVAELoss(nn.Module):
         *,
         backend: str | None = None,
         validate_args: bool | None = None,
+        reduction: str = "mean",
+        kl_per_dim: bool = False,
     ) -> None:
         super().__init__()
         self.beta = beta
         self.default_dist = check_dist(default_dist)
         self.backend = check_backend(backend) if backend is not None else default_backend()
         self.validate_args = validate_args
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        self.reduction = reduction
+        self.kl_per_dim = bool(kl_per_dim)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, default_dist={self.default_dist!r}, backend={self.backend!r}"
+        extra = "" if self.reduction == "mean" else f", reduction={self.reduction!r}"
+        extra += ", kl_per_dim=True" if self.kl_per_dim else ""
+        return (
+            f"beta={self.beta}, default_dist={self.default_dist!r}, backend={self.backend!r}{extra}"
+        )
 
     def _decoder_parameter(self, p: object) -> tuple[torch.Tensor, str, bool]:
         """The tensor the reconstruction loss reads from ``p``, its distribution, and
@@ -125,11 +141,13 @@ class BetaVAELoss(nn.Module):
         Returns
         -------
         losses : dict
-            ``"loss"``, the beta-VAE loss, with its terms ``"rec_loss"`` and ``"kl_loss"``.
+            ``"loss"``, the beta-VAE loss, with its terms ``"rec_loss"`` and ``"kl_loss"``
+            (scalars, or shape (B,) with ``reduction="none"``), and ``"kl_per_dim"`` when
+            asked for.
         """
         param, dist, logits = self._decoder_parameter(p)
         loc, scale = self._posterior(q)
-        loss, rec, kl = F.beta_vae_loss(
+        loss, rec, kl, *kl_dims = F.beta_vae_loss(
             x,
             param,
             loc,
@@ -139,8 +157,13 @@ class BetaVAELoss(nn.Module):
             self.backend,
             validate_args=self.validate_args,
             p_is_logits=logits,
+            reduction=self.reduction,
+            kl_per_dim=self.kl_per_dim,
         )
-        return {"rec_loss": rec, "kl_loss": kl, "loss": loss}
+        out = {"rec_loss": rec, "kl_loss": kl, "loss": loss}
+        if self.kl_per_dim:
+            out["kl_per_dim"] = kl_dims[0]
+        return out
 
     def reconstruction_loss(self, p: Distribution | torch.Tensor, data: torch.Tensor):
         """Per-image reconstruction loss for a batch (a negative log-likelihood).
@@ -162,7 +185,13 @@ class BetaVAELoss(nn.Module):
         """
         param, dist, logits = self._decoder_parameter(p)
         return F.reconstruction_loss(
-            param, data, dist, self.backend, validate_args=self.validate_args, p_is_logits=logits
+            param,
+            data,
+            dist,
+            self.backend,
+            validate_args=self.validate_args,
+            p_is_logits=logits,
+            reduction=self.reduction,
         )
 
     def kl_normal_loss(self, q: Normal) -> torch.Tensor:
@@ -179,7 +208,7 @@ class BetaVAELoss(nn.Module):
             Summed over latent dimensions, averaged over the batch.
         """
         loc, scale = self._posterior(q)
-        return F.kl_normal_loss(loc, scale, self.backend)
+        return F.kl_normal_loss(loc, scale, self.backend, reduction=self.reduction)
 
     def _parse_distribution(self, p: Distribution | torch.Tensor) -> Distribution:
         """Return ``p`` as a distribution, building ``default_dist`` around a tensor.

@@ -59,7 +59,11 @@ def _bernoulli_nll_sum(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_reconstruction_loss(
-    p: torch.Tensor, x: torch.Tensor, dist: str = "normal", p_is_logits: bool = False
+    p: torch.Tensor,
+    x: torch.Tensor,
+    dist: str = "normal",
+    p_is_logits: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Per-image reconstruction loss: Σ over every element of ℓ(p, x), divided by B.
 
@@ -76,11 +80,13 @@ def reference_reconstruction_loss(
     p_is_logits : bool, default=False
         With ``"bernoulli"``: ``p`` holds logits, and the loss is the exact
         ``−Bernoulli(logits=p).log_prob(x)`` (no clamp).
+    reduction : {"mean", "none"}, default="mean"
+        ``"none"``: one sum per sample, shape (B,).
 
     Returns
     -------
     rec_loss : torch.Tensor
-        A float64 scalar.
+        A float64 scalar (or shape (B,)).
 
     Raises
     ------
@@ -92,19 +98,26 @@ def reference_reconstruction_loss(
         if dist != "bernoulli":
             raise ValueError("p_is_logits needs dist='bernoulli'")
         decoder = Bernoulli(logits=_f64(p), validate_args=False)
-        return -decoder.log_prob(data).sum() / len(data)
-    decoder = _decoder(_f64(p), dist)
-    if isinstance(decoder, Bernoulli):
-        loss = _bernoulli_nll_sum(decoder.probs, data)
-    elif isinstance(decoder, Normal):
-        loss = F.mse_loss(decoder.loc, data, reduction="sum")
+        per_element = -decoder.log_prob(data)
     else:
-        loss = F.l1_loss(decoder.loc, data, reduction="sum")
-    return loss / len(data)
+        decoder = _decoder(_f64(p), dist)
+        if isinstance(decoder, Bernoulli):
+            per_element = torch.stack(
+                [_bernoulli_nll_sum(pi, xi) for pi, xi in zip(decoder.probs, data, strict=True)]
+            )
+        elif isinstance(decoder, Normal):
+            per_element = F.mse_loss(decoder.loc, data, reduction="none")
+        else:
+            per_element = F.l1_loss(decoder.loc, data, reduction="none")
+    per_sample = per_element.reshape(len(data), -1).sum(dim=1)
+    return per_sample if reduction == "none" else per_sample.sum() / len(data)
 
 
 def reference_kl_normal_loss(
-    q_loc: torch.Tensor, q_scale: torch.Tensor, q_is_logvar: bool = False
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    q_is_logvar: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """KL divergence of N(μ, σ²) from N(0, 1), averaged over dim 0 and summed over the rest.
 
@@ -115,17 +128,26 @@ def reference_kl_normal_loss(
         broadcast to ``(Bq, ...)``. Any floating dtype; they are cast to float64.
     q_is_logvar : bool, default=False
         ``q_scale`` holds log σ²; the posterior is ``Normal(q_loc, exp(q_scale / 2))``.
+    reduction : {"mean", "none", "per_dim"}, default="mean"
+        ``"none"``: one sum per sample, shape (Bq,); ``"per_dim"``: the batch mean of each
+        latent dimension, shape of one sample.
 
     Returns
     -------
     kl_loss : torch.Tensor
-        A float64 scalar: ``kl_divergence(q, Normal(0, 1)).mean(dim=0).sum()``.
+        A float64 scalar: ``kl_divergence(q, Normal(0, 1)).mean(dim=0).sum()`` (or as
+        ``reduction`` says).
     """
     scale = torch.exp(0.5 * _f64(q_scale)) if q_is_logvar else _f64(q_scale)
     q = Normal(_f64(q_loc), scale, validate_args=False)
     zero = torch.zeros((), dtype=torch.float64, device=q.loc.device)
     prior = Normal(zero, torch.ones_like(zero), validate_args=False)
-    return kl_divergence(q, prior).mean(dim=0).sum()
+    kl = kl_divergence(q, prior)
+    if reduction == "none":
+        return kl.reshape(len(kl), -1).sum(dim=1)
+    if reduction == "per_dim":
+        return kl.mean(dim=0)
+    return kl.mean(dim=0).sum()
 
 
 def reference_beta_vae_loss(
@@ -137,6 +159,7 @@ def reference_beta_vae_loss(
     dist: str = "normal",
     p_is_logits: bool = False,
     q_is_logvar: bool = False,
+    reduction: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The beta-VAE loss ``rec_loss + beta * kl_loss``, in float64.
 
@@ -156,12 +179,14 @@ def reference_beta_vae_loss(
         ``p`` holds bernoulli logits (see :func:`reference_reconstruction_loss`).
     q_is_logvar : bool, default=False
         ``q_scale`` holds log σ² (see :func:`reference_kl_normal_loss`).
+    reduction : {"mean", "none"}, default="mean"
+        ``"none"``: per-sample terms, shape (B,) (the posterior's batch is B or 1).
 
     Returns
     -------
     loss, rec_loss, kl_loss : torch.Tensor
-        float64 scalars.
+        float64 scalars (or per-sample vectors).
     """
-    rec_loss = reference_reconstruction_loss(p, x, dist, p_is_logits)
-    kl_loss = reference_kl_normal_loss(q_loc, q_scale, q_is_logvar)
+    rec_loss = reference_reconstruction_loss(p, x, dist, p_is_logits, reduction)
+    kl_loss = reference_kl_normal_loss(q_loc, q_scale, q_is_logvar, reduction)
     return rec_loss + beta * kl_loss, rec_loss, kl_loss

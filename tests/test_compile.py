@@ -87,6 +87,29 @@ def test_logits_and_logvar_compile_without_breaks(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_per_sample_losses_compile_without_breaks(backend):
+    x, h, mu, log_sigma = _batch("laplace")
+    loss_fn = BetaVAELoss(4.0, "laplace", backend=backend, reduction="none", kl_per_dim=True)
+
+    def step(x, h, mu, log_sigma):
+        out = loss_fn(x, h, Normal(mu, log_sigma.exp()))
+        return (out["loss"] * torch.arange(1.0, 5.0)).sum(), out["rec_loss"], out["kl_per_dim"]
+
+    explanation = torch._dynamo.explain(step)(x, h, mu, log_sigma)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    leaves = [t.detach().requires_grad_() for t in (h, mu, log_sigma)]
+    got = torch.compile(step, fullgraph=True)(x, *leaves)
+    want_leaves = [t.detach().requires_grad_() for t in (h, mu, log_sigma)]
+    want = step(x, *want_leaves)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    grads = torch.autograd.grad(got[0], leaves)
+    for a, b in zip(grads, torch.autograd.grad(want[0], want_leaves), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_capacity_anneals_inside_one_compiled_graph(backend):
     """The capacity's step counter advances on the device: five steps, one compile, and
     the compiled losses equal eager ones at the same capacities."""
@@ -210,7 +233,9 @@ def test_opcheck(dist, dtype):
         ops.append(torch.ops.betavae_triton.loss_fwd_cpu.default)
     for op in ops:
         for need in ((True, False, True), (True, True, True), (False, False, False)):
-            torch.library.opcheck(op, (*args, 0.5, dist, q_logvar, *need))
+            for per_sample, kl_per_dim in ((False, False), (True, True)):
+                flags = (*need, per_sample, kl_per_dim)
+                torch.library.opcheck(op, (*args, 0.5, dist, q_logvar, *flags))
     grads = torch.rand(50, dtype=dtype, device=DEVICE), torch.rand(10, dtype=dtype, device=DEVICE)
     g = torch.tensor(2.0, dtype=dtype, device=DEVICE)
     torch.library.opcheck(torch.ops.betavae_triton.scale_grads_.default, (*grads, g, None, g, 0.5))

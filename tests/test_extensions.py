@@ -203,3 +203,66 @@ def test_docstring_examples_run():
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
     assert doctest.testmod(betavae_triton.loss).attempted > 0
+
+
+# ---- per-sample losses and the per-dimension KL -------------------------------------------
+
+
+@BACKENDS
+def test_per_sample_losses_with_a_posterior_shared_by_the_batch(backend):
+    """A posterior of batch 1 next to data of batch B: kl has shape (1,), loss (B,), and
+    the KL gradient sums the B samples' weights."""
+    gen = torch.Generator().manual_seed(7)
+    x, p = (torch.rand(3, 5, generator=gen, dtype=torch.float64).to(DEVICE) for _ in range(2))
+    loc = torch.randn(1, 4, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    scale = (torch.rand(1, 4, generator=gen, dtype=torch.float64) + 0.5).to(DEVICE)
+    loss, rec, kl = beta_vae_loss(x, p, loc, scale, 2.0, "normal", backend, reduction="none")
+    assert loss.shape == (3,) and rec.shape == (3,) and kl.shape == (1,)
+    torch.testing.assert_close(rec, ((p - x) ** 2).sum(1))
+    torch.testing.assert_close(loss, rec + 2.0 * kl)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, device=DEVICE)
+    (g_loc,) = torch.autograd.grad((loss * w).sum(), [loc])
+    torch.testing.assert_close(g_loc, 2.0 * w.sum() * loc.detach())
+
+
+@BACKENDS
+def test_per_sample_terms_average_to_the_mean_terms(backend):
+    x, p, loc, scale = _capacity_inputs(11)
+    mean = beta_vae_loss(x, p, loc, scale, 3.0, "laplace", backend)
+    per_sample = beta_vae_loss(x, p, loc, scale, 3.0, "laplace", backend, reduction="none")
+    for m, s in zip(mean, per_sample, strict=True):
+        torch.testing.assert_close(s.mean(), m, rtol=1e-12, atol=0)
+    rec = reconstruction_loss(p, x, "laplace", backend, reduction="none")
+    kl = kl_normal_loss(loc, scale, backend, reduction="none")
+    torch.testing.assert_close(rec, per_sample[1])
+    torch.testing.assert_close(kl, per_sample[2])
+
+
+@BACKENDS
+def test_kl_per_dim_shows_the_active_units(backend):
+    """Latents 0 and 2 carry information, the others sit at the prior: their batch-mean
+    KL is exactly 0; the per-dimension KL sums to the KL term."""
+    loc = torch.zeros(6, 5, device=DEVICE)
+    scale = torch.ones(6, 5, device=DEVICE)
+    loc[:, 0] = torch.linspace(-2, 2, 6)
+    scale[:, 2] = 0.3
+    x = torch.rand(6, 8, device=DEVICE)
+    module = BetaVAELoss(backend=backend, kl_per_dim=True)
+    out = module(x, x.clone(), Normal(loc, scale))
+    dims = out["kl_per_dim"]
+    assert dims.shape == (5,)
+    assert dims[0] > 0 and dims[2] > 0
+    assert dims[1].item() == dims[3].item() == dims[4].item() == 0.0
+    torch.testing.assert_close(dims.sum(), out["kl_loss"])
+    ref = reference_kl_normal_loss(loc.double(), scale.double(), reduction="per_dim")
+    torch.testing.assert_close(dims.double(), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_reduction_errors():
+    x, p, loc, scale = _capacity_inputs()
+    with pytest.raises(ValueError, match="reduction"):
+        beta_vae_loss(x, p, loc, scale, reduction="sum")
+    with pytest.raises(ValueError, match="reduction"):
+        BetaVAELoss(reduction="batchmean")
+    with pytest.raises(ValueError, match="posterior's batch"):
+        beta_vae_loss(x, p, loc[:2], scale[:2], reduction="none")

@@ -19,6 +19,7 @@ from _helpers import (
     GRAD_WEIGHTS,
     HALF_DTYPES,
     LossInputs,
+    as_distribution,
     assert_close_to_reference,
     assert_grads_match,
     call_loss,
@@ -31,8 +32,10 @@ from _helpers import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.distributions import Normal
 
-from betavae_triton import beta_vae_loss, kl_normal_loss, reconstruction_loss
+from betavae_triton import BetaVAELoss, beta_vae_loss, kl_normal_loss, reconstruction_loss
+from reference import reference_beta_vae_loss, reference_kl_normal_loss
 
 BACKENDS = pytest.mark.parametrize("backend", ["eager", "triton"])
 
@@ -160,6 +163,87 @@ def test_logits_and_logvar_match_reference(backend, data, dtype, which, beta, fo
     dist = "bernoulli" if logits else data.draw(st.sampled_from(DISTS), label="dist")
     inputs = data.draw(loss_inputs(dist, dtype, logits=logits, logvar=logvar), label="inputs")
     check_against_reference(inputs, beta, backend, form, weights)
+
+
+@BACKENDS
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(FULL_DTYPES + HALF_DTYPES),
+    beta=st.sampled_from(BETAS),
+    form=st.sampled_from(FORMS),
+    weights=st.sampled_from(GRAD_WEIGHTS),
+    flags=st.sampled_from([(False, False), (True, False), (False, True)]),
+)
+def test_per_sample_losses_match_reference(backend, data, dtype, beta, form, weights, flags):
+    """reduction="none": per-sample rec, KL and loss of shape (B,), and the gradients of
+    a per-sample weighted sum of them, against the float64 reference; the per-dimension
+    KL with them."""
+    logits, logvar = flags
+    dist = "bernoulli" if logits else data.draw(st.sampled_from(DISTS), label="dist")
+    inputs = data.draw(
+        loss_inputs(dist, dtype, same_q_batch=True, logits=logits, logvar=logvar),
+        label="inputs",
+    )
+    batch = inputs.x.shape[0]
+    sample_weights = torch.tensor(
+        data.draw(st.lists(st.sampled_from([-1.0, 0.5, 2.0]), min_size=batch, max_size=batch)),
+        dtype=torch.float64,
+    )
+    leaves = inputs.leaves()
+    x, p, loc, scale = leaves
+    if form == "functional":
+        loss, rec, kl, kl_dims = beta_vae_loss(
+            *leaves,
+            beta,
+            dist,
+            backend,
+            p_is_logits=logits,
+            q_is_logvar=logvar,
+            reduction="none",
+            kl_per_dim=True,
+        )
+    else:
+        q = Normal(loc, torch.exp(0.5 * scale)) if logvar else Normal(loc, scale)
+        decoder = as_distribution(p, dist, logits) if form == "module_dist" or logits else p
+        module = BetaVAELoss(beta, dist, backend=backend, reduction="none", kl_per_dim=True)
+        out = module(x, decoder, q)
+        loss, rec, kl, kl_dims = out["loss"], out["rec_loss"], out["kl_loss"], out["kl_per_dim"]
+
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in inputs.tensors]
+    ref = reference_beta_vae_loss(*ref_leaves, beta, dist, logits, logvar, "none")
+    ref_dims = reference_kl_normal_loss(*ref_leaves[2:], logvar, "per_dim").detach()
+    context = f"{inputs.describe()} beta={beta} backend={backend} form={form}"
+    # Each per-sample term is bounded by the batch total, B × the batch-mean magnitude.
+    mags = [batch * m for m in value_magnitudes(inputs, beta)]
+    for name, got, want, mag in zip(("loss", "rec", "kl"), (loss, rec, kl), ref, mags, strict=True):
+        assert got.shape == (batch,), (name, tuple(got.shape))
+        tol_dtype = dtype if name != "loss" else None
+        assert_close_to_reference(got, want.detach(), mag, name, context, tol_dtype)
+    assert (
+        kl_dims.shape == inputs.q_loc.shape[1:]
+        or kl_dims.shape == torch.broadcast_shapes(inputs.q_loc.shape, inputs.q_scale.shape)[1:]
+    )
+    assert not kl_dims.requires_grad
+    assert_close_to_reference(kl_dims, ref_dims, mags[2] / batch, "kl_per_dim", context)
+
+    def weighted(values, w):
+        return sum(wi * (v * w.to(v)).sum() for wi, v in zip(weights, values, strict=True) if wi)
+
+    grads = torch.autograd.grad(
+        weighted((loss, rec, kl), sample_weights.to(DEVICE)),
+        leaves,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+    ref_grads = torch.autograd.grad(
+        weighted(ref, sample_weights), ref_leaves, allow_unused=True, materialize_grads=True
+    )
+    grad_mags = grad_magnitudes(inputs, beta, weights)
+    for name, got, want, mag in zip(
+        ("x", "p", "q_loc", "q_scale"), grads, ref_grads, grad_mags, strict=True
+    ):
+        assert got.shape == want.shape and got.dtype == dtype, name
+        assert_close_to_reference(got, want, 2 * batch * mag, f"grad {name}", context)
 
 
 @pytest.mark.parametrize("dist", DISTS)
