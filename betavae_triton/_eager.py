@@ -100,12 +100,36 @@ def reconstruction_rows(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Te
     return loss.reshape(x.shape[0], -1).sum(1)
 
 
+_HALF_LOG_2PI = 0.9189385332046727
+_LOG_2 = 0.6931471805599453
+
+
+def full_nll(p: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dist: str) -> torch.Tensor:
+    """Per-element −log N(x; p, s²) or −log Laplace(x; p, s), in the accumulation dtype:
+    the decoder's scale s learned with the model (σ-VAE), broadcast to x."""
+    acc = accumulation_dtype(
+        torch.promote_types(torch.promote_types(p.dtype, x.dtype), scale.dtype)
+    )
+    p, x, s = p.to(acc), x.to(acc), scale.to(acc)
+    if dist == "normal":
+        return 0.5 * ((p - x) / s).square() + torch.log(s) + _HALF_LOG_2PI
+    return (p - x).abs() / s + torch.log(s) + _LOG_2
+
+
 def reconstruction_loss(
-    p: torch.Tensor, x: torch.Tensor, dist: str, per_sample: bool = False
+    p: torch.Tensor,
+    x: torch.Tensor,
+    dist: str,
+    per_sample: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image reconstruction loss Σ ℓ(p, x) / B (or per sample, shape (B,)), in p's
-    and x's result dtype."""
+    and x's result dtype; with the decoder's ``scale``, the full negative log-likelihood."""
     out_dtype = torch.promote_types(p.dtype, x.dtype)
+    if scale is not None:
+        out_dtype = torch.promote_types(out_dtype, scale.dtype)
+        rows = full_nll(p, x, scale, dist).reshape(x.shape[0], -1).sum(1)
+        return (rows if per_sample else rows.sum() / x.shape[0]).to(out_dtype)
     if per_sample:
         return reconstruction_rows(p, x, dist).to(out_dtype)
     return (reconstruction_sum(p, x, dist) / x.shape[0]).to(out_dtype)
@@ -159,8 +183,9 @@ def beta_vae_loss(
     dist: str,
     q_logvar: bool = False,
     per_sample: bool = False,
+    p_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, rec, kl)`` with ``loss = rec + beta * kl``."""
-    rec = reconstruction_loss(p, x, dist, per_sample)
+    rec = reconstruction_loss(p, x, dist, per_sample, p_scale)
     kl = kl_normal_loss(loc, scale, q_logvar, per_sample)
     return rec + beta * kl, rec, kl

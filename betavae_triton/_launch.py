@@ -21,7 +21,10 @@ from .kernels.reconstruction import (
     BERNOULLI,
     BERNOULLI_LOGITS,
     LAPLACE,
+    NO_SCALE,
     NORMAL,
+    SCALE_PER_ELEMENT,
+    SCALE_SHARED,
     _reconstruction_fwd_bwd,
 )
 from .kernels.scale import _scale_grad_inplace
@@ -138,11 +141,25 @@ def unflatten(flat: torch.Tensor, shape: Sequence[int], order: list[int]) -> tor
 # ---- outputs --------------------------------------------------------------------------
 
 
+def scale_mode(p_scale: torch.Tensor) -> int:
+    """How the kernels read the decoder's scale: not at all (an empty tensor), as one
+    shared value, or per element."""
+    if p_scale.numel() == 0:
+        return NO_SCALE
+    return SCALE_SHARED if p_scale.numel() == 1 else SCALE_PER_ELEMENT
+
+
 def output_dtypes(
-    x: torch.Tensor, p: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+    x: torch.Tensor,
+    p: torch.Tensor,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    p_scale: torch.Tensor | None = None,
 ) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
     """The dtypes of rec, kl and loss: what the reference returns."""
     rec_dtype = torch.promote_types(p.dtype, x.dtype)
+    if p_scale is not None and p_scale.numel() > 0:
+        rec_dtype = torch.promote_types(rec_dtype, p_scale.dtype)
     kl_dtype = torch.promote_types(loc.dtype, scale.dtype)
     return rec_dtype, kl_dtype, torch.promote_types(rec_dtype, kl_dtype)
 
@@ -172,20 +189,32 @@ def allocate_outputs(
     need_grad_q: bool,
     per_sample: bool = False,
     kl_per_dim: bool = False,
+    p_scale: torch.Tensor | None = None,
+    need_grad_p_scale: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """``rec, kl, loss``, the flat gradient buffers ``rec_grads, kl_grads`` and ``kl_dims``.
+    """``rec, kl, loss``, the flat gradient buffers ``rec_grads, kl_grads``, ``kl_dims``
+    and ``scale_grads``.
 
     ``rec, kl, loss`` are scalars, or with ``per_sample`` vectors of shape (B,), (Bq,) and
     (max(B, Bq),). ``rec_grads`` holds [dL/dp | dL/dx] (each present only when needed) in
     the memory order of :func:`rec_layout`; ``kl_grads`` holds [dL/dμ | dL/dσ] over the
     broadcast shape of (μ, σ); ``kl_dims`` the batch-mean KL of each latent dimension
-    (shape of one posterior sample) with ``kl_per_dim``, else nothing. The fake (meta)
-    implementation of the operator is this function.
+    (shape of one posterior sample) with ``kl_per_dim``, else nothing; ``scale_grads``
+    the derivatives in the decoder's scale ``p_scale`` when they are needed: per element
+    (flat like ``rec_grads``) or, for a shared scale, one per reduction row in the
+    accumulation dtype. The fake (meta) implementation of the operator is this function.
     """
     device = x.device
-    rec_dtype, kl_dtype, loss_dtype = output_dtypes(x, p, loc, scale)
+    rec_dtype, kl_dtype, loss_dtype = output_dtypes(x, p, loc, scale, p_scale)
     n = x.numel()
     shape = torch.broadcast_shapes(loc.shape, scale.shape)
+    mode = scale_mode(p_scale) if p_scale is not None else NO_SCALE
+    grads_shape, grads_dtype = (0,), rec_dtype
+    if need_grad_p_scale and mode == SCALE_PER_ELEMENT:
+        grads_shape = (n,)
+    elif need_grad_p_scale and mode == SCALE_SHARED:
+        grads_shape = (max(1, loss_rows(x, loc, scale, per_sample)[1]),)
+        grads_dtype = accumulation_dtype(rec_dtype)
     m = math.prod(shape)
     if per_sample:
         rows, _, kl_rows = loss_rows(x, loc, scale, per_sample)
@@ -199,6 +228,7 @@ def allocate_outputs(
         _empty(((int(need_grad_p) + int(need_grad_x)) * n,), rec_dtype, device),
         _empty((2 * m if need_grad_q else 0,), kl_dtype, device),
         _empty(tuple(shape[1:]) if kl_per_dim else (0,), kl_dtype, device),
+        _empty(grads_shape, grads_dtype, device),
     )
 
 
@@ -219,6 +249,8 @@ def loss_fwd(
     need_grad_q: bool,
     per_sample: bool = False,
     kl_per_dim: bool = False,
+    p_scale: torch.Tensor | None = None,
+    need_grad_p_scale: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Loss terms and the gradients they need, in at most three launches.
 
@@ -227,12 +259,28 @@ def loss_fwd(
     ``DIST_CODES``; with ``q_logvar`` the ``scale`` argument holds log σ² (and the KL
     gradient buffer its gradient). With ``per_sample`` the terms are per-sample sums (the
     gradient buffers then hold the unscaled per-element derivatives); ``kl_per_dim`` adds
-    one torch reduction of the KL elements the KL kernel writes.
+    one torch reduction of the KL elements the KL kernel writes. A non-empty ``p_scale``
+    (normal and laplace) turns the reconstruction into the full negative log-likelihood
+    with that decoder scale, shared (one element) or per element (broadcast to x); a
+    shared scale's gradient costs one small torch sum of per-program partials.
     """
+    if p_scale is None:
+        p_scale = x.new_empty((0,))
     out = allocate_outputs(
-        x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q, per_sample, kl_per_dim
+        x,
+        p,
+        loc,
+        scale,
+        need_grad_p,
+        need_grad_x,
+        need_grad_q,
+        per_sample,
+        kl_per_dim,
+        p_scale,
+        need_grad_p_scale,
     )
-    rec, kl, loss, rec_grads, kl_grads, kl_dims = out
+    rec, kl, loss, rec_grads, kl_grads, kl_dims, scale_grads = out
+    mode = scale_mode(p_scale)
     device = x.device
     rec_dtype, kl_dtype, loss_dtype = rec.dtype, kl.dtype, loss.dtype
     rows, rec_rows, kl_rows = loss_rows(x, loc, scale, per_sample)
@@ -244,32 +292,47 @@ def loss_fwd(
     n = x.numel()
     rec_acc = accumulation_dtype(rec_dtype)
     n_rec_programs = 0
-    rec_partials = torch.empty((max(rec_rows, 1) * MAX_PARTIALS,), dtype=rec_acc, device=device)
+    rec_partials = torch.empty((2 * max(rec_rows, 1) * MAX_PARTIALS,), dtype=rec_acc, device=device)
     if n > 0:
         order = rec_layout(p, x, per_sample)
         p_flat, x_flat = flat_pair(p.to(rec_dtype), x.to(rec_dtype), order)
+        if mode == SCALE_PER_ELEMENT:
+            s_flat = p_scale.to(rec_dtype).expand(x.shape).permute(order).contiguous().view(-1)
+        else:
+            s_flat = p_scale.to(rec_dtype).reshape(-1) if mode == SCALE_SHARED else p_flat
         row_len = n // rec_rows
         block, warps, n_rec_programs = reduction_config(row_len, p_flat.element_size(), device)
         if per_sample:
             n_rec_programs = max(1, min(n_rec_programs, triton.cdiv(n_rec_programs, rec_rows)))
         grad_p = rec_grads[:n] if need_grad_p else p_flat
         grad_x = rec_grads[n * int(need_grad_p) :] if need_grad_x else p_flat
+        write_grad_scale = need_grad_p_scale and mode != NO_SCALE
         launch(_reconstruction_fwd_bwd)[(rec_rows, n_rec_programs)](
             p_flat,
             x_flat,
             rec_partials,
             grad_p,
             grad_x,
+            s_flat,
+            scale_grads if mode == SCALE_PER_ELEMENT and write_grad_scale else p_flat,
             row_len,
             1 if per_sample else batch,
             DIST=DIST_CODES[dist],
+            SCALE=mode,
             WRITE_GRAD_P=need_grad_p,
             WRITE_GRAD_X=need_grad_x,
+            WRITE_GRAD_SCALE=write_grad_scale,
             ACC_FP64=rec_acc == torch.float64,
             INT64=n > _INT32_LIMIT - block,
             BLOCK=block,
             num_warps=warps,
         )
+        if write_grad_scale and mode == SCALE_SHARED:
+            start = rec_rows * n_rec_programs
+            per_row = rec_partials[start : 2 * start].view(rec_rows, n_rec_programs).sum(1)
+            scale_grads.copy_(per_row.div_(1 if per_sample else batch))
+    elif scale_grads.numel() > 0:
+        scale_grads.zero_()  # no data: the scale gets no gradient
 
     # KL: μ and σ broadcast to one contiguous shape (a copy only where they differ).
     m = math.prod(shape)

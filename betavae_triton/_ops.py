@@ -52,22 +52,40 @@ def _eager_loss_fwd(
     need_grad_q,
     per_sample,
     kl_per_dim,
+    p_scale,
+    need_grad_p_scale,
 ):
     """The operator's semantics in eager PyTorch: gradients by autograd, packed as the
     kernels pack them (per-element derivatives, divided by B for the batch mean only)."""
     out = _launch.allocate_outputs(
-        x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q, per_sample, kl_per_dim
+        x,
+        p,
+        loc,
+        scale,
+        need_grad_p,
+        need_grad_x,
+        need_grad_q,
+        per_sample,
+        kl_per_dim,
+        p_scale,
+        need_grad_p_scale,
     )
-    rec_out, kl_out, loss_out, rec_grads, kl_grads, kl_dims = out
+    rec_out, kl_out, loss_out, rec_grads, kl_grads, kl_dims, scale_grads = out
+    mode = _launch.scale_mode(p_scale)
     with torch.enable_grad():
         xs = x.detach().requires_grad_(need_grad_x)
         ps = p.detach().requires_grad_(need_grad_p)
+        ss = p_scale.detach()
+        if mode != _launch.NO_SCALE:
+            ss = ss.reshape(()) if mode == _launch.SCALE_SHARED else ss.expand(x.shape)
+        ss = ss.requires_grad_(need_grad_p_scale and mode != _launch.NO_SCALE)
         mus = loc.detach().requires_grad_(need_grad_q)
         sigmas = scale.detach().requires_grad_(need_grad_q)
         shape = torch.broadcast_shapes(loc.shape, scale.shape)
         n, m = x.numel(), math.prod(shape)
+        rec_scale = ss if mode != _launch.NO_SCALE else None
         rec = (
-            _eager.reconstruction_loss(ps, xs, dist, per_sample)
+            _eager.reconstruction_loss(ps, xs, dist, per_sample, rec_scale)
             if n > 0
             else x.new_zeros(rec_out.shape)
         )
@@ -82,6 +100,17 @@ def _eager_loss_fwd(
             # Summing the per-sample terms gives each element's own derivative.
             grads = torch.autograd.grad(rec.sum(), wrt)
             rec_grads.copy_(torch.cat([g.permute(order).reshape(-1) for g in grads]))
+        if scale_grads.numel() > 0 and n > 0:
+            if mode == _launch.SCALE_PER_ELEMENT:
+                (g,) = torch.autograd.grad(rec.sum(), [ss])
+                order = _launch.rec_layout(p, x, per_sample)
+                scale_grads.copy_(g.permute(order).reshape(-1))
+            else:
+                rows = rec.reshape(-1)
+                per_row = [torch.autograd.grad(r, [ss], retain_graph=True)[0] for r in rows]
+                scale_grads.copy_(torch.stack(per_row))
+        elif scale_grads.numel() > 0:
+            scale_grads.zero_()
         if m > 0 and need_grad_q:
             mu_b, sigma_b = mus.expand(shape), sigmas.expand(shape)
             kl_b = _eager.kl_normal_loss(mu_b, sigma_b, q_logvar, per_sample)
@@ -109,9 +138,11 @@ def _loss_fwd_cpu(
     need_grad_q: bool,
     per_sample: bool,
     kl_per_dim: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    p_scale: Tensor,
+    need_grad_p_scale: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     args = (x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)
-    args = (*args, per_sample, kl_per_dim)
+    args = (*args, per_sample, kl_per_dim, p_scale, need_grad_p_scale)
     if interpreter_enabled():
         return _launch.loss_fwd(_direct, *args)
     return _eager_loss_fwd(*args)
@@ -131,9 +162,21 @@ def _(
     need_grad_q,
     per_sample,
     kl_per_dim,
+    p_scale,
+    need_grad_p_scale,
 ):
     return _launch.allocate_outputs(
-        x, p, loc, scale, need_grad_p, need_grad_x, need_grad_q, per_sample, kl_per_dim
+        x,
+        p,
+        loc,
+        scale,
+        need_grad_p,
+        need_grad_x,
+        need_grad_q,
+        per_sample,
+        kl_per_dim,
+        p_scale,
+        need_grad_p_scale,
     )
 
 
@@ -182,10 +225,12 @@ def loss_fwd(
     need_grad_q: bool,
     per_sample: bool,
     kl_per_dim: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    p_scale: Tensor,
+    need_grad_p_scale: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The loss terms and the gradient buffers; see the module docstring."""
     args = (x, p, loc, scale, beta, dist, q_logvar, need_grad_p, need_grad_x, need_grad_q)
-    args = (*args, per_sample, kl_per_dim)
+    args = (*args, per_sample, kl_per_dim, p_scale, need_grad_p_scale)
     if loc.device.type == "cpu":
         return torch.ops.betavae_triton.loss_fwd_cpu(*args)
     return _launch.loss_fwd(wrap_triton, *args)
@@ -260,10 +305,16 @@ def _scaled(
     return (grads.to(acc) * factor).to(grads.dtype)
 
 
-def _save(ctx, inputs, rec_grads: Tensor, kl_grads: Tensor) -> None:
+def _save(ctx, inputs, rec_grads: Tensor, kl_grads: Tensor, scale_grads: Tensor) -> None:
     x, p, loc, scale, beta, _dist, _q_logvar, need_grad_p, need_grad_x, need_grad_q = inputs[:10]
-    per_sample = inputs[10]
-    ctx.save_for_backward(rec_grads, kl_grads)
+    per_sample, _kl_per_dim, p_scale, need_grad_p_scale = inputs[10:14]
+    ctx.save_for_backward(rec_grads, kl_grads, scale_grads)
+    ctx.p_scale_meta = (
+        _launch.scale_mode(p_scale),
+        p_scale.shape,
+        p_scale.dtype,
+        need_grad_p_scale,
+    )
     ctx.beta = beta
     ctx.need = (need_grad_p, need_grad_x, need_grad_q)
     ctx.per_sample = per_sample
@@ -273,6 +324,21 @@ def _save(ctx, inputs, rec_grads: Tensor, kl_grads: Tensor) -> None:
     ctx.rec_meta = (x.shape, x.numel(), layout)
     ctx.dtypes = (x.dtype, p.dtype, loc.dtype, scale.dtype)
     ctx.q_shapes = (loc.shape, scale.shape)
+
+
+def _scale_decoder_scale_grads(ctx, scale_grads, g_rec, g_loss) -> Tensor:
+    """The decoder scale's gradient buffer scaled out of place: per element like the
+    reconstruction's, or, for a shared scale, Σ over rows of factor · row derivative."""
+    mode = ctx.p_scale_meta[0]
+    rec_rows = ctx.rows[0]
+    if scale_grads.numel() == 0:
+        return scale_grads
+    if mode == _launch.SCALE_PER_ELEMENT:
+        return _scaled(scale_grads, g_rec, g_loss, 1.0, rec_rows, 1)
+    factor = _factor(g_rec, g_loss, 1.0, scale_grads.dtype)
+    if factor is None:
+        return scale_grads
+    return (scale_grads * factor.reshape(-1)).sum().reshape(1)
 
 
 def _scale_both(ctx, rec_grads, kl_grads, g_rec, g_kl, g_loss) -> tuple[Tensor, Tensor]:
@@ -288,7 +354,12 @@ def _scale_both(ctx, rec_grads, kl_grads, g_rec, g_kl, g_loss) -> tuple[Tensor, 
 
 
 def _input_grads(
-    ctx, rec_grads: Tensor, kl_grads: Tensor, rec_live: bool = True, kl_live: bool = True
+    ctx,
+    rec_grads: Tensor,
+    kl_grads: Tensor,
+    scale_grads: Tensor,
+    rec_live: bool = True,
+    kl_live: bool = True,
 ) -> tuple:
     """Views of the (scaled) flat buffers shaped, laid out and typed like the inputs.
 
@@ -312,7 +383,15 @@ def _input_grads(
         m = kl_grads.numel() // 2
         grad_loc = kl_grads[:m].view(bshape).sum_to_size(loc_shape).to(loc_dtype)
         grad_scale = kl_grads[m:].view(bshape).sum_to_size(scale_shape).to(scale_dtype)
-    return (grad_x, grad_p, grad_loc, grad_scale, *([None] * 8))
+    mode, p_scale_shape, p_scale_dtype, need_grad_p_scale = ctx.p_scale_meta
+    grad_p_scale = None
+    if need_grad_p_scale and rec_live and mode != _launch.NO_SCALE:
+        if mode == _launch.SCALE_PER_ELEMENT and n > 0:
+            full = _launch.unflatten(scale_grads, shape, order)
+            grad_p_scale = full.sum_to_size(p_scale_shape).to(p_scale_dtype)
+        else:
+            grad_p_scale = scale_grads.sum().reshape(p_scale_shape).to(p_scale_dtype)
+    return (grad_x, grad_p, grad_loc, grad_scale, *([None] * 8), grad_p_scale, None)
 
 
 # The operators' own autograd formula, for anyone who calls them directly: the gradient
@@ -320,15 +399,16 @@ def _input_grads(
 
 
 def _op_setup_context(ctx, inputs, output) -> None:
-    _rec, _kl, _loss, rec_grads, kl_grads, kl_dims = output
-    ctx.mark_non_differentiable(rec_grads, kl_grads, kl_dims)
-    _save(ctx, inputs, rec_grads, kl_grads)
+    _rec, _kl, _loss, rec_grads, kl_grads, kl_dims, scale_grads = output
+    ctx.mark_non_differentiable(rec_grads, kl_grads, kl_dims, scale_grads)
+    _save(ctx, inputs, rec_grads, kl_grads, scale_grads)
 
 
-def _op_backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads, _g_kl_dims):
-    rec_grads, kl_grads = ctx.saved_tensors
+def _op_backward(ctx, g_rec, g_kl, g_loss, _g_rec_grads, _g_kl_grads, _g_kl_dims, _g_sg):
+    rec_grads, kl_grads, scale_grads = ctx.saved_tensors
+    scale_grads = _scale_decoder_scale_grads(ctx, scale_grads, g_rec, g_loss)
     rec_grads, kl_grads = _scale_both(ctx, rec_grads, kl_grads, g_rec, g_kl, g_loss)
-    return _input_grads(ctx, rec_grads, kl_grads)
+    return _input_grads(ctx, rec_grads, kl_grads, scale_grads)
 
 
 register_autograd("betavae_triton::loss_fwd", _op_backward, setup_context=_op_setup_context)
@@ -343,8 +423,9 @@ class _FusedBetaVAELoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        rec, kl, loss, rec_grads, kl_grads, kl_dims = torch.ops.betavae_triton.loss_fwd(*inputs)
-        _save(ctx, inputs, rec_grads, kl_grads)
+        outputs = torch.ops.betavae_triton.loss_fwd(*inputs)
+        rec, kl, loss, rec_grads, kl_grads, kl_dims, scale_grads = outputs
+        _save(ctx, inputs, rec_grads, kl_grads, scale_grads)
         ctx.mark_non_differentiable(kl_dims)
         ctx.set_materialize_grads(False)
         ctx.consumed = False
@@ -359,7 +440,8 @@ class _FusedBetaVAELoss(torch.autograd.Function):
                 "through the same loss twice (retain_graph=True). Compute the loss again, "
                 "or use backend='eager'."
             )
-        rec_grads, kl_grads = ctx.saved_tensors
+        rec_grads, kl_grads, scale_grads = ctx.saved_tensors
+        scale_grads = _scale_decoder_scale_grads(ctx, scale_grads, g_rec, g_loss)
         if _tracing(rec_grads) or ctx.per_sample:
             # Under torch.compile / export (and for per-sample losses): out of place, so
             # that inductor fuses the scaling into whatever consumes the gradient next.
@@ -371,7 +453,7 @@ class _FusedBetaVAELoss(torch.autograd.Function):
             )
         rec_live = g_rec is not None or g_loss is not None
         kl_live = g_kl is not None or g_loss is not None
-        return _input_grads(ctx, rec_grads, kl_grads, rec_live, kl_live)
+        return _input_grads(ctx, rec_grads, kl_grads, scale_grads, rec_live, kl_live)
 
 
 # ---- entry points used by the functional API ------------------------------------------
@@ -391,9 +473,12 @@ def triton_beta_vae_loss(
     q_logvar: bool = False,
     per_sample: bool = False,
     kl_per_dim: bool = False,
+    p_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(loss, rec, kl, kl_dims)`` on the Triton backend (``kl_dims`` empty unless
-    ``kl_per_dim``)."""
+    ``kl_per_dim``; ``p_scale`` the decoder's scale for the full likelihood, or None)."""
+    if p_scale is None:
+        p_scale = x.new_empty((0,))
     rec, kl, loss, kl_dims = _FusedBetaVAELoss.apply(
         x,
         p,
@@ -407,15 +492,33 @@ def triton_beta_vae_loss(
         _needs(loc, scale),
         per_sample,
         kl_per_dim,
+        p_scale,
+        _needs(p_scale),
     )
     return loss, rec, kl, kl_dims
 
 
-def triton_reconstruction_loss(p: Tensor, x: Tensor, dist: str, per_sample: bool = False) -> Tensor:
+def triton_reconstruction_loss(
+    p: Tensor, x: Tensor, dist: str, per_sample: bool = False, p_scale: Tensor | None = None
+) -> Tensor:
     """The reconstruction term alone on the Triton backend (no KL launch)."""
     none = x.new_empty((0,))
+    p_scale = none if p_scale is None else p_scale
     rec, _, _, _ = _FusedBetaVAELoss.apply(
-        x, p, none, none, 0.0, dist, False, _needs(p), _needs(x), False, per_sample, False
+        x,
+        p,
+        none,
+        none,
+        0.0,
+        dist,
+        False,
+        _needs(p),
+        _needs(x),
+        False,
+        per_sample,
+        False,
+        p_scale,
+        _needs(p_scale),
     )
     return rec
 
@@ -437,6 +540,8 @@ def triton_kl_normal_loss(
         False,
         _needs(loc, scale),
         per_sample,
+        False,
+        none,
         False,
     )
     return kl

@@ -50,6 +50,28 @@ def _reconstruction_kind(dist: str, p_is_logits: bool) -> str:
     return "bernoulli_logits"
 
 
+def _check_decoder_scale(p_scale: torch.Tensor | None, kind: str, x: torch.Tensor) -> None:
+    """The decoder scale of the full likelihood: normal or laplace, a floating tensor that
+    broadcasts to x, on x's device."""
+    if p_scale is None:
+        return
+    if kind not in ("normal", "laplace"):
+        raise ValueError(f"p_scale needs dist='normal' or 'laplace', got {kind!r}")
+    if not isinstance(p_scale, torch.Tensor) or not p_scale.is_floating_point():
+        raise TypeError(f"p_scale must be a floating-point tensor, got {p_scale!r:.60}")
+    if p_scale.device != x.device:
+        raise ValueError(f"p_scale is on {p_scale.device} but x is on {x.device}")
+    if p_scale.numel() == 0:
+        raise ValueError("p_scale is empty")
+    try:
+        if torch.broadcast_shapes(p_scale.shape, x.shape) != x.shape:
+            raise RuntimeError
+    except RuntimeError as err:
+        raise ValueError(
+            f"p_scale {tuple(p_scale.shape)} does not broadcast to x {tuple(x.shape)}"
+        ) from err
+
+
 def _check_bernoulli_values(
     kind: str, p: torch.Tensor, x: torch.Tensor, validate_args: bool | None
 ) -> None:
@@ -74,6 +96,7 @@ def beta_vae_loss(
     q_is_logvar: bool = False,
     reduction: str = "mean",
     kl_per_dim: bool = False,
+    p_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     r"""Compute the beta-VAE loss from tensors: the fastest path, no distribution objects.
 
@@ -118,6 +141,13 @@ def beta_vae_loss(
     kl_per_dim : bool, default=False
         Also return the batch-mean KL of each latent dimension (shape of one posterior
         sample), from the same pass: the active units, or a posterior collapse.
+    p_scale : torch.Tensor or None, default=None
+        The decoder's scale (normal σ or laplace b), learned with the model (σ-VAE): the
+        reconstruction becomes the full negative log-likelihood
+        ``½((x − p)/σ)² + log σ + ½ log 2π`` (normal) or ``|x − p|/b + log b + log 2``
+        (laplace), with gradients to the scale. One element (shared: its gradient is a
+        reduction in the same pass) or any shape that broadcasts to x. None keeps nidl's
+        squared / absolute error.
 
     Returns
     -------
@@ -148,16 +178,26 @@ def beta_vae_loss(
             f"or 1, got {q_shape[0]}"
         )
     _check_bernoulli_values(kernel_dist, p, x, validate_args)
+    _check_decoder_scale(p_scale, kernel_dist, x)
     q_is_logvar = bool(q_is_logvar)
     if _backend_for(backend, x.device) == "triton":
         from ._ops import triton_beta_vae_loss
 
         loss, rec, kl, kl_dims = triton_beta_vae_loss(
-            x, p, q_loc, q_scale, float(beta), kernel_dist, q_is_logvar, per_sample, kl_per_dim
+            x,
+            p,
+            q_loc,
+            q_scale,
+            float(beta),
+            kernel_dist,
+            q_is_logvar,
+            per_sample,
+            kl_per_dim,
+            p_scale,
         )
     else:
         loss, rec, kl = _eager.beta_vae_loss(
-            x, p, q_loc, q_scale, beta, kernel_dist, q_is_logvar, per_sample
+            x, p, q_loc, q_scale, beta, kernel_dist, q_is_logvar, per_sample, p_scale
         )
         kl_dims = (
             _eager.kl_per_dimension(q_loc, q_scale, q_is_logvar).detach() if kl_per_dim else None
@@ -174,6 +214,7 @@ def reconstruction_loss(
     validate_args: bool | None = None,
     p_is_logits: bool = False,
     reduction: str = "mean",
+    p_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image reconstruction loss: Σ ℓ(p, x) over every element, divided by B.
 
@@ -193,6 +234,8 @@ def reconstruction_loss(
         As in :func:`beta_vae_loss`: ``p`` holds bernoulli logits.
     reduction : {"mean", "none"}, default="mean"
         As in :func:`beta_vae_loss`: ``"none"`` gives the per-sample sums, shape (B,).
+    p_scale : torch.Tensor or None, default=None
+        As in :func:`beta_vae_loss`: the decoder's scale, for the full likelihood.
 
     Returns
     -------
@@ -203,11 +246,12 @@ def reconstruction_loss(
     per_sample = _check_reduction(reduction)
     check_reconstruction(p, x)
     _check_bernoulli_values(kernel_dist, p, x, validate_args)
+    _check_decoder_scale(p_scale, kernel_dist, x)
     if _backend_for(backend, x.device) == "triton":
         from ._ops import triton_reconstruction_loss
 
-        return triton_reconstruction_loss(p, x, kernel_dist, per_sample)
-    return _eager.reconstruction_loss(p, x, kernel_dist, per_sample)
+        return triton_reconstruction_loss(p, x, kernel_dist, per_sample, p_scale)
+    return _eager.reconstruction_loss(p, x, kernel_dist, per_sample, p_scale)
 
 
 def kl_normal_loss(

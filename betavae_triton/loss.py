@@ -43,6 +43,11 @@ class BetaVAELoss(nn.Module):
     kl_per_dim : bool, default=False
         Add ``"kl_per_dim"`` to the result: the batch-mean KL of each latent dimension
         (which units are active), from the same pass, not differentiable.
+    full_nll : bool, default=False
+        Use the decoder's scale: a Normal or Laplace ``p`` gives the full negative
+        log-likelihood with ``p.scale`` (per element or shared, learned with the model, as
+        in the σ-VAE), with gradients to the scale. By default the scale is ignored and
+        the loss is nidl's squared / absolute error.
 
     Raises
     ------
@@ -77,6 +82,7 @@ class BetaVAELoss(nn.Module):
         validate_args: bool | None = None,
         reduction: str = "mean",
         kl_per_dim: bool = False,
+        full_nll: bool = False,
     ) -> None:
         super().__init__()
         self.beta = beta
@@ -87,10 +93,12 @@ class BetaVAELoss(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         self.reduction = reduction
         self.kl_per_dim = bool(kl_per_dim)
+        self.full_nll = bool(full_nll)
 
     def extra_repr(self) -> str:
         extra = "" if self.reduction == "mean" else f", reduction={self.reduction!r}"
         extra += ", kl_per_dim=True" if self.kl_per_dim else ""
+        extra += ", full_nll=True" if self.full_nll else ""
         return (
             f"beta={self.beta}, default_dist={self.default_dist!r}, backend={self.backend!r}{extra}"
         )
@@ -114,6 +122,17 @@ class BetaVAELoss(nn.Module):
         raise TypeError(
             "Decoder distribution must be a torch.distributions Normal, Laplace or Bernoulli, "
             f"or a torch.Tensor, got {type(p).__name__}"
+        )
+
+    def _decoder_scale(self, p: object) -> torch.Tensor | None:
+        """``p.scale`` with ``full_nll`` (None otherwise, or for a Bernoulli)."""
+        if not self.full_nll or isinstance(p, Bernoulli):
+            return None
+        if isinstance(p, (Normal, Laplace)):
+            return p.scale
+        raise TypeError(
+            "full_nll=True reads the decoder's scale: pass p as a torch.distributions "
+            f"Normal or Laplace, not a {type(p).__name__}"
         )
 
     @staticmethod
@@ -159,6 +178,7 @@ class BetaVAELoss(nn.Module):
             p_is_logits=logits,
             reduction=self.reduction,
             kl_per_dim=self.kl_per_dim,
+            p_scale=self._decoder_scale(p),
         )
         out = {"rec_loss": rec, "kl_loss": kl, "loss": loss}
         if self.kl_per_dim:
@@ -192,6 +212,7 @@ class BetaVAELoss(nn.Module):
             validate_args=self.validate_args,
             p_is_logits=logits,
             reduction=self.reduction,
+            p_scale=self._decoder_scale(p),
         )
 
     def kl_normal_loss(self, q: Normal) -> torch.Tensor:

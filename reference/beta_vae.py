@@ -64,6 +64,7 @@ def reference_reconstruction_loss(
     dist: str = "normal",
     p_is_logits: bool = False,
     reduction: str = "mean",
+    p_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image reconstruction loss: Σ over every element of ℓ(p, x), divided by B.
 
@@ -82,6 +83,9 @@ def reference_reconstruction_loss(
         ``−Bernoulli(logits=p).log_prob(x)`` (no clamp).
     reduction : {"mean", "none"}, default="mean"
         ``"none"``: one sum per sample, shape (B,).
+    p_scale : torch.Tensor or None, default=None
+        With ``"normal"`` or ``"laplace"``: the decoder's scale, broadcast to x; the loss
+        is then the full ``−Normal(p, p_scale).log_prob(x)`` (or Laplace's).
 
     Returns
     -------
@@ -94,7 +98,11 @@ def reference_reconstruction_loss(
         If ``dist`` is unknown.
     """
     data = _f64(x)
-    if p_is_logits:
+    if p_scale is not None:
+        cls = {"normal": Normal, "laplace": Laplace}[dist]
+        decoder = cls(_f64(p), _f64(p_scale).expand(data.shape), validate_args=False)
+        per_element = -decoder.log_prob(data)
+    elif p_is_logits:
         if dist != "bernoulli":
             raise ValueError("p_is_logits needs dist='bernoulli'")
         decoder = Bernoulli(logits=_f64(p), validate_args=False)
@@ -160,6 +168,7 @@ def reference_beta_vae_loss(
     p_is_logits: bool = False,
     q_is_logvar: bool = False,
     reduction: str = "mean",
+    p_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The beta-VAE loss ``rec_loss + beta * kl_loss``, in float64.
 
@@ -181,12 +190,15 @@ def reference_beta_vae_loss(
         ``q_scale`` holds log σ² (see :func:`reference_kl_normal_loss`).
     reduction : {"mean", "none"}, default="mean"
         ``"none"``: per-sample terms, shape (B,) (the posterior's batch is B or 1).
+    p_scale : torch.Tensor or None, default=None
+        The decoder's scale for the full likelihood (see
+        :func:`reference_reconstruction_loss`).
 
     Returns
     -------
     loss, rec_loss, kl_loss : torch.Tensor
         float64 scalars (or per-sample vectors).
     """
-    rec_loss = reference_reconstruction_loss(p, x, dist, p_is_logits, reduction)
+    rec_loss = reference_reconstruction_loss(p, x, dist, p_is_logits, reduction, p_scale)
     kl_loss = reference_kl_normal_loss(q_loc, q_scale, q_is_logvar, reduction)
     return rec_loss + beta * kl_loss, rec_loss, kl_loss

@@ -110,6 +110,30 @@ def test_per_sample_losses_compile_without_breaks(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_learned_decoder_scale_compiles_without_breaks(backend):
+    x, h, mu, log_sigma = _batch("normal")
+    log_b = torch.zeros((), device=DEVICE)
+    loss_fn = BetaVAELoss(4.0, backend=backend, full_nll=True)
+
+    def step(x, h, mu, log_sigma, log_b):
+        out = loss_fn(x, Normal(h, log_b.exp()), Normal(mu, log_sigma.exp()))
+        return out["loss"]
+
+    explanation = torch._dynamo.explain(step)(x, h, mu, log_sigma, log_b)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    leaves = [t.detach().requires_grad_() for t in (h, log_b)]
+    got = torch.compile(step, fullgraph=True)(x, leaves[0], mu, log_sigma, leaves[1])
+    want_leaves = [t.detach().requires_grad_() for t in (h, log_b)]
+    want = step(x, want_leaves[0], mu, log_sigma, want_leaves[1])
+    torch.testing.assert_close(got, want)
+    for a, b in zip(
+        torch.autograd.grad(got, leaves), torch.autograd.grad(want, want_leaves), strict=True
+    ):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_capacity_anneals_inside_one_compiled_graph(backend):
     """The capacity's step counter advances on the device: five steps, one compile, and
     the compiled losses equal eager ones at the same capacities."""
@@ -228,6 +252,12 @@ def test_opcheck(dist, dtype):
     q_logvar = dist == "bernoulli_logits"
     second = 2 * log_sigma if q_logvar else log_sigma.exp()
     args = (x, p.requires_grad_(), mu.requires_grad_(), second.detach().requires_grad_())
+    # The decoder scale of the full likelihood: none, shared, per element.
+    no_scale = torch.empty(0, dtype=dtype, device=DEVICE)
+    scales = [
+        torch.full((), 0.7, dtype=dtype, device=DEVICE).requires_grad_(),
+        (torch.rand_like(x) + 0.5).requires_grad_(),
+    ]
     ops = [torch.ops.betavae_triton.loss_fwd.default]
     if DEVICE.type == "cpu":
         ops.append(torch.ops.betavae_triton.loss_fwd_cpu.default)
@@ -235,7 +265,11 @@ def test_opcheck(dist, dtype):
         for need in ((True, False, True), (True, True, True), (False, False, False)):
             for per_sample, kl_per_dim in ((False, False), (True, True)):
                 flags = (*need, per_sample, kl_per_dim)
-                torch.library.opcheck(op, (*args, 0.5, dist, q_logvar, *flags))
+                torch.library.opcheck(op, (*args, 0.5, dist, q_logvar, *flags, no_scale, False))
+                if dist in ("normal", "laplace"):
+                    for s in scales:
+                        full = (*args, 0.5, dist, q_logvar, *flags, s, need[0])
+                        torch.library.opcheck(op, full)
     grads = torch.rand(50, dtype=dtype, device=DEVICE), torch.rand(10, dtype=dtype, device=DEVICE)
     g = torch.tensor(2.0, dtype=dtype, device=DEVICE)
     torch.library.opcheck(torch.ops.betavae_triton.scale_grads_.default, (*grads, g, None, g, 0.5))

@@ -1,5 +1,6 @@
 """Examples for what the package adds to nidl's loss (issue 8): bernoulli logits,
-log-variance posteriors, the capacity-controlled loss. Each is compared with a float64
+log-variance posteriors, the capacity-controlled loss, per-sample losses, the learned
+decoder scale. Each is compared with a float64
 formula written out here or with ``reference/``; the Hypothesis comparisons live in
 ``test_properties.py``."""
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _helpers import DEVICE
-from torch.distributions import Bernoulli, Normal
+from torch.distributions import Bernoulli, Laplace, Normal
 
 from betavae_triton import (
     BetaVAELoss,
@@ -266,3 +267,50 @@ def test_reduction_errors():
         BetaVAELoss(reduction="batchmean")
     with pytest.raises(ValueError, match="posterior's batch"):
         beta_vae_loss(x, p, loc[:2], scale[:2], reduction="none")
+
+
+# ---- the learned decoder scale (full likelihood) -----------------------------------------
+
+
+@BACKENDS
+def test_learned_shared_scale_converges_to_the_rms_error(backend):
+    """σ-VAE: minimising the full Gaussian likelihood over a shared σ alone gives
+    σ² = mean squared error (the closed-form optimum)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 8, generator=gen, dtype=torch.float64).to(DEVICE)
+    p = x + 0.3 * torch.randn(4, 3, 8, generator=gen, dtype=torch.float64).to(DEVICE)
+    log_sigma = torch.zeros((), dtype=torch.float64, device=DEVICE, requires_grad=True)
+    opt = torch.optim.SGD([log_sigma], lr=0.01)
+    for _ in range(200):
+        opt.zero_grad()
+        rec = reconstruction_loss(p, x, "normal", backend, p_scale=log_sigma.exp())
+        rec.backward()
+        opt.step()
+    rms = ((p - x) ** 2).mean().sqrt()
+    torch.testing.assert_close(log_sigma.exp().detach(), rms, rtol=1e-3, atol=0)
+
+
+@BACKENDS
+def test_full_nll_module_reads_the_decoder_scale(backend):
+    x, p, loc, scale = _capacity_inputs(4)
+    b = torch.rand(1, 2, 1, dtype=torch.float64, device=DEVICE) + 0.5
+    module = BetaVAELoss(1.0, backend=backend, full_nll=True)
+    out = module(x, Laplace(p, b), Normal(loc, scale))
+    ref = -Laplace(p, b.expand_as(p)).log_prob(x).sum() / x.shape[0]
+    torch.testing.assert_close(out["rec_loss"], ref)
+    # Without full_nll the scale is ignored: nidl's absolute error.
+    plain = BetaVAELoss(1.0, backend=backend)(x, Laplace(p, b), Normal(loc, scale))
+    torch.testing.assert_close(plain["rec_loss"], (p - x).abs().sum() / x.shape[0])
+    assert "full_nll=True" in repr(module)
+
+
+def test_full_nll_bad_arguments():
+    x, p, loc, scale = _capacity_inputs()
+    with pytest.raises(TypeError, match="Normal or Laplace"):
+        BetaVAELoss(full_nll=True)(x, p, Normal(loc, scale))
+    with pytest.raises(ValueError, match="p_scale needs"):
+        reconstruction_loss(p, x.round(), "bernoulli", p_scale=torch.ones(()))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        reconstruction_loss(p, x, "normal", p_scale=torch.ones(3, 1, 1))
+    with pytest.raises(TypeError, match="floating"):
+        reconstruction_loss(p, x, "normal", p_scale=torch.ones((), dtype=torch.int64))

@@ -32,10 +32,14 @@ from _helpers import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.distributions import Normal
+from torch.distributions import Laplace, Normal
 
 from betavae_triton import BetaVAELoss, beta_vae_loss, kl_normal_loss, reconstruction_loss
-from reference import reference_beta_vae_loss, reference_kl_normal_loss
+from reference import (
+    reference_beta_vae_loss,
+    reference_kl_normal_loss,
+    reference_reconstruction_loss,
+)
 
 BACKENDS = pytest.mark.parametrize("backend", ["eager", "triton"])
 
@@ -244,6 +248,80 @@ def test_per_sample_losses_match_reference(backend, data, dtype, beta, form, wei
     ):
         assert got.shape == want.shape and got.dtype == dtype, name
         assert_close_to_reference(got, want, 2 * batch * mag, f"grad {name}", context)
+
+
+SCALE_SHAPES = ("shared", "per_element", "per_channel")
+
+
+@BACKENDS
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(FULL_DTYPES + HALF_DTYPES),
+    dist=st.sampled_from(["normal", "laplace"]),
+    scale_shape=st.sampled_from(SCALE_SHAPES),
+    reduction=st.sampled_from(["mean", "none"]),
+    form=st.sampled_from(["functional", "module_dist"]),
+)
+def test_learned_decoder_scale_matches_reference(
+    backend, data, dtype, dist, scale_shape, reduction, form
+):
+    """The full Gaussian / Laplace likelihood with the decoder's scale (shared, per
+    element, per channel): values and the gradients of p, x and the scale against
+    ``-Normal(p, s).log_prob(x)`` in float64."""
+    inputs = data.draw(loss_inputs(dist, dtype, same_q_batch=True), label="inputs")
+    x, p = inputs.x, inputs.p
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    shape = {
+        "shared": (1,) * x.dim() if data.draw(st.booleans(), label="ndim") else (),
+        "per_element": tuple(x.shape),
+        "per_channel": (1, x.shape[1], *([1] * (x.dim() - 2))),
+    }[scale_shape]
+    log_s = torch.rand(shape, generator=gen, dtype=torch.float64) * 3.0 - 1.5
+    s = log_s.exp().to(DEVICE, dtype)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, p, s)]
+    lx, lp, ls = leaves
+    if form == "functional":
+        loss, rec, _ = beta_vae_loss(
+            lx,
+            lp,
+            inputs.q_loc,
+            inputs.q_scale,
+            2.0,
+            dist,
+            backend,
+            reduction=reduction,
+            p_scale=ls,
+        )
+    else:
+        decoder = (Normal if dist == "normal" else Laplace)(lp, ls)
+        module = BetaVAELoss(2.0, backend=backend, reduction=reduction, full_nll=True)
+        out = module(lx, decoder, Normal(inputs.q_loc, inputs.q_scale))
+        loss, rec = out["loss"], out["rec_loss"]
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in (x, p, s)]
+    ref_rec = reference_reconstruction_loss(
+        ref_leaves[1], ref_leaves[0], dist, reduction=reduction, p_scale=ref_leaves[2]
+    )
+    context = f"{inputs.describe()} scale={scale_shape}{shape} {reduction} {backend} {form}"
+
+    xd, pd, sd = (t.detach().cpu().double() for t in (x, p, s))
+    a = (pd - xd).abs() / sd
+    term = (0.5 * a * a if dist == "normal" else a) + sd.log().abs() + 1.0
+    per_sample = term.expand(xd.shape).reshape(xd.shape[0], -1).sum(1)
+    mag = per_sample if reduction == "none" else per_sample.sum() / xd.shape[0]
+    assert rec.dtype == dtype and rec.shape == ref_rec.shape
+    assert_close_to_reference(rec, ref_rec.detach(), mag, "rec", context)
+
+    weights = torch.linspace(-1.0, 2.0, rec.numel(), dtype=torch.float64).reshape(rec.shape)
+    # The KL does not depend on x, p or the scale: the loss has the same gradients.
+    grads = torch.autograd.grad((loss * weights.to(loss)).sum(), leaves)
+    ref_grads = torch.autograd.grad((ref_rec * weights).sum(), ref_leaves)
+    div = 1 if reduction == "none" else xd.shape[0]
+    g_p = (a if dist == "normal" else torch.ones_like(a)) / sd * 2.0 / div
+    g_s = ((1 + a * a if dist == "normal" else 1 + a) / sd * 2.0 / div).expand(xd.shape)
+    grad_mags = (g_p, g_p, g_s.sum_to_size(sd.shape))
+    for name, got, want, gmag in zip(("x", "p", "scale"), grads, ref_grads, grad_mags, strict=True):
+        assert got.shape == want.shape and got.dtype == dtype, name
+        assert_close_to_reference(got, want, gmag, f"grad {name}", context)
 
 
 @pytest.mark.parametrize("dist", DISTS)

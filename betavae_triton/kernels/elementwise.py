@@ -23,6 +23,28 @@ def absolute_error(p, x):
 
 
 @triton.jit
+def normal_nll(mu, x, sigma):
+    """−log N(x; μ, σ²) = ½((μ − x)/σ)² + log σ + ½ log 2π, and its derivatives in μ, x, σ:
+    (μ − x)/σ², (x − μ)/σ², (1 − ((μ − x)/σ)²)/σ."""
+    inv = 1.0 / sigma
+    z = (mu - x) * inv
+    loss = 0.5 * z * z + tl.log(sigma) + 0.9189385332046727
+    d_mu = z * inv
+    return loss, d_mu, -d_mu, (1.0 - z * z) * inv
+
+
+@triton.jit
+def laplace_nll(mu, x, b):
+    """−log Laplace(x; μ, b) = |μ − x|/b + log b + log 2, and its derivatives in μ, x, b:
+    sign(μ − x)/b (0 at a tie), its negative, (1 − |μ − x|/b)/b."""
+    inv = 1.0 / b
+    d = mu - x
+    sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0)).to(d.dtype)
+    a = tl.abs(d) * inv
+    return a + tl.log(b) + 0.6931471805599453, sign * inv, -sign * inv, (1.0 - a) * inv
+
+
+@triton.jit
 def clamped_log(v):
     """max(log v, −100) with NaN kept (``tl.maximum`` does not promise to propagate NaN)."""
     lv = tl.log(v)

@@ -3,10 +3,20 @@
 import triton
 import triton.language as tl
 
-from .elementwise import absolute_error, bernoulli_nll, bernoulli_nll_logits, squared_error
+from .elementwise import (
+    absolute_error,
+    bernoulli_nll,
+    bernoulli_nll_logits,
+    laplace_nll,
+    normal_nll,
+    squared_error,
+)
 
 # The values of the DIST constexpr.
 NORMAL, LAPLACE, BERNOULLI, BERNOULLI_LOGITS = 0, 1, 2, 3
+# The values of the SCALE constexpr: no decoder scale (nidl's squared / absolute error),
+# one per element, one shared by every element.
+NO_SCALE, SCALE_PER_ELEMENT, SCALE_SHARED = 0, 1, 2
 
 
 @triton.jit
@@ -16,11 +26,15 @@ def _reconstruction_fwd_bwd(
     partial_ptr,
     grad_p_ptr,
     grad_x_ptr,
+    scale_ptr,
+    grad_scale_ptr,
     row_len,
     grad_div,
     DIST: tl.constexpr,
+    SCALE: tl.constexpr,
     WRITE_GRAD_P: tl.constexpr,
     WRITE_GRAD_X: tl.constexpr,
+    WRITE_GRAD_SCALE: tl.constexpr,
     ACC_FP64: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -28,7 +42,10 @@ def _reconstruction_fwd_bwd(
     """Partial sums Σ ℓ(p, x) per row and program, and optionally dℓ/dp and dℓ/dx / div.
 
     ``DIST`` picks ℓ: squared error, absolute error, binary cross-entropy from
-    probabilities, or from logits (p is then the logit).
+    probabilities, or from logits (p is then the logit). With ``SCALE`` the normal and
+    laplace losses become the full negative log-likelihoods with the decoder's scale s,
+    per element (flat like p) or shared (one value); dℓ/ds goes to ``grad_scale`` per
+    element, or, shared, into per-program partial sums stored after the loss partials.
 
     The grid is (rows, G): program (r, g) sums tiles g, g + G, g + 2G, ... of row r (the
     flat range [r·row_len, (r + 1)·row_len)) into ``partial[r·G + g]``. One row covering
@@ -36,9 +53,10 @@ def _reconstruction_fwd_bwd(
     give per-sample sums (``reduction="none"``). A fixed order either way, so the result
     is bitwise reproducible (no atomics).
 
-    Memory traffic: reads p and x once (2·N·s bytes for s-byte elements); writes the
-    gradient of p (N·s) when ``WRITE_GRAD_P`` and of x (N·s) when ``WRITE_GRAD_X``;
-    rows·G partials of 4 or 8 bytes.
+    Memory traffic: reads p and x once (2·N·s bytes for s-byte elements), and the scale
+    once (N·s) per element; writes the gradient of p (N·s) when ``WRITE_GRAD_P``, of x
+    (N·s) when ``WRITE_GRAD_X``, of a per-element scale (N·s) when ``WRITE_GRAD_SCALE``;
+    rows·G partials of 4 or 8 bytes (twice that with a shared scale's gradient).
     """
     row = tl.program_id(0)
     pid = tl.program_id(1)
@@ -47,6 +65,9 @@ def _reconstruction_fwd_bwd(
     inv_div = 1.0 / tl.full([], grad_div, acc_ty)
     lanes = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=acc_ty)
+    acc_scale = tl.zeros([BLOCK], dtype=acc_ty)
+    if SCALE == 2:
+        shared_scale = tl.load(scale_ptr).to(acc_ty)
     if INT64:
         row_start = tl.cast(row, tl.int64) * row_len
     else:
@@ -61,7 +82,15 @@ def _reconstruction_fwd_bwd(
         offs = row_start + in_row
         p = tl.load(p_ptr + offs, mask=mask, other=0.5).to(acc_ty)
         x = tl.load(x_ptr + offs, mask=mask, other=0.5).to(acc_ty)
-        if DIST == 0:
+        if SCALE == 1:
+            s = tl.load(scale_ptr + offs, mask=mask, other=1.0).to(acc_ty)
+        elif SCALE == 2:
+            s = shared_scale
+        if DIST == 0 and SCALE != 0:
+            loss, d_p, d_x, d_s = normal_nll(p, x, s)
+        elif DIST == 1 and SCALE != 0:
+            loss, d_p, d_x, d_s = laplace_nll(p, x, s)
+        elif DIST == 0:
             loss, d_p, d_x = squared_error(p, x)
         elif DIST == 1:
             loss, d_p, d_x = absolute_error(p, x)
@@ -76,4 +105,14 @@ def _reconstruction_fwd_bwd(
         if WRITE_GRAD_X:
             g = d_x * inv_div
             tl.store(grad_x_ptr + offs, g.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        if WRITE_GRAD_SCALE:
+            if SCALE == 1:
+                g = d_s * inv_div
+                tl.store(grad_scale_ptr + offs, g.to(grad_scale_ptr.dtype.element_ty), mask=mask)
+            else:
+                acc_scale += tl.where(mask, d_s, 0.0)
     tl.store(partial_ptr + row * n_programs + pid, tl.sum(acc, axis=0))
+    if WRITE_GRAD_SCALE and SCALE == 2:
+        n_rows = tl.num_programs(0)
+        slot = n_rows * n_programs + row * n_programs + pid
+        tl.store(partial_ptr + slot, tl.sum(acc_scale, axis=0))
