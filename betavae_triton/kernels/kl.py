@@ -4,6 +4,7 @@ import triton
 import triton.language as tl
 
 from .elementwise import normal_kl, normal_kl_logvar
+from .tiling import row_tile_offsets
 
 
 @triton.jit
@@ -40,20 +41,10 @@ def _normal_kl_fwd_bwd(
     n_programs = tl.num_programs(1)
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     inv_div = 1.0 / tl.full([], grad_div, acc_ty)
-    lanes = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=acc_ty)
-    if INT64:
-        row_start = tl.cast(row, tl.int64) * row_len
-    else:
-        row_start = row * row_len
     n_tiles = tl.cdiv(row_len, BLOCK)
     for tile in range(pid, n_tiles, n_programs):
-        if INT64:
-            in_row = tl.cast(tile, tl.int64) * BLOCK + lanes
-        else:
-            in_row = tile * BLOCK + lanes
-        mask = in_row < row_len
-        offs = row_start + in_row
+        offs, mask = row_tile_offsets(row, tile, row_len, BLOCK, INT64)
         mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         if LOGVAR:
             logvar = tl.load(sigma_ptr + offs, mask=mask, other=0.0).to(acc_ty)

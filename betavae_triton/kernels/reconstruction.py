@@ -11,6 +11,7 @@ from .elementwise import (
     normal_nll,
     squared_error,
 )
+from .tiling import row_tile_offsets
 
 # The values of the DIST constexpr.
 NORMAL, LAPLACE, BERNOULLI, BERNOULLI_LOGITS = 0, 1, 2, 3
@@ -63,23 +64,13 @@ def _reconstruction_fwd_bwd(
     n_programs = tl.num_programs(1)
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     inv_div = 1.0 / tl.full([], grad_div, acc_ty)
-    lanes = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=acc_ty)
     acc_scale = tl.zeros([BLOCK], dtype=acc_ty)
     if SCALE == 2:
         shared_scale = tl.load(scale_ptr).to(acc_ty)
-    if INT64:
-        row_start = tl.cast(row, tl.int64) * row_len
-    else:
-        row_start = row * row_len
     n_tiles = tl.cdiv(row_len, BLOCK)
     for tile in range(pid, n_tiles, n_programs):
-        if INT64:
-            in_row = tl.cast(tile, tl.int64) * BLOCK + lanes
-        else:
-            in_row = tile * BLOCK + lanes
-        mask = in_row < row_len
-        offs = row_start + in_row
+        offs, mask = row_tile_offsets(row, tile, row_len, BLOCK, INT64)
         p = tl.load(p_ptr + offs, mask=mask, other=0.5).to(acc_ty)
         x = tl.load(x_ptr + offs, mask=mask, other=0.5).to(acc_ty)
         if SCALE == 1:
