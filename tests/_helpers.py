@@ -21,6 +21,10 @@ float16     1e-2     float32 accumulation, then rounding to 11 significant bits
 bfloat16    3e-2     float32 accumulation, then rounding to 8 significant bits
 ==========  =======  ========================================================
 
+Triton's CPU interpreter rounds float32 to bfloat16 by truncation (compiled kernels round
+to nearest even), so under the interpreter a bfloat16 result may sit one unit lower than
+the rounded reference: well inside the bfloat16 tolerance.
+
 ``floor`` is two units of the dtype's smallest subnormal: the rounding of a result that is
 (nearly) zero. Gradients are checked element by element the same way, with per-element
 magnitudes.
