@@ -31,10 +31,12 @@ class _BernoulliNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(p: torch.Tensor, x: torch.Tensor, reduce: bool) -> torch.Tensor:
+        # Two temporaries, updated in place (fewer allocations: on the CPU each large one
+        # costs page faults).
         log_p = torch.log(p).clamp_min_(-100.0)
-        log_1mp = torch.log1p(-p).clamp_min_(-100.0)
-        # x·log p + (1 − x)·log(1 − p) = lerp(log(1 − p), log p, x)
-        loss = -torch.lerp(log_1mp, log_p, x)
+        log_1mp = torch.neg(p).log1p_().clamp_min_(-100.0)
+        # −[x·log p + (1 − x)·log(1 − p)] = −[log(1 − p) + x·(log p − log(1 − p))]
+        loss = log_p.sub_(log_1mp).mul_(x).add_(log_1mp).neg_()
         # Targets outside [0, 1] give NaN, not an extrapolated number. (Probabilities
         # outside give NaN through the logs.)
         if reduce:
@@ -72,7 +74,13 @@ def reconstruction_sum(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Ten
     ``dist="bernoulli_logits"`` reads p as logits: the exact cross-entropy
     ``binary_cross_entropy_with_logits`` computes (no clamp, gradient σ(l) − x and −l).
     """
-    acc = accumulation_dtype(torch.promote_types(p.dtype, x.dtype))
+    dtype = torch.promote_types(p.dtype, x.dtype)
+    if dtype == torch.bfloat16 and dist in ("normal", "laplace"):
+        # ATen sums bfloat16 with float32 accumulation inside one fused kernel, as nidl's
+        # code does; upcasting both tensors first would move three times the bytes.
+        loss_fn = F.mse_loss if dist == "normal" else F.l1_loss
+        return loss_fn(p.to(dtype), x.to(dtype), reduction="sum").float()
+    acc = accumulation_dtype(dtype)
     p, x = p.to(acc), x.to(acc)
     if dist == "normal":
         return F.mse_loss(p, x, reduction="sum")
