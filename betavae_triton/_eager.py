@@ -160,15 +160,11 @@ def kl_normal_loss(
 ) -> torch.Tensor:
     """Σ KL / Bq over the latents, batch-averaged (or per sample, shape (Bq,))."""
     out_dtype = torch.promote_types(loc.dtype, scale.dtype)
+    # μ and σ broadcast against each other inside kl_elements: its shape is theirs.
     kl = kl_elements(loc, scale, q_logvar)
-    batch = torch.broadcast_shapes(loc.shape, scale.shape)[0]
+    batch = kl.shape[0]
     if per_sample:
-        return (
-            kl.expand(torch.broadcast_shapes(loc.shape, scale.shape))
-            .reshape(batch, -1)
-            .sum(1)
-            .to(out_dtype)
-        )
+        return kl.reshape(batch, -1).sum(1).to(out_dtype)
     return (kl.sum() / batch).to(out_dtype)
 
 
@@ -177,9 +173,8 @@ def kl_per_dimension(
 ) -> torch.Tensor:
     """The batch-mean KL of each latent dimension: shape of one posterior sample."""
     out_dtype = torch.promote_types(loc.dtype, scale.dtype)
-    shape = torch.broadcast_shapes(loc.shape, scale.shape)
-    kl = kl_elements(loc, scale, q_logvar).expand(shape)
-    return (kl.sum(0) / shape[0]).to(out_dtype)
+    kl = kl_elements(loc, scale, q_logvar)
+    return (kl.sum(0) / kl.shape[0]).to(out_dtype)
 
 
 def beta_vae_loss(
