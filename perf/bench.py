@@ -5,6 +5,13 @@ Races ``betavae_triton`` (Triton kernels on a GPU, the eager path, the eager pat
 plain maths, on CONTRACT section 6's workloads, forward alone and forward + backward.
 Writes a table to the terminal and, under ``--out`` (default ``perf/out/``), a JSON file of
 every figure, the table as text, and a PNG of effective bandwidth against size on the sweep.
+Also runs as ``python perf/bench.py``.
+
+On a GPU the timer is ``triton.testing.do_bench``; on a CPU ``torch.utils.benchmark``, and
+the Triton contender is left out there (it would run under the Triton interpreter, whose
+timings mean nothing). nidl's code is read at run time from the installed package or from
+``--nidl PATH`` (a wheel, its ``beta_vae.py``, or a folder holding the package), never
+copied into this repository.
 
 Effective bandwidth is the fewest bytes the step must move divided by its median time:
 forward reads p and x; forward + backward also writes p's gradient. The latent tensors are
@@ -19,12 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import itertools
 import math
 import os
 import platform
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +50,7 @@ from perf.contenders import (
     COMPILED,
     CONTENDERS,
     NIDL_VERSION,
+    NidlSource,
     available_contenders,
     build_step,
     load_nidl,
@@ -55,9 +65,14 @@ __all__ = ["main", "parse_args", "run"]
 PERF_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = PERF_DIR / "out"
 NIDL_CACHE = PERF_DIR / "out" / "nidl-cache"
-#: Largest sweep size (power of two) on a CPU, so that a full run stays near 10 minutes.
-CPU_SWEEP_MAX = 24
-GPU_SWEEP_MAX = 28
+#: Largest sweep size (power of two): CONTRACT section 6's 2^28, on every device.
+SWEEP_MAX = 28
+#: Why the Triton contender is not in CPU runs (also written to the table and JSON).
+TRITON_ON_CPU = (
+    "not run on a CPU. The Triton kernels run on CPU tensors only under the "
+    "interpreter (TRITON_INTERPRET=1), which executes them in numpy, block by block: "
+    "a correctness tool whose timings say nothing about the kernels' speed"
+)
 #: Relative error against the float64 oracle above which a row is flagged.
 TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-9, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
@@ -105,8 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--nidl",
         metavar="PATH",
-        help="nidl's beta_vae.py or a nidl wheel (.whl); `none` leaves nidl out "
-        f"(default: an installed nidl, else `pip download nidl=={NIDL_VERSION}`)",
+        help=f"a nidl-{NIDL_VERSION} wheel (.whl), nidl's losses/beta_vae.py, or a folder "
+        "holding the nidl package; `none` leaves nidl out; `download` runs `pip download "
+        f"nidl=={NIDL_VERSION} --no-deps` into perf/out/nidl-cache/ "
+        "(default: the installed nidl package, else a wheel already in that cache)",
     )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: perf/out/)"
@@ -115,8 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sweep-max",
         type=int,
         metavar="K",
-        help=f"largest sweep size 2^K (default: {GPU_SWEEP_MAX} on a GPU, "
-        f"{CPU_SWEEP_MAX} on a CPU)",
+        help=f"largest sweep size 2^K (default: {SWEEP_MAX})",
     )
     parser.add_argument(
         "--validate-args",
@@ -128,7 +144,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         metavar="R",
         help="interleaved timing rounds per contender, fastest median kept "
-        "(default: 3, 1 with --quick)",
+        "(default: 3 on a GPU, 2 on a CPU, 1 with --quick)",
+    )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        metavar="S",
+        help="CPU: seconds the run may spend in all waiting for other processes to leave "
+        "the CPUs before a measurement (default: 600, 0 with --quick)",
     )
     parser.add_argument(
         "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
@@ -164,6 +187,30 @@ def _versions() -> dict:
         "triton": triton_version,
         "cuda": torch.version.cuda,
     }
+
+
+def _git_state() -> dict:
+    """The commit benchmarked, and whether the package or the reference differed from it."""
+    state: dict = {"commit": None, "dirty": None}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        run = functools.partial(
+            subprocess.run, cwd=PERF_DIR, capture_output=True, text=True, timeout=10
+        )
+        head = run(["git", "rev-parse", "HEAD"])
+        if head.returncode == 0:
+            state["commit"] = head.stdout.strip()
+            # Only the code measured: the package and the reference.
+            paths = [":/betavae_triton", ":/reference"]
+            changes = run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths])
+            state["dirty"] = bool(changes.stdout.strip())
+    return state
+
+
+def _git_label(state: dict) -> str:
+    if not state.get("commit"):
+        return "unknown"
+    dirty = " + uncommitted changes to the package" if state.get("dirty") else ""
+    return state["commit"][:10] + dirty
 
 
 def _machine_load() -> dict:
@@ -247,6 +294,8 @@ def _new_row(w: Workload, mode: str, name: str, n_sets: int, oracle, error) -> d
         "loss": None,
         "oracle_loss": oracle,
         "rel_err": None,
+        "foreign_load": None,
+        "faults_per_call": None,
         "error": error,
         "warning": None,
     }
@@ -298,6 +347,9 @@ def _bench_mode(w, mode, steps, errors, sets, oracle, ctx: dict) -> list[dict]:
             row["rel_err"] = abs(row["loss"] - oracle) / abs(oracle)
             if not row["rel_err"] <= TOLERANCE.get(w.dtype, 1e-3):
                 row["warning"] = f"loss off by {row['rel_err']:.2g} (rel.)"
+        foreign = row["foreign_load"]
+        if foreign is not None and foreign > timing.quiet_threshold and not row["warning"]:
+            row["warning"] = f"disturbed: other processes took {foreign:.1f} core"
         if row["error"] or row["warning"]:
             tqdm.write(f"{w.name} {mode} {row['contender']}: {row['error'] or row['warning']}")
         secs = row["seconds"]
@@ -365,18 +417,22 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    timing = Timing(args.quick)
-    rounds = args.rounds or (1 if args.quick else 3)
-    sweep_max = args.sweep_max or (GPU_SWEEP_MAX if device.type == "cuda" else CPU_SWEEP_MAX)
+    timing = Timing(args.quick, args.quiet_budget)
+    rounds = args.rounds or (1 if args.quick else 3 if device.type == "cuda" else 2)
+    sweep_max = args.sweep_max or SWEEP_MAX
     workloads = select_workloads(args.workloads, args.quick, sweep_max)
     wanted = list(args.contenders or CONTENDERS)
 
-    nidl_cls, nidl_origin = (None, "not asked for")
+    nidl = NidlSource(None, "not asked for", None)
     if "nidl" in wanted:
-        nidl_cls, nidl_origin = load_nidl(args.nidl, NIDL_CACHE)
+        nidl = load_nidl(args.nidl, NIDL_CACHE)
+    nidl_cls, nidl_origin = nidl.cls, nidl.origin
     status = available_contenders(device, nidl_cls)
     contenders = [c for c in CONTENDERS if c in wanted and status[c] is None]
     dropped = {c: status[c] for c in wanted if status[c] is not None}
+    if "triton" in dropped and device.type != "cuda":
+        dropped["triton"] = TRITON_ON_CPU
+    notes = [f"{name} left out: {reason}" for name, reason in dropped.items()]
     for name, reason in dropped.items():
         loud = "!" * 8 if name == "nidl" else "note:"
         print(f"{loud} contender {name!r} dropped: {reason}", file=sys.stderr)
@@ -391,6 +447,7 @@ def run(args: argparse.Namespace) -> dict:
     # steals the CPU from whatever is being timed meanwhile.
     torch._inductor.config.compile_threads = 1
     cache = cache_bytes(device)
+    quiet_budget = timing.quiet_budget_s
     with _validation(args.validate_args):
         copy_bw = copy_bandwidth(device, timing)
     meta = {
@@ -398,7 +455,8 @@ def run(args: argparse.Namespace) -> dict:
         "device_type": device.type,
         "host": socket.gethostname(),
         "date": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(),
-        "versions": _versions(),
+        "versions": {**_versions(), "nidl": nidl.version},
+        "git": _git_state(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "quick": args.quick,
@@ -406,6 +464,7 @@ def run(args: argparse.Namespace) -> dict:
         "load_before": load_before,
         "busy_warning": busy,
         "nidl": nidl_origin,
+        "notes": notes,
         "validate_args": args.validate_args,
         "sweep_max_log2": sweep_max,
         "rounds": rounds,
@@ -415,12 +474,19 @@ def run(args: argparse.Namespace) -> dict:
             if device.type == "cuda"
             else "torch.utils.benchmark.Timer.blocked_autorange, median"
         )
-        + f"; fastest median of {rounds} interleaved round(s)",
+        + f"; fastest median of {rounds} interleaved round(s)"
+        + (
+            f"; each measurement waits for other processes to leave the CPUs and is "
+            f"retried when they took > {timing.quiet_threshold} core meanwhile"
+            if device.type == "cpu" and not args.quick
+            else ""
+        ),
         "bytes_counted": "fwd: read p and x; fwd+bwd: read p and x, write grad p "
         "(latent tensors left out)",
         "speedup": "their median time / this row's median time",
         "copy_bandwidth_Bps": copy_bw,
         "inductor_compile_threads": 1,
+        "foreign_load_threshold_cores": timing.quiet_threshold if device.type == "cpu" else None,
     }
     tqdm.write(f"device: {meta['device']}; copy bandwidth {copy_bw / 1e9:.1f} GB/s", sys.stderr)
 
@@ -445,6 +511,7 @@ def run(args: argparse.Namespace) -> dict:
     add_ratios(rows)
 
     meta["load_after"] = _machine_load()
+    meta["quiet_wait_s"] = quiet_budget - timing.quiet_budget_s
     document = {
         "meta": meta,
         "contenders": contenders,
@@ -456,20 +523,39 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_{device.type}{'_quick' if args.quick else ''}"
     table = format_table(rows, copy_bw if device.type == "cuda" else None)
+    versions = meta["versions"]
     header = (
-        f"# {meta['device']} | torch {meta['versions']['torch']} | "
-        f"triton {meta['versions']['triton']} | python {meta['versions']['python']} | "
-        f"{meta['date']} | {meta['host']}\n"
-        f"# copy bandwidth {copy_bw / 1e9:.1f} GB/s; {meta['timer']}; "
-        "speed-up = their time / ours\n"
+        f"# {meta['device']} | torch {versions['torch']} | triton {versions['triton']} | "
+        f"python {versions['python']} | nidl {versions['nidl']} | {meta['date']} | "
+        f"{meta['host']}\n"
+        f"# nidl: {nidl_origin}; git {_git_label(meta['git'])}\n"
+        f"# copy bandwidth {copy_bw / 1e9:.1f} GB/s; {meta['timer']}\n"
+        "# x nidl, x c-ref: their median / this row's median (> 1: this row is faster)\n"
         f"# GB/s: {meta['bytes_counted']}\n"
     )
+    if any(r.get("faults_per_call") is not None for r in rows):
+        header += (
+            "# faults: minor page faults per call, each a first touch of 4 KiB of freshly "
+            "allocated memory (the OS zeroes it)\n"
+        )
+    header += "".join(f"# {note}\n" for note in notes)
+    if device.type == "cpu":
+        disturbed = sum(1 for r in rows if (r["warning"] or "").startswith("disturbed"))
+        header += (
+            f"# waited {meta['quiet_wait_s']:.0f} s in all for other processes to leave the "
+            f"CPUs; {disturbed} row(s) still measured while they took "
+            f"> {timing.quiet_threshold} core\n"
+        )
     if busy:
         header += f"# WARNING: {busy}\n"
     print(header + table)
     (out / f"{stem}.txt").write_text(header + table + "\n")
     write_json(out / f"{stem}.json", document)
-    title = f"beta-VAE loss, sweep: {meta['device']}"
+    title = f"beta-VAE loss, size sweep: {meta['device']}"
+    if "triton" in dropped:
+        title += "\n(triton not run: " + (
+            "CPU, interpreter only)" if device.type != "cuda" else f"{dropped['triton']})"
+        )
     plotted = plot_sweep(out / f"{stem}.png", rows, contenders, copy_bw, title)
     written = [f"{stem}.json", f"{stem}.txt"] + ([f"{stem}.png"] if plotted else [])
     print(f"wrote {', '.join(str(out / f) for f in written)}")

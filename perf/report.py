@@ -61,7 +61,8 @@ def format_table(rows: list[dict], copy_bw: float | None) -> str:
     copy_bw : float or None
         The measured copy bandwidth (bytes/s): adds a ``%copy`` column. A ``wall/call``
         column (GPU: back-to-back calls, launch overhead included) appears when the rows
-        have ``wall_seconds``.
+        have ``wall_seconds``, a ``faults`` column (CPU: minor page faults per call, each
+        a first touch of 4 KiB of fresh memory) when they have ``faults_per_call``.
 
     Returns
     -------
@@ -69,9 +70,11 @@ def format_table(rows: list[dict], copy_bw: float | None) -> str:
         The table, one line per row, and a blank line between workloads.
     """
     wall = any(_finite(r.get("wall_seconds")) for r in rows)
+    faults = any(_finite(r.get("faults_per_call")) for r in rows)
     head = ["workload", "shape", "dtype", "mode", "contender", "median", "IQR"]
     head += ["wall/call"] if wall else []
     head += ["GB/s"]
+    head += ["faults"] if faults else []
     head += ["%copy"] if copy_bw else []
     head += ["x nidl", "x c-ref", "note"]
     lines = [head]
@@ -93,6 +96,8 @@ def format_table(rows: list[dict], copy_bw: float | None) -> str:
         if wall:
             line.append(_time(row.get("wall_seconds")))
         line.append(_num(gbps, ".1f"))
+        if faults:
+            line.append(_num(row.get("faults_per_call"), ".0f"))
         if copy_bw:
             line.append(_num(row.get("copy_share") and 100 * row["copy_share"], ".0f", "%"))
         line += [_num(row["vs_nidl"], ".2f", "x"), _num(row["vs_compiled_ref"], ".2f", "x")]
@@ -198,6 +203,6 @@ def plot_sweep(
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return True

@@ -3,11 +3,19 @@
 Both report the median of many calls. The timed function rotates among several distinct
 input sets so that a small workload is not served from a warm cache (L2 on a GPU, the
 last-level cache on a CPU); ``do_bench`` also flushes the L2 between calls.
+
+On a CPU, other work on the machine is the largest source of error: with every core in
+torch's thread pool, one core taken by another process stalls each parallel region (the
+pool waits for its slowest thread), and a 200 us step can read 10 ms. So each CPU
+measurement waits for the machine to be quiet first, counts the CPU time that *other*
+processes took while it ran (:class:`CpuLoad`, from ``/proc/stat``), and is taken again
+when that foreign load exceeds a threshold; the row records what it saw.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -16,6 +24,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "CpuLoad",
     "Timing",
     "cache_bytes",
     "copy_bandwidth",
@@ -33,11 +42,27 @@ class Timing:
     ----------
     quick : bool
         Short budgets (``--quick``).
+    quiet_budget_s : float or None, default=None
+        CPU: total seconds the whole run may spend waiting for other work on the machine
+        to stop (None: 600, 0 with ``quick``).
     """
 
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, quiet_budget_s: float | None = None) -> None:
         #: CPU: ``blocked_autorange``'s ``min_run_time`` (seconds).
         self.cpu_min_run_time = 0.1 if quick else 0.5
+        #: CPU: fewest timed blocks behind a median (a step slower than ``min_run_time``
+        #: would otherwise be timed once).
+        self.cpu_min_blocks = 1 if quick else 3
+        #: CPU: foreign load (cores busy with other processes) above which a measurement
+        #: is disturbed: waited out before it, taken again after it.
+        self.quiet_threshold = 0.25
+        #: CPU: most extra attempts at a disturbed measurement.
+        self.cpu_retries = 0 if quick else 2
+        #: CPU: longest wait for quiet before one measurement, and for the whole run.
+        self.quiet_wait_s = 0.0 if quick else 20.0
+        if quiet_budget_s is None:
+            quiet_budget_s = 0.0 if quick else 600.0
+        self.quiet_budget_s = quiet_budget_s
         #: GPU: ``do_bench``'s warm-up and repetition budgets (milliseconds).
         self.gpu_warmup_ms = 10 if quick else 25
         self.gpu_rep_ms = 40 if quick else 200
@@ -97,7 +122,9 @@ def rotation_count(set_bytes: int, cache: int, timing: Timing) -> int:
     return int(max(1, min(wanted, timing.max_sets, affordable)))
 
 
-def measure(fn: Callable[[], object], device: torch.device, timing: Timing) -> dict[str, float]:
+def measure(
+    fn: Callable[[], object], device: torch.device, timing: Timing
+) -> dict[str, float | None]:
     """Time one call of ``fn``: median and quartiles, in seconds.
 
     Parameters
@@ -107,14 +134,18 @@ def measure(fn: Callable[[], object], device: torch.device, timing: Timing) -> d
     device : torch.device
         ``cuda`` times with ``triton.testing.do_bench`` (CUDA events around each call, the
         L2 flushed between calls), anything else with
-        ``torch.utils.benchmark.Timer.blocked_autorange`` (quartiles over its blocks).
+        ``torch.utils.benchmark.Timer.blocked_autorange`` (median and quartiles over its
+        blocks), waiting for quiet and retrying when other work disturbed it.
     timing : Timing
         Budgets.
 
     Returns
     -------
     stats : dict
-        ``seconds`` (the median), ``p25`` and ``p75``.
+        ``seconds`` (the median), ``p25`` and ``p75``; on a CPU also ``foreign_load``
+        (cores that other processes kept busy meanwhile, None if unknown),
+        ``faults_per_call`` (minor page faults per call: fresh memory touched, 4 KiB
+        each), ``attempts`` and ``quiet_wait_s`` (see the module's notes).
     """
     if device.type == "cuda":
         from triton.testing import do_bench
@@ -127,16 +158,131 @@ def measure(fn: Callable[[], object], device: torch.device, timing: Timing) -> d
         )
         p25, med, p75 = (float(v) * 1e-3 for v in q)
         return {"seconds": med, "p25": p25, "p75": p75}
+    return _measure_cpu(fn, timing)
+
+
+def _minor_faults() -> int | None:
+    """Minor page faults of this process so far (first touches of fresh memory)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _blocked_times(fn: Callable[[], object], timing: Timing) -> tuple[list[float], int]:
+    """Per-call times of ``blocked_autorange``'s blocks (at least ``cpu_min_blocks`` of
+    them), and how many calls were made in all."""
     from torch.utils.benchmark import Timer
 
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=timing.cpu_min_run_time)
-    times = sorted(m.times)
-    if len(times) > 1:
-        p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
-    else:
-        p25 = p75 = times[0]
-    return {"seconds": float(m.median), "p25": float(p25), "p75": float(p75)}
+    times = list(m.times)
+    while len(times) < timing.cpu_min_blocks:
+        times += timer.timeit(m.number_per_run).times
+    # Its block-size search ran blocks of 1, 10, ..., number_per_run calls first.
+    search = (10 * m.number_per_run - 1) // 9
+    return sorted(times), len(times) * m.number_per_run + search
+
+
+def _measure_cpu(fn: Callable[[], object], timing: Timing) -> dict[str, float | None]:
+    """CPU timing guarded against other work on the machine (see the module's notes)."""
+    load = CpuLoad()
+    best: dict[str, float | None] | None = None
+    waited = 0.0
+    for attempt in range(1 + timing.cpu_retries):
+        waited += load.wait_for_quiet(timing)
+        load.start()
+        faults = _minor_faults()
+        times, calls = _blocked_times(fn, timing)
+        foreign = load.foreign_cores()
+        if faults is not None:
+            faults = (_minor_faults() - faults) / calls
+        if len(times) > 1:
+            p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
+        else:
+            p25 = p75 = times[0]
+        stats = {
+            "seconds": float(statistics.median(times)),
+            "p25": float(p25),
+            "p75": float(p75),
+            "foreign_load": foreign,
+            "faults_per_call": faults,
+            "attempts": attempt + 1,
+        }
+        if best is None or stats["seconds"] < best["seconds"]:
+            best = stats
+        if foreign is None or foreign <= timing.quiet_threshold:
+            break
+    assert best is not None
+    best["quiet_wait_s"] = waited
+    return best
+
+
+class CpuLoad:
+    """How many cores other processes keep busy: ``/proc/stat``'s busy time, less this
+    process's CPU time, per second of wall time.
+
+    Measures nothing (``foreign_cores`` returns None) where ``/proc/stat`` is missing.
+    """
+
+    def __init__(self) -> None:
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._since = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is inside user).
+        jiffies = [int(v) for v in fields[1:9]]
+        busy = sum(jiffies) - jiffies[3] - jiffies[4]
+        return busy / self._hz, time.process_time(), time.perf_counter()
+
+    def start(self) -> None:
+        """Start a new interval."""
+        self._since = self._snapshot()
+
+    def foreign_cores(self) -> float | None:
+        """Average foreign load since :meth:`start`, in cores (None if unknown)."""
+        now = self._snapshot()
+        if now is None or self._since is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self._since, now, strict=True))
+        if wall <= 0:
+            return None
+        return max(0.0, (busy - own) / wall)
+
+    def wait_for_quiet(self, timing: Timing, window: float = 0.25) -> float:
+        """Sleep in ``window``-second steps until the foreign load falls below
+        ``timing.quiet_threshold``, within ``timing.quiet_wait_s`` and what is left of
+        ``timing.quiet_budget_s`` (which this spends).
+
+        Parameters
+        ----------
+        timing : Timing
+            Threshold and budgets.
+        window : float, default=0.25
+            Seconds per sample of the load.
+
+        Returns
+        -------
+        waited : float
+            Seconds spent waiting.
+        """
+        limit = min(timing.quiet_wait_s, timing.quiet_budget_s)
+        waited = 0.0
+        while waited < limit:
+            self.start()
+            time.sleep(window)
+            foreign = self.foreign_cores()
+            waited += window
+            if foreign is None or foreign <= timing.quiet_threshold:
+                break
+        timing.quiet_budget_s = max(0.0, timing.quiet_budget_s - waited)
+        return waited
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, timing: Timing) -> float:

@@ -75,3 +75,39 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
             assert _positive(row["vs_nidl"]), (key, row["vs_nidl"])
         # Every contender computes the same loss as the float64 oracle.
         assert row["rel_err"] is not None and row["rel_err"] < 1e-3, (key, row["rel_err"])
+
+
+def test_bench_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:
+    """``python perf/bench.py`` works as well as ``python -m perf.bench``, from any folder."""
+    script = ROOT / "perf" / "bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--quick" in done.stdout and "--nidl" in done.stdout
+
+
+def test_nidl_is_read_from_a_path_never_vendored(tmp_path: Path) -> None:
+    """``--nidl`` takes a wheel, nidl's ``beta_vae.py`` or a folder holding the package."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from perf.contenders import load_nidl
+
+    assert not list(ROOT.glob("perf/**/beta_vae.py")), "nidl's code must not be vendored"
+    assert load_nidl("none", tmp_path).cls is None
+    missing = load_nidl(None, tmp_path)  # no installed nidl, nothing cached: no download
+    if importlib.util.find_spec("nidl") is None:
+        assert missing.cls is None and "NOT FOUND" in missing.origin
+    nidl = _nidl_argument()
+    if nidl in ("", "none"):
+        return
+    source = load_nidl(nidl, tmp_path)
+    assert source.cls.__name__ == "BetaVAELoss" and source.version
+    x = torch.rand(2, 3)
+    q = torch.distributions.Normal(torch.zeros(2, 4), torch.ones(2, 4))
+    out = source.cls(beta=4.0, default_dist="normal")(x, x, q)
+    assert float(out["loss"]) == 0.0
