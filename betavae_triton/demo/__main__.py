@@ -17,19 +17,28 @@ from pathlib import Path
 
 import torch
 
-from .train import DemoConfig, distributed_info, run
+from .train import DemoConfig, default_device, distributed_info, run
 
 DISTS = ("bernoulli", "normal", "laplace")
 
 
-def _positive_int(text: str) -> int:
+def _int(text: str, *, allow_zero: bool) -> int:
+    kind = "non-negative" if allow_zero else "positive"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"must be a {kind} integer, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int(text, allow_zero=False)
+
+
+def _non_negative_int(text: str) -> int:
+    return _int(text, allow_zero=True)
 
 
 def _float(text: str, *, allow_zero: bool) -> float:
@@ -93,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device",
         type=_device,
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cpu, cuda or cuda:N; on CUDA the loss runs its Triton kernels",
+        default=default_device(),
+        help="cpu, cuda or cuda:N; the default is cuda when present, else cpu. On CUDA the "
+        "loss runs its Triton kernels, on cpu its eager path, fused by torch.compile",
     )
     parser.add_argument("--steps", type=_positive_int, default=d.steps, help="training steps")
     parser.add_argument("--beta", type=_non_negative_float, default=d.beta, help="KL weight")
@@ -108,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latent-dim", type=_positive_int, default=d.latent_dim, help="latent dimensions"
     )
     parser.add_argument("--out", type=Path, default=d.out, help="output folder")
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    parser.add_argument("--seed", type=_non_negative_int, default=d.seed, help="random seed")
     parser.add_argument(
         "--no-compile",
         dest="compile",
@@ -116,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the loss step eagerly instead of under torch.compile",
     )
     parser.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
+    parser.add_argument(
+        "--kl-warmup",
+        type=_non_negative_int,
+        default=d.kl_warmup,
+        metavar="STEPS",
+        help="grow the KL's weight linearly from 0 to beta over the first STEPS steps "
+        "(0: the plain beta-VAE loss throughout)",
+    )
     adv = parser.add_argument_group("advanced")
     adv.add_argument(
         "--n-train", type=_positive_int, default=d.n_train, help="training sprites per rank"

@@ -97,8 +97,23 @@ class ConvVAE(nn.Module):
         """
         return torch.sigmoid(self.decoder(z))
 
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's logits, before the sigmoid of :meth:`decode`.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            Latent codes, shape ``(B, latent_dim)``.
+
+        Returns
+        -------
+        logits : torch.Tensor
+            Shape ``(B, 1, 64, 64)``.
+        """
+        return self.decoder(z)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode, draw one reparameterised sample, decode.
+        """Encode, draw one reparameterised sample, decode to logits.
 
         Parameters
         ----------
@@ -107,11 +122,12 @@ class ConvVAE(nn.Module):
 
         Returns
         -------
-        p : torch.Tensor
-            Decoder output for the sampled code, shape of ``x``.
+        logits : torch.Tensor
+            Decoder logits for the sampled code, shape of ``x`` (``torch.sigmoid`` of them
+            is :meth:`decode`'s output).
         mu, scale : torch.Tensor
             Posterior mean and standard deviation, shape ``(B, latent_dim)``.
         """
         mu, scale = self.encode(x)
         z = mu + scale * torch.randn_like(mu)
-        return self.decode(z), mu, scale
+        return self.decode_logits(z), mu, scale

@@ -54,7 +54,11 @@ def plot_reconstructions(inputs: np.ndarray, recons: np.ndarray, path: Path) -> 
 
 
 def plot_traversals(
-    images: np.ndarray, values: np.ndarray, kl_per_dim: np.ndarray, path: Path
+    images: np.ndarray,
+    values: np.ndarray,
+    kl_per_dim: np.ndarray,
+    path: Path,
+    row_notes: Sequence[str] | None = None,
 ) -> Path:
     """One row per latent dimension swept over ``values``, the others held fixed.
 
@@ -69,6 +73,9 @@ def plot_traversals(
         by it, most informative first.
     path : pathlib.Path
         Where to write the PNG.
+    row_notes : sequence of str, optional
+        ``D`` short notes (e.g. the factor a latent is most informative about), written
+        under each latent's label.
 
     Returns
     -------
@@ -77,7 +84,7 @@ def plot_traversals(
     """
     d, v = images.shape[:2]
     order = np.argsort(-kl_per_dim, kind="stable")
-    fig, axes = plt.subplots(d, v, figsize=(0.9 * v + 1.0, 0.9 * d + 0.6), squeeze=False)
+    fig, axes = plt.subplots(d, v, figsize=(0.75 * v + 1.4, 0.75 * d + 0.6), squeeze=False)
     for row, dim in enumerate(order):
         for col in range(v):
             ax = axes[row, col]
@@ -86,12 +93,15 @@ def plot_traversals(
             ax.set_yticks([])
             if row == d - 1:
                 ax.set_xlabel(f"{values[col]:+.1f}", fontsize=7)
-        axes[row, 0].set_ylabel(f"z{dim}\nKL {kl_per_dim[dim]:.2f}", fontsize=7)
+        label = f"z{dim}\nKL {kl_per_dim[dim]:.2f}"
+        if row_notes is not None:
+            label += f"\n{row_notes[dim]}"
+        axes[row, 0].set_ylabel(label, fontsize=7)
     fig.suptitle("Latent traversals (rows sorted by KL)")
     return _save(fig, path)
 
 
-def plot_kl_per_dim(kl_per_dim: np.ndarray, path: Path) -> Path:
+def plot_kl_per_dim(kl_per_dim: np.ndarray, path: Path, threshold: float = 0.1) -> Path:
     """Bar chart of the KL of each latent dimension, averaged over a batch.
 
     Parameters
@@ -100,6 +110,8 @@ def plot_kl_per_dim(kl_per_dim: np.ndarray, path: Path) -> Path:
         Shape ``(D,)``, nats.
     path : pathlib.Path
         Where to write the PNG.
+    threshold : float, default=0.1
+        The KL above which a latent counts as active, drawn as a dashed line.
 
     Returns
     -------
@@ -107,17 +119,29 @@ def plot_kl_per_dim(kl_per_dim: np.ndarray, path: Path) -> Path:
         ``path``.
     """
     d = kl_per_dim.shape[0]
+    active = kl_per_dim > threshold
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * d + 1.5), 3.0))
-    ax.bar(np.arange(d), kl_per_dim, color="tab:blue")
+    ax.bar(np.arange(d), kl_per_dim, color=np.where(active, "tab:blue", "tab:gray"))
+    ax.axhline(threshold, color="k", ls="--", lw=0.8, label=f"active: KL > {threshold:g}")
     ax.set_xticks(np.arange(d), [f"z{i}" for i in range(d)], fontsize=8)
     ax.set_ylabel("KL (nats)")
-    ax.set_title("KL per latent dimension: the active units")
+    ax.set_title(f"KL per latent dimension: {int(active.sum())} of {d} active")
+    ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Moving average (the first ``window - 1`` points dropped)."""
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
 def plot_loss_curves(
-    steps: Sequence[int], curves: dict[str, Sequence[float]], beta: float, path: Path
+    steps: Sequence[int],
+    curves: dict[str, Sequence[float]],
+    beta: float,
+    path: Path,
+    kl_warmup: int = 0,
 ) -> Path:
     """Loss, reconstruction and KL against the training step.
 
@@ -131,25 +155,44 @@ def plot_loss_curves(
         The KL weight, for the legend.
     path : pathlib.Path
         Where to write the PNG.
+    kl_warmup : int, default=0
+        Length of the KL warm-up, marked by a dotted line when positive.
 
     Returns
     -------
     path : pathlib.Path
         ``path``.
     """
+    steps = np.asarray(steps)
+    window = max(1, len(steps) // 50)
     fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(steps, curves["loss"], label=f"loss = rec + {beta:g}·KL", lw=1)
-    ax_loss.plot(steps, curves["rec_loss"], label="reconstruction", lw=1)
+    lines = (
+        ("loss", f"loss = rec + {beta:g}·KL", "tab:blue"),
+        ("rec_loss", "reconstruction", "tab:orange"),
+    )
+    for key, label, color in lines:
+        raw = np.asarray(curves[key])
+        ax_loss.plot(steps, raw, color=color, lw=0.6, alpha=0.3)
+        ax_loss.plot(steps[window - 1 :], _smooth(raw, window), color=color, lw=1.2, label=label)
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("per image (summed over pixels)")
+    ax_loss.set_title("Loss and reconstruction")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3, which="both")
-    ax_kl.plot(steps, curves["kl_loss"], color="tab:green", lw=1)
+    kl = np.maximum(np.asarray(curves["kl_loss"]), 1e-3)
+    ax_kl.plot(steps, kl, color="tab:green", lw=0.6, alpha=0.3)
+    ax_kl.plot(steps[window - 1 :], _smooth(kl, window), color="tab:green", lw=1.2)
+    ax_kl.set_yscale("log")
     ax_kl.set_xlabel("step")
-    ax_kl.set_ylabel("KL (nats per image, summed over latents)")
+    ax_kl.set_ylabel("nats per image, summed over latents")
     ax_kl.set_title("KL")
-    ax_kl.grid(alpha=0.3)
-    fig.suptitle("Training curves")
+    ax_kl.grid(alpha=0.3, which="both")
+    if kl_warmup > 0:
+        for ax in (ax_loss, ax_kl):
+            ax.axvline(kl_warmup, color="k", ls=":", lw=0.8, label="end of KL warm-up")
+        ax_kl.legend(fontsize=8)
+    suffix = f" (faint: every step; solid: mean of {window})" if window > 1 else ""
+    fig.suptitle("Training curves" + suffix)
     fig.tight_layout()
     return _save(fig, path)

@@ -133,10 +133,11 @@ def _inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (np.abs(u) <= 0.7) & (np.abs(v) <= 0.7)
     if shape == 1:  # ellipse, twice as long as wide
         return u * u + 4.0 * v * v <= 1.0
-    # The heart curve (x² + y² − 1)³ ≤ x² y³ spans x in ±1.14, y in [−1, 1.25]:
-    # shrink it to the unit disc and centre it; v points down the image, y up.
-    hx = u * 1.2
-    hy = 0.12 - v * 1.2
+    # The heart curve (x² + y² − 1)³ ≤ x² y³ spans x in ±1.14, y in [−1, 1.25]; the
+    # smallest disc around it is centred at (0, 0.25) with radius 1.25 (it touches the tip
+    # and the lobes): map that disc onto the unit disc. v points down the image, y up.
+    hx = u * 1.25
+    hy = 0.25 - v * 1.25
     hx2 = hx * hx
     r = hx2 + hy * hy - 1.0
     return r * r * r <= hx2 * hy * hy * hy

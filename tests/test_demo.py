@@ -1,0 +1,271 @@
+"""Tests of the demo (``python -m betavae_triton.demo``): the sprite generator, the MIG,
+the command line's errors, a short single-process run and a two-rank DistributedDataParallel
+run under ``torch.distributed.run`` on CPU (gloo).
+
+The runs are tiny (a few steps of a narrow model on a few hundred sprites); the whole file
+takes well under a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from betavae_triton.demo import DemoConfig
+from betavae_triton.demo.__main__ import main, parse_config
+from betavae_triton.demo.mig import mig
+from betavae_triton.demo.model import ConvVAE
+from betavae_triton.demo.sprites import (
+    FACTOR_NAMES,
+    FACTOR_SIZES,
+    IMAGE_SIZE,
+    make_sprites,
+    render,
+)
+from betavae_triton.demo.train import FIGURES, default_device
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STEPS = 12
+LATENT = 4
+CHANNELS = 8
+TINY = [
+    "--steps", str(STEPS),
+    "--n-train", "256",
+    "--n-eval", "256",
+    "--batch-size", "16",
+    "--latent-dim", str(LATENT),
+    "--channels", str(CHANNELS),
+    "--log-every", "4",
+    "--lr", "1e-2",  # a few steps of a narrow model: a large step makes the loss fall clearly
+    "--device", "cpu",
+]  # fmt: skip
+
+
+# --- the sprites ------------------------------------------------------------------------
+
+
+def test_sprites_are_seeded():
+    a = make_sprites(96, seed=[7, 0, 0])
+    b = make_sprites(96, seed=[7, 0, 0])
+    c = make_sprites(96, seed=[7, 1, 0])
+    assert torch.equal(a.images, b.images)
+    np.testing.assert_array_equal(a.factors, b.factors)
+    assert not np.array_equal(a.factors, c.factors)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_sprites_are_binary_with_their_factors():
+    n = 2000
+    data = make_sprites(n, seed=3)
+    assert len(data) == n
+    assert data.images.shape == (n, 1, IMAGE_SIZE, IMAGE_SIZE)
+    assert data.images.dtype == torch.uint8
+    assert set(data.images.unique().tolist()) == {0, 1}
+    x = data.batch(slice(0, 5))
+    assert x.dtype == torch.float32 and x.shape == (5, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+    assert data.factors.shape == (n, len(FACTOR_NAMES)) == (n, 5)
+    assert data.factors.dtype == np.int64
+    for k, size in enumerate(FACTOR_SIZES):
+        column = data.factors[:, k]
+        assert column.min() == 0 and column.max() == size - 1, FACTOR_NAMES[k]
+
+    img = data.images[:, 0].numpy()
+    assert (img.sum(axis=(1, 2)) >= 20).all(), "every image holds a visible sprite"
+    border = np.concatenate([img[:, 0], img[:, -1], img[:, :, 0], img[:, :, -1]], axis=1)
+    assert border.sum() == 0, "sprites lie wholly inside the image"
+
+
+def _centroid(image: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(image)
+    return np.array([cols.mean(), rows.mean()])  # (x, y)
+
+
+def test_each_factor_moves_the_sprite_as_named():
+    base = np.array([0, 3, 0, 10, 20])
+    variants = np.repeat(base[None], 7, axis=0)
+    variants[1, 0] = 1  # ellipse
+    variants[2, 0] = 2  # heart
+    variants[3, 1] = 5  # larger
+    variants[4, 2] = 10  # rotated by a quarter turn... of a square: the same image
+    variants[5, 3] = 25  # further right
+    variants[6, 4] = 2  # higher up
+    img = render(variants)
+    area = img.sum(axis=(1, 2))
+    assert len({img[i].tobytes() for i in range(3)}) == 3, "three distinct shapes"
+    assert area[3] > area[0]
+    np.testing.assert_array_equal(img[4], img[0])
+    odd = variants[:1].copy()
+    odd[0, 2] = 5  # 45 degrees: a square stands on its corner
+    assert not np.array_equal(render(odd)[0], img[0])
+    shift_x = _centroid(img[5]) - _centroid(img[0])
+    shift_y = _centroid(img[6]) - _centroid(img[0])
+    assert shift_x[0] > 10 and abs(shift_x[1]) < 1
+    assert shift_y[1] < -10 and abs(shift_y[0]) < 1
+
+
+# --- the MIG ----------------------------------------------------------------------------
+
+
+def test_mig_of_a_perfect_and_of_an_uninformative_code():
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(0, 3, 5000), rng.integers(0, 6, 5000)], axis=1)
+    perfect = np.concatenate([factors.astype(float), rng.normal(size=(5000, 2))], axis=1)
+    score, per_factor, mi = mig(perfect, factors)
+    assert mi.shape == (4, 2)
+    assert score > 0.95 and (per_factor > 0.95).all()
+    score, _, _ = mig(rng.normal(size=(5000, 4)), factors)
+    assert 0.0 <= score < 0.05
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def test_defaults():
+    config = parse_config([])
+    assert config.device == default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert DemoConfig().device == default_device()
+    assert config.compile and config.dist == "bernoulli" and config.beta == 6.0
+    assert config.steps == 2500
+    assert config.out == Path("demo-output")
+    assert not parse_config(["--no-compile"]).compile
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "-5"], "--steps: must be a positive integer"),
+        (["--steps", "0"], "--steps: must be a positive integer"),
+        (["--steps", "ten"], "--steps: expected a positive integer"),
+        (["--beta", "-1"], "--beta: must be non-negative"),
+        (["--beta", "nan"], "--beta: must be finite"),
+        (["--lr", "0"], "--lr: must be positive"),
+        (["--batch-size", "0"], "--batch-size: must be a positive integer"),
+        (["--batch-size", "300", "--n-train", "256"], "exceeds --n-train"),
+        (["--latent-dim", "1"], "--latent-dim must be at least 2"),
+        (["--seed", "-1"], "--seed: must be a non-negative integer"),
+        (["--kl-warmup", "-3"], "--kl-warmup: must be a non-negative integer"),
+        (["--dist", "poisson"], "--dist: invalid choice"),
+        (["--device", "tpu"], "--device: must be 'cpu', 'cuda' or 'cuda:N'"),
+        # Without CUDA: not available; with it: one index past the last device.
+        (["--device", f"cuda:{torch.cuda.device_count()}"], "--device: 'cuda:"),
+        (["--frobnicate"], "unrecognized arguments"),
+    ],
+)
+def test_bad_arguments_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m betavae_triton.demo")
+    assert message in err
+
+
+# --- whole runs -------------------------------------------------------------------------
+
+
+def _check_outputs(out: Path, *, world_size: int, compiled: bool) -> dict:
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "run.json"])
+    for name in FIGURES:
+        blob = (out / name).read_bytes()
+        assert blob.startswith(PNG_MAGIC) and 5_000 < len(blob) < 300_000, name
+    run = json.loads((out / "run.json").read_text())
+    assert run["args"]["steps"] == STEPS and run["args"]["latent_dim"] == LATENT
+    assert run["args"]["out"] == str(out)
+    assert run["world_size"] == world_size and run["device"] == "cpu"
+    assert run["compiled"] is compiled and run["loss_backend"] == "eager"
+    assert (run["timings"]["compile_s"] is None) is not compiled
+    for key in ("data_s", "first_step_s", "train_s", "eval_s", "total_s", "steps_per_s"):
+        assert run["timings"][key] > 0, key
+    assert run["timings"]["total_s"] >= run["timings"]["train_s"]
+    for key in ("initial", "final", "final_mean"):
+        losses = run[key]
+        assert set(losses) == {"loss", "rec_loss", "kl_loss"}
+        assert all(np.isfinite(v) for v in losses.values())
+        assert losses["rec_loss"] > 0 and losses["kl_loss"] >= 0
+        beta = run["args"]["beta"]
+        assert losses["loss"] == pytest.approx(losses["rec_loss"] + beta * losses["kl_loss"])
+    assert run["final"]["loss"] < 0.9 * run["initial"]["loss"], "the loss falls"
+    assert all(len(c) == STEPS for c in run["curves"].values())
+    assert 0.0 <= run["mig"] <= 1.0
+    assert set(run["mig_per_factor"]) == set(FACTOR_NAMES)
+    assert len(run["kl_per_dim"]) == LATENT and min(run["kl_per_dim"]) >= 0
+    assert len(run["mutual_information"]) == LATENT
+    for row in run["mutual_information"]:
+        assert set(row) == set(FACTOR_NAMES) and min(row.values()) >= 0
+    assert set(run["factor_entropy"]) == set(FACTOR_NAMES)
+    assert 0 <= run["active_dims"] <= LATENT
+    assert sorted(Path(f).name for f in run["files"]) == sorted([*FIGURES, "run.json"])
+    return run
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a tiny in-process run: no OpenMP barrier waits on a busy
+    machine (the torchrun ranks get ``OMP_NUM_THREADS=1`` likewise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_single_process_run_writes_figures_and_json(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*TINY, "--no-compile", "--kl-warmup", "4", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "MIG: " in stdout and str(out.resolve()) in stdout
+    run = _check_outputs(out, world_size=1, compiled=False)
+    assert run["params_identical_across_ranks"] is None
+
+
+def test_torchrun_two_cpu_ranks_end_with_identical_parameters(tmp_path):
+    out, params = tmp_path / "out", tmp_path / "params" / "final"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "betavae_triton.demo", *TINY, "--out", str(out), "--check-params", str(params),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("MIG: ") == 1, "rank 0 alone reports"
+    assert "on cpu x2" in proc.stdout
+
+    # Rank 0 alone writes the outputs, and the run was compiled, as by default.
+    run = _check_outputs(out, world_size=2, compiled=True)
+    assert run["params_identical_across_ranks"] is True
+
+    saved = [torch.load(params.with_name(f"final.rank{r}.pt")) for r in (0, 1)]
+    assert [s["rank"] for s in saved] == [0, 1] and all(s["world_size"] == 2 for s in saved)
+    assert saved[0]["data_checksum"] != saved[1]["data_checksum"], "each rank its own shard"
+    first, second = (s["state_dict"] for s in saved)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    torch.manual_seed(0)
+    initial = ConvVAE(LATENT, CHANNELS).state_dict()
+    assert any(not torch.equal(first[k], initial[k]) for k in first), "the ranks trained"
+
+
+def test_bernoulli_decoder_hands_the_loss_its_logits():
+    """The demo's decoder returns logits and the loss reads them as logits (the exact
+    cross-entropy of issue 8), not sigmoid probabilities."""
+    from betavae_triton import BetaVAELoss
+    from betavae_triton.demo.train import _decoder_distribution
+
+    logits = torch.tensor([[[[-150.0, 0.5], [40.0, -2.0]]]])
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    rec = BetaVAELoss().reconstruction_loss(_decoder_distribution(logits, "bernoulli"), x)
+    exact = (torch.logaddexp(torch.zeros_like(logits), logits) - x * logits).sum()
+    torch.testing.assert_close(rec, exact)
