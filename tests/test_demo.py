@@ -134,7 +134,7 @@ def test_defaults():
     assert config.device == default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
     assert DemoConfig().device == default_device()
     assert config.compile and config.dist == "bernoulli" and config.beta == 6.0
-    assert config.steps == 2500
+    assert config.steps == 2000
     assert config.out == Path("demo-output")
     assert not parse_config(["--no-compile"]).compile
 

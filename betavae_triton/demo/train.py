@@ -111,10 +111,11 @@ class DemoConfig:
     """
 
     device: str = field(default_factory=default_device)
-    # About 3 minutes on a 2-core CPU. β = 6: in a sweep of this budget (β 2, 4, 6, 8; KL
-    # warm-up; batch 32; lr 5e-4) β = 4 learned an entangled code (MIG ≈ 0.04), β = 6 the
-    # most disentangled one (MIG ≈ 0.35, three active units: position x, y and scale).
-    steps: int = 2500
+    # About 3 minutes on a 2-core CPU (~12 steps/s). β = 6: in a sweep of this budget (β 2,
+    # 4, 6, 8; KL warm-up; batch 32; lr 5e-4; seed 0, sigmoid decoder) β = 4 learned an
+    # entangled code (MIG ≈ 0.04) and β = 6 the most disentangled one (MIG ≈ 0.35). MIG
+    # varies a lot from run to run at this budget: see the README for the default run's.
+    steps: int = 2000
     beta: float = 6.0
     dist: str = "bernoulli"
     batch_size: int = 64
