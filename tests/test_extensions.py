@@ -82,7 +82,9 @@ def test_logits_may_be_any_real_but_targets_are_validated(backend):
     assert torch.isfinite(reconstruction_loss(logits, x, "bernoulli", backend, p_is_logits=True))
     bad_x = torch.tensor([[0.0, 1.5]], device=DEVICE)
     with pytest.raises(ValueError, match=r"targets x must lie in \[0, 1\]"):
-        reconstruction_loss(logits, bad_x, "bernoulli", backend, p_is_logits=True)
+        reconstruction_loss(
+            logits, bad_x, "bernoulli", backend, validate_args=True, p_is_logits=True
+        )
     rec = reconstruction_loss(
         logits, bad_x, "bernoulli", backend, validate_args=False, p_is_logits=True
     )
