@@ -58,7 +58,7 @@ def check_reconstruction(p: torch.Tensor, x: torch.Tensor) -> None:
         raise ValueError(f"the batch is empty: x has shape {tuple(x.shape)}")
 
 
-def _broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
+def broadcast_shapes(a: torch.Size, b: torch.Size) -> torch.Size:
     """``torch.broadcast_shapes(a, b)``; in eager mode by plain Python on the sizes (torch's
     own costs tens of microseconds a call, a visible share of a small CPU step)."""
     if torch.compiler.is_compiling():
@@ -90,7 +90,7 @@ def check_posterior(loc: torch.Tensor, scale: torch.Tensor) -> torch.Size:
             f"q.loc is on {loc.device} but q.scale is on {scale.device}; put them on one device"
         )
     try:
-        shape = _broadcast_shapes(loc.shape, scale.shape)
+        shape = broadcast_shapes(loc.shape, scale.shape)
     except RuntimeError as err:
         raise ValueError(
             f"q.loc {tuple(loc.shape)} and q.scale {tuple(scale.shape)} do not broadcast"

@@ -11,14 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 for everything narrower."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# float32(1e-12): the floor of p(1 − p) in ATen's binary_cross_entropy backward.
-_BCE_EPS = 9.999999960041972e-13
+from ._call import LossCall, accumulation_dtype
+from ._constants import BCE_GRAD_EPS, BCE_LOG_FLOOR, HALF_LOG_2PI, LOG_2
 
 
 class _BernoulliNLL(torch.autograd.Function):
@@ -33,8 +27,8 @@ class _BernoulliNLL(torch.autograd.Function):
     def forward(p: torch.Tensor, x: torch.Tensor, reduce: bool) -> torch.Tensor:
         # Two temporaries, updated in place (fewer allocations: on the CPU each large one
         # costs page faults).
-        log_p = torch.log(p).clamp_min_(-100.0)
-        log_1mp = torch.neg(p).log1p_().clamp_min_(-100.0)
+        log_p = torch.log(p).clamp_min_(BCE_LOG_FLOOR)
+        log_1mp = torch.neg(p).log1p_().clamp_min_(BCE_LOG_FLOOR)
         # −[x·log p + (1 − x)·log(1 − p)] = −[log(1 − p) + x·(log p − log(1 − p))]
         loss = log_p.sub_(log_1mp).mul_(x).add_(log_1mp).neg_()
         # Targets outside [0, 1] give NaN, not an extrapolated number. (Probabilities
@@ -55,9 +49,10 @@ class _BernoulliNLL(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # (p − x) / max(p(1 − p), 1e-12), as binary_cross_entropy's backward, whose
             # 1e-12 is a float32 constant even in float64.
-            grad_p = grad * (p - x) / (p * (1 - p)).clamp_min(_BCE_EPS)
+            grad_p = grad * (p - x) / (p * (1 - p)).clamp_min(BCE_GRAD_EPS)
         if ctx.needs_input_grad[1]:
-            grad_x = grad * (torch.log1p(-p).clamp_min(-100.0) - torch.log(p).clamp_min(-100.0))
+            log_1mp = torch.log1p(-p).clamp_min(BCE_LOG_FLOOR)
+            grad_x = grad * (log_1mp - torch.log(p).clamp_min(BCE_LOG_FLOOR))
         return grad_p, grad_x, None
 
 
@@ -108,10 +103,6 @@ def reconstruction_rows(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Te
     return loss.reshape(x.shape[0], -1).sum(1)
 
 
-_HALF_LOG_2PI = 0.9189385332046727
-_LOG_2 = 0.6931471805599453
-
-
 def full_nll(p: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dist: str) -> torch.Tensor:
     """Per-element −log N(x; p, s²) or −log Laplace(x; p, s), in the accumulation dtype:
     the decoder's scale s learned with the model (σ-VAE), broadcast to x."""
@@ -120,8 +111,8 @@ def full_nll(p: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dist: str) -
     )
     p, x, s = p.to(acc), x.to(acc), scale.to(acc)
     if dist == "normal":
-        return 0.5 * ((p - x) / s).square() + torch.log(s) + _HALF_LOG_2PI
-    return (p - x).abs() / s + torch.log(s) + _LOG_2
+        return 0.5 * ((p - x) / s).square() + torch.log(s) + HALF_LOG_2PI
+    return (p - x).abs() / s + torch.log(s) + LOG_2
 
 
 def reconstruction_loss(
@@ -177,18 +168,17 @@ def kl_per_dimension(
     return (kl.sum(0) / kl.shape[0]).to(out_dtype)
 
 
-def beta_vae_loss(
-    x: torch.Tensor,
-    p: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    beta: float,
-    dist: str,
-    q_logvar: bool = False,
-    per_sample: bool = False,
-    p_scale: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, rec, kl)`` with ``loss = rec + beta * kl``."""
-    rec = reconstruction_loss(p, x, dist, per_sample, p_scale)
-    kl = kl_normal_loss(loc, scale, q_logvar, per_sample)
-    return rec + beta * kl, rec, kl
+def beta_vae_loss(call: LossCall) -> tuple[torch.Tensor | None, ...]:
+    """``(loss, rec, kl, kl_per_dim)`` of ``call`` with ``loss = rec + β·kl``; a term the
+    call does not compute (and the loss then) is None, and so is ``kl_per_dim`` unless
+    asked for. The ``need_grad_*`` flags are autograd's business here."""
+    rec = kl = loss = kl_dims = None
+    if call.x is not None:
+        rec = reconstruction_loss(call.p, call.x, call.dist, call.per_sample, call.p_scale)
+    if call.q_loc is not None:
+        kl = kl_normal_loss(call.q_loc, call.q_scale, call.q_is_logvar, call.per_sample)
+        if call.kl_per_dim:
+            kl_dims = kl_per_dimension(call.q_loc, call.q_scale, call.q_is_logvar).detach()
+    if rec is not None and kl is not None:
+        loss = rec + call.beta * kl
+    return loss, rec, kl, kl_dims

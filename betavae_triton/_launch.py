@@ -1,41 +1,34 @@
-"""Host side of the Triton backend: layouts, launch configuration and kernel launches.
+"""Host side of the Triton backend: one launcher per kernel, and the forward pass.
 
-Every function here takes a ``launch`` callable that turns a ``@triton.jit`` kernel into
+Every launcher takes a ``launch`` callable that turns a ``@triton.jit`` kernel into
 something to index with a grid: ``torch.library.wrap_triton`` on CUDA (so inductor sees
-the kernels) and the identity on the CPU interpreter.
+the kernels) and the identity on the CPU interpreter. Launchers read the call's
+:class:`~betavae_triton._call.LaunchPlan` and pass kernel arguments by keyword.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import triton
 
+from ._call import (
+    LaunchPlan,
+    LossCall,
+    LossOutputs,
+    accumulation_dtype,
+    plan_call,
+)
+from ._constants import DIST_CODES, NO_P_SCALE, P_SCALE_PER_ELEMENT, P_SCALE_SHARED
+from ._layout import flatten
 from .kernels.finalize import _finalize_loss
 from .kernels.kl import _normal_kl_fwd_bwd
-from .kernels.reconstruction import (
-    BERNOULLI,
-    BERNOULLI_LOGITS,
-    LAPLACE,
-    NO_SCALE,
-    NORMAL,
-    SCALE_PER_ELEMENT,
-    SCALE_SHARED,
-    _reconstruction_fwd_bwd,
-)
-from .kernels.scale import _scale_grad_inplace
+from .kernels.reconstruction import _reconstruction_fwd_bwd
+from .kernels.rescale import _rescale_grad_inplace
 
-# The reconstruction losses the kernels know; "bernoulli_logits" reads p as logits.
-DIST_CODES = {
-    "normal": NORMAL,
-    "laplace": LAPLACE,
-    "bernoulli": BERNOULLI,
-    "bernoulli_logits": BERNOULLI_LOGITS,
-}
 # Upper bound on the programs of a reduction, hence on the partials the finalize sums.
 MAX_PARTIALS = 1024
 _INT32_LIMIT = 2**31 - 1
@@ -43,11 +36,6 @@ _INT32_LIMIT = 2**31 - 1
 POISON_OUTPUTS = False
 
 Launch = Callable[[Callable], Callable]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64, float32 for everything narrower."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @functools.cache
@@ -61,7 +49,7 @@ def reduction_config(n: int, element_size: int, device: torch.device) -> tuple[i
     On the GPU: 16 bytes per thread per load (a 128-bit vector) times 4 in flight, 8 warps,
     and a persistent grid of 4 programs per SM, which keeps the partials few and the
     finalize a single block. Under the interpreter: few large programs (each program is a
-    Python call). The GPU issue tunes these on the H100.
+    Python call).
     """
     if device.type == "cuda":
         block = 4096 if element_size <= 2 else 2048
@@ -69,6 +57,14 @@ def reduction_config(n: int, element_size: int, device: torch.device) -> tuple[i
         return block, 8, max(1, min(triton.cdiv(n, block), cap))
     block = 1024
     return block, 4, max(1, min(triton.cdiv(n, block), 4))
+
+
+def _row_programs(row_len: int, rows: int, element_size: int, device: torch.device):
+    """``(BLOCK, num_warps, programs per row)``: the reduction's grid spread over rows."""
+    block, warps, programs = reduction_config(row_len, element_size, device)
+    if rows > 1:
+        programs = max(1, min(programs, triton.cdiv(programs, rows)))
+    return block, warps, programs
 
 
 def _split_fp64(value: float) -> tuple[float, float]:
@@ -83,332 +79,195 @@ def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> to
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-# ---- layouts --------------------------------------------------------------------------
-
-
-def memory_order(t: torch.Tensor) -> list[int] | None:
-    """The permutation that makes a dense tensor contiguous, or None if it is not dense.
-
-    ``t.permute(order)`` is contiguous, so its flat view walks ``t``'s memory in order:
-    the identity for contiguous tensors, ``[0, 2, 3, 1]`` for channels_last, and so on.
-    """
-    if t.is_contiguous():
-        return list(range(t.dim()))
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d)))
-    return order if t.permute(order).is_contiguous() else None
-
-
-def shared_layout(p: torch.Tensor, x: torch.Tensor) -> list[int]:
-    """The memory order in which the kernels walk p and x (see :func:`flat_pair`)."""
-    order = memory_order(p)
-    if order is None:
-        order = memory_order(x)
-    return order if order is not None else list(range(p.dim()))
-
-
-def rec_layout(p: torch.Tensor, x: torch.Tensor, per_sample: bool) -> list[int]:
-    """:func:`shared_layout`, made batch-outermost for per-sample sums (each sample then a
-    contiguous row of the flat order; a batch-inner layout is copied into one)."""
-    order = shared_layout(p, x)
-    if per_sample and order and order[0] != 0:
-        return list(range(p.dim()))
-    return order
-
-
-def flat_pair(
-    p: torch.Tensor, x: torch.Tensor, order: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat views of p and x in the same element order, copying only what must be copied.
-
-    Where p and x share a dense layout this is two views; otherwise the one that does
-    not follow ``order`` is copied into it (the cheapest correct fallback).
-    """
-
-    def flat(t: torch.Tensor) -> torch.Tensor:
-        return t.permute(order).contiguous().view(-1)
-
-    return flat(p), flat(x)
-
-
-def unflatten(flat: torch.Tensor, shape: Sequence[int], order: list[int]) -> torch.Tensor:
-    """Inverse of :func:`flat_pair` for a gradient: a view with p's layout."""
-    inverse = [0] * len(order)
-    for position, dim in enumerate(order):
-        inverse[dim] = position
-    return flat.view([shape[d] for d in order]).permute(inverse)
-
-
-# ---- outputs --------------------------------------------------------------------------
-
-
-def scale_mode(p_scale: torch.Tensor) -> int:
-    """How the kernels read the decoder's scale: not at all (an empty tensor), as one
-    shared value, or per element."""
-    if p_scale.numel() == 0:
-        return NO_SCALE
-    return SCALE_SHARED if p_scale.numel() == 1 else SCALE_PER_ELEMENT
-
-
-def output_dtypes(
-    x: torch.Tensor,
-    p: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    p_scale: torch.Tensor | None = None,
-) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
-    """The dtypes of rec, kl and loss: what the reference returns."""
-    rec_dtype = torch.promote_types(p.dtype, x.dtype)
-    if p_scale is not None and p_scale.numel() > 0:
-        rec_dtype = torch.promote_types(rec_dtype, p_scale.dtype)
-    kl_dtype = torch.promote_types(loc.dtype, scale.dtype)
-    return rec_dtype, kl_dtype, torch.promote_types(rec_dtype, kl_dtype)
-
-
-def loss_rows(
-    x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, per_sample: bool
-) -> tuple[int, int, int]:
-    """``(rows, rec_rows, kl_rows)``: programs of the finalize, and the rows each term is
-    reduced into (1 each for the batch mean; B and Bq for per-sample sums; 0 for a term
-    that is not computed)."""
-    m = math.prod(torch.broadcast_shapes(loc.shape, scale.shape))
-    if not per_sample:
-        return 1, 1, 1
-    rec_rows = x.shape[0] if x.numel() > 0 else 0
-    kl_rows = torch.broadcast_shapes(loc.shape, scale.shape)[0] if m > 0 else 0
-    rows = max(rec_rows, kl_rows)
-    return rows, rec_rows, kl_rows
-
-
-def allocate_outputs(
-    x: torch.Tensor,
-    p: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    need_grad_p: bool,
-    need_grad_x: bool,
-    need_grad_q: bool,
-    per_sample: bool = False,
-    kl_per_dim: bool = False,
-    p_scale: torch.Tensor | None = None,
-    need_grad_p_scale: bool = False,
-) -> tuple[torch.Tensor, ...]:
-    """``rec, kl, loss``, the flat gradient buffers ``rec_grads, kl_grads``, ``kl_dims``
-    and ``scale_grads``.
-
-    ``rec, kl, loss`` are scalars, or with ``per_sample`` vectors of shape (B,), (Bq,) and
-    (max(B, Bq),). ``rec_grads`` holds [dL/dp | dL/dx] (each present only when needed) in
-    the memory order of :func:`rec_layout`; ``kl_grads`` holds [dL/dμ | dL/dσ] over the
-    broadcast shape of (μ, σ); ``kl_dims`` the batch-mean KL of each latent dimension
-    (shape of one posterior sample) with ``kl_per_dim``, else nothing; ``scale_grads``
-    the derivatives in the decoder's scale ``p_scale`` when they are needed: per element
-    (flat like ``rec_grads``) or, for a shared scale, one per reduction row in the
-    accumulation dtype. The fake (meta) implementation of the operator is this function.
-    """
-    device = x.device
-    rec_dtype, kl_dtype, loss_dtype = output_dtypes(x, p, loc, scale, p_scale)
-    n = x.numel()
-    shape = torch.broadcast_shapes(loc.shape, scale.shape)
-    mode = scale_mode(p_scale) if p_scale is not None else NO_SCALE
-    grads_shape, grads_dtype = (0,), rec_dtype
-    if need_grad_p_scale and mode == SCALE_PER_ELEMENT:
-        grads_shape = (n,)
-    elif need_grad_p_scale and mode == SCALE_SHARED:
-        grads_shape = (max(1, loss_rows(x, loc, scale, per_sample)[1]),)
-        grads_dtype = accumulation_dtype(rec_dtype)
-    m = math.prod(shape)
-    if per_sample:
-        rows, _, kl_rows = loss_rows(x, loc, scale, per_sample)
-        shapes = ((rows,), (kl_rows or rows,), (rows,))
+def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
+    """The operator's outputs, unwritten (see :class:`~betavae_triton._call.LossOutputs`).
+    The fake (meta) implementation of the operator is this function."""
+    device, n, m = plan.device, plan.n, plan.m
+    p_scale_grads_shape, p_scale_grads_dtype = (0,), plan.rec_dtype
+    if call.need_grad_p_scale and plan.p_scale_mode == P_SCALE_PER_ELEMENT:
+        p_scale_grads_shape = (n,)
+    elif call.need_grad_p_scale and plan.p_scale_mode == P_SCALE_SHARED:
+        p_scale_grads_shape = (max(1, plan.rec_rows),)
+        p_scale_grads_dtype = accumulation_dtype(plan.rec_dtype)
+    if call.per_sample:
+        shapes = ((plan.rows,), (plan.rows,), (plan.kl_rows or plan.rows,))
     else:
         shapes = ((), (), ())
-    return (
-        _empty(shapes[0], rec_dtype, device),
-        _empty(shapes[1], kl_dtype, device),
-        _empty(shapes[2], loss_dtype, device),
-        _empty(((int(need_grad_p) + int(need_grad_x)) * n,), rec_dtype, device),
-        _empty((2 * m if need_grad_q else 0,), kl_dtype, device),
-        _empty(tuple(shape[1:]) if kl_per_dim else (0,), kl_dtype, device),
-        _empty(grads_shape, grads_dtype, device),
+    n_rec_grads = (int(call.need_grad_p) + int(call.need_grad_x)) * n
+    return LossOutputs(
+        loss=_empty(shapes[0], plan.loss_dtype, device),
+        rec=_empty(shapes[1], plan.rec_dtype, device),
+        kl=_empty(shapes[2], plan.kl_dtype, device),
+        rec_grads=_empty((n_rec_grads,), plan.rec_dtype, device),
+        kl_grads=_empty((2 * m if call.need_grad_q else 0,), plan.kl_dtype, device),
+        kl_per_dim=_empty(plan.q_shape[1:] if call.kl_per_dim else (0,), plan.kl_dtype, device),
+        p_scale_grads=_empty(p_scale_grads_shape, p_scale_grads_dtype, device),
     )
 
 
-# ---- launches -------------------------------------------------------------------------
+def launch_reconstruction(
+    launch: Launch, call: LossCall, plan: LaunchPlan, out: LossOutputs
+) -> tuple[torch.Tensor, int]:
+    """``_reconstruction_fwd_bwd`` over p and x, and a shared scale's gradient from its
+    partials. Returns ``(partials, programs per row)``.
 
-
-def loss_fwd(
-    launch: Launch,
-    x: torch.Tensor,
-    p: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    beta: float,
-    dist: str,
-    q_logvar: bool,
-    need_grad_p: bool,
-    need_grad_x: bool,
-    need_grad_q: bool,
-    per_sample: bool = False,
-    kl_per_dim: bool = False,
-    p_scale: torch.Tensor | None = None,
-    need_grad_p_scale: bool = False,
-) -> tuple[torch.Tensor, ...]:
-    """Loss terms and the gradients they need, in at most three launches.
-
-    Launches: the reconstruction reduction (skipped when x is empty), the KL reduction
-    (skipped when the posterior is empty) and the finalize. ``dist`` is a key of
-    ``DIST_CODES``; with ``q_logvar`` the ``scale`` argument holds log σ² (and the KL
-    gradient buffer its gradient). With ``per_sample`` the terms are per-sample sums (the
-    gradient buffers then hold the unscaled per-element derivatives); ``kl_per_dim`` adds
-    one torch reduction of the KL elements the KL kernel writes. A non-empty ``p_scale``
-    (normal and laplace) turns the reconstruction into the full negative log-likelihood
-    with that decoder scale, shared (one element) or per element (broadcast to x); a
-    shared scale's gradient costs one small torch sum of per-program partials.
+    Moves: p and x once (plus a cast or layout copy only where they differ in dtype or
+    memory order), the per-element scale once, each requested gradient written once.
     """
-    if p_scale is None:
-        p_scale = x.new_empty((0,))
-    out = allocate_outputs(
-        x,
-        p,
-        loc,
-        scale,
-        need_grad_p,
-        need_grad_x,
-        need_grad_q,
-        per_sample,
-        kl_per_dim,
-        p_scale,
-        need_grad_p_scale,
+    acc = accumulation_dtype(plan.rec_dtype)
+    partials = torch.empty(
+        (2 * max(plan.rec_rows, 1) * MAX_PARTIALS,), dtype=acc, device=plan.device
     )
-    rec, kl, loss, rec_grads, kl_grads, kl_dims, scale_grads = out
-    mode = scale_mode(p_scale)
-    device = x.device
-    rec_dtype, kl_dtype, loss_dtype = rec.dtype, kl.dtype, loss.dtype
-    rows, rec_rows, kl_rows = loss_rows(x, loc, scale, per_sample)
-    batch = max(x.shape[0], 1) if x.dim() > 0 else 1
-    shape = torch.broadcast_shapes(loc.shape, scale.shape)
-    q_batch = shape[0] if len(shape) > 0 and shape[0] > 0 else 1
+    if not plan.has_rec:
+        if out.p_scale_grads.numel():
+            out.p_scale_grads.zero_()  # no data: the scale gets no gradient
+        return partials, 0
+    n, order, mode = plan.n, plan.rec_order, plan.p_scale_mode
+    p_flat = flatten(call.p.to(plan.rec_dtype), order)
+    x_flat = flatten(call.x.to(plan.rec_dtype), order)
+    if mode == P_SCALE_PER_ELEMENT:
+        p_scale_flat = flatten(call.p_scale.to(plan.rec_dtype).expand(plan.x_shape), order)
+    elif mode == P_SCALE_SHARED:
+        p_scale_flat = call.p_scale.to(plan.rec_dtype).reshape(-1)
+    else:
+        p_scale_flat = p_flat  # not read
+    row_len = n // plan.rec_rows
+    block, warps, programs = _row_programs(
+        row_len, plan.rec_rows, p_flat.element_size(), plan.device
+    )
+    write_grad_p_scale = call.need_grad_p_scale and mode != NO_P_SCALE
+    # An output the kernel does not write gets a harmless valid pointer.
+    per_element_grad = write_grad_p_scale and mode == P_SCALE_PER_ELEMENT
+    launch(_reconstruction_fwd_bwd)[(plan.rec_rows, programs)](
+        p_ptr=p_flat,
+        x_ptr=x_flat,
+        p_scale_ptr=p_scale_flat,
+        partial_ptr=partials,
+        grad_p_ptr=out.rec_grads[:n] if call.need_grad_p else p_flat,
+        grad_x_ptr=out.rec_grads[n * int(call.need_grad_p) :] if call.need_grad_x else p_flat,
+        grad_p_scale_ptr=out.p_scale_grads if per_element_grad else p_flat,
+        row_len=row_len,
+        grad_div=plan.rec_div,
+        DIST=DIST_CODES[call.dist],
+        P_SCALE=mode,
+        WRITE_GRAD_P=call.need_grad_p,
+        WRITE_GRAD_X=call.need_grad_x,
+        WRITE_GRAD_P_SCALE=write_grad_p_scale,
+        ACC_FP64=acc == torch.float64,
+        INT64=n > _INT32_LIMIT - block,
+        BLOCK=block,
+        num_warps=warps,
+    )
+    if write_grad_p_scale and mode == P_SCALE_SHARED:
+        start = plan.rec_rows * programs
+        per_row = partials[start : 2 * start].view(plan.rec_rows, programs).sum(1)
+        out.p_scale_grads.copy_(per_row.div_(plan.rec_div))
+    return partials, programs
 
-    # Reconstruction: p and x in one memory order and one dtype.
-    n = x.numel()
-    rec_acc = accumulation_dtype(rec_dtype)
-    n_rec_programs = 0
-    rec_partials = torch.empty((2 * max(rec_rows, 1) * MAX_PARTIALS,), dtype=rec_acc, device=device)
-    if n > 0:
-        order = rec_layout(p, x, per_sample)
-        p_flat, x_flat = flat_pair(p.to(rec_dtype), x.to(rec_dtype), order)
-        if mode == SCALE_PER_ELEMENT:
-            s_flat = p_scale.to(rec_dtype).expand(x.shape).permute(order).contiguous().view(-1)
-        else:
-            s_flat = p_scale.to(rec_dtype).reshape(-1) if mode == SCALE_SHARED else p_flat
-        row_len = n // rec_rows
-        block, warps, n_rec_programs = reduction_config(row_len, p_flat.element_size(), device)
-        if per_sample:
-            n_rec_programs = max(1, min(n_rec_programs, triton.cdiv(n_rec_programs, rec_rows)))
-        grad_p = rec_grads[:n] if need_grad_p else p_flat
-        grad_x = rec_grads[n * int(need_grad_p) :] if need_grad_x else p_flat
-        write_grad_scale = need_grad_p_scale and mode != NO_SCALE
-        launch(_reconstruction_fwd_bwd)[(rec_rows, n_rec_programs)](
-            p_flat,
-            x_flat,
-            rec_partials,
-            grad_p,
-            grad_x,
-            s_flat,
-            scale_grads if mode == SCALE_PER_ELEMENT and write_grad_scale else p_flat,
-            row_len,
-            1 if per_sample else batch,
-            DIST=DIST_CODES[dist],
-            SCALE=mode,
-            WRITE_GRAD_P=need_grad_p,
-            WRITE_GRAD_X=need_grad_x,
-            WRITE_GRAD_SCALE=write_grad_scale,
-            ACC_FP64=rec_acc == torch.float64,
-            INT64=n > _INT32_LIMIT - block,
-            BLOCK=block,
-            num_warps=warps,
-        )
-        if write_grad_scale and mode == SCALE_SHARED:
-            start = rec_rows * n_rec_programs
-            per_row = rec_partials[start : 2 * start].view(rec_rows, n_rec_programs).sum(1)
-            scale_grads.copy_(per_row.div_(1 if per_sample else batch))
-    elif scale_grads.numel() > 0:
-        scale_grads.zero_()  # no data: the scale gets no gradient
 
-    # KL: μ and σ broadcast to one contiguous shape (a copy only where they differ).
-    m = math.prod(shape)
-    kl_acc = accumulation_dtype(kl_dtype)
-    n_kl_programs = 0
-    kl_partials = torch.empty((max(kl_rows, 1) * MAX_PARTIALS,), dtype=kl_acc, device=device)
-    if m > 0:
-        mu = loc.to(kl_dtype).expand(shape).contiguous()
-        sigma = scale.to(kl_dtype).expand(shape).contiguous()
-        row_len = m // kl_rows
-        block, warps, n_kl_programs = reduction_config(row_len, mu.element_size(), device)
-        if per_sample:
-            n_kl_programs = max(1, min(n_kl_programs, triton.cdiv(n_kl_programs, kl_rows)))
-        kl_elements = torch.empty_like(mu) if kl_per_dim else mu
-        launch(_normal_kl_fwd_bwd)[(kl_rows, n_kl_programs)](
-            mu,
-            sigma,
-            kl_partials,
-            kl_grads[:m] if need_grad_q else mu,
-            kl_grads[m:] if need_grad_q else mu,
-            kl_elements,
-            row_len,
-            1 if per_sample else q_batch,
-            WRITE_GRAD=need_grad_q,
-            WRITE_KL=kl_per_dim,
-            LOGVAR=q_logvar,
-            ACC_FP64=kl_acc == torch.float64,
-            INT64=m > _INT32_LIMIT - block,
-            BLOCK=block,
-            num_warps=warps,
-        )
-        if kl_per_dim:
-            kl_dims.copy_(kl_elements.to(kl_acc).sum(0).div_(q_batch))
+def launch_kl(
+    launch: Launch, call: LossCall, plan: LaunchPlan, out: LossOutputs
+) -> tuple[torch.Tensor, int]:
+    """``_normal_kl_fwd_bwd`` over the posterior, broadcast to one contiguous shape (a
+    copy only where q_loc and q_scale differ in shape or dtype), and the per-dimension KL
+    from the elements it writes. Returns ``(partials, programs per row)``."""
+    acc = accumulation_dtype(plan.kl_dtype)
+    partials = torch.empty((max(plan.kl_rows, 1) * MAX_PARTIALS,), dtype=acc, device=plan.device)
+    if not plan.has_kl:
+        return partials, 0
+    m = plan.m
+    q_loc = call.q_loc.to(plan.kl_dtype).expand(plan.q_shape).contiguous()
+    q_scale = call.q_scale.to(plan.kl_dtype).expand(plan.q_shape).contiguous()
+    row_len = m // plan.kl_rows
+    block, warps, programs = _row_programs(row_len, plan.kl_rows, q_loc.element_size(), plan.device)
+    kl_elements = torch.empty_like(q_loc) if call.kl_per_dim else q_loc
+    launch(_normal_kl_fwd_bwd)[(plan.kl_rows, programs)](
+        q_loc_ptr=q_loc,
+        q_scale_ptr=q_scale,
+        partial_ptr=partials,
+        grad_q_loc_ptr=out.kl_grads[:m] if call.need_grad_q else q_loc,
+        grad_q_scale_ptr=out.kl_grads[m:] if call.need_grad_q else q_loc,
+        kl_elements_ptr=kl_elements,
+        row_len=row_len,
+        grad_div=plan.kl_div,
+        WRITE_GRAD=call.need_grad_q,
+        WRITE_KL_ELEMENTS=call.kl_per_dim,
+        Q_IS_LOGVAR=call.q_is_logvar,
+        ACC_FP64=acc == torch.float64,
+        INT64=m > _INT32_LIMIT - block,
+        BLOCK=block,
+        num_warps=warps,
+    )
+    if call.kl_per_dim:
+        out.kl_per_dim.copy_(kl_elements.to(acc).sum(0).div_(plan.q_shape[0]))
+    return partials, programs
 
-    beta_hi, beta_lo = _split_fp64(beta)
-    launch(_finalize_loss)[(rows,)](
-        rec_partials,
-        kl_partials,
-        rec,
-        kl,
-        loss,
-        n_rec_programs,
-        n_kl_programs,
-        kl_rows if kl_rows > 0 else rows,
-        1 if per_sample else batch,
-        1 if per_sample else q_batch,
-        beta_hi,
-        beta_lo,
-        ACC_FP64=loss_dtype == torch.float64,
+
+def launch_finalize(
+    launch: Launch,
+    call: LossCall,
+    plan: LaunchPlan,
+    out: LossOutputs,
+    rec: tuple[torch.Tensor, int],
+    kl: tuple[torch.Tensor, int],
+) -> None:
+    """``_finalize_loss``: the partials of both reductions into loss, rec and kl, one
+    program per row. Moves a few kilobytes."""
+    (rec_partials, rec_programs), (kl_partials, kl_programs) = rec, kl
+    beta_hi, beta_lo = _split_fp64(call.beta)
+    launch(_finalize_loss)[(plan.rows,)](
+        rec_partial_ptr=rec_partials,
+        kl_partial_ptr=kl_partials,
+        loss_ptr=out.loss,
+        rec_ptr=out.rec,
+        kl_ptr=out.kl,
+        n_rec_partials=rec_programs,
+        n_kl_partials=kl_programs,
+        kl_rows=plan.kl_rows if plan.kl_rows > 0 else plan.rows,
+        rec_div=plan.rec_div,
+        kl_div=plan.kl_div,
+        beta_hi=beta_hi,
+        beta_lo=beta_lo,
+        ACC_FP64=plan.loss_dtype == torch.float64,
         MAX_PARTIALS=MAX_PARTIALS,
         num_warps=4,
     )
+
+
+def loss_fwd(launch: Launch, call: LossCall) -> LossOutputs:
+    """The loss terms and the gradient buffers of ``call``, in at most three launches:
+    the reconstruction reduction, the KL reduction (each skipped when its term is absent)
+    and the finalize. Forward + backward reads p and x once and writes each gradient once.
+    """
+    plan = plan_call(call)
+    out = allocate_outputs(call, plan)
+    rec = launch_reconstruction(launch, call, plan, out)
+    kl = launch_kl(launch, call, plan, out)
+    launch_finalize(launch, call, plan, out, rec, kl)
     return out
 
 
-def scale_grad_(
+def rescale_grad_(
     launch: Launch,
     grad: torch.Tensor,
     g_term: torch.Tensor | None,
     g_loss: torch.Tensor | None,
     loss_weight: float,
 ) -> None:
-    """grad *= g_term + loss_weight·g_loss, in place, in one launch (no-op on the device
-    when the factor is 1)."""
+    """``_rescale_grad_inplace``: grad *= g_term + loss_weight·g_loss, in one launch.
+    Moves nothing when that factor is 1 (decided on the device), 2·N elements otherwise."""
     n = grad.numel()
     if n == 0 or (g_term is None and g_loss is None):
         return
     block = 4096 if grad.device.type == "cuda" else 1024
-    hi, lo = _split_fp64(loss_weight)
-    launch(_scale_grad_inplace)[(triton.cdiv(n, block),)](
-        grad,
-        n,
-        g_term if g_term is not None else grad,
-        g_loss if g_loss is not None else grad,
-        hi,
-        lo,
+    weight_hi, weight_lo = _split_fp64(loss_weight)
+    launch(_rescale_grad_inplace)[(triton.cdiv(n, block),)](
+        grad_ptr=grad,
+        n_elements=n,
+        g_term_ptr=g_term if g_term is not None else grad,
+        g_loss_ptr=g_loss if g_loss is not None else grad,
+        weight_hi=weight_hi,
+        weight_lo=weight_lo,
         HAS_G_TERM=g_term is not None,
         HAS_G_LOSS=g_loss is not None,
         ACC_FP64=grad.dtype == torch.float64,

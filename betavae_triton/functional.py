@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import _eager
+from ._call import LossCall
 from ._checks import (
     check_bernoulli_range,
     check_dist,
@@ -26,8 +27,54 @@ __all__ = [
 ]
 
 
-def _backend_for(backend: str | None, device: torch.device) -> str:
-    return resolve_backend(check_backend(backend) if backend else default_backend(), device)
+def _needs(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will ask for the gradient of any of ``tensors``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _loss_call(
+    x: torch.Tensor | None,
+    p: torch.Tensor | None,
+    q_loc: torch.Tensor | None,
+    q_scale: torch.Tensor | None,
+    *,
+    p_scale: torch.Tensor | None = None,
+    beta: float = 0.0,
+    dist: str = "normal",
+    q_is_logvar: bool = False,
+    per_sample: bool = False,
+    kl_per_dim: bool = False,
+) -> LossCall:
+    """The :class:`~betavae_triton._call.LossCall` of checked arguments (None: a term
+    that is not computed)."""
+    return LossCall(
+        x=x,
+        p=p,
+        q_loc=q_loc,
+        q_scale=q_scale,
+        p_scale=p_scale,
+        beta=beta,
+        dist=dist,
+        q_is_logvar=bool(q_is_logvar),
+        per_sample=per_sample,
+        kl_per_dim=kl_per_dim,
+        need_grad_x=_needs(x),
+        need_grad_p=_needs(p),
+        need_grad_q=_needs(q_loc, q_scale),
+        need_grad_p_scale=_needs(p_scale),
+    )
+
+
+def _run(call: LossCall, backend: str | None) -> tuple[torch.Tensor | None, ...]:
+    """``(loss, rec, kl, kl_per_dim)`` of ``call`` on the backend that ``backend`` names
+    for its tensors' device."""
+    device = (call.x if call.x is not None else call.q_loc).device
+    name = resolve_backend(check_backend(backend) if backend else default_backend(), device)
+    if name == "triton":
+        from ._triton_backend import beta_vae_loss as run
+    else:
+        run = _eager.beta_vae_loss
+    return run(call)
 
 
 REDUCTIONS = ("mean", "none")
@@ -179,29 +226,19 @@ def beta_vae_loss(
         )
     _check_bernoulli_values(kernel_dist, p, x, validate_args)
     _check_decoder_scale(p_scale, kernel_dist, x)
-    q_is_logvar = bool(q_is_logvar)
-    if _backend_for(backend, x.device) == "triton":
-        from ._ops import triton_beta_vae_loss
-
-        loss, rec, kl, kl_dims = triton_beta_vae_loss(
-            x,
-            p,
-            q_loc,
-            q_scale,
-            float(beta),
-            kernel_dist,
-            q_is_logvar,
-            per_sample,
-            kl_per_dim,
-            p_scale,
-        )
-    else:
-        loss, rec, kl = _eager.beta_vae_loss(
-            x, p, q_loc, q_scale, beta, kernel_dist, q_is_logvar, per_sample, p_scale
-        )
-        kl_dims = (
-            _eager.kl_per_dimension(q_loc, q_scale, q_is_logvar).detach() if kl_per_dim else None
-        )
+    call = _loss_call(
+        x,
+        p,
+        q_loc,
+        q_scale,
+        p_scale=p_scale,
+        beta=beta,
+        dist=kernel_dist,
+        q_is_logvar=q_is_logvar,
+        per_sample=per_sample,
+        kl_per_dim=kl_per_dim,
+    )
+    loss, rec, kl, kl_dims = _run(call, backend)
     return (loss, rec, kl, kl_dims) if kl_per_dim else (loss, rec, kl)
 
 
@@ -247,11 +284,9 @@ def reconstruction_loss(
     check_reconstruction(p, x)
     _check_bernoulli_values(kernel_dist, p, x, validate_args)
     _check_decoder_scale(p_scale, kernel_dist, x)
-    if _backend_for(backend, x.device) == "triton":
-        from ._ops import triton_reconstruction_loss
-
-        return triton_reconstruction_loss(p, x, kernel_dist, per_sample, p_scale)
-    return _eager.reconstruction_loss(p, x, kernel_dist, per_sample, p_scale)
+    call = _loss_call(x, p, None, None, p_scale=p_scale, dist=kernel_dist, per_sample=per_sample)
+    _, rec, _, _ = _run(call, backend)
+    return rec
 
 
 def kl_normal_loss(
@@ -284,11 +319,9 @@ def kl_normal_loss(
     """
     per_sample = _check_reduction(reduction)
     check_posterior(q_loc, q_scale)
-    if _backend_for(backend, q_loc.device) == "triton":
-        from ._ops import triton_kl_normal_loss
-
-        return triton_kl_normal_loss(q_loc, q_scale, bool(q_is_logvar), per_sample)
-    return _eager.kl_normal_loss(q_loc, q_scale, bool(q_is_logvar), per_sample)
+    call = _loss_call(None, None, q_loc, q_scale, q_is_logvar=q_is_logvar, per_sample=per_sample)
+    _, _, kl, _ = _run(call, backend)
+    return kl
 
 
 def capacity_beta_vae_loss(

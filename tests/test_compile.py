@@ -15,6 +15,7 @@ from torch.distributions import Bernoulli, Laplace, Normal
 
 import betavae_triton._ops  # noqa: F401  (registers the operators)
 from betavae_triton import BetaVAELoss, CapacityBetaVAELoss, beta_vae_loss
+from betavae_triton._call import LossCall
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ("eager", "triton")
@@ -233,7 +234,6 @@ def test_opcheck(dist, dtype):
     second = 2 * log_sigma if q_logvar else log_sigma.exp()
     args = (x, p.requires_grad_(), mu.requires_grad_(), second.detach().requires_grad_())
     # The decoder scale of the full likelihood: none, shared, per element.
-    no_scale = torch.empty(0, dtype=dtype, device=DEVICE)
     scales = [
         torch.full((), 0.7, dtype=dtype, device=DEVICE).requires_grad_(),
         (torch.rand_like(x) + 0.5).requires_grad_(),
@@ -243,16 +243,31 @@ def test_opcheck(dist, dtype):
         ops.append(torch.ops.betavae_triton.loss_fwd_cpu.default)
     for op in ops:
         for need in ((True, False, True), (True, True, True), (False, False, False)):
+            need_grad_p, need_grad_x, need_grad_q = need
             for per_sample, kl_per_dim in ((False, False), (True, True)):
-                flags = (*need, per_sample, kl_per_dim)
-                torch.library.opcheck(op, (*args, 0.5, dist, q_logvar, *flags, no_scale, False))
+                call = LossCall(
+                    *args,
+                    p_scale=None,
+                    beta=0.5,
+                    dist=dist,
+                    q_is_logvar=q_logvar,
+                    per_sample=per_sample,
+                    kl_per_dim=kl_per_dim,
+                    need_grad_x=need_grad_x,
+                    need_grad_p=need_grad_p,
+                    need_grad_q=need_grad_q,
+                    need_grad_p_scale=False,
+                )
+                torch.library.opcheck(op, tuple(call))
                 if dist in ("normal", "laplace"):
                     for s in scales:
-                        full = (*args, 0.5, dist, q_logvar, *flags, s, need[0])
-                        torch.library.opcheck(op, full)
+                        full = call._replace(p_scale=s, need_grad_p_scale=need_grad_p)
+                        torch.library.opcheck(op, tuple(full))
     grads = torch.rand(50, dtype=dtype, device=DEVICE), torch.rand(10, dtype=dtype, device=DEVICE)
     g = torch.tensor(2.0, dtype=dtype, device=DEVICE)
-    torch.library.opcheck(torch.ops.betavae_triton.scale_grads_.default, (*grads, g, None, g, 0.5))
+    torch.library.opcheck(
+        torch.ops.betavae_triton.rescale_grads_.default, (*grads, g, None, g, 0.5)
+    )
 
 
 class LossModule(nn.Module):

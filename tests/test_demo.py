@@ -8,6 +8,8 @@ takes well under a minute on two CPU cores.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +21,7 @@ import pytest
 import torch
 
 from betavae_triton.demo import DemoConfig
-from betavae_triton.demo.__main__ import main, parse_config
+from betavae_triton.demo.__main__ import build_parser, main, parse_config
 from betavae_triton.demo.mig import mig
 from betavae_triton.demo.model import ConvVAE
 from betavae_triton.demo.sprites import (
@@ -29,9 +31,10 @@ from betavae_triton.demo.sprites import (
     make_sprites,
     render,
 )
-from betavae_triton.demo.train import FIGURES, default_device
+from betavae_triton.demo.train import FIGURES, default_device, loss_backend
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = ROOT / "betavae_triton" / "demo"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = 12
 LATENT = 4
@@ -139,6 +142,18 @@ def test_defaults():
     assert not parse_config(["--no-compile"]).compile
 
 
+def test_compile_flag_help_states_its_default_plainly():
+    """``--compile`` is on by default and ``--no-compile`` turns it off: the help shows them
+    together with the default ``True`` (a lone ``--no-compile ... (default: True)`` read as
+    if the flag itself were on by default)."""
+    text = " ".join(build_parser().format_help().split())
+    assert "[--compile | --no-compile]" in text
+    assert "--compile, --no-compile run the loss step under torch.compile" in text
+    entry = text.split("--compile, --no-compile ", 1)[1].split(" --lr ", 1)[0]
+    assert entry.endswith("(default: True)")
+    assert parse_config(["--no-compile", "--compile"]).compile
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -167,6 +182,169 @@ def test_bad_arguments_are_argparse_errors(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: python -m betavae_triton.demo")
     assert message in err
+
+
+# --- the public API only -----------------------------------------------------------------
+
+PACKAGE = "betavae_triton"
+DEMO = f"{PACKAGE}.demo"
+
+
+def _is_private(name: str) -> bool:
+    """A leading underscore, except dunders (``__version__``, ``__main__``)."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_package_names(source: str, package: str = DEMO) -> list[str]:
+    """The private names of ``betavae_triton`` outside its ``demo`` that ``source`` uses.
+
+    Parameters
+    ----------
+    source : str
+        Python source of a module of ``package``.
+    package : str, default="betavae_triton.demo"
+        The package that holds the module (for relative imports).
+
+    Returns
+    -------
+    names : list of str
+        Every dotted name, ``betavae_triton.<...>``, that the module imports (absolutely,
+        relatively, or as a string given to ``importlib``) or reads as an attribute of an
+        imported module or object, and that has a private part, i.e. one that starts
+        with ``_``. The demo's own modules (``betavae_triton.demo.<...>``) may keep private
+        helpers for each other.
+    """
+    found: list[str] = []
+    bound: dict[str, str] = {}  # local name -> the dotted name of the package it stands for
+
+    def check(dotted: str) -> None:
+        parts = dotted.split(".")
+        if parts[0] != PACKAGE or parts[:2] == DEMO.split("."):
+            return
+        for i, part in enumerate(parts[1:], start=2):
+            if _is_private(part):
+                found.append(".".join(parts[:i]))  # up to the first private part
+                return
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                check(alias.name)
+                if alias.asname:
+                    bound[alias.asname] = alias.name
+                else:
+                    bound[alias.name.split(".")[0]] = alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            check(base)
+            for alias in node.names:
+                check(f"{base}.{alias.name}")
+                bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value.startswith(f"{PACKAGE}.") and node.value.isascii():
+                if all(part.isidentifier() for part in node.value.split(".")):
+                    check(node.value)
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            attrs = []
+            value: ast.expr = node
+            while isinstance(value, ast.Attribute):
+                attrs.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id in bound:
+                check(".".join([bound[value.id], *reversed(attrs)]))
+    return sorted(set(found))
+
+
+def test_demo_files_exist_to_check():
+    names = {path.name for path in DEMO_DIR.glob("*.py")}
+    assert {"__init__.py", "__main__.py", "train.py", "model.py"} <= names
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DEMO_DIR.rglob("*.py")), ids=lambda path: str(path.relative_to(DEMO_DIR))
+)
+def test_demo_uses_only_the_public_api(path):
+    rel = path.relative_to(DEMO_DIR.parent).with_suffix("")
+    package = ".".join([PACKAGE, *rel.parts[:-1]])
+    assert _private_package_names(path.read_text(), package) == [], (
+        f"{path.relative_to(ROOT)} reaches into betavae_triton's private names: the demo "
+        "shows the public API (betavae_triton.__all__) only"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from betavae_triton._dispatch import resolve_backend", ["betavae_triton._dispatch"]),
+        ("from .. import _ops", ["betavae_triton._ops"]),
+        ("from .._eager import kl_elements", ["betavae_triton._eager"]),
+        ("from ..functional import _backend_for", ["betavae_triton.functional._backend_for"]),
+        ("import betavae_triton._launch as launch", ["betavae_triton._launch"]),
+        (
+            "import betavae_triton\nbetavae_triton._dispatch.resolve_backend('auto', d)",
+            ["betavae_triton._dispatch"],
+        ),
+        (
+            "from betavae_triton import BetaVAELoss\nBetaVAELoss._posterior(q)",
+            ["betavae_triton.BetaVAELoss._posterior"],
+        ),
+        (
+            "import importlib\nimportlib.import_module('betavae_triton._ops')",
+            ["betavae_triton._ops"],
+        ),
+        # The public API, and the demo's own helpers, pass.
+        ("from betavae_triton import BetaVAELoss, beta_vae_loss, kl_normal_loss", []),
+        ("import betavae_triton\nv = betavae_triton.__version__", []),
+        ("from .train import _decoder_distribution\nfrom . import plots", []),
+        ("from .mig import entropy\nimport torch._dynamo", []),
+    ],
+)
+def test_private_name_check_finds_what_it_should(source, expected):
+    assert _private_package_names(source) == expected
+
+
+@pytest.mark.parametrize("requested", ["auto", "triton", "eager"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_loss_backend_follows_the_documented_rule(requested, device):
+    from betavae_triton._dispatch import resolve_backend  # the package's own rule
+
+    triton = importlib.util.find_spec("triton") is not None
+    rule = {"auto": "triton" if device == "cuda" and triton else "eager"}
+    got = loss_backend(requested, torch.device(device))
+    assert got == rule.get(requested, requested)
+    with pytest.raises(ValueError, match="backend must be"):
+        loss_backend("fast", torch.device(device))
+    try:
+        resolved = resolve_backend(requested, torch.device(device))
+    except RuntimeError:  # "triton" where it cannot run: the loss raises before run.json
+        return
+    assert got == resolved
+
+
+def test_evaluation_takes_the_kl_per_dimension_from_the_loss():
+    """The held-out KL per latent is the loss's ``kl_per_dim``, averaged over batches of
+    unequal size (512 + 88 sprites) as one mean over every sprite."""
+    from betavae_triton.demo.train import _evaluate, _make_loss
+
+    torch.manual_seed(0)
+    model = ConvVAE(LATENT, CHANNELS).eval()
+    data = make_sprites(600, seed=5)
+    config = DemoConfig(latent_dim=LATENT, channels=CHANNELS, device="cpu")
+    ev = _evaluate(
+        model, data, _make_loss(config, kl_per_dim=True), config.dist, torch.device("cpu")
+    )
+    with torch.no_grad():
+        mu, scale = model.encode(data.batch(slice(0, len(data))))
+    kl = (0.5 * (mu.double() ** 2 + scale.double() ** 2 - 1) - scale.double().log()).mean(0)
+    assert ev["mu"].shape == (600, LATENT)
+    np.testing.assert_allclose(ev["mu"], mu.numpy(), rtol=1e-5, atol=1e-6)
+    assert ev["kl_per_dim"].shape == (LATENT,)
+    np.testing.assert_allclose(ev["kl_per_dim"], kl.numpy(), rtol=1e-5, atol=1e-7)
 
 
 # --- whole runs -------------------------------------------------------------------------

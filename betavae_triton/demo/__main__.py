@@ -120,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=d.out, help="output folder")
     parser.add_argument("--seed", type=_non_negative_int, default=d.seed, help="random seed")
     parser.add_argument(
-        "--no-compile",
-        dest="compile",
-        action="store_false",
-        help="run the loss step eagerly instead of under torch.compile",
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=d.compile,
+        help="run the loss step under torch.compile; --no-compile runs it eagerly",
     )
     parser.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
     parser.add_argument(

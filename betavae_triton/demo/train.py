@@ -18,6 +18,7 @@ is a second graph. The optimiser step and the evaluation stay eager.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -37,14 +38,13 @@ from tqdm import tqdm
 
 import betavae_triton
 from betavae_triton import BetaVAELoss
-from betavae_triton._dispatch import resolve_backend
 
 from . import plots
 from .mig import entropy, mig
 from .model import ConvVAE
 from .sprites import FACTOR_NAMES, Sprites, make_sprites
 
-__all__ = ["DemoConfig", "DistInfo", "default_device", "distributed_info", "run"]
+__all__ = ["DemoConfig", "DistInfo", "default_device", "distributed_info", "loss_backend", "run"]
 
 LOSS_KEYS = ("loss", "rec_loss", "kl_loss")
 FIGURES = ("reconstructions.png", "traversals.png", "kl_per_dim.png", "loss_curves.png")
@@ -181,6 +181,46 @@ def distributed_info(environ: dict[str, str] | None = None) -> DistInfo:
     )
 
 
+def loss_backend(requested: str, device: torch.device) -> str:
+    """The implementation that :class:`betavae_triton.BetaVAELoss` runs on ``device``.
+
+    Derived from the package's documented rule (the README's "Backends" table), not from
+    its internals: ``"auto"`` runs the Triton kernels on CUDA tensors when the ``triton``
+    package is importable and the eager PyTorch path otherwise; ``"triton"`` and
+    ``"eager"`` run what they name (``"triton"`` raises where the kernels cannot run).
+
+    Parameters
+    ----------
+    requested : {"auto", "triton", "eager"}
+        The loss's ``backend`` attribute.
+    device : torch.device
+        Where the loss's tensors live.
+
+    Returns
+    -------
+    backend : {"triton", "eager"}
+        What computes the loss.
+
+    Raises
+    ------
+    ValueError
+        If ``requested`` names no backend.
+    """
+    if requested in ("triton", "eager"):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"backend must be 'auto', 'triton' or 'eager', got {requested!r}")
+    triton_importable = importlib.util.find_spec("triton") is not None
+    return "triton" if device.type == "cuda" and triton_importable else "eager"
+
+
+def _make_loss(config: DemoConfig, *, kl_per_dim: bool = False) -> BetaVAELoss:
+    """The run's loss: ``config``'s beta and decoder distribution, the automatic backend."""
+    return BetaVAELoss(
+        config.beta, config.dist, backend="auto", validate_args=False, kl_per_dim=kl_per_dim
+    )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -232,16 +272,43 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
 
 
 @torch.no_grad()
-def _evaluate(model: ConvVAE, data: Sprites, device: torch.device) -> dict[str, np.ndarray]:
-    """Posterior means and per-dimension KL over ``data``, in eager mode."""
-    mus, kls = [], []
+def _evaluate(
+    model: ConvVAE, data: Sprites, loss_fn: BetaVAELoss, dist_name: str, device: torch.device
+) -> dict[str, np.ndarray]:
+    """Posterior means and the mean KL of each latent over ``data``, in eager mode.
+
+    Parameters
+    ----------
+    model : ConvVAE
+        The trained model, in eval mode.
+    data : Sprites
+        The held-out sprites.
+    loss_fn : BetaVAELoss
+        The run's loss, built with ``kl_per_dim=True``.
+    dist_name : str
+        The decoder distribution (``--dist``).
+    device : torch.device
+        Where the model lives.
+
+    Returns
+    -------
+    evaluation : dict of str to numpy.ndarray
+        ``"mu"``, the posterior means, shape ``(len(data), latent_dim)`` (what the MIG
+        reads), and ``"kl_per_dim"``, shape ``(latent_dim,)``: the loss's batch-mean KL of
+        each latent, averaged over the batches weighted by their sizes, i.e. the mean over
+        all of ``data``. The decoder reads the posterior mean (no sampling); the KL does not
+        depend on it.
+    """
+    mus = []
+    kl_sum = torch.zeros(model.latent_dim, dtype=torch.float64)
     for start in range(0, len(data), 512):
         x = data.batch(slice(start, start + 512)).to(device)
         mu, scale = model.encode(x)
-        kl = 0.5 * (mu.square() + scale.square() - 1.0) - torch.log(scale)
+        p = _decoder_distribution(model.decode_logits(mu), dist_name)
+        out = loss_fn(x, p, Normal(mu, scale, validate_args=False))
+        kl_sum += out["kl_per_dim"].double().cpu() * x.shape[0]
         mus.append(mu.float().cpu())
-        kls.append(kl.float().cpu())
-    return {"mu": torch.cat(mus).numpy(), "kl": torch.cat(kls).numpy()}
+    return {"mu": torch.cat(mus).numpy(), "kl_per_dim": (kl_sum / len(data)).numpy()}
 
 
 @torch.no_grad()
@@ -351,7 +418,7 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     eval_data = make_sprites(config.n_eval, seed=[config.seed, 0, 1]) if info.main else None
     data_s = time.perf_counter() - t0
 
-    loss_fn = BetaVAELoss(config.beta, config.dist, backend="auto", validate_args=False)
+    loss_fn = _make_loss(config)
     step_fn = _make_loss_step(model, loss_fn, config.dist, warmup=config.kl_warmup > 0)
     if config.compile:
         # DDP's forward cannot be traced (Dynamo breaks the graph there on purpose, see
@@ -407,7 +474,7 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "device": str(device),
         "world_size": info.world_size,
-        "loss_backend": resolve_backend(loss_fn.backend, device),
+        "loss_backend": loss_backend(loss_fn.backend, device),
         "compiled": config.compile,
         "torch_version": torch.__version__,
         "betavae_triton_version": betavae_triton.__version__,
@@ -468,8 +535,8 @@ def _report(
     """Evaluate on held-out sprites, draw the figures, write ``run.json``, print a summary."""
     t0 = time.perf_counter()
     model.eval()
-    ev = _evaluate(model, eval_data, device)
-    kl_per_dim = ev["kl"].mean(axis=0)
+    ev = _evaluate(model, eval_data, _make_loss(config, kl_per_dim=True), config.dist, device)
+    kl_per_dim = ev["kl_per_dim"]
     score, per_factor, mi = mig(ev["mu"], eval_data.factors)
     # Each latent's best-known factor, as the share of that factor's entropy it holds.
     h = np.array([entropy(eval_data.factors[:, k]) for k in range(len(FACTOR_NAMES))])

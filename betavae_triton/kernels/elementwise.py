@@ -6,6 +6,8 @@ Each takes p and x already in the accumulation dtype and returns ``(loss, d/dp, 
 import triton
 import triton.language as tl
 
+from .constants import BCE_GRAD_EPS, BCE_LOG_FLOOR, HALF_LOG_2PI, LOG_2
+
 
 @triton.jit
 def squared_error(p, x):
@@ -28,7 +30,7 @@ def normal_nll(mu, x, sigma):
     (μ − x)/σ², (x − μ)/σ², (1 − ((μ − x)/σ)²)/σ."""
     inv = 1.0 / sigma
     z = (mu - x) * inv
-    loss = 0.5 * z * z + tl.log(sigma) + 0.9189385332046727
+    loss = 0.5 * z * z + tl.log(sigma) + HALF_LOG_2PI
     d_mu = z * inv
     return loss, d_mu, -d_mu, (1.0 - z * z) * inv
 
@@ -41,14 +43,14 @@ def laplace_nll(mu, x, b):
     d = mu - x
     sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0)).to(d.dtype)
     a = tl.abs(d) * inv
-    return a + tl.log(b) + 0.6931471805599453, sign * inv, -sign * inv, (1.0 - a) * inv
+    return a + tl.log(b) + LOG_2, sign * inv, -sign * inv, (1.0 - a) * inv
 
 
 @triton.jit
 def clamped_log(v):
     """max(log v, −100) with NaN kept (``tl.maximum`` does not promise to propagate NaN)."""
     lv = tl.log(v)
-    return tl.where(lv < -100.0, -100.0, lv)
+    return tl.where(lv < BCE_LOG_FLOOR, BCE_LOG_FLOOR, lv)
 
 
 @triton.jit
@@ -69,12 +71,12 @@ def bernoulli_nll(p, x):
     """
     log_p = clamped_log(p)
     l1 = log1p_neg(p)
-    log_1mp = tl.where(l1 < -100.0, -100.0, l1)
+    log_1mp = tl.where(l1 < BCE_LOG_FLOOR, BCE_LOG_FLOOR, l1)
     loss = -(log_1mp + x * (log_p - log_1mp))
     loss = tl.where((x < 0.0) | (x > 1.0), float("nan"), loss)
     denom = p * (1.0 - p)
-    # ATen's 1e-12 floor is a float32 constant, in float64 too: 9.999999960041972e-13.
-    denom = tl.where(denom < 9.999999960041972e-13, 9.999999960041972e-13, denom)
+    # ATen's 1e-12 floor is a float32 constant, in float64 too.
+    denom = tl.where(denom < BCE_GRAD_EPS, BCE_GRAD_EPS, denom)
     return loss, (p - x) / denom, log_1mp - log_p
 
 

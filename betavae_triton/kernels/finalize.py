@@ -1,4 +1,4 @@
-"""Sum the per-program partials into the three scalars the loss returns."""
+"""Sum the per-program partials into the three results the loss returns: loss, rec, kl."""
 
 import triton
 import triton.language as tl
@@ -6,11 +6,14 @@ import triton.language as tl
 
 @triton.jit
 def _finalize_loss(
+    # inputs
     rec_partial_ptr,
     kl_partial_ptr,
+    # outputs
+    loss_ptr,
     rec_ptr,
     kl_ptr,
-    loss_ptr,
+    # sizes
     n_rec_partials,
     n_kl_partials,
     kl_rows,
@@ -18,6 +21,7 @@ def _finalize_loss(
     kl_div,
     beta_hi,
     beta_lo,
+    # what to compute
     ACC_FP64: tl.constexpr,
     MAX_PARTIALS: tl.constexpr,
 ):

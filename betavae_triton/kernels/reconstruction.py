@@ -3,6 +3,14 @@
 import triton
 import triton.language as tl
 
+from .constants import (
+    BERNOULLI,
+    LAPLACE,
+    NO_P_SCALE,
+    NORMAL,
+    P_SCALE_PER_ELEMENT,
+    P_SCALE_SHARED,
+)
 from .elementwise import (
     absolute_error,
     bernoulli_nll,
@@ -13,29 +21,27 @@ from .elementwise import (
 )
 from .tiling import row_tile_offsets
 
-# The values of the DIST constexpr.
-NORMAL, LAPLACE, BERNOULLI, BERNOULLI_LOGITS = 0, 1, 2, 3
-# The values of the SCALE constexpr: no decoder scale (nidl's squared / absolute error),
-# one per element, one shared by every element.
-NO_SCALE, SCALE_PER_ELEMENT, SCALE_SHARED = 0, 1, 2
-
 
 @triton.jit
 def _reconstruction_fwd_bwd(
+    # data
     p_ptr,
     x_ptr,
+    p_scale_ptr,
+    # outputs
     partial_ptr,
     grad_p_ptr,
     grad_x_ptr,
-    scale_ptr,
-    grad_scale_ptr,
+    grad_p_scale_ptr,
+    # sizes
     row_len,
     grad_div,
+    # what to compute
     DIST: tl.constexpr,
-    SCALE: tl.constexpr,
+    P_SCALE: tl.constexpr,
     WRITE_GRAD_P: tl.constexpr,
     WRITE_GRAD_X: tl.constexpr,
-    WRITE_GRAD_SCALE: tl.constexpr,
+    WRITE_GRAD_P_SCALE: tl.constexpr,
     ACC_FP64: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -43,9 +49,9 @@ def _reconstruction_fwd_bwd(
     """Partial sums Σ ℓ(p, x) per row and program, and optionally dℓ/dp and dℓ/dx / div.
 
     ``DIST`` picks ℓ: squared error, absolute error, binary cross-entropy from
-    probabilities, or from logits (p is then the logit). With ``SCALE`` the normal and
+    probabilities, or from logits (p is then the logit). With ``P_SCALE`` the normal and
     laplace losses become the full negative log-likelihoods with the decoder's scale s,
-    per element (flat like p) or shared (one value); dℓ/ds goes to ``grad_scale`` per
+    per element (flat like p) or shared (one value); dℓ/ds goes to ``grad_p_scale`` per
     element, or, shared, into per-program partial sums stored after the loss partials.
 
     The grid is (rows, G): program (r, g) sums tiles g, g + G, g + 2G, ... of row r (the
@@ -56,7 +62,7 @@ def _reconstruction_fwd_bwd(
 
     Memory traffic: reads p and x once (2·N·s bytes for s-byte elements), and the scale
     once (N·s) per element; writes the gradient of p (N·s) when ``WRITE_GRAD_P``, of x
-    (N·s) when ``WRITE_GRAD_X``, of a per-element scale (N·s) when ``WRITE_GRAD_SCALE``;
+    (N·s) when ``WRITE_GRAD_X``, of a per-element scale (N·s) when ``WRITE_GRAD_P_SCALE``;
     rows·G partials of 4 or 8 bytes (twice that with a shared scale's gradient).
     """
     row = tl.program_id(0)
@@ -65,27 +71,27 @@ def _reconstruction_fwd_bwd(
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     inv_div = 1.0 / tl.full([], grad_div, acc_ty)
     acc = tl.zeros([BLOCK], dtype=acc_ty)
-    acc_scale = tl.zeros([BLOCK], dtype=acc_ty)
-    if SCALE == 2:
-        shared_scale = tl.load(scale_ptr).to(acc_ty)
+    acc_p_scale = tl.zeros([BLOCK], dtype=acc_ty)
+    if P_SCALE == P_SCALE_SHARED:
+        shared_p_scale = tl.load(p_scale_ptr).to(acc_ty)
     n_tiles = tl.cdiv(row_len, BLOCK)
     for tile in range(pid, n_tiles, n_programs):
         offs, mask = row_tile_offsets(row, tile, row_len, BLOCK, INT64)
         p = tl.load(p_ptr + offs, mask=mask, other=0.5).to(acc_ty)
         x = tl.load(x_ptr + offs, mask=mask, other=0.5).to(acc_ty)
-        if SCALE == 1:
-            s = tl.load(scale_ptr + offs, mask=mask, other=1.0).to(acc_ty)
-        elif SCALE == 2:
-            s = shared_scale
-        if DIST == 0 and SCALE != 0:
+        if P_SCALE == P_SCALE_PER_ELEMENT:
+            s = tl.load(p_scale_ptr + offs, mask=mask, other=1.0).to(acc_ty)
+        elif P_SCALE == P_SCALE_SHARED:
+            s = shared_p_scale
+        if DIST == NORMAL and P_SCALE != NO_P_SCALE:
             loss, d_p, d_x, d_s = normal_nll(p, x, s)
-        elif DIST == 1 and SCALE != 0:
+        elif DIST == LAPLACE and P_SCALE != NO_P_SCALE:
             loss, d_p, d_x, d_s = laplace_nll(p, x, s)
-        elif DIST == 0:
+        elif DIST == NORMAL:
             loss, d_p, d_x = squared_error(p, x)
-        elif DIST == 1:
+        elif DIST == LAPLACE:
             loss, d_p, d_x = absolute_error(p, x)
-        elif DIST == 2:
+        elif DIST == BERNOULLI:
             loss, d_p, d_x = bernoulli_nll(p, x)
         else:
             loss, d_p, d_x = bernoulli_nll_logits(p, x)
@@ -96,14 +102,15 @@ def _reconstruction_fwd_bwd(
         if WRITE_GRAD_X:
             g = d_x * inv_div
             tl.store(grad_x_ptr + offs, g.to(grad_x_ptr.dtype.element_ty), mask=mask)
-        if WRITE_GRAD_SCALE:
-            if SCALE == 1:
+        if WRITE_GRAD_P_SCALE:
+            if P_SCALE == P_SCALE_PER_ELEMENT:
                 g = d_s * inv_div
-                tl.store(grad_scale_ptr + offs, g.to(grad_scale_ptr.dtype.element_ty), mask=mask)
+                grad_ty = grad_p_scale_ptr.dtype.element_ty
+                tl.store(grad_p_scale_ptr + offs, g.to(grad_ty), mask=mask)
             else:
-                acc_scale += tl.where(mask, d_s, 0.0)
+                acc_p_scale += tl.where(mask, d_s, 0.0)
     tl.store(partial_ptr + row * n_programs + pid, tl.sum(acc, axis=0))
-    if WRITE_GRAD_SCALE and SCALE == 2:
+    if WRITE_GRAD_P_SCALE and P_SCALE == P_SCALE_SHARED:
         n_rows = tl.num_programs(0)
         slot = n_rows * n_programs + row * n_programs + pid
-        tl.store(partial_ptr + slot, tl.sum(acc_scale, axis=0))
+        tl.store(partial_ptr + slot, tl.sum(acc_p_scale, axis=0))

@@ -1,11 +1,11 @@
-"""The backward pass: scale the gradients saved by the forward pass by the incoming one."""
+"""The backward pass: rescale the gradients saved by the forward pass by the incoming one."""
 
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _scale_grad_inplace(
+def _rescale_grad_inplace(
     grad_ptr,
     n_elements,
     g_term_ptr,
@@ -18,25 +18,25 @@ def _scale_grad_inplace(
     INT64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """grad *= s, where s = g_term + w·g_loss is read on the device.
+    """grad *= f, where the factor f = g_term + w·g_loss is read on the device.
 
     ``g_term`` is the incoming gradient of the term (rec_loss or kl_loss), ``g_loss`` that
     of ``loss = rec + β·kl``, and w (1 or β, passed as float32 hi + lo halves) its weight.
-    When s == 1, the usual case of ``out["loss"].backward()``, every program returns at
+    When f == 1, the usual case of ``out["loss"].backward()``, every program returns at
     once: the forward pass already wrote the final gradient, and no host synchronisation
     was needed to learn it.
 
-    Memory traffic: reads two scalars; when s != 1, reads and writes the gradient once
-    (2·N·s bytes); when s == 1, nothing.
+    Memory traffic: reads two scalars; when f != 1, reads and writes the gradient once
+    (2·N·s bytes); when f == 1, nothing.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
-    s = tl.zeros([], acc_ty)
+    factor = tl.zeros([], acc_ty)
     if HAS_G_TERM:
-        s += tl.load(g_term_ptr).to(acc_ty)
+        factor += tl.load(g_term_ptr).to(acc_ty)
     if HAS_G_LOSS:
         w = tl.full([], weight_hi, acc_ty) + tl.full([], weight_lo, acc_ty)
-        s += w * tl.load(g_loss_ptr).to(acc_ty)
-    if s != 1.0:
+        factor += w * tl.load(g_loss_ptr).to(acc_ty)
+    if factor != 1.0:
         pid = tl.program_id(0)
         if INT64:
             offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -44,4 +44,4 @@ def _scale_grad_inplace(
             offs = pid * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n_elements
         g = tl.load(grad_ptr + offs, mask=mask).to(acc_ty)
-        tl.store(grad_ptr + offs, (g * s).to(grad_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_ptr + offs, (g * factor).to(grad_ptr.dtype.element_ty), mask=mask)

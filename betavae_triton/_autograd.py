@@ -1,0 +1,231 @@
+"""Autograd of the Triton backend: the backward pass of the fused loss.
+
+The forward pass (``betavae_triton::loss_fwd``) already wrote every per-element
+derivative; the backward pass only multiplies them by the factor that the incoming
+gradients make, ``g_term + w·g_loss`` (:func:`grad_factor`; w is 1 for the
+reconstruction and β for the KL), and shapes them like the inputs.
+
+Two autograd paths share that logic:
+
+- :func:`op_setup_context` / :func:`op_backward`, registered on the operators themselves
+  (for anyone who calls them directly, ``opcheck`` included): the buffers are outputs the
+  caller can see, so the factor is applied out of place;
+- :class:`FusedBetaVAELoss`, what the package calls: the buffers never leave it, so in
+  eager mode the factor is applied in place by ``betavae_triton::rescale_grads_`` (one
+  launch per buffer, no traffic at all when the factor is 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Private classes, needed to tell that autograd's backward is being traced (by
+# AOTAutograd's fake and functional tensors) rather than run.
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
+
+from ._call import (
+    LaunchPlan,
+    LossCall,
+    LossOutputs,
+    accumulation_dtype,
+    call_gradients,
+    plan_call,
+)
+from ._constants import NO_P_SCALE, P_SCALE_PER_ELEMENT
+from ._layout import unflatten
+
+Tensor = torch.Tensor
+
+
+def grad_factor(
+    g_term: Tensor | None, g_loss: Tensor | None, weight: float, dtype: torch.dtype
+) -> Tensor | None:
+    """``g_term + weight·g_loss`` in ``dtype`` (a scalar, or one value per sample), or
+    None when no gradient reached the term."""
+    if g_term is None and g_loss is None:
+        return None
+    if g_term is None:
+        return weight * g_loss.to(dtype)
+    if g_loss is None:
+        return g_term.to(dtype)
+    return g_term.to(dtype) + weight * g_loss.to(dtype)
+
+
+def _rescaled(grads: Tensor, factor: Tensor | None, rows: int = 0, parts: int = 1) -> Tensor:
+    """``grads · factor``, out of place, in the factor's dtype.
+
+    With ``rows`` the buffer holds per-sample rows (``reduction="none"``): each of its
+    ``parts`` blocks of shape (rows, row_len) is scaled row by row by its sample's factor
+    (a factor of one element, for a posterior shared by the batch, scales every row).
+    """
+    if grads.numel() == 0 or factor is None:
+        return grads
+    if rows:
+        blocks = grads.to(factor.dtype).view(parts, rows, -1)
+        return (blocks * factor.reshape(1, -1, 1)).reshape(-1).to(grads.dtype)
+    return (grads.to(factor.dtype) * factor).to(grads.dtype)
+
+
+class _Saved:
+    """What the backward pass needs of a call: its plan and flags (no input tensors)."""
+
+    def __init__(self, call: LossCall) -> None:
+        self.plan: LaunchPlan = plan_call(call)
+        self.flags: LossCall = call._replace(x=None, p=None, q_loc=None, q_scale=None, p_scale=None)
+
+    def rows(self) -> tuple[int, int]:
+        """Rows of the rec and KL buffers for per-sample scaling (0, 0 for the mean)."""
+        return (self.plan.rec_rows, self.plan.kl_rows) if self.flags.per_sample else (0, 0)
+
+    def factors(self, g_loss, g_rec, g_kl, dtypes) -> tuple[Tensor | None, Tensor | None]:
+        """The factors of the rec and KL buffers, in the given accumulation dtypes."""
+        _, kl_rows = self.rows()
+        g_loss_kl = g_loss
+        if g_loss is not None and kl_rows and kl_rows != g_loss.numel():
+            g_loss_kl = g_loss.sum().reshape(1)  # a posterior shared by every sample
+        return (
+            grad_factor(g_rec, g_loss, 1.0, dtypes[0]),
+            grad_factor(g_kl, g_loss_kl, self.flags.beta, dtypes[1]),
+        )
+
+    def rescaled(self, rec_grads, kl_grads, g_loss, g_rec, g_kl) -> tuple[Tensor, Tensor]:
+        """The reconstruction's and the KL's buffers times their factors, out of place."""
+        flags, (rec_rows, kl_rows) = self.flags, self.rows()
+        acc = accumulation_dtype(rec_grads.dtype), accumulation_dtype(kl_grads.dtype)
+        rec_factor, kl_factor = self.factors(g_loss, g_rec, g_kl, acc)
+        parts = int(flags.need_grad_p) + int(flags.need_grad_x)
+        return (
+            _rescaled(rec_grads, rec_factor, rec_rows, parts),
+            _rescaled(kl_grads, kl_factor, kl_rows, 2),
+        )
+
+    def rescaled_p_scale_grads(self, p_scale_grads: Tensor, g_loss, g_rec) -> Tensor:
+        """The decoder scale's buffer times its factor: per element like the
+        reconstruction's, or, for a shared scale, Σ over rows of factor · row derivative."""
+        if p_scale_grads.numel() == 0:
+            return p_scale_grads
+        if self.plan.p_scale_mode == P_SCALE_PER_ELEMENT:
+            factor = grad_factor(g_rec, g_loss, 1.0, accumulation_dtype(p_scale_grads.dtype))
+            return _rescaled(p_scale_grads, factor, self.rows()[0], 1)
+        factor = grad_factor(g_rec, g_loss, 1.0, p_scale_grads.dtype)
+        if factor is None:
+            return p_scale_grads
+        return (p_scale_grads * factor.reshape(-1)).sum().reshape(1)
+
+    def input_grads(
+        self,
+        rec_grads: Tensor,
+        kl_grads: Tensor,
+        p_scale_grads: Tensor,
+        rec_live: bool = True,
+        kl_live: bool = True,
+    ) -> tuple[Tensor | None, ...]:
+        """Views of the (rescaled) flat buffers shaped, laid out and typed like the inputs.
+
+        ``rec_live`` / ``kl_live`` say whether any gradient reached the term at all; where
+        none did, its inputs get None (zero), not the unscaled buffer.
+        """
+        plan, flags = self.plan, self.flags
+        n, shape, order, dtypes = plan.n, plan.x_shape, plan.rec_order, plan.dtypes
+        need_p = flags.need_grad_p and rec_live and plan.has_rec
+        need_x = flags.need_grad_x and rec_live and plan.has_rec
+        grads: dict[str, Tensor] = {}
+        if need_p:
+            grads["p"] = unflatten(rec_grads[:n], shape, order).to(dtypes["p"])
+        if need_x:
+            start = n if flags.need_grad_p else 0
+            grads["x"] = unflatten(rec_grads[start : start + n], shape, order).to(dtypes["x"])
+        if flags.need_grad_q and kl_live and plan.has_kl:
+            m = plan.m
+            grads["q_loc"] = (
+                kl_grads[:m].view(plan.q_shape).sum_to_size(plan.q_loc_shape).to(dtypes["q_loc"])
+            )
+            grads["q_scale"] = (
+                kl_grads[m:]
+                .view(plan.q_shape)
+                .sum_to_size(plan.q_scale_shape)
+                .to(dtypes["q_scale"])
+            )
+        if flags.need_grad_p_scale and rec_live and plan.p_scale_mode != NO_P_SCALE:
+            if plan.p_scale_mode == P_SCALE_PER_ELEMENT and plan.has_rec:
+                full = unflatten(p_scale_grads, shape, order)
+                grad = full.sum_to_size(plan.p_scale_shape)
+            else:
+                grad = p_scale_grads.sum().reshape(plan.p_scale_shape)
+            grads["p_scale"] = grad.to(dtypes["p_scale"])
+        return call_gradients(**grads)
+
+
+# ---- the operators' own autograd ------------------------------------------------------
+
+
+def op_setup_context(ctx, inputs, output) -> None:
+    out = LossOutputs(*output)
+    ctx.mark_non_differentiable(out.rec_grads, out.kl_grads, out.kl_per_dim, out.p_scale_grads)
+    ctx.save_for_backward(out.rec_grads, out.kl_grads, out.p_scale_grads)
+    ctx.saved = _Saved(LossCall(*inputs))
+
+
+def op_backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+    g, saved = LossOutputs(*grads), ctx.saved
+    rec_grads, kl_grads, p_scale_grads = ctx.saved_tensors
+    p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g.loss, g.rec)
+    rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g.loss, g.rec, g.kl)
+    return saved.input_grads(rec_grads, kl_grads, p_scale_grads)
+
+
+# ---- what the package calls -----------------------------------------------------------
+
+
+def _tracing(t: Tensor) -> bool:
+    """Whether autograd's backward is being traced (torch.compile, export, opcheck)."""
+    return (
+        torch.compiler.is_compiling()
+        or isinstance(t, FunctionalTensor)
+        or isinstance(t, FakeTensor)
+    )
+
+
+class FusedBetaVAELoss(torch.autograd.Function):
+    """``FusedBetaVAELoss.apply(*call)`` for a :class:`~betavae_triton._call.LossCall`:
+    ``loss, rec, kl, kl_per_dim`` (the last one not differentiable).
+
+    The gradient buffers never leave this function, so the eager backward may rescale
+    them in place (one launch, no traffic when the factor is 1).
+    """
+
+    @staticmethod
+    def forward(ctx, *flat):
+        out = LossOutputs(*torch.ops.betavae_triton.loss_fwd(*flat))
+        ctx.save_for_backward(out.rec_grads, out.kl_grads, out.p_scale_grads)
+        ctx.saved = _Saved(LossCall(*flat))
+        ctx.mark_non_differentiable(out.kl_per_dim)
+        ctx.set_materialize_grads(False)
+        ctx.consumed = False
+        return out.loss, out.rec, out.kl, out.kl_per_dim
+
+    @staticmethod
+    def backward(ctx, g_loss, g_rec, g_kl, _g_kl_per_dim):
+        if ctx.consumed:
+            raise RuntimeError(
+                "betavae_triton's Triton backend writes the gradient during the forward pass "
+                "and rescales it in place in the backward pass, so it cannot backpropagate "
+                "through the same loss twice (retain_graph=True). Compute the loss again, "
+                "or use backend='eager'."
+            )
+        saved: _Saved = ctx.saved
+        rec_grads, kl_grads, p_scale_grads = ctx.saved_tensors
+        p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g_loss, g_rec)
+        if _tracing(rec_grads) or saved.flags.per_sample:
+            # Under torch.compile / export (and for per-sample losses): out of place, so
+            # that inductor fuses the rescaling into whatever consumes the gradient next.
+            rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g_loss, g_rec, g_kl)
+        else:
+            ctx.consumed = True
+            torch.ops.betavae_triton.rescale_grads_(
+                rec_grads, kl_grads, g_rec, g_kl, g_loss, saved.flags.beta
+            )
+        rec_live = g_rec is not None or g_loss is not None
+        kl_live = g_kl is not None or g_loss is not None
+        return saved.input_grads(rec_grads, kl_grads, p_scale_grads, rec_live, kl_live)
