@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The CPU build to take when there is no torch and no GPU (it lies on disk on our CI machines).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: test lint demo bench bench-quick clean
+.PHONY: test lint demo bench bench-quick fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	@if [ ! -x $(PY) ]; then \
@@ -27,6 +27,11 @@ test: $(VENV)/.installed lint
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Property tests with fresh random examples until the budget is spent (not run by CI).
+MINUTES ?= 30
+fuzz: $(VENV)/.installed
+	$(PY) tests/fuzz.py --minutes $(MINUTES) $(ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) -m betavae_triton.demo $(ARGS)

@@ -4,7 +4,10 @@
   Triton backend's tests run its kernels under the interpreter on CPU (CI) and compiled on
   a GPU: the same tests either way. An explicit ``TRITON_INTERPRET`` is left alone.
 - Hypothesis profiles, chosen by ``HYPOTHESIS_PROFILE`` (default ``ci``): ``ci`` is small
-  and derandomized (reproducible CI), ``thorough`` runs 2000 examples per property.
+  and derandomized (reproducible CI: a red CI means a change broke something),
+  ``thorough`` runs 2000 examples per property, and ``fuzz`` (what ``make fuzz`` runs, see
+  ``tests/fuzz.py``) draws ``FUZZ_EXAMPLES`` fresh random examples per property, keeps
+  every failing one in ``.hypothesis/`` to replay, and runs the property tests only.
 - At the end, a line ``hypothesis: profile=NAME examples=N`` reports how many examples the
   property tests ran in all (every call of a property's body, counted by wrapping it).
 """
@@ -41,6 +44,14 @@ settings.register_profile(
     "thorough",
     max_examples=2000,
     deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    derandomize=False,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -84,6 +95,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             _deselected_gpu.extend(item.nodeid for item in gpu_only)
             config.hook.pytest_deselected(items=gpu_only)
             items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+    if HYPOTHESIS_PROFILE == "fuzz":
+        plain = [item for item in items if _handle(item) is None]
+        config.hook.pytest_deselected(items=plain)
+        items[:] = [item for item in items if _handle(item) is not None]
     for item in items:
         handle = _handle(item)
         if handle is not None and not getattr(handle.inner_test, "_counts_examples", False):

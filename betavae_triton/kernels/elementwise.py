@@ -94,8 +94,10 @@ def bernoulli_nll_logits(logit, x):
     softplus_tail = tl.where(one_p == 1.0, e, tl.log(one_p) * e / (one_p - 1.0))
     loss = tl.maximum(logit, 0.0) - x * logit + softplus_tail
     loss = tl.where((x < 0.0) | (x > 1.0), float("nan"), loss)
-    sigmoid = tl.where(logit >= 0.0, 1.0 / one_p, e / one_p)
-    return loss, sigmoid - x, -logit
+    # σ(l) − x as (1 − x)·σ(l) − x·σ(−l): no cancellation where σ(l) rounds to 1.
+    sigmoid_pos = tl.where(logit >= 0.0, 1.0 / one_p, e / one_p)
+    sigmoid_neg = tl.where(logit >= 0.0, e / one_p, 1.0 / one_p)
+    return loss, (1.0 - x) * sigmoid_pos - x * sigmoid_neg, -logit
 
 
 @triton.jit
