@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,23 +92,67 @@ def test_bench_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:
     assert "--quick" in done.stdout and "--nidl" in done.stdout
 
 
+# A stand-in for nidl's losses/beta_vae.py, written by this test (not nidl's code): enough
+# to show that each form of --nidl finds the module and its version.
+_STAND_IN = """
+import torch
+
+
+class BetaVAELoss:
+    def __init__(self, beta=4.0, default_dist="normal"):
+        self.beta = beta
+
+    def __call__(self, x, p, q):
+        rec = ((p - x) ** 2).sum() / x.shape[0]
+        kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0))
+        kl = kl.mean(dim=0).sum()
+        return {"rec_loss": rec, "kl_loss": kl, "loss": rec + self.beta * kl}
+"""
+
+
+def _check_loss_class(cls: type) -> None:
+    assert cls.__name__ == "BetaVAELoss"
+    x = torch.rand(2, 3)
+    q = torch.distributions.Normal(torch.zeros(2, 4), torch.ones(2, 4))
+    out = cls(beta=4.0, default_dist="normal")(x, x, q)
+    assert float(out["loss"]) == 0.0
+
+
 def test_nidl_is_read_from_a_path_never_vendored(tmp_path: Path) -> None:
-    """``--nidl`` takes a wheel, nidl's ``beta_vae.py`` or a folder holding the package."""
+    """``--nidl`` takes a wheel, nidl's ``beta_vae.py`` or a folder holding the package:
+    each form is read from a stand-in written here; a real nidl too when one is on disk."""
+    import zipfile
+
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from perf.contenders import load_nidl
 
     assert not list(ROOT.glob("perf/**/beta_vae.py")), "nidl's code must not be vendored"
     assert load_nidl("none", tmp_path).cls is None
-    missing = load_nidl(None, tmp_path)  # no installed nidl, nothing cached: no download
     if importlib.util.find_spec("nidl") is None:
+        missing = load_nidl(None, tmp_path / "empty")  # nothing installed or cached
         assert missing.cls is None and "NOT FOUND" in missing.origin
-    nidl = _nidl_argument()
-    if nidl in ("", "none"):
-        return
-    source = load_nidl(nidl, tmp_path)
-    assert source.cls.__name__ == "BetaVAELoss" and source.version
-    x = torch.rand(2, 3)
-    q = torch.distributions.Normal(torch.zeros(2, 4), torch.ones(2, 4))
-    out = source.cls(beta=4.0, default_dist="normal")(x, x, q)
-    assert float(out["loss"]) == 0.0
+    else:
+        _check_loss_class(load_nidl(None, tmp_path / "empty").cls)
+
+    package = tmp_path / "site" / "nidl"
+    (package / "losses").mkdir(parents=True)
+    (package / "losses" / "beta_vae.py").write_text(_STAND_IN)
+    (package / "info.py").write_text('__version__ = "9.9.9"\n')
+    wheel = tmp_path / "nidl-9.9.9-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("nidl/losses/beta_vae.py", _STAND_IN)
+        zf.writestr("nidl-9.9.9.dist-info/METADATA", "Name: nidl\nVersion: 9.9.9\n")
+    forms = (wheel, package / "losses" / "beta_vae.py", package, tmp_path / "site")
+    for form in forms:
+        source = load_nidl(str(form), tmp_path)
+        _check_loss_class(source.cls)
+        assert source.version == "9.9.9", (form, source.version)
+    with pytest.raises(FileNotFoundError):
+        load_nidl(str(tmp_path / "nowhere"), tmp_path)
+
+    real = _nidl_argument()
+    if real not in ("", "none"):  # a real nidl wheel on disk: read it the same way
+        source = load_nidl(real, tmp_path)
+        _check_loss_class(source.cls)
+        assert source.version

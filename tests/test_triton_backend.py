@@ -195,24 +195,88 @@ def test_float16_large_errors_keep_gradients_exact():
     assert float(l1) == pytest.approx(20000.25, rel=1e-3)
 
 
-def test_64_bit_offsets_path():
+class LaunchSpy:
+    """Wraps the launch callables of the CPU and CUDA operators and records, per kernel
+    launch, the kernel's name and its keyword arguments."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.launches: list[tuple[str, dict]] = []
+        monkeypatch.setattr(cpu_ops, "_direct", self._wrap(cpu_ops._direct))
+        monkeypatch.setattr(ops, "wrap_triton", self._wrap(ops.wrap_triton))
+
+    def _wrap(self, launch_fn):
+        def spying(kernel):
+            launched = launch_fn(kernel)
+            name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
+
+            class Grid:
+                def __getitem__(_, grid):
+                    def run(*args, **kwargs):
+                        self.launches.append((name, kwargs))
+                        return launched[grid](*args, **kwargs)
+
+                    return run
+
+            return Grid()
+
+        return spying
+
+
+def test_64_bit_offsets_path(monkeypatch):
     # A tensor over 2^31 elements does not fit a CPU test; lower the threshold instead so
-    # the int64-offset variant of every kernel runs, and check it against the reference.
+    # the int64-offset variant of every kernel runs, check that it did (a spy on the
+    # launches), and check the results against the reference.
+    spy = LaunchSpy(monkeypatch)
     gen = torch.Generator().manual_seed(8)
     x, p = _data("bernoulli", (2, 3000), torch.float32, gen)
     mu, sigma = _posterior((2, 3000), torch.float32, gen)
-    saved = launch._INT32_LIMIT
-    launch._INT32_LIMIT = 16
-    try:
-        assert_matches_reference(x, p, mu, sigma, 3.0, "bernoulli")
-        # A factor of 2 runs the backward kernel's int64 path as well.
-        leaves = _leaves(x, p, mu, sigma)
-        loss, _, _ = beta_vae_loss(*leaves, beta=3.0, dist="bernoulli", backend="triton")
-        doubled = torch.autograd.grad(2 * loss, leaves)
-        inputs = LossInputs("bernoulli", x, p, mu, sigma)
-        assert_grads_match(doubled, inputs, 3.0, weights=(2.0, 0.0, 0.0))
-    finally:
-        launch._INT32_LIMIT = saved
+    monkeypatch.setattr(launch, "_INT32_LIMIT", 16)
+    assert_matches_reference(x, p, mu, sigma, 3.0, "bernoulli")
+    # A factor of 2 runs the backward kernel's int64 path as well.
+    leaves = _leaves(x, p, mu, sigma)
+    loss, _, _ = beta_vae_loss(*leaves, beta=3.0, dist="bernoulli", backend="triton")
+    doubled = torch.autograd.grad(2 * loss, leaves)
+    inputs = LossInputs("bernoulli", x, p, mu, sigma)
+    assert_grads_match(doubled, inputs, 3.0, weights=(2.0, 0.0, 0.0))
+    flags = {}
+    for name, kwargs in spy.launches:
+        if "INT64" in kwargs:
+            flags.setdefault(name, set()).add(kwargs["INT64"])
+    assert flags == {
+        "_reconstruction_fwd_bwd": {True},
+        "_normal_kl_fwd_bwd": {True},
+        "_rescale_grad_inplace": {True},
+    }, flags
+
+
+def test_32_bit_offsets_below_the_limit(monkeypatch):
+    """The spy sees INT64=False for small tensors (so the test above is not vacuous)."""
+    spy = LaunchSpy(monkeypatch)
+    gen = torch.Generator().manual_seed(8)
+    x, p = _data("normal", (2, 30), torch.float32, gen)
+    mu, sigma = _posterior((2, 3), torch.float32, gen)
+    leaves = _leaves(x, p, mu, sigma)
+    loss, _, _ = beta_vae_loss(*leaves, beta=3.0, dist="normal", backend="triton")
+    torch.autograd.grad(2 * loss, leaves)
+    assert {kwargs["INT64"] for _, kwargs in spy.launches if "INT64" in kwargs} == {False}
+
+
+@pytest.mark.gpu
+def test_more_than_2_31_elements_on_the_gpu():
+    """Past 2^31 elements (float32, 8.6 GB a tensor): the value, and the gradient of the
+    last elements, whose offsets overflow 32 bits, land where they belong."""
+    n = 2**31 + 2**20
+    x = torch.zeros((2, n // 2), dtype=torch.float32, device=DEVICE)
+    p = torch.full_like(x, 0.5)
+    p[:, -1000:] = 1.0  # a tail that the gradient must show in its own place
+    p.requires_grad_()
+    mu, sigma = torch.zeros(2, 4, device=DEVICE), torch.ones(2, 4, device=DEVICE)
+    _, rec, _ = beta_vae_loss(x, p, mu, sigma, 1.0, "normal", "triton")
+    expected = ((n // 2 - 1000) * 0.25 + 1000 * 1.0) * 2 / 2
+    assert float(rec) == pytest.approx(expected, rel=1e-6)
+    (grad,) = torch.autograd.grad(rec, [p])
+    assert torch.equal(grad[:, -1000:], torch.full_like(grad[:, -1000:], 1.0))
+    assert torch.equal(grad[:, :1000], torch.full_like(grad[:, :1000], 0.5))
 
 
 # ---- determinism, poisoned outputs, gradient routing --------------------------------------
@@ -291,17 +355,8 @@ def test_backward_twice_is_refused_clearly():
 
 def test_launch_counts(monkeypatch):
     # CONTRACT §6: at most 3 launches forward and 2 backward.
-    launches = []
-
-    def counting(wrap):
-        def launch_fn(kernel):
-            launches.append(kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel))
-            return wrap(kernel)
-
-        return launch_fn
-
-    monkeypatch.setattr(cpu_ops, "_direct", counting(cpu_ops._direct))
-    monkeypatch.setattr(ops, "wrap_triton", counting(ops.wrap_triton))
+    spy = LaunchSpy(monkeypatch)
+    launches = spy.launches
     gen = torch.Generator().manual_seed(14)
     x, p = _data("bernoulli", (4, 3000), torch.float32, gen)
     mu, sigma = _posterior((4, 10), torch.float32, gen)

@@ -1,0 +1,200 @@
+"""Plain examples of the cases a reader should see, each named for the bug it catches.
+
+Hypothesis covers breadth (``test_properties.py``); these pin the corners that random
+draws rarely hit: exact ties, a posterior shared by the batch under ``reduction="none"``,
+NaN confined to its sample, float16 sums past 65504, confident logits, and the float16
+gradient limit of the Triton backend. Every value is compared with ``reference/`` in
+float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _helpers import DEVICE, DISTS, LossInputs, assert_grads_match, assert_values_match
+
+from betavae_triton import beta_vae_loss, reconstruction_loss
+from reference import reference_beta_vae_loss, reference_reconstruction_loss
+
+BACKENDS = pytest.mark.parametrize("backend", ["eager", "triton"])
+
+
+def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+def _posterior(batch: int, latent: int, dtype: torch.dtype, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    loc = torch.randn(batch, latent, generator=gen, dtype=torch.float64)
+    scale = torch.rand(batch, latent, generator=gen, dtype=torch.float64) + 0.3
+    return loc.to(DEVICE, dtype), scale.to(DEVICE, dtype)
+
+
+@BACKENDS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_l1_subgradient_is_zero_at_ties(backend, dtype, reduction):
+    """PyTorch's convention: d|p − x|/dp = 0 where p == x exactly (half the elements)."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    p = torch.where(torch.arange(60).view(3, 4, 5) % 2 == 0, x, x + 0.5)
+    x, p = x.to(DEVICE, dtype), p.to(DEVICE, dtype)
+    loc, scale = _posterior(3, 2, dtype, 22)
+    leaves = _leaves(x, p, loc, scale)
+    loss, *_ = beta_vae_loss(*leaves, 1.0, "laplace", backend, reduction=reduction)
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=dtype, device=DEVICE)
+    grads = torch.autograd.grad((loss * (weights if reduction == "none" else 1)).sum(), leaves)
+    ties = (p == x).cpu()
+    assert ties.sum() == 30
+    assert not grads[0].cpu()[ties].any() and not grads[1].cpu()[ties].any()
+    ref_leaves = _leaves(*(t.cpu().double() for t in (x, p, loc, scale)))
+    ref_loss, *_ = reference_beta_vae_loss(*ref_leaves, 1.0, "laplace", reduction=reduction)
+    w = weights.cpu().double() if reduction == "none" else 1
+    ref_grads = torch.autograd.grad((ref_loss * w).sum(), ref_leaves)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-7)
+
+
+@BACKENDS
+@pytest.mark.parametrize("dist", DISTS)
+def test_per_sample_losses_with_a_posterior_shared_by_the_batch(backend, dist):
+    """reduction="none" with q of batch 1 beside B = 3 samples: each sample's loss adds the
+    one KL, and the posterior's gradient sums the per-sample factors (not their mean)."""
+    gen = torch.Generator().manual_seed(23)
+    x = torch.rand(3, 7, generator=gen, dtype=torch.float64)
+    p = torch.rand(3, 7, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    if dist == "bernoulli":
+        x = x.round()
+    loc, scale = _posterior(1, 4, torch.float64, 24)
+    tensors = (x.to(DEVICE), p.to(DEVICE), loc, scale)
+    weights = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)
+    leaves = _leaves(*tensors)
+    loss, rec, kl = beta_vae_loss(*leaves, 1.5, dist, backend, reduction="none")
+    assert loss.shape == rec.shape == (3,) and kl.shape == (1,)
+    grads = torch.autograd.grad((loss * weights.to(DEVICE)).sum(), leaves)
+    ref_leaves = _leaves(*(t.cpu() for t in tensors))
+    ref = reference_beta_vae_loss(*ref_leaves, 1.5, dist, reduction="none")
+    for got, want in zip((loss, rec, kl), ref, strict=True):
+        torch.testing.assert_close(got.cpu(), want.detach(), rtol=1e-10, atol=1e-12)
+    ref_grads = torch.autograd.grad((ref[0] * weights).sum(), ref_leaves)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-12)
+
+
+@BACKENDS
+@pytest.mark.parametrize("dist", DISTS)
+def test_nan_stays_in_its_own_sample(backend, dist):
+    """reduction="none": a NaN in sample 1's data makes sample 1's terms and gradient NaN,
+    and leaves every other sample's values and gradients as the reference's."""
+    gen = torch.Generator().manual_seed(25)
+    x = torch.rand(4, 2, 9, generator=gen, dtype=torch.float64)
+    p = torch.rand(4, 2, 9, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    if dist == "bernoulli":
+        x = x.round()
+    x[1, 1, 4] = float("nan")
+    loc, scale = _posterior(4, 3, torch.float64, 26)
+    tensors = (x.to(DEVICE), p.to(DEVICE), loc, scale)
+    leaves = _leaves(*tensors)
+    loss, rec, kl = beta_vae_loss(
+        *leaves, 2.0, dist, backend, reduction="none", validate_args=False
+    )
+    assert torch.isnan(rec[1]) and torch.isnan(loss[1]) and torch.isfinite(kl).all()
+    (grad_p,) = torch.autograd.grad(loss.sum(), [leaves[1]])
+    # The other samples, on their own, through the reference (whose bernoulli refuses NaN).
+    others = [0, 2, 3]
+    ref_leaves = _leaves(*(t.cpu()[others] for t in tensors))
+    ref = reference_beta_vae_loss(*ref_leaves, 2.0, dist, reduction="none")
+    (ref_grad_p,) = torch.autograd.grad(ref[0].sum(), [ref_leaves[1]])
+    for got, want in zip((loss, rec, kl), ref, strict=True):
+        torch.testing.assert_close(got.cpu()[others], want.detach(), rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(grad_p.cpu()[others], ref_grad_p, rtol=1e-10, atol=0.0)
+
+
+@BACKENDS
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_float16_sum_beyond_65504_with_a_mean_within(backend, reduction):
+    """8 images whose squared errors sum to 40000 each: the batch total, 320000, overflows
+    float16 while the result, 40000, does not. A float16 accumulation would give inf."""
+    x = torch.zeros(8, 10000, dtype=torch.float16, device=DEVICE)
+    p = torch.full_like(x, 2.0)
+    rec = reconstruction_loss(p, x, "normal", backend, reduction=reduction)
+    assert rec.dtype == torch.float16
+    assert torch.equal(rec.cpu(), torch.full_like(rec.cpu(), 40000.0))
+
+
+# Confident logits: where σ(l) rounds to 0 or 1 in float32 and the naive formula loses the
+# tail log1p(e^−|l|) (l = −15, x = 0: 3.1e-7, not 0).
+CONFIDENT_LOGITS = [-100.0, -30.0, -15.0, -10.0, -6.55, 6.55, 10.0, 15.0, 30.0, 100.0]
+
+
+@BACKENDS
+def test_confident_logits_are_exact_in_float32(backend):
+    """Each sample one logit: the per-sample loss is the element's cross-entropy, within a
+    few float32 roundings of its own value (not of a larger magnitude), and so is its
+    gradient σ(l) − x."""
+    logits = torch.tensor(CONFIDENT_LOGITS * 3, dtype=torch.float32).view(-1, 1)
+    x = torch.tensor([0.0, 1.0, 0.25], dtype=torch.float32).repeat_interleave(10).view(-1, 1)
+    lg = logits.to(DEVICE).requires_grad_()
+    loss = reconstruction_loss(
+        lg, x.to(DEVICE), "bernoulli", backend, p_is_logits=True, reduction="none"
+    )
+    (grad,) = torch.autograd.grad(loss.sum(), [lg])
+    # The exact float64 values, written out: the reference's log-probability cancels
+    # (30 + 9.4e-14) − 30 in float64 and is itself 1 % off at l = 30.
+    lg64, x64 = logits.double(), x.double()
+    want_loss = lg64.clamp_min(0) - x64 * lg64 + torch.log1p(torch.exp(-lg64.abs()))
+    want_grad = (1 - x64) * torch.sigmoid(lg64) - x64 * torch.sigmoid(-lg64)
+    eps = torch.finfo(torch.float32).eps
+    for name, got, want in (("loss", loss, want_loss.view(-1)), ("grad", grad, want_grad)):
+        err = (got.detach().cpu().double().view(-1) - want.view(-1)).abs()
+        bound = 4 * eps * want.view(-1).abs() + torch.finfo(torch.float32).tiny
+        assert (err <= bound).all(), (name, logits.view(-1)[err > bound], err[err > bound])
+
+
+def test_float16_gradient_past_65504_before_its_factor_is_inf_on_the_triton_backend():
+    """The documented limit (README, "Half precision"): the Triton backend stores each
+    float16 per-element derivative in float16 during the forward pass, before the backward
+    pass multiplies it by the incoming factor. A derivative beyond 65504 is then ±inf even
+    where factor · derivative fits (here (p − x)/(p(1 − p)) = −1.1e5 times 0.5): the
+    eager backend (and the reference) give the finite −5.5e4. bfloat16 has float32's range."""
+    p = torch.tensor([[3.2e-6, 0.5]], dtype=torch.float16, device=DEVICE)
+    x = torch.tensor([[0.35, 0.5]], dtype=torch.float16, device=DEVICE)
+    grads = {}
+    for backend in ("eager", "triton"):
+        leaf = p.clone().requires_grad_()
+        rec = reconstruction_loss(leaf, x, "bernoulli", backend, reduction="none")
+        (grads[backend],) = torch.autograd.grad(0.5 * rec.sum(), [leaf])
+    ref_p = p.cpu().double().requires_grad_()
+    ref = reference_reconstruction_loss(ref_p, x.cpu().double(), "bernoulli", reduction="none")
+    (ref_grad,) = torch.autograd.grad(0.5 * ref.sum(), [ref_p])
+    expected = ref_grad.to(torch.float16)
+    assert torch.isfinite(expected).all() and float(expected[0, 0]) < -5e4
+    torch.testing.assert_close(grads["eager"].cpu(), expected, rtol=2e-3, atol=0.0)
+    assert float(grads["triton"][0, 0]) == float("-inf")
+    torch.testing.assert_close(grads["triton"].cpu()[0, 1], expected[0, 1])
+    bf16 = p.to(torch.bfloat16).requires_grad_()
+    rec = reconstruction_loss(bf16, x.to(torch.bfloat16), "bernoulli", "triton", reduction="none")
+    (grad_bf16,) = torch.autograd.grad(0.5 * rec.sum(), [bf16])
+    assert torch.isfinite(grad_bf16).all()
+
+
+@BACKENDS
+@pytest.mark.parametrize("dist", DISTS)
+def test_helpers_check_a_layout_example(backend, dist):
+    """One batch-inner data layout with reduction="mean" through the shared checks (the
+    property strategies draw every layout; this one runs in every CI)."""
+    gen = torch.Generator().manual_seed(27)
+    x = torch.rand(3, 5, 6, generator=gen, dtype=torch.float64)
+    p = torch.rand(3, 5, 6, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    if dist == "bernoulli":
+        x = x.round()
+    x = x.movedim(0, -1).contiguous().movedim(-1, 0).to(DEVICE)
+    p = p.movedim(0, -1).contiguous().movedim(-1, 0).to(DEVICE)
+    loc, scale = _posterior(3, 4, torch.float64, 28)
+    inputs = LossInputs(
+        dist, x, p, loc, scale, layouts=("batch_inner", "batch_inner", "contiguous")
+    )
+    leaves = inputs.leaves()
+    values = beta_vae_loss(*leaves, 2.0, dist, backend)
+    assert_values_match(values, inputs, 2.0)
+    assert_grads_match(torch.autograd.grad(values[0], leaves), inputs, 2.0)
