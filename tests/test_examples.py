@@ -128,16 +128,23 @@ CONFIDENT_LOGITS = [-100.0, -30.0, -15.0, -10.0, -6.55, 6.55, 10.0, 15.0, 30.0, 
 
 
 @BACKENDS
-def test_confident_logits_are_exact_in_float32(backend):
-    """Each sample one logit: the per-sample loss is the element's cross-entropy, within a
-    few float32 roundings of its own value (not of a larger magnitude), and so is its
-    gradient σ(l) − x."""
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_confident_logits_are_exact_in_float32(backend, reduction):
+    """Each sample one logit: the per-sample loss (with "mean": a batch of that one
+    sample) is the element's cross-entropy, within a few float32 roundings of its own value
+    (not of a larger magnitude), and so is its gradient σ(l) − x."""
     logits = torch.tensor(CONFIDENT_LOGITS * 3, dtype=torch.float32).view(-1, 1)
     x = torch.tensor([0.0, 1.0, 0.25], dtype=torch.float32).repeat_interleave(10).view(-1, 1)
     lg = logits.to(DEVICE).requires_grad_()
-    loss = reconstruction_loss(
-        lg, x.to(DEVICE), "bernoulli", backend, p_is_logits=True, reduction="none"
-    )
+    if reduction == "none":
+        loss = reconstruction_loss(
+            lg, x.to(DEVICE), "bernoulli", backend, p_is_logits=True, reduction="none"
+        )
+    else:
+        rows = zip(lg.split(1), x.to(DEVICE).split(1), strict=True)
+        loss = torch.stack(
+            [reconstruction_loss(li, xi, "bernoulli", backend, p_is_logits=True) for li, xi in rows]
+        )
     (grad,) = torch.autograd.grad(loss.sum(), [lg])
     # The exact float64 values, written out: the reference's log-probability cancels
     # (30 + 9.4e-14) − 30 in float64 and is itself 1 % off at l = 30.
@@ -198,3 +205,64 @@ def test_helpers_check_a_layout_example(backend, dist):
     values = beta_vae_loss(*leaves, 2.0, dist, backend)
     assert_values_match(values, inputs, 2.0)
     assert_grads_match(torch.autograd.grad(values[0], leaves), inputs, 2.0)
+
+
+@BACKENDS
+@pytest.mark.parametrize("dist", DISTS)
+def test_per_sample_losses_with_the_batch_innermost_in_memory(backend, dist):
+    """reduction="none" where the batch is the innermost dimension of p's and x's memory:
+    a sample is then no contiguous row, and the kernels must walk a batch-outer copy."""
+    gen = torch.Generator().manual_seed(29)
+    x = torch.rand(3, 4, 5, generator=gen, dtype=torch.float64)
+    p = torch.rand(3, 4, 5, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    if dist == "bernoulli":
+        x = x.round()
+    x, p = (t.movedim(0, -1).contiguous().movedim(-1, 0).to(DEVICE) for t in (x, p))
+    assert p.stride(0) == 1
+    loc, scale = _posterior(3, 2, torch.float64, 30)
+    leaves = [x, p.detach().requires_grad_(), loc, scale]
+    loss, rec, _ = beta_vae_loss(*leaves, 0.5, dist, backend, reduction="none")
+    weights = torch.tensor([1.0, -3.0, 0.5], dtype=torch.float64)
+    (grad_p,) = torch.autograd.grad((loss * weights.to(DEVICE)).sum(), [leaves[1]])
+    ref_p = p.cpu().clone().requires_grad_()
+    ref = reference_beta_vae_loss(
+        x.cpu(), ref_p, loc.cpu(), scale.cpu(), 0.5, dist, reduction="none"
+    )
+    (ref_grad,) = torch.autograd.grad((ref[0] * weights).sum(), [ref_p])
+    torch.testing.assert_close(rec.cpu(), ref[1].detach(), rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(grad_p.cpu(), ref_grad, rtol=1e-10, atol=1e-14)
+
+
+@BACKENDS
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+def test_per_element_decoder_scale_follows_the_memory_order_of_p(backend, dist):
+    """A per-element decoder scale beside channels-last p and x: element i of the scale
+    must meet element i of p, whatever order memory holds them in."""
+    gen = torch.Generator().manual_seed(35)
+    x, p = (torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64) for _ in range(2))
+    s = torch.rand(2, 3, 4, 5, generator=gen, dtype=torch.float64) + 0.5
+    x, p = (t.to(DEVICE).contiguous(memory_format=torch.channels_last) for t in (x, p))
+    leaves = [x, p.requires_grad_(), s.to(DEVICE).requires_grad_()]
+    rec = reconstruction_loss(leaves[1], x, dist, backend, p_scale=leaves[2])
+    grads = torch.autograd.grad(rec, leaves[1:])
+    ref_leaves = [p.detach().cpu().requires_grad_(), s.clone().requires_grad_()]
+    ref = reference_reconstruction_loss(
+        ref_leaves[0], x.cpu(), dist, reduction="mean", p_scale=ref_leaves[1]
+    )
+    ref_grads = torch.autograd.grad(ref, ref_leaves)
+    torch.testing.assert_close(rec.cpu(), ref.detach(), rtol=1e-10, atol=0.0)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-14)
+
+
+@BACKENDS
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(backend, dtype):
+    """8 × 25600 elements, 50 tiles for each lane of the interpreted kernel: a sum kept in
+    the 16-bit dtype drifts by percents; a float32 one is exact to the result's rounding."""
+    x = torch.zeros(8, 25600, dtype=dtype, device=DEVICE)
+    p = torch.full_like(x, 0.1)
+    rec = reconstruction_loss(p, x, "normal", backend)
+    step = float(p[0, 0]) ** 2  # the squared error of one element, exactly
+    expected = torch.tensor(25600 * step, dtype=torch.float64).to(dtype)
+    assert torch.equal(rec.cpu(), expected), (float(rec), float(expected))

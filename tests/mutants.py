@@ -1,0 +1,260 @@
+"""Plant plausible one-line bugs in a copy of the package and watch the tests named for
+them fail: ``python tests/mutants.py [--only ID ...]`` (not part of CI; a few minutes).
+
+Each mutant replaces one exact line fragment of one file with a plausible mistake, in a
+temporary copy of the repository, and runs the tests named for that mistake there. A
+mutant is *caught* when those tests fail. The script first runs every named test on the
+unmutated copy (they must pass), then prints one table row per mutant: its id, what it
+breaks, caught or not, and the first test that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Mutant(NamedTuple):
+    id: str
+    what: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+EX = "tests/test_examples.py::"
+PROP = "tests/test_properties.py::"
+TB = "tests/test_triton_backend.py::"
+MUTANTS = (
+    Mutant(
+        "capacity-c-min",
+        "CapacityBetaVAELoss passes c_min instead of the current capacity",
+        "betavae_triton/loss.py",
+        "            capacity,\n            self.gamma,",
+        "            self.c_min,\n            self.gamma,",
+        (
+            "tests/test_extensions.py::test_capacity_module_is_rec_plus_gamma_distance_to_the_scheduled_capacity",
+        ),
+    ),
+    Mutant(
+        "capacity-fixed-gamma",
+        "CapacityBetaVAELoss uses a fixed γ instead of self.gamma",
+        "betavae_triton/loss.py",
+        "            capacity,\n            self.gamma,",
+        "            capacity,\n            1000.0,",
+        (
+            "tests/test_extensions.py::test_capacity_module_is_rec_plus_gamma_distance_to_the_scheduled_capacity",
+        ),
+    ),
+    Mutant(
+        "per-sample-batch-inner",
+        "reduction='none' walks batch-inner memory without the batch-outermost copy",
+        "betavae_triton/_layout.py",
+        "if order is None or (per_sample and order and order[0] != 0):",
+        "if order is None:",
+        (EX + "test_per_sample_losses_with_the_batch_innermost_in_memory",),
+    ),
+    Mutant(
+        "p-scale-memory-order",
+        "a per-element decoder scale read in its own order, not p's",
+        "betavae_triton/_launch.py",
+        "flatten(call.p_scale.to(plan.rec_dtype).expand(plan.x_shape), order)",
+        "call.p_scale.to(plan.rec_dtype).expand(plan.x_shape).reshape(-1)",
+        (EX + "test_per_element_decoder_scale_follows_the_memory_order_of_p",),
+    ),
+    Mutant(
+        "int64-off",
+        "64-bit offsets switched off in the reconstruction kernel",
+        "betavae_triton/_launch.py",
+        "ACC_FP64=acc == torch.float64,\n        INT64=n > _INT32_LIMIT - block,",
+        "ACC_FP64=acc == torch.float64,\n        INT64=False,",
+        (TB + "test_64_bit_offsets_path",),
+    ),
+    Mutant(
+        "l1-tie-plus-one",
+        "L1 subgradient +1 at p == x (PyTorch's is 0)",
+        "betavae_triton/kernels/elementwise.py",
+        "tl.where(d < 0, -1.0, 0.0)).to(d.dtype)\n    return tl.abs(d)",
+        "tl.where(d < 0, -1.0, 1.0)).to(d.dtype)\n    return tl.abs(d)",
+        (EX + "test_l1_subgradient_is_zero_at_ties",),
+    ),
+    Mutant(
+        "shared-posterior-mean-factor",
+        "per-sample backward averages a shared posterior's factors instead of summing",
+        "betavae_triton/_autograd.py",
+        "g_loss_kl = g_loss.sum().reshape(1)",
+        "g_loss_kl = g_loss.mean().reshape(1)",
+        (EX + "test_per_sample_losses_with_a_posterior_shared_by_the_batch",),
+    ),
+    Mutant(
+        "cpu-op-2-beta",
+        "the CPU operator's eager implementation adds 2β·kl",
+        "betavae_triton/_cpu_ops.py",
+        "out.loss.copy_(out.rec.to(plan.loss_dtype) + call.beta *",
+        "out.loss.copy_(out.rec.to(plan.loss_dtype) + 2 * call.beta *",
+        ("tests/test_cpu_operator.py",),
+    ),
+    Mutant(
+        "cpu-op-rescale",
+        "the CPU rescaling fallback ignores g_loss's weight",
+        "betavae_triton/_cpu_ops.py",
+        "factor = grad_factor(g_term, g_loss, weight, torch.float64)",
+        "factor = grad_factor(g_term, g_loss, 1.0, torch.float64)",
+        ("tests/test_cpu_operator.py",),
+    ),
+    Mutant(
+        "half-accumulation",
+        "16-bit inputs accumulated in their own dtype (a bfloat16/float16 accumulation)",
+        "betavae_triton/kernels/reconstruction.py",
+        "        acc += tl.where(mask, loss, 0.0)",
+        "        acc = (acc + tl.where(mask, loss, 0.0)).to(p_ptr.dtype.element_ty).to(acc_ty)",
+        (EX + "test_half_precision_accumulates_in_float32",),
+    ),
+    Mutant(
+        "kl-over-data-batch",
+        "the KL divided by the data batch instead of the posterior's",
+        "betavae_triton/_call.py",
+        "rec_div, kl_div = max(batch, 1), max(q_batch, 1)",
+        "rec_div, kl_div = max(batch, 1), max(batch, 1)",
+        (PROP + "test_matches_reference", TB + "test_posterior_broadcasting"),
+    ),
+    Mutant(
+        "bce-clamp-dropped-kernel",
+        "the −100 clamp of log p dropped in the kernel",
+        "betavae_triton/kernels/elementwise.py",
+        "    return tl.where(lv < BCE_LOG_FLOOR, BCE_LOG_FLOOR, lv)",
+        "    return lv",
+        (TB + "test_bernoulli_at_exactly_zero_and_one",),
+    ),
+    Mutant(
+        "bce-clamp-dropped-eager",
+        "the −100 clamp of log p dropped in the eager path",
+        "betavae_triton/_eager.py",
+        "log_p = torch.log(p).clamp_min_(BCE_LOG_FLOOR)",
+        "log_p = torch.log(p)",
+        (PROP + "test_matches_reference",),
+    ),
+    Mutant(
+        "logits-eager-aten",
+        "eager logits loss back to ATen's float32 binary_cross_entropy_with_logits",
+        "betavae_triton/_eager.py",
+        "        return _nan_outside_unit_interval(_BernoulliLogitsNLL.apply(p, x).sum(), x)",
+        "        return F.binary_cross_entropy_with_logits(p, x, reduction='sum')",
+        (EX + "test_confident_logits_are_exact_in_float32",),
+    ),
+    Mutant(
+        "logits-grad-cancels",
+        "the kernel's logit gradient as σ(l) − x (cancels where σ(l) rounds to 1)",
+        "betavae_triton/kernels/elementwise.py",
+        "    return loss, (1.0 - x) * sigmoid_pos - x * sigmoid_neg, -logit",
+        "    return loss, sigmoid_pos - x, -logit",
+        (EX + "test_confident_logits_are_exact_in_float32",),
+    ),
+    Mutant(
+        "logvar-grad",
+        "the log-variance gradient without its ½",
+        "betavae_triton/kernels/elementwise.py",
+        "return 0.5 * (mu * mu + var - 1.0 - logvar), mu, 0.5 * (var - 1.0)",
+        "return 0.5 * (mu * mu + var - 1.0 - logvar), mu, (var - 1.0)",
+        (PROP + "test_logits_and_logvar_match_reference",),
+    ),
+    Mutant(
+        "finalize-kl-row",
+        "the finalize reads KL row r even for a posterior shared by the batch",
+        "betavae_triton/kernels/finalize.py",
+        "kl_row = tl.where(kl_rows == 1, 0, row)",
+        "kl_row = row",
+        (EX + "test_per_sample_losses_with_a_posterior_shared_by_the_batch",),
+    ),
+    Mutant(
+        "rescale-skip-wrong",
+        "the backward skips rescaling whenever the factor is positive",
+        "betavae_triton/kernels/rescale.py",
+        "    if factor != 1.0:",
+        "    if factor < 0.0:",
+        (TB + "test_incoming_gradients_are_routed_to_each_term",),
+    ),
+    Mutant(
+        "bce-eps-dropped",
+        "BCE gradient without ATen's 1e-12 floor of p(1 − p)",
+        "betavae_triton/kernels/elementwise.py",
+        "    denom = tl.where(denom < BCE_GRAD_EPS, BCE_GRAD_EPS, denom)",
+        "    denom = denom",
+        (TB + "test_bernoulli_at_exactly_zero_and_one",),
+    ),
+)
+
+FAILED = re.compile(r"^FAILED (\S+)", re.MULTILINE)
+
+
+def _copy_tree(dest: Path) -> None:
+    for name in ("betavae_triton", "reference", "tests", "perf", "pyproject.toml", "README.md"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "out"))
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def _pytest(where: Path, tests: tuple[str, ...]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    env = {"PYTHONPATH": str(where), "PATH": "/usr/bin:/bin", "HOME": str(where)}
+    return subprocess.run(cmd, cwd=where, capture_output=True, text=True, env=env, timeout=900)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="mutant ids to run (default: all)")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.only or m.id in args.only]
+    rows, missed = [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = Path(tmp) / "clean"
+        _copy_tree(clean)
+        named = tuple(sorted({t for m in mutants for t in m.tests}))
+        baseline = _pytest(clean, named)
+        if baseline.returncode != 0:
+            print(baseline.stdout[-4000:] + baseline.stderr[-2000:])
+            print("the named tests fail without any mutant: fix them first")
+            return 2
+        for m in mutants:
+            work = Path(tmp) / m.id
+            _copy_tree(work)
+            target = work / m.file
+            text = target.read_text()
+            if text.count(m.old) != 1:
+                print(
+                    f"{m.id}: the fragment to mutate occurs {text.count(m.old)} times in {m.file}"
+                )
+                return 2
+            target.write_text(text.replace(m.old, m.new))
+            start = time.monotonic()
+            run = _pytest(work, m.tests)
+            caught = run.returncode != 0
+            missed += not caught
+            first = FAILED.search(run.stdout)
+            by = first.group(1) if first else ("(error)" if caught else "-")
+            rows.append(
+                (m.id, m.what, "caught" if caught else "MISSED", by, time.monotonic() - start)
+            )
+            print(f"{m.id}: {'caught' if caught else 'MISSED'} by {by}", flush=True)
+            shutil.rmtree(work)
+    print("\n| mutant | the bug | result | first failing test |\n| --- | --- | --- | --- |")
+    for mid, what, result, by, _ in rows:
+        print(f"| `{mid}` | {what} | {result} | `{by}` |")
+    print(f"\n{len(rows) - missed} of {len(rows)} mutants caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
