@@ -68,32 +68,49 @@ def _rescaled(grads: Tensor, factor: Tensor | None, rows: int = 0, parts: int = 
 
 
 class _Saved:
-    """What the backward pass needs of a call: its plan and flags (no input tensors)."""
+    """What the backward pass needs of a call besides the saved tensors: its plan and its
+    flags (a LossCall without tensors), and whether β itself needs a gradient."""
 
     def __init__(self, call: LossCall) -> None:
         self.plan: LaunchPlan = plan_call(call)
-        self.flags: LossCall = call._replace(x=None, p=None, q_loc=None, q_scale=None, p_scale=None)
+        self.flags: LossCall = call._replace(
+            x=None, p=None, q_loc=None, q_scale=None, p_scale=None, beta_tensor=None
+        )
+        self.beta_needs_grad = call.beta_tensor is not None and call.beta_tensor.requires_grad
+
+    def save(self, ctx, call: LossCall, out: LossOutputs) -> None:
+        """Save the buffers, β's tensor and (when β needs a gradient) the KL term."""
+        kl = out.kl if self.beta_needs_grad else None
+        ctx.save_for_backward(out.rec_grads, out.kl_grads, out.p_scale_grads, call.beta_tensor, kl)
+        ctx.saved = self
+
+    def beta_grad(self, g_loss: Tensor | None, kl: Tensor | None) -> Tensor | None:
+        """dL/dβ = Σ g_loss · kl (per sample, the shared KL counts once per sample)."""
+        if not self.beta_needs_grad or g_loss is None:
+            return None
+        return (g_loss * kl).sum()
 
     def rows(self) -> tuple[int, int]:
         """Rows of the rec and KL buffers for per-sample scaling (0, 0 for the mean)."""
         return (self.plan.rec_rows, self.plan.kl_rows) if self.flags.per_sample else (0, 0)
 
-    def factors(self, g_loss, g_rec, g_kl, dtypes) -> tuple[Tensor | None, Tensor | None]:
-        """The factors of the rec and KL buffers, in the given accumulation dtypes."""
+    def factors(self, g_loss, g_rec, g_kl, weight, dtypes) -> tuple[Tensor | None, Tensor | None]:
+        """The factors of the rec and KL buffers, in the given accumulation dtypes (``weight``
+        is β: a number or a 0-d tensor)."""
         _, kl_rows = self.rows()
         g_loss_kl = g_loss
         if g_loss is not None and kl_rows and kl_rows != g_loss.numel():
             g_loss_kl = g_loss.sum().reshape(1)  # a posterior shared by every sample
         return (
             grad_factor(g_rec, g_loss, 1.0, dtypes[0]),
-            grad_factor(g_kl, g_loss_kl, self.flags.beta, dtypes[1]),
+            grad_factor(g_kl, g_loss_kl, weight, dtypes[1]),
         )
 
-    def rescaled(self, rec_grads, kl_grads, g_loss, g_rec, g_kl) -> tuple[Tensor, Tensor]:
+    def rescaled(self, rec_grads, kl_grads, g_loss, g_rec, g_kl, weight) -> tuple[Tensor, Tensor]:
         """The reconstruction's and the KL's buffers times their factors, out of place."""
         flags, (rec_rows, kl_rows) = self.flags, self.rows()
         acc = accumulation_dtype(rec_grads.dtype), accumulation_dtype(kl_grads.dtype)
-        rec_factor, kl_factor = self.factors(g_loss, g_rec, g_kl, acc)
+        rec_factor, kl_factor = self.factors(g_loss, g_rec, g_kl, weight, acc)
         parts = int(flags.need_grad_p) + int(flags.need_grad_x)
         return (
             _rescaled(rec_grads, rec_factor, rec_rows, parts),
@@ -120,6 +137,7 @@ class _Saved:
         p_scale_grads: Tensor,
         rec_live: bool = True,
         kl_live: bool = True,
+        beta_grad: Tensor | None = None,
     ) -> tuple[Tensor | None, ...]:
         """Views of the (rescaled) flat buffers shaped, laid out and typed like the inputs.
 
@@ -154,6 +172,8 @@ class _Saved:
             else:
                 grad = p_scale_grads.sum().reshape(plan.p_scale_shape)
             grads["p_scale"] = grad.to(dtypes["p_scale"])
+        if beta_grad is not None:
+            grads["beta_tensor"] = beta_grad
         return call_gradients(**grads)
 
 
@@ -161,18 +181,19 @@ class _Saved:
 
 
 def op_setup_context(ctx, inputs, output) -> None:
-    out = LossOutputs(*output)
+    call, out = LossCall(*inputs), LossOutputs(*output)
     ctx.mark_non_differentiable(out.rec_grads, out.kl_grads, out.kl_per_dim, out.p_scale_grads)
-    ctx.save_for_backward(out.rec_grads, out.kl_grads, out.p_scale_grads)
-    ctx.saved = _Saved(LossCall(*inputs))
+    _Saved(call).save(ctx, call, out)
 
 
 def op_backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
     g, saved = LossOutputs(*grads), ctx.saved
-    rec_grads, kl_grads, p_scale_grads = ctx.saved_tensors
+    rec_grads, kl_grads, p_scale_grads, beta_tensor, kl = ctx.saved_tensors
+    weight = beta_tensor if beta_tensor is not None else saved.flags.beta
     p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g.loss, g.rec)
-    rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g.loss, g.rec, g.kl)
-    return saved.input_grads(rec_grads, kl_grads, p_scale_grads)
+    rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g.loss, g.rec, g.kl, weight)
+    beta_grad = saved.beta_grad(g.loss, kl)
+    return saved.input_grads(rec_grads, kl_grads, p_scale_grads, beta_grad=beta_grad)
 
 
 # ---- what the package calls -----------------------------------------------------------
@@ -197,9 +218,9 @@ class FusedBetaVAELoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *flat):
+        call = LossCall(*flat)
         out = LossOutputs(*torch.ops.betavae_triton.loss_fwd(*flat))
-        ctx.save_for_backward(out.rec_grads, out.kl_grads, out.p_scale_grads)
-        ctx.saved = _Saved(LossCall(*flat))
+        _Saved(call).save(ctx, call, out)
         ctx.mark_non_differentiable(out.kl_per_dim)
         ctx.set_materialize_grads(False)
         ctx.consumed = False
@@ -215,17 +236,19 @@ class FusedBetaVAELoss(torch.autograd.Function):
                 "or use backend='eager'."
             )
         saved: _Saved = ctx.saved
-        rec_grads, kl_grads, p_scale_grads = ctx.saved_tensors
+        rec_grads, kl_grads, p_scale_grads, beta_tensor, kl = ctx.saved_tensors
+        weight = beta_tensor if beta_tensor is not None else saved.flags.beta
         p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g_loss, g_rec)
         if _tracing(rec_grads) or saved.flags.per_sample:
             # Under torch.compile / export (and for per-sample losses): out of place, so
             # that inductor fuses the rescaling into whatever consumes the gradient next.
-            rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g_loss, g_rec, g_kl)
+            rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g_loss, g_rec, g_kl, weight)
         else:
             ctx.consumed = True
             torch.ops.betavae_triton.rescale_grads_(
-                rec_grads, kl_grads, g_rec, g_kl, g_loss, saved.flags.beta
+                rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, saved.flags.beta
             )
         rec_live = g_rec is not None or g_loss is not None
         kl_live = g_kl is not None or g_loss is not None
-        return saved.input_grads(rec_grads, kl_grads, p_scale_grads, rec_live, kl_live)
+        beta_grad = saved.beta_grad(g_loss, kl)
+        return saved.input_grads(rec_grads, kl_grads, p_scale_grads, rec_live, kl_live, beta_grad)

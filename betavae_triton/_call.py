@@ -39,12 +39,14 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 class LossCall(NamedTuple):
     """The inputs and options of one call of the fused loss.
 
-    ``dist`` is the reconstruction loss the kernels compute: ``"normal"``, ``"laplace"``,
-    ``"bernoulli"`` or ``"bernoulli_logits"`` (p holds logits). ``q_scale`` holds σ, or
-    log σ² with ``q_is_logvar``. ``p_scale`` is the decoder's scale of the full
-    likelihood (shared or broadcast to x). ``per_sample`` is ``reduction="none"``;
-    ``kl_per_dim`` adds the batch-mean KL of each latent. The ``need_grad_*`` flags say
-    which gradients the forward pass writes.
+    β is ``beta_tensor`` (a 0-d tensor on the data's device, read by the kernels there:
+    a schedule that changes it every step changes no graph) or, when that is None, the
+    number ``beta``. ``dist`` is the reconstruction loss the kernels compute: ``"normal"``,
+    ``"laplace"``, ``"bernoulli"`` or ``"bernoulli_logits"`` (p holds logits).
+    ``q_scale`` holds σ, or log σ² with ``q_is_logvar``. ``p_scale`` is the decoder's scale
+    of the full likelihood (shared or broadcast to x). ``per_sample`` is
+    ``reduction="none"``; ``kl_per_dim`` adds the batch-mean KL of each latent. The
+    ``need_grad_*`` flags say which gradients the forward pass writes.
     """
 
     x: Tensor | None
@@ -52,6 +54,7 @@ class LossCall(NamedTuple):
     q_loc: Tensor | None
     q_scale: Tensor | None
     p_scale: Tensor | None
+    beta_tensor: Tensor | None
     beta: float
     dist: str
     q_is_logvar: bool
@@ -61,6 +64,11 @@ class LossCall(NamedTuple):
     need_grad_p: bool
     need_grad_q: bool
     need_grad_p_scale: bool
+
+    @property
+    def weight(self) -> Tensor | float:
+        """β as the call holds it: the tensor, or the number."""
+        return self.beta_tensor if self.beta_tensor is not None else self.beta
 
 
 class LossOutputs(NamedTuple):
@@ -111,7 +119,9 @@ class LaunchPlan(NamedTuple):
     sample), gradients divided by ``rec_div`` (B for the mean, 1 per sample); the decoder
     scale read as ``p_scale_mode``. KL: ``m`` elements of the broadcast posterior
     ``q_shape`` (0: no such term), ``kl_rows`` rows, divisor ``kl_div``. The finalize runs
-    ``rows`` programs. ``dtypes`` are those of the inputs, for the gradients.
+    ``rows`` programs. ``dtypes`` are those of the inputs, for the gradients; the kernels
+    read each input in its own dtype (no cast copies) and write the reconstruction's
+    gradients in ``rec_grads_dtype``.
     """
 
     device: torch.device
@@ -130,6 +140,7 @@ class LaunchPlan(NamedTuple):
     kl_div: int
     rows: int
     rec_dtype: torch.dtype
+    rec_grads_dtype: torch.dtype
     kl_dtype: torch.dtype
     loss_dtype: torch.dtype
     dtypes: dict[str, torch.dtype]
@@ -148,6 +159,17 @@ def p_scale_mode(p_scale: Tensor | None) -> int:
     if p_scale is None:
         return NO_P_SCALE
     return P_SCALE_SHARED if p_scale.numel() == 1 else P_SCALE_PER_ELEMENT
+
+
+def _rec_grads_dtype(call: LossCall, rec_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the reconstruction's gradients are written in: the one input's own dtype
+    when only p (or only x) needs a gradient, so that a 16-bit decoder output beside
+    float32 data gets its gradient without a cast; their promotion when both do."""
+    if call.need_grad_p and not call.need_grad_x:
+        return call.p.dtype
+    if call.need_grad_x and not call.need_grad_p:
+        return call.x.dtype
+    return rec_dtype
 
 
 def plan_call(call: LossCall) -> LaunchPlan:
@@ -201,6 +223,7 @@ def plan_call(call: LossCall) -> LaunchPlan:
         kl_div=kl_div,
         rows=rows,
         rec_dtype=rec_dtype,
+        rec_grads_dtype=_rec_grads_dtype(call, rec_dtype),
         kl_dtype=kl_dtype,
         loss_dtype=torch.promote_types(rec_dtype, kl_dtype),
         dtypes=dtypes,

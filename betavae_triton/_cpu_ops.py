@@ -36,8 +36,9 @@ def loss_fwd(call: LossCall) -> LossOutputs:
     return eager_loss_fwd(call)
 
 
-def rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta: float) -> None:
+def rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta: float) -> None:
     """``betavae_triton::rescale_grads_`` on CPU tensors."""
+    beta = beta_tensor if beta_tensor is not None else beta
     if interpreter_enabled():
         _launch.rescale_grad_(_direct, rec_grads, g_rec, g_loss, 1.0)
         _launch.rescale_grad_(_direct, kl_grads, g_kl, g_loss, beta)
@@ -76,7 +77,9 @@ def _reconstruction_elements(p, x, s, dist: str) -> tuple[torch.Tensor, ...]:
         return loss.masked_fill(outside, torch.nan), d_p, -p, None
     log_p = torch.log(p).clamp_min(BCE_LOG_FLOOR)
     log_1mp = torch.log1p(-p).clamp_min(BCE_LOG_FLOOR)
-    loss = -(log_1mp + x * (log_p - log_1mp))
+    # (L − x·L) + x·log p, not L + x·(log p − L): exact for x = 0 and 1, where the
+    # difference would lose log p next to L (p = 1 − 1e-16: 1e-16 beside 36.7).
+    loss = -((log_1mp - x * log_1mp) + x * log_p)
     d_p = d / (p * (1 - p)).clamp_min(BCE_GRAD_EPS)
     return loss.masked_fill(outside, torch.nan), d_p, log_1mp - log_p, None
 
@@ -95,14 +98,14 @@ def _reconstruction(call: LossCall, plan: LaunchPlan, out: LossOutputs) -> torch
     writes them: per element flat in the plan's order, a shared scale's per row."""
     acc = accumulation_dtype(plan.rec_dtype)
     order, rows = plan.rec_order, plan.rec_rows
-    p = flatten(call.p.to(plan.rec_dtype), order).to(acc).view(rows, -1)
-    x = flatten(call.x.to(plan.rec_dtype), order).to(acc).view(rows, -1)
+    p = flatten(call.p, order).to(acc).view(rows, -1)
+    x = flatten(call.x, order).to(acc).view(rows, -1)
     s = None
     if plan.p_scale_mode == P_SCALE_PER_ELEMENT:
-        s = flatten(call.p_scale.to(plan.rec_dtype).expand(plan.x_shape), order).to(acc)
+        s = flatten(call.p_scale.expand(plan.x_shape), order).to(acc)
         s = s.view(rows, -1)
     elif plan.p_scale_mode == P_SCALE_SHARED:
-        s = call.p_scale.to(plan.rec_dtype).to(acc).reshape(())
+        s = call.p_scale.to(acc).reshape(())
     loss, d_p, d_x, d_s = _reconstruction_elements(p, x, s, call.dist)
     wanted = [g for g, need in ((d_p, call.need_grad_p), (d_x, call.need_grad_x)) if need]
     if wanted:
@@ -117,8 +120,8 @@ def _reconstruction(call: LossCall, plan: LaunchPlan, out: LossOutputs) -> torch
 def _kl(call: LossCall, plan: LaunchPlan, out: LossOutputs) -> torch.Tensor:
     """The KL rows, and the derivatives over the broadcast posterior written into ``out``."""
     acc = accumulation_dtype(plan.kl_dtype)
-    q_loc = call.q_loc.to(plan.kl_dtype).to(acc).expand(plan.q_shape)
-    q_scale = call.q_scale.to(plan.kl_dtype).to(acc).expand(plan.q_shape)
+    q_loc = call.q_loc.to(acc).expand(plan.q_shape)
+    q_scale = call.q_scale.to(acc).expand(plan.q_shape)
     kl, d_loc, d_scale = _kl_elements(q_loc, q_scale, call.q_is_logvar)
     if call.need_grad_q:
         grads = torch.cat([d_loc.reshape(-1), d_scale.reshape(-1)])
@@ -141,7 +144,7 @@ def eager_loss_fwd(call: LossCall) -> LossOutputs:
         out.p_scale_grads.zero_()
     out.rec.copy_(_rows(rec, out.rec))
     out.kl.copy_(_rows(kl, out.kl))
-    out.loss.copy_(out.rec.to(plan.loss_dtype) + call.beta * _rows(out.kl, out.loss))
+    out.loss.copy_(out.rec.to(plan.loss_dtype) + call.weight * _rows(out.kl, out.loss))
     return out
 
 

@@ -29,8 +29,9 @@ class _BernoulliNLL(torch.autograd.Function):
         # costs page faults).
         log_p = torch.log(p).clamp_min_(BCE_LOG_FLOOR)
         log_1mp = torch.neg(p).log1p_().clamp_min_(BCE_LOG_FLOOR)
-        # −[x·log p + (1 − x)·log(1 − p)] = −[log(1 − p) + x·(log p − log(1 − p))]
-        loss = log_p.sub_(log_1mp).mul_(x).add_(log_1mp).neg_()
+        # −[x·log p + (1 − x)·log(1 − p)] as −[(L − x·L) + x·log p], L = log(1 − p): exact
+        # for x = 0 and 1 (L + x·(log p − L) would lose log p = −1e-16 beside L = −36.7).
+        loss = torch.addcmul(log_1mp, x, log_1mp, value=-1.0).addcmul_(x, log_p).neg_()
         # Targets outside [0, 1] give NaN, not an extrapolated number. (Probabilities
         # outside give NaN through the logs.)
         if reduce:
@@ -208,5 +209,7 @@ def beta_vae_loss(call: LossCall) -> tuple[torch.Tensor | None, ...]:
         if call.kl_per_dim:
             kl_dims = kl_per_dimension(call.q_loc, call.q_scale, call.q_is_logvar).detach()
     if rec is not None and kl is not None:
-        loss = rec + call.beta * kl
+        # A tensor β weighs like a number: it does not change the result's dtype.
+        weighted = call.weight * kl
+        loss = rec + (weighted.to(kl.dtype) if call.beta_tensor is not None else weighted)
     return loss, rec, kl, kl_dims

@@ -85,7 +85,7 @@ def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
     device, n, m = plan.device, plan.n, plan.m
     p_scale_grads_shape, p_scale_grads_dtype = (0,), plan.rec_dtype
     if call.need_grad_p_scale and plan.p_scale_mode == P_SCALE_PER_ELEMENT:
-        p_scale_grads_shape = (n,)
+        p_scale_grads_shape, p_scale_grads_dtype = (n,), plan.dtypes["p_scale"]
     elif call.need_grad_p_scale and plan.p_scale_mode == P_SCALE_SHARED:
         p_scale_grads_shape = (max(1, plan.rec_rows),)
         p_scale_grads_dtype = accumulation_dtype(plan.rec_dtype)
@@ -98,7 +98,7 @@ def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
         loss=_empty(shapes[0], plan.loss_dtype, device),
         rec=_empty(shapes[1], plan.rec_dtype, device),
         kl=_empty(shapes[2], plan.kl_dtype, device),
-        rec_grads=_empty((n_rec_grads,), plan.rec_dtype, device),
+        rec_grads=_empty((n_rec_grads,), plan.rec_grads_dtype, device),
         kl_grads=_empty((2 * m if call.need_grad_q else 0,), plan.kl_dtype, device),
         kl_per_dim=_empty(plan.q_shape[1:] if call.kl_per_dim else (0,), plan.kl_dtype, device),
         p_scale_grads=_empty(p_scale_grads_shape, p_scale_grads_dtype, device),
@@ -111,7 +111,7 @@ def launch_reconstruction(
     """``_reconstruction_fwd_bwd`` over p and x, and a shared scale's gradient from its
     partials. Returns ``(partials, programs per row)``.
 
-    Moves: p and x once (plus a cast or layout copy only where they differ in dtype or
+    Moves: p and x once, each in its own dtype (a layout copy only where they differ in
     memory order), the per-element scale once, each requested gradient written once.
     """
     acc = accumulation_dtype(plan.rec_dtype)
@@ -123,12 +123,12 @@ def launch_reconstruction(
             out.p_scale_grads.zero_()  # no data: the scale gets no gradient
         return partials, 0
     n, order, mode = plan.n, plan.rec_order, plan.p_scale_mode
-    p_flat = flatten(call.p.to(plan.rec_dtype), order)
-    x_flat = flatten(call.x.to(plan.rec_dtype), order)
+    # Each in its own dtype: the kernel upcasts in registers (no cast copy).
+    p_flat, x_flat = flatten(call.p, order), flatten(call.x, order)
     if mode == P_SCALE_PER_ELEMENT:
-        p_scale_flat = flatten(call.p_scale.to(plan.rec_dtype).expand(plan.x_shape), order)
+        p_scale_flat = flatten(call.p_scale.expand(plan.x_shape), order)
     elif mode == P_SCALE_SHARED:
-        p_scale_flat = call.p_scale.to(plan.rec_dtype).reshape(-1)
+        p_scale_flat = call.p_scale.reshape(-1)
     else:
         p_scale_flat = p_flat  # not read
     row_len = n // plan.rec_rows
@@ -169,18 +169,21 @@ def launch_kl(
     launch: Launch, call: LossCall, plan: LaunchPlan, out: LossOutputs
 ) -> tuple[torch.Tensor, int]:
     """``_normal_kl_fwd_bwd`` over the posterior, broadcast to one contiguous shape (a
-    copy only where q_loc and q_scale differ in shape or dtype), and the per-dimension KL
-    from the elements it writes. Returns ``(partials, programs per row)``."""
+    copy only where q_loc or q_scale is broadcast or not contiguous), each read in its own
+    dtype, and the per-dimension KL from the elements it writes. Returns ``(partials,
+    programs per row)``."""
     acc = accumulation_dtype(plan.kl_dtype)
     partials = torch.empty((max(plan.kl_rows, 1) * MAX_PARTIALS,), dtype=acc, device=plan.device)
     if not plan.has_kl:
         return partials, 0
     m = plan.m
-    q_loc = call.q_loc.to(plan.kl_dtype).expand(plan.q_shape).contiguous()
-    q_scale = call.q_scale.to(plan.kl_dtype).expand(plan.q_shape).contiguous()
+    q_loc = call.q_loc.expand(plan.q_shape).contiguous()
+    q_scale = call.q_scale.expand(plan.q_shape).contiguous()
     row_len = m // plan.kl_rows
     block, warps, programs = _row_programs(row_len, plan.kl_rows, q_loc.element_size(), plan.device)
-    kl_elements = torch.empty_like(q_loc) if call.kl_per_dim else q_loc
+    kl_elements = q_loc
+    if call.kl_per_dim:
+        kl_elements = torch.empty(plan.q_shape, dtype=plan.kl_dtype, device=plan.device)
     launch(_normal_kl_fwd_bwd)[(plan.kl_rows, programs)](
         q_loc_ptr=q_loc,
         q_scale_ptr=q_scale,
@@ -215,6 +218,7 @@ def launch_finalize(
     program per row. Moves a few kilobytes."""
     (rec_partials, rec_programs), (kl_partials, kl_programs) = rec, kl
     beta_hi, beta_lo = _split_fp64(call.beta)
+    beta_from_ptr = call.beta_tensor is not None
     launch(_finalize_loss)[(plan.rows,)](
         rec_partial_ptr=rec_partials,
         kl_partial_ptr=kl_partials,
@@ -226,8 +230,10 @@ def launch_finalize(
         kl_rows=plan.kl_rows if plan.kl_rows > 0 else plan.rows,
         rec_div=plan.rec_div,
         kl_div=plan.kl_div,
+        beta_ptr=call.beta_tensor if beta_from_ptr else out.loss,
         beta_hi=beta_hi,
         beta_lo=beta_lo,
+        BETA_FROM_PTR=beta_from_ptr,
         ACC_FP64=plan.loss_dtype == torch.float64,
         MAX_PARTIALS=MAX_PARTIALS,
         num_warps=4,
@@ -252,22 +258,26 @@ def rescale_grad_(
     grad: torch.Tensor,
     g_term: torch.Tensor | None,
     g_loss: torch.Tensor | None,
-    loss_weight: float,
+    loss_weight: float | torch.Tensor,
 ) -> None:
-    """``_rescale_grad_inplace``: grad *= g_term + loss_weight·g_loss, in one launch.
-    Moves nothing when that factor is 1 (decided on the device), 2·N elements otherwise."""
+    """``_rescale_grad_inplace``: grad *= g_term + loss_weight·g_loss, in one launch
+    (``loss_weight`` a number, or a 0-d tensor read on the device). Moves nothing when that
+    factor is 1 (decided on the device), 2·N elements otherwise."""
     n = grad.numel()
     if n == 0 or (g_term is None and g_loss is None):
         return
     block = 4096 if grad.device.type == "cuda" else 1024
-    weight_hi, weight_lo = _split_fp64(loss_weight)
+    from_ptr = isinstance(loss_weight, torch.Tensor)
+    weight_hi, weight_lo = _split_fp64(0.0 if from_ptr else loss_weight)
     launch(_rescale_grad_inplace)[(triton.cdiv(n, block),)](
         grad_ptr=grad,
         n_elements=n,
         g_term_ptr=g_term if g_term is not None else grad,
         g_loss_ptr=g_loss if g_loss is not None else grad,
+        weight_ptr=loss_weight if from_ptr else grad,
         weight_hi=weight_hi,
         weight_lo=weight_lo,
+        WEIGHT_FROM_PTR=from_ptr,
         HAS_G_TERM=g_term is not None,
         HAS_G_LOSS=g_loss is not None,
         ACC_FP64=grad.dtype == torch.float64,

@@ -8,7 +8,7 @@ Two operators under the ``betavae_triton`` namespace carry the Triton backend:
     loss, rec and kl, plus the flat buffers of the gradients the backward pass will need,
     written in the same pass over memory as the loss (forward + backward reads p and x
     once).
-``rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta)``
+``rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta)``
     the backward pass: multiplies those buffers in place by the factor the incoming
     gradients make, read on the device (no host sync; no memory traffic when it is 1).
 
@@ -62,13 +62,14 @@ def _rescale_grads_cpu_(
     g_rec: Tensor | None,
     g_kl: Tensor | None,
     g_loss: Tensor | None,
+    beta_tensor: Tensor | None,
     beta: float,
 ) -> None:
-    _cpu_ops.rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta)
+    _cpu_ops.rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta)
 
 
 @_rescale_grads_cpu_.register_fake
-def _(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta):
+def _(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta):
     return None
 
 
@@ -79,14 +80,17 @@ def rescale_grads_(
     g_rec: Tensor | None,
     g_kl: Tensor | None,
     g_loss: Tensor | None,
+    beta_tensor: Tensor | None,
     beta: float,
 ) -> None:
     """Multiply the saved gradients in place by the incoming ones' factor; see above."""
     if rec_grads.device.type == "cpu":
-        torch.ops.betavae_triton.rescale_grads_cpu_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta)
+        args = (rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta)
+        torch.ops.betavae_triton.rescale_grads_cpu_(*args)
         return
     _launch.rescale_grad_(wrap_triton, rec_grads, g_rec, g_loss, 1.0)
-    _launch.rescale_grad_(wrap_triton, kl_grads, g_kl, g_loss, beta)
+    weight = beta_tensor if beta_tensor is not None else beta
+    _launch.rescale_grad_(wrap_triton, kl_grads, g_kl, g_loss, weight)
 
 
 register_autograd("betavae_triton::loss_fwd", op_backward, setup_context=op_setup_context)

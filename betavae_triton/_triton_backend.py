@@ -15,5 +15,5 @@ Tensor = torch.Tensor
 def beta_vae_loss(call: LossCall) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(loss, rec, kl, kl_per_dim)`` of ``call`` (``kl_per_dim`` None unless asked for).
     Three launches forward, at most two backward."""
-    loss, rec, kl, kl_per_dim = FusedBetaVAELoss.apply(*call._replace(beta=float(call.beta)))
+    loss, rec, kl, kl_per_dim = FusedBetaVAELoss.apply(*call)
     return loss, rec, kl, kl_per_dim if call.kl_per_dim else None

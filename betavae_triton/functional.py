@@ -32,6 +32,31 @@ def _needs(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _weight(
+    weight: float | torch.Tensor, device: torch.device
+) -> tuple[float, torch.Tensor | None]:
+    """A loss weight (β) as ``(number, tensor)``: a one-element tensor stays a tensor (a CPU
+    scalar moved to the data's device without a sync), a number stays a number (not
+    ``float()``-ed: under ``torch.compile`` that would specialise the graph on its value)."""
+    if not isinstance(weight, torch.Tensor):
+        return weight, None
+    if weight.numel() != 1:
+        raise ValueError(
+            f"a loss weight must be a number or a one-element tensor, got shape "
+            f"{tuple(weight.shape)}"
+        )
+    if not weight.is_floating_point():
+        weight = weight.to(torch.float64)
+    if weight.device != device:
+        if weight.device.type != "cpu":
+            raise ValueError(
+                f"a loss weight on {weight.device} cannot weigh data on {device}: put it on "
+                "the data's device (or on the CPU)"
+            )
+        weight = weight.to(device, non_blocking=True)
+    return 0.0, weight.reshape(())
+
+
 def _loss_call(
     x: torch.Tensor | None,
     p: torch.Tensor | None,
@@ -39,7 +64,7 @@ def _loss_call(
     q_scale: torch.Tensor | None,
     *,
     p_scale: torch.Tensor | None = None,
-    beta: float = 0.0,
+    beta: float | torch.Tensor = 0.0,
     dist: str = "normal",
     q_is_logvar: bool = False,
     per_sample: bool = False,
@@ -47,12 +72,15 @@ def _loss_call(
 ) -> LossCall:
     """The :class:`~betavae_triton._call.LossCall` of checked arguments (None: a term
     that is not computed)."""
+    device = (x if x is not None else q_loc).device
+    beta, beta_tensor = _weight(beta, device)
     return LossCall(
         x=x,
         p=p,
         q_loc=q_loc,
         q_scale=q_scale,
         p_scale=p_scale,
+        beta_tensor=beta_tensor,
         beta=beta,
         dist=dist,
         q_is_logvar=bool(q_is_logvar),
@@ -70,11 +98,16 @@ def _run(call: LossCall, backend: str | None) -> tuple[torch.Tensor | None, ...]
     for its tensors' device."""
     device = (call.x if call.x is not None else call.q_loc).device
     name = resolve_backend(check_backend(backend) if backend else default_backend(), device)
-    if name == "triton":
-        from ._triton_backend import beta_vae_loss as run
-    else:
-        run = _eager.beta_vae_loss
-    return run(call)
+    if name == "eager":
+        return _eager.beta_vae_loss(call)
+    from ._triton_backend import beta_vae_loss
+
+    if call.beta_tensor is None and torch.compiler.is_compiling():
+        # The operator takes β as a float, on whose value a compiled graph would be
+        # specialised: under torch.compile a number reaches the kernels as a 0-d tensor.
+        beta = torch.ones((), dtype=torch.float64, device=device) * call.beta
+        call = call._replace(beta_tensor=beta, beta=0.0)
+    return beta_vae_loss(call)
 
 
 REDUCTIONS = ("mean", "none")
@@ -165,8 +198,11 @@ def beta_vae_loss(
     q_loc, q_scale : torch.Tensor
         Mean and standard deviation of the diagonal Normal posterior (or its log-variance,
         with ``q_is_logvar``); they broadcast to ``(Bq, ...)``.
-    beta : float, default=4.0
-        Weight of the KL divergence.
+    beta : float or torch.Tensor, default=4.0
+        Weight of the KL divergence: a number or a 0-d tensor (on the data's device, or the
+        CPU), read on the device by the kernels, so that a schedule that changes it every
+        step compiles at most twice under ``torch.compile``. It does not change the
+        results' dtypes.
     dist : {"normal", "laplace", "bernoulli"}, default="normal"
         Decoder distribution, which defines the reconstruction loss.
     backend : {"auto", "triton", "eager"} or None, default=None
@@ -353,8 +389,8 @@ def capacity_beta_vae_loss(
     capacity : torch.Tensor or float
         The target KL, C, in nats: a number or a 0-dim tensor on the data's device (so a
         value that changes every step causes no recompile under ``torch.compile``).
-    gamma : float, default=1000.0
-        Weight of the distance between the KL and the capacity.
+    gamma : float or torch.Tensor, default=1000.0
+        Weight of the distance between the KL and the capacity: a number or a 0-d tensor.
     dist, backend, validate_args, p_is_logits, q_is_logvar
         As in :func:`beta_vae_loss`.
 
@@ -398,4 +434,7 @@ def capacity_beta_vae_loss(
         q_is_logvar=q_is_logvar,
     )
     c = torch.as_tensor(capacity, dtype=kl.dtype, device=kl.device).reshape(())
-    return rec + gamma * (kl - c).abs(), rec, kl
+    distance = gamma * (kl - c).abs()
+    if isinstance(gamma, torch.Tensor):  # a tensor γ weighs like a number: same dtypes
+        distance = distance.to(kl.dtype)
+    return rec + distance, rec, kl

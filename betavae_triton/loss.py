@@ -27,8 +27,10 @@ class BetaVAELoss(nn.Module):
 
     Parameters
     ----------
-    beta : float, default=4.0
-        Weight of the KL divergence.
+    beta : float or torch.Tensor, default=4.0
+        Weight of the KL divergence: a number or a 0-d tensor (on the data's device, or the
+        CPU). A schedule (KL warm-up, cyclical annealing) sets ``loss_fn.beta`` every step;
+        under ``torch.compile`` that compiles at most twice, whichever the form.
     default_dist : {"normal", "laplace", "bernoulli"}, default="normal"
         Decoder distribution assumed when ``p`` is given as a tensor.
     backend : {"auto", "triton", "eager"} or None, default=None
@@ -273,10 +275,12 @@ class CapacityBetaVAELoss(BetaVAELoss):
 
     Parameters
     ----------
-    gamma : float, default=1000.0
-        Weight of the distance between the KL and the capacity.
-    c_min, c_max : float, default=0.0, 25.0
-        The capacity, in nats, at step 0 and from step ``n_steps`` on.
+    gamma : float or torch.Tensor, default=1000.0
+        Weight of the distance between the KL and the capacity: a number or a 0-d tensor,
+        which a schedule may change every step (``loss_fn.gamma = …``) without recompiling.
+    c_min, c_max : float or torch.Tensor, default=0.0, 25.0
+        The capacity, in nats, at step 0 and from step ``n_steps`` on (numbers or 0-d
+        tensors, as ``gamma``).
     n_steps : int, default=100000
         Steps over which the capacity rises from ``c_min`` to ``c_max``.
     default_dist : {"normal", "laplace", "bernoulli"}, default="normal"
@@ -322,11 +326,12 @@ class CapacityBetaVAELoss(BetaVAELoss):
         super().__init__(0.0, default_dist, backend=backend, validate_args=validate_args)
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
-        if gamma < 0:
+        if gamma < 0:  # a tensor γ is read once here, at construction
             raise ValueError(f"gamma must be non-negative, got {gamma}")
-        self.gamma = float(gamma)
-        self.c_min = float(c_min)
-        self.c_max = float(c_max)
+        # Numbers or 0-d tensors: a schedule may change them every step (no recompiles).
+        self.gamma = gamma if isinstance(gamma, torch.Tensor) else float(gamma)
+        self.c_min = c_min if isinstance(c_min, torch.Tensor) else float(c_min)
+        self.c_max = c_max if isinstance(c_max, torch.Tensor) else float(c_max)
         self.n_steps = int(n_steps)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 

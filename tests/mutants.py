@@ -100,8 +100,8 @@ MUTANTS = (
         "cpu-op-2-beta",
         "the CPU operator's eager implementation adds 2β·kl",
         "betavae_triton/_cpu_ops.py",
-        "out.loss.copy_(out.rec.to(plan.loss_dtype) + call.beta *",
-        "out.loss.copy_(out.rec.to(plan.loss_dtype) + 2 * call.beta *",
+        "out.loss.copy_(out.rec.to(plan.loss_dtype) + call.weight *",
+        "out.loss.copy_(out.rec.to(plan.loss_dtype) + 2 * call.weight *",
         ("tests/test_cpu_operator.py",),
     ),
     Mutant(

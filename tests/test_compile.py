@@ -248,6 +248,7 @@ def test_opcheck(dist, dtype):
                 call = LossCall(
                     *args,
                     p_scale=None,
+                    beta_tensor=None,
                     beta=0.5,
                     dist=dist,
                     q_is_logvar=q_logvar,
@@ -259,15 +260,18 @@ def test_opcheck(dist, dtype):
                     need_grad_p_scale=False,
                 )
                 torch.library.opcheck(op, tuple(call))
+                if need_grad_q and per_sample:  # β as a 0-d tensor, with its gradient
+                    beta = torch.tensor(0.5, dtype=dtype, device=DEVICE, requires_grad=True)
+                    torch.library.opcheck(op, tuple(call._replace(beta_tensor=beta, beta=0.0)))
                 if dist in ("normal", "laplace"):
                     for s in scales:
                         full = call._replace(p_scale=s, need_grad_p_scale=need_grad_p)
                         torch.library.opcheck(op, tuple(full))
     grads = torch.rand(50, dtype=dtype, device=DEVICE), torch.rand(10, dtype=dtype, device=DEVICE)
     g = torch.tensor(2.0, dtype=dtype, device=DEVICE)
-    torch.library.opcheck(
-        torch.ops.betavae_triton.rescale_grads_.default, (*grads, g, None, g, 0.5)
-    )
+    rescale = torch.ops.betavae_triton.rescale_grads_.default
+    torch.library.opcheck(rescale, (*grads, g, None, g, None, 0.5))
+    torch.library.opcheck(rescale, (*grads, g, None, g, g, 0.0))
 
 
 class LossModule(nn.Module):
@@ -315,3 +319,70 @@ def test_cuda_graphs_match_eager(dist):
         ref_grads = torch.autograd.grad(ref[0], ref_leaves[1:])
         for got, want in zip((loss, rec, kl, *grads), (*ref, *ref_grads), strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# ---- schedules: a weight that changes every step compiles at most twice -----------------
+
+BETA_FORMS = ("module_float", "module_tensor", "functional_float", "functional_tensor")
+SCHEDULE = [0.0, 0.125, 0.5, 1.0, 1.75, 2.5, 4.0, 6.0]  # a KL warm-up's eight steps
+
+
+def _beta(form: str, value: float):
+    return torch.tensor(value, device=DEVICE) if form.endswith("tensor") else value
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", BETA_FORMS)
+def test_beta_schedule_compiles_at_most_twice(backend, form):
+    """β set every step (``loss_fn.beta = …`` or ``beta=…``), as a number or a 0-d tensor:
+    a fullgraph compile of the step compiles at most twice over eight values (the first,
+    static compile and one with β as an input), and every step's values and gradients
+    equal eager's."""
+    loss_fn = BetaVAELoss(0.0, "normal", backend=backend)
+
+    def step(x, h, mu, log_sigma, beta):
+        if form.startswith("module"):
+            loss_fn.beta = beta
+            out = loss_fn(x, h, Normal(mu, log_sigma.exp()))
+            return out["loss"], out["rec_loss"], out["kl_loss"]
+        return beta_vae_loss(x, h, mu, log_sigma.exp(), beta, "normal", backend)
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    x, h, mu, log_sigma = _batch("normal")
+    for value in SCHEDULE:
+        leaves = [t.detach().requires_grad_() for t in (h, mu, log_sigma)]
+        got = compiled(x, *leaves, _beta(form, value))
+        grads = torch.autograd.grad(got[0], leaves)
+        want_leaves = [t.detach().requires_grad_() for t in (h, mu, log_sigma)]
+        want = step(x, *want_leaves, _beta(form, value))
+        want_grads = torch.autograd.grad(want[0], want_leaves)
+        for a, b in zip((*got, *grads), (*want, *want_grads), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert counter.frame_count <= 2, counter.frame_count
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", ("module_float", "module_tensor"))
+def test_capacity_schedule_weights_compile_at_most_twice(backend, form):
+    """CapacityBetaVAELoss's γ and capacity bounds changed every step, as numbers or 0-d
+    tensors: at most two compiles, values equal eager's."""
+    loss_fn = CapacityBetaVAELoss(gamma=10.0, c_min=0.0, c_max=5.0, n_steps=4, backend=backend)
+    loss_fn = loss_fn.to(DEVICE)
+
+    def step(x, h, mu, log_sigma):
+        return loss_fn(x, h, Normal(mu, log_sigma.exp()))["loss"]
+
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    eager_fn = CapacityBetaVAELoss(gamma=10.0, c_min=0.0, c_max=5.0, n_steps=4, backend=backend)
+    eager_fn = eager_fn.to(DEVICE)
+    batch = _batch("normal")
+    for i, value in enumerate(SCHEDULE):
+        for fn in (loss_fn, eager_fn):
+            fn.gamma = _beta(form, 10.0 + value)
+            fn.c_max = _beta(form, 5.0 + value)
+        got = compiled(*batch)
+        want = eager_fn(batch[0], batch[1], Normal(batch[2], batch[3].exp()))["loss"]
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"step {i}")
+    assert counter.frame_count <= 2, counter.frame_count

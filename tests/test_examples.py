@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import DEVICE, DISTS, LossInputs, assert_grads_match, assert_values_match
+from _helpers import (
+    DEVICE,
+    DISTS,
+    LossInputs,
+    assert_grads_match,
+    assert_values_match,
+    check_against_reference,
+)
 
 from betavae_triton import beta_vae_loss, reconstruction_loss
 from reference import reference_beta_vae_loss, reference_reconstruction_loss
@@ -158,7 +165,7 @@ def test_confident_logits_are_exact_in_float32(backend, reduction):
         assert (err <= bound).all(), (name, logits.view(-1)[err > bound], err[err > bound])
 
 
-def test_float16_gradient_past_65504_before_its_factor_is_inf_on_the_triton_backend():
+def test_float16_gradient_past_65504_before_its_factor_is_inf_on_the_triton_backend() -> None:
     """The documented limit (README, "Half precision"): the Triton backend stores each
     float16 per-element derivative in float16 during the forward pass, before the backward
     pass multiplies it by the incoming factor. A derivative beyond 65504 is then ±inf even
@@ -266,3 +273,67 @@ def test_half_precision_accumulates_in_float32(backend, dtype):
     step = float(p[0, 0]) ** 2  # the squared error of one element, exactly
     expected = torch.tensor(25600 * step, dtype=torch.float64).to(dtype)
     assert torch.equal(rec.cpu(), expected), (float(rec), float(expected))
+
+
+def test_fuzz_found_float16_limit_example():
+    """The input ``make fuzz`` found (test_per_sample_losses_match_reference, float16,
+    reduction="none", sample weight 0.5): two derivatives past 65504 (p = 9.5e-7 and
+    3.2e-6) are ±inf on the Triton backend, every other element is the reference's."""
+    x = torch.tensor(
+        [[[0.9702, 0.7080, 0.4595, 0.9209, 0.6450], [0.7910, 0.1786, 0.3511, 0.5815, 0.2883]]],
+        dtype=torch.float16,
+    )
+    p = torch.tensor(
+        [[[1.7691e-03, 9.5367e-07, 2.5368e-04, 2.2369e-02, 2.9068e-03],
+          [1.4257e-03, 7.5722e-04, 3.1590e-06, 3.8269e-02, 1.4404e-01]]],
+        dtype=torch.float16,
+    )  # fmt: skip
+    leaf = p.to(DEVICE).requires_grad_()
+    rec = reconstruction_loss(leaf, x.to(DEVICE), "bernoulli", "triton", reduction="none")
+    (grad,) = torch.autograd.grad(0.5 * rec.sum(), [leaf])
+    ref_p = p.double().requires_grad_()
+    ref = reference_reconstruction_loss(ref_p, x.double(), "bernoulli", reduction="none")
+    (ref_grad,) = torch.autograd.grad(0.5 * ref.sum(), [ref_p])
+    beyond = (2 * ref_grad).abs() > 65504
+    assert beyond.sum() == 2
+    assert torch.isinf(grad.cpu()[beyond]).all() and (grad.cpu()[beyond] < 0).all()
+    expected = ref_grad[~beyond].to(torch.float16).double()
+    got = grad.cpu()[~beyond].double()
+    assert ((got - expected).abs() <= 2e-3 * expected.abs()).all()
+
+
+@BACKENDS
+def test_fuzz_found_float16_subnormal_kl_gradient(backend):
+    """The second input ``make fuzz`` found (test_logits_and_logvar_match_reference,
+    float16): μ = −4.9e-6 shared by a posterior batch of 2, so μ/Bq is subnormal in
+    float16 when the Triton backend stores it, and the factor 3 and the sum over the two
+    rows multiply that rounding; the tolerance's floor scales with them (``_helpers``)."""
+    inputs = LossInputs(
+        "bernoulli",
+        torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0]], dtype=torch.float16, device=DEVICE),
+        torch.tensor([[-0.6284, -0.4417, -0.7397, 1.6465, -0.1334]], dtype=torch.float16,
+                     device=DEVICE),
+        torch.tensor([[1.2760e-03, 3.7813e-04, -1.2150e-03, -1.3757e-04, 1.2398e-03,
+                       6.1655e-04, -4.9472e-06]], dtype=torch.float16, device=DEVICE),
+        torch.tensor([[0.9990, 0.9990, 1.0000, 1.0010, 1.0010, 1.0020, 0.9995],
+                      [0.9990, 0.9990, 1.0000, 1.0029, 0.9995, 0.9990, 1.0010]],
+                     dtype=torch.float16, device=DEVICE),
+        p_is_logits=True,
+    )  # fmt: skip
+    check_against_reference(inputs, 0.0, backend, "functional", (0.5, -2.0, 3.0))
+
+
+@BACKENDS
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bernoulli_cross_entropy_near_certainty_is_not_cancelled(backend, dtype):
+    """x = 1 and p = 1 − ε (and x = 0, p = ε): the loss is −log(1 − ε) ≈ ε, which the form
+    log(1 − p) + x·(log p − log(1 − p)) loses next to log(1 − p) ≈ −36.7 (found by
+    ``make fuzz`` in float64: 0 instead of 1.1e-16)."""
+    eps = torch.finfo(dtype).eps / 2
+    p = torch.tensor([[1 - eps], [eps]], dtype=dtype, device=DEVICE)
+    x = torch.tensor([[1.0], [0.0]], dtype=dtype, device=DEVICE)
+    rec = reconstruction_loss(p, x, "bernoulli", backend, reduction="none")
+    want = reference_reconstruction_loss(p.cpu().double(), x.cpu().double(), "bernoulli",
+                                         reduction="none")  # fmt: skip
+    assert float(want[0]) > 0
+    torch.testing.assert_close(rec.cpu().double(), want.to(dtype).double(), rtol=4 * eps, atol=0.0)

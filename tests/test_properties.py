@@ -8,6 +8,8 @@ tolerances stated in ``_helpers``. Examples stay small for the interpreter.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from _helpers import (
@@ -24,10 +26,13 @@ from _helpers import (
     assert_grads_match,
     call_loss,
     check_against_reference,
+    grad_floor_scale,
     grad_magnitudes,
     grads_of,
     loss_inputs,
     permute_batch,
+    reference_results,
+    result_dtypes,
     value_magnitudes,
 )
 from hypothesis import given
@@ -242,12 +247,28 @@ def test_per_sample_losses_match_reference(backend, data, dtype, beta, form, wei
     ref_grads = torch.autograd.grad(
         weighted(ref, sample_weights), ref_leaves, allow_unused=True, materialize_grads=True
     )
+    if backend == "triton" and dtype == torch.float16:
+        ref_grads = _with_float16_limit(ref_grads, ref, ref_leaves)
     grad_mags = grad_magnitudes(inputs, beta, weights)
     for name, got, want, mag in zip(
         ("x", "p", "q_loc", "q_scale"), grads, ref_grads, grad_mags, strict=True
     ):
         assert got.shape == want.shape and got.dtype == dtype, name
-        assert_close_to_reference(got, want, 2 * batch * mag, f"grad {name}", context)
+        scale = 2 * grad_floor_scale(inputs, beta, weights)  # sample weights up to 2
+        assert_close_to_reference(got, want, 2 * batch * mag, f"grad {name}", context, None, scale)
+
+
+def _with_float16_limit(ref_grads, ref, ref_leaves):
+    """The documented float16 limit of the Triton backend (README, "float16 limit"): a
+    per-element derivative of the reconstruction beyond 65504 is stored as ±inf before the
+    per-sample factor applies, so the gradient there is ±inf whatever the factor (found by
+    ``make fuzz``: p = 3.2e-6, x = 0.35, weight 0.5; pinned in ``test_examples.py``)."""
+    unscaled = torch.autograd.grad(ref[1].sum(), ref_leaves[:2], retain_graph=True)
+    limited = list(ref_grads)
+    for i, derivative in enumerate(unscaled):
+        beyond = derivative.abs() > torch.finfo(torch.float16).max
+        limited[i] = torch.where(beyond, ref_grads[i].sign() * torch.inf, ref_grads[i])
+    return tuple(limited)
 
 
 SCALE_SHAPES = ("shared", "per_element", "per_channel")
@@ -338,3 +359,42 @@ def test_reference_example_per_dist(backend, dist):
     inputs = LossInputs(dist, *(t.to(DEVICE) for t in (x, p, loc, scale)))
     for dtype in FULL_DTYPES:
         check_against_reference(inputs.to(dtype), 2.5, backend, "functional", (0.5, -2.0, 3.0))
+
+
+@BACKENDS
+@given(
+    data=st.data(),
+    half=st.sampled_from(HALF_DTYPES),
+    which=st.sampled_from(["p", "x", "posterior_full"]),
+    beta=st.sampled_from([0.0, 1.0, 4.0]),
+    weights=st.sampled_from(GRAD_WEIGHTS),
+)
+def test_mixed_dtypes_match_reference(backend, data, half, which, beta, weights):
+    """Mixed precision as autocast makes it: a 16-bit decoder output beside float32 data
+    and posterior (or 16-bit data beside a float32 decoder; or a float32 posterior with a
+    16-bit decoder and data). Results follow the reference's dtype promotion; each
+    gradient comes back in its own input's dtype."""
+    inputs = data.draw(loss_inputs(dtype=torch.float32), label="inputs")
+    if which == "p":
+        inputs = replace(inputs, p=inputs.p.to(half))
+    elif which == "x":
+        inputs = replace(inputs, x=inputs.x.to(half))
+    else:
+        inputs = replace(inputs, x=inputs.x.to(half), p=inputs.p.to(half))
+    leaves = inputs.leaves()
+    values = call_loss(leaves, inputs.dist, beta, backend)
+    context = f"{inputs.describe()} p={inputs.p.dtype} beta={beta} backend={backend}"
+    mags = value_magnitudes(inputs, beta)
+    ref_values, ref_grads = reference_results(inputs, beta, weights)
+    for name, got, want, mag, dtype in zip(
+        ("loss", "rec", "kl"), values, ref_values, mags, result_dtypes(inputs), strict=True
+    ):
+        assert got.dtype == dtype, (name, got.dtype, dtype)
+        assert_close_to_reference(got, want, mag, name, context, tol_dtype=half)
+    grads = grads_of(values, leaves, weights)
+    grad_mags = grad_magnitudes(inputs, beta, weights)
+    for name, got, want, mag, t in zip(
+        ("x", "p", "q_loc", "q_scale"), grads, ref_grads, grad_mags, inputs.tensors, strict=True
+    ):
+        assert got.dtype == t.dtype, (name, got.dtype, t.dtype)
+        assert_close_to_reference(got, want, mag, f"grad {name}", context, tol_dtype=half)

@@ -17,6 +17,7 @@ from _helpers import (
     assert_close_to_reference,
     assert_grads_match,
     assert_values_match,
+    grad_magnitudes,
     value_magnitudes,
 )
 from hypothesis import given
@@ -388,3 +389,27 @@ def test_property_any_layout_matches_reference(
     x, p = _data(dist, shape, dtype, gen)
     mu, sigma = _posterior((shape[0], latent), dtype, gen)
     assert_matches_reference(_layout(x, x_layout), _layout(p, p_layout), mu, sigma, beta, dist)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_mixed_dtypes_are_read_in_place_without_casts(monkeypatch, half):
+    """A 16-bit decoder output beside float32 data and posterior (autocast's mix): the
+    reconstruction kernel reads p's and x's own storage, and writes p's gradient in p's
+    dtype; nothing is cast or copied on the way."""
+    spy = LaunchSpy(monkeypatch)
+    gen = torch.Generator().manual_seed(40)
+    x, p = _data("bernoulli", (3, 2, 7), torch.float32, gen)
+    p = p.to(half).requires_grad_()
+    mu, sigma = _posterior((3, 4), torch.float32, gen)
+    loss, rec, kl = beta_vae_loss(x, p, mu, sigma, 2.0, "bernoulli", "triton")
+    assert (loss.dtype, rec.dtype, kl.dtype) == (torch.float32,) * 3
+    ((_, kwargs),) = [(n, k) for n, k in spy.launches if n == "_reconstruction_fwd_bwd"]
+    assert kwargs["p_ptr"].data_ptr() == p.data_ptr() and kwargs["p_ptr"].dtype == half
+    assert kwargs["x_ptr"].data_ptr() == x.data_ptr() and kwargs["x_ptr"].dtype == torch.float32
+    assert kwargs["grad_p_ptr"].dtype == half
+    (grad,) = torch.autograd.grad(loss, [p])
+    assert grad.dtype == half
+    inputs = LossInputs("bernoulli", x, p.detach(), mu, sigma)
+    _, ref_grads = run_reference(x, p.detach(), mu, sigma, 2.0, "bernoulli")
+    magnitude = grad_magnitudes(inputs, 2.0, (1.0, 0.0, 0.0))[1]
+    assert_close_to_reference(grad, ref_grads[1], magnitude, "grad p")

@@ -72,7 +72,9 @@ def bernoulli_nll(p, x):
     log_p = clamped_log(p)
     l1 = log1p_neg(p)
     log_1mp = tl.where(l1 < BCE_LOG_FLOOR, BCE_LOG_FLOOR, l1)
-    loss = -(log_1mp + x * (log_p - log_1mp))
+    # (L − x·L) + x·log p, not L + x·(log p − L): exact for x = 0 and 1, where the
+    # difference would lose log p next to L (p = 1 − 1e-16: 1e-16 beside 36.7).
+    loss = -((log_1mp - x * log_1mp) + x * log_p)
     loss = tl.where((x < 0.0) | (x > 1.0), float("nan"), loss)
     denom = p * (1.0 - p)
     # ATen's 1e-12 floor is a float32 constant, in float64 too.

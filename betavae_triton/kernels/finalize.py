@@ -19,9 +19,11 @@ def _finalize_loss(
     kl_rows,
     rec_div,
     kl_div,
+    beta_ptr,
     beta_hi,
     beta_lo,
     # what to compute
+    BETA_FROM_PTR: tl.constexpr,
     ACC_FP64: tl.constexpr,
     MAX_PARTIALS: tl.constexpr,
 ):
@@ -32,8 +34,8 @@ def _finalize_loss(
     sizes), one per sample for ``reduction="none"`` (the divisors are 1). The sums run over
     a fixed-size block in a fixed order (bitwise reproducible).
 
-    Memory traffic: reads at most 2·MAX_PARTIALS accumulators per row; writes 3 scalars
-    per row.
+    Memory traffic: reads at most 2·MAX_PARTIALS accumulators per row (and β); writes 3
+    scalars per row.
     """
     row = tl.program_id(0)
     kl_row = tl.where(kl_rows == 1, 0, row)
@@ -51,8 +53,12 @@ def _finalize_loss(
     # 16-bit data, float64 for float64), then rounded to its output dtype.
     rec = rec_sum / tl.full([], rec_div, rec_sum.dtype)
     kl = kl_sum / tl.full([], kl_div, kl_sum.dtype)
-    # β arrives as two float32 halves (hi + lo) so float64 keeps all of its digits.
-    beta = tl.full([], beta_hi, acc_ty) + tl.full([], beta_lo, acc_ty)
+    if BETA_FROM_PTR:
+        # A 0-d tensor read on the device: a β schedule changes no compiled graph.
+        beta = tl.load(beta_ptr).to(acc_ty)
+    else:
+        # A number, as two float32 halves (hi + lo) so that float64 keeps all its digits.
+        beta = tl.full([], beta_hi, acc_ty) + tl.full([], beta_lo, acc_ty)
     # Round each term to its output dtype first, as the reference adds the returned terms.
     rec_out = rec.to(rec_ptr.dtype.element_ty)
     kl_out = kl.to(kl_ptr.dtype.element_ty)

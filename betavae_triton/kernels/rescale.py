@@ -10,8 +10,10 @@ def _rescale_grad_inplace(
     n_elements,
     g_term_ptr,
     g_loss_ptr,
+    weight_ptr,
     weight_hi,
     weight_lo,
+    WEIGHT_FROM_PTR: tl.constexpr,
     HAS_G_TERM: tl.constexpr,
     HAS_G_LOSS: tl.constexpr,
     ACC_FP64: tl.constexpr,
@@ -21,7 +23,8 @@ def _rescale_grad_inplace(
     """grad *= f, where the factor f = g_term + w·g_loss is read on the device.
 
     ``g_term`` is the incoming gradient of the term (rec_loss or kl_loss), ``g_loss`` that
-    of ``loss = rec + β·kl``, and w (1 or β, passed as float32 hi + lo halves) its weight.
+    of ``loss = rec + β·kl``, and w (1 or β) its weight: a 0-d tensor read on the device
+    with ``WEIGHT_FROM_PTR``, else a number passed as float32 hi + lo halves.
     When f == 1, the usual case of ``out["loss"].backward()``, every program returns at
     once: the forward pass already wrote the final gradient, and no host synchronisation
     was needed to learn it.
@@ -34,7 +37,10 @@ def _rescale_grad_inplace(
     if HAS_G_TERM:
         factor += tl.load(g_term_ptr).to(acc_ty)
     if HAS_G_LOSS:
-        w = tl.full([], weight_hi, acc_ty) + tl.full([], weight_lo, acc_ty)
+        if WEIGHT_FROM_PTR:
+            w = tl.load(weight_ptr).to(acc_ty)
+        else:
+            w = tl.full([], weight_hi, acc_ty) + tl.full([], weight_lo, acc_ty)
         factor += w * tl.load(g_loss_ptr).to(acc_ty)
     if factor != 1.0:
         pid = tl.program_id(0)
