@@ -241,24 +241,16 @@ def _decoder_distribution(logits: torch.Tensor, name: str) -> Distribution:
 
 
 def _make_loss_step(
-    model: torch.nn.Module, loss_fn: BetaVAELoss, dist_name: str, warmup: bool
-) -> Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """The step to compile: ``(x, kl_weight) -> (BetaVAELoss's dict, objective)``.
+    model: torch.nn.Module, loss_fn: BetaVAELoss, dist_name: str
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The step to compile: ``x -> BetaVAELoss's dict``, whose ``loss`` the optimiser
+    follows. A KL warm-up sets ``loss_fn.beta`` before each call: the plain idiom, which
+    compiles at most twice however often β changes."""
 
-    The objective, which the optimiser follows, is BetaVAELoss's ``loss`` itself, or during
-    a KL warm-up ``rec_loss + kl_weight * beta * kl_loss``; ``kl_weight`` is a 0-d tensor, so
-    that its changes cause no recompilation.
-    """
-
-    def loss_step(
-        x: torch.Tensor, kl_weight: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def loss_step(x: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, mu, scale = model(x)
         q = Normal(mu, scale, validate_args=False)
-        out = loss_fn(x, _decoder_distribution(logits, dist_name), q)
-        if not warmup:
-            return out, out["loss"]
-        return out, out["rec_loss"] + (kl_weight * loss_fn.beta) * out["kl_loss"]
+        return loss_fn(x, _decoder_distribution(logits, dist_name), q)
 
     return loss_step
 
@@ -419,7 +411,7 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     data_s = time.perf_counter() - t0
 
     loss_fn = _make_loss(config)
-    step_fn = _make_loss_step(model, loss_fn, config.dist, warmup=config.kl_warmup > 0)
+    step_fn = _make_loss_step(model, loss_fn, config.dist)
     if config.compile:
         # DDP's forward cannot be traced (Dynamo breaks the graph there on purpose, see
         # the module docstring), so fullgraph only without it.
@@ -431,10 +423,6 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
         torch.Generator().manual_seed(config.seed * 1000 + info.rank),
     )
 
-    # KL warm-up: the KL's weight grows linearly from 1/kl_warmup to 1 over the first
-    # kl_warmup steps (Bowman et al., 2016), then stays 1: the beta-VAE loss proper.
-    ramp = torch.arange(1, config.steps + 1, dtype=torch.float32) / max(config.kl_warmup, 1)
-    kl_weights = ramp.clamp(max=1.0).to(device)
     history = torch.zeros(config.steps, len(LOSS_KEYS), device=device)
     bar = tqdm(total=config.steps, desc="training", disable=not info.main, dynamic_ncols=True)
     step_times: list[float] = []
@@ -442,11 +430,16 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     for step in range(config.steps):
         t_step = time.perf_counter()
         x = images[next(sampler).to(device)].float()
-        out, objective = step_fn(x, kl_weights[step])
+        # KL warm-up (Bowman et al., 2016): β grows linearly from beta / kl_warmup to beta
+        # over the first kl_warmup steps, then stays: the beta-VAE loss proper.
+        loss_fn.beta = config.beta * min(1.0, (step + 1) / max(config.kl_warmup, 1))
+        out = step_fn(x)
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        out["loss"].backward()
         optimizer.step()
-        history[step] = torch.stack([out[k].detach().float() for k in LOSS_KEYS])
+        # Recorded at the full β, whatever the warm-up's β of this step.
+        rec, kl = out["rec_loss"].detach().float(), out["kl_loss"].detach().float()
+        history[step] = torch.stack([rec + config.beta * kl, rec, kl])
         if step == 0 or (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             last = history[step].tolist()  # the one read-back: syncs with the device
             bar.set_postfix(loss=f"{last[0]:.1f}", rec=f"{last[1]:.1f}", kl=f"{last[2]:.2f}")
