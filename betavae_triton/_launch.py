@@ -43,18 +43,28 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def reduction_config(n: int, element_size: int, device: torch.device) -> tuple[int, int, int]:
-    """``(BLOCK, num_warps, programs)`` for a reduction over ``n`` elements.
+# The GPU launch configuration per element size: (BLOCK, num_warps, programs per SM).
+# 8 elements a thread for 16- and 32-bit data (one or two 128-bit accesses per tensor and
+# tile), 4 for float64; programs per SM that the compiled kernels' registers allow, so the
+# persistent grid is one wave (checked ahead of time by ``perf/codegen.py`` and
+# ``tests/test_codegen.py`` against the registers of every specialization).
+GPU_CONFIG = {2: (2048, 8, 4), 4: (2048, 8, 4), 8: (1024, 8, 2)}
 
-    On the GPU: 16 bytes per thread per load (a 128-bit vector) times 4 in flight, 8 warps,
-    and a persistent grid of 4 programs per SM, which keeps the partials few and the
-    finalize a single block. Under the interpreter: few large programs (each program is a
-    Python call).
-    """
+
+def gpu_reduction_config(n: int, element_size: int, sm_count: int) -> tuple[int, int, int]:
+    """``(BLOCK, num_warps, programs)`` on a GPU of ``sm_count`` SMs: a persistent grid of
+    at most one wave (:data:`GPU_CONFIG`), fewer programs for small inputs."""
+    block, warps, per_sm = GPU_CONFIG[element_size]
+    cap = min(MAX_PARTIALS, per_sm * sm_count)
+    return block, warps, max(1, min(triton.cdiv(n, block), cap))
+
+
+def reduction_config(n: int, element_size: int, device: torch.device) -> tuple[int, int, int]:
+    """``(BLOCK, num_warps, programs)`` for a reduction (or the rescaling) of ``n``
+    elements: :func:`gpu_reduction_config` on CUDA; under the interpreter few large
+    programs (each program is a Python call)."""
     if device.type == "cuda":
-        block = 4096 if element_size <= 2 else 2048
-        cap = min(MAX_PARTIALS, 4 * _sm_count(device.index or 0))
-        return block, 8, max(1, min(triton.cdiv(n, block), cap))
+        return gpu_reduction_config(n, element_size, _sm_count(device.index or 0))
     block = 1024
     return block, 4, max(1, min(triton.cdiv(n, block), 4))
 
@@ -115,13 +125,10 @@ def launch_reconstruction(
     memory order), the per-element scale once, each requested gradient written once.
     """
     acc = accumulation_dtype(plan.rec_dtype)
-    partials = torch.empty(
-        (2 * max(plan.rec_rows, 1) * MAX_PARTIALS,), dtype=acc, device=plan.device
-    )
     if not plan.has_rec:
         if out.p_scale_grads.numel():
             out.p_scale_grads.zero_()  # no data: the scale gets no gradient
-        return partials, 0
+        return torch.empty((1,), dtype=acc, device=plan.device), 0  # never read
     n, order, mode = plan.n, plan.rec_order, plan.p_scale_mode
     # Each in its own dtype: the kernel upcasts in registers (no cast copy).
     p_flat, x_flat = flatten(call.p, order), flatten(call.x, order)
@@ -135,6 +142,8 @@ def launch_reconstruction(
     block, warps, programs = _row_programs(
         row_len, plan.rec_rows, p_flat.element_size(), plan.device
     )
+    # One partial per program and row (twice, with a shared scale's gradient).
+    partials = torch.empty((2 * plan.rec_rows * programs,), dtype=acc, device=plan.device)
     write_grad_p_scale = call.need_grad_p_scale and mode != NO_P_SCALE
     # An output the kernel does not write gets a harmless valid pointer.
     per_element_grad = write_grad_p_scale and mode == P_SCALE_PER_ELEMENT
@@ -155,6 +164,7 @@ def launch_reconstruction(
         WRITE_GRAD_P_SCALE=write_grad_p_scale,
         ACC_FP64=acc == torch.float64,
         INT64=n > _INT32_LIMIT - block,
+        ONE_ROW=plan.rec_rows == 1,
         BLOCK=block,
         num_warps=warps,
     )
@@ -173,14 +183,14 @@ def launch_kl(
     dtype, and the per-dimension KL from the elements it writes. Returns ``(partials,
     programs per row)``."""
     acc = accumulation_dtype(plan.kl_dtype)
-    partials = torch.empty((max(plan.kl_rows, 1) * MAX_PARTIALS,), dtype=acc, device=plan.device)
     if not plan.has_kl:
-        return partials, 0
+        return torch.empty((1,), dtype=acc, device=plan.device), 0  # never read
     m = plan.m
     q_loc = call.q_loc.expand(plan.q_shape).contiguous()
     q_scale = call.q_scale.expand(plan.q_shape).contiguous()
     row_len = m // plan.kl_rows
     block, warps, programs = _row_programs(row_len, plan.kl_rows, q_loc.element_size(), plan.device)
+    partials = torch.empty((plan.kl_rows * programs,), dtype=acc, device=plan.device)
     kl_elements = q_loc
     if call.kl_per_dim:
         kl_elements = torch.empty(plan.q_shape, dtype=plan.kl_dtype, device=plan.device)
@@ -198,6 +208,7 @@ def launch_kl(
         Q_IS_LOGVAR=call.q_is_logvar,
         ACC_FP64=acc == torch.float64,
         INT64=m > _INT32_LIMIT - block,
+        ONE_ROW=plan.kl_rows == 1,
         BLOCK=block,
         num_warps=warps,
     )
@@ -266,10 +277,10 @@ def rescale_grad_(
     n = grad.numel()
     if n == 0 or (g_term is None and g_loss is None):
         return
-    block = 4096 if grad.device.type == "cuda" else 1024
+    block, warps, programs = reduction_config(n, grad.element_size(), grad.device)
     from_ptr = isinstance(loss_weight, torch.Tensor)
     weight_hi, weight_lo = _split_fp64(0.0 if from_ptr else loss_weight)
-    launch(_rescale_grad_inplace)[(triton.cdiv(n, block),)](
+    launch(_rescale_grad_inplace)[(programs,)](
         grad_ptr=grad,
         n_elements=n,
         g_term_ptr=g_term if g_term is not None else grad,
@@ -283,5 +294,5 @@ def rescale_grad_(
         ACC_FP64=grad.dtype == torch.float64,
         INT64=n > _INT32_LIMIT - block,
         BLOCK=block,
-        num_warps=8 if grad.device.type == "cuda" else 4,
+        num_warps=warps,
     )

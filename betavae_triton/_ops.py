@@ -49,10 +49,11 @@ _loss_fwd_cpu.register_fake(_fake_loss_fwd)
 def loss_fwd(*flat):
     """The loss terms and the gradient buffers; see the module docstring."""
     call = LossCall(*flat)
-    tensor = call.x if call.x is not None else call.q_loc
-    if tensor.device.type == "cpu":
+    device = (call.x if call.x is not None else call.q_loc).device
+    if device.type == "cpu":
         return tuple(torch.ops.betavae_triton.loss_fwd_cpu(*call))
-    return tuple(_launch.loss_fwd(wrap_triton, call))
+    with torch.cuda.device(device):  # the tensors' device (and its current stream)
+        return tuple(_launch.loss_fwd(wrap_triton, call))
 
 
 @custom_op("betavae_triton::rescale_grads_cpu_", mutates_args=("rec_grads", "kl_grads"))
@@ -88,9 +89,10 @@ def rescale_grads_(
         args = (rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta)
         torch.ops.betavae_triton.rescale_grads_cpu_(*args)
         return
-    _launch.rescale_grad_(wrap_triton, rec_grads, g_rec, g_loss, 1.0)
     weight = beta_tensor if beta_tensor is not None else beta
-    _launch.rescale_grad_(wrap_triton, kl_grads, g_kl, g_loss, weight)
+    with torch.cuda.device(rec_grads.device):  # the tensors' device (and its current stream)
+        _launch.rescale_grad_(wrap_triton, rec_grads, g_rec, g_loss, 1.0)
+        _launch.rescale_grad_(wrap_triton, kl_grads, g_kl, g_loss, weight)
 
 
 register_autograd("betavae_triton::loss_fwd", op_backward, setup_context=op_setup_context)

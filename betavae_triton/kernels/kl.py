@@ -4,7 +4,61 @@ import triton
 import triton.language as tl
 
 from .elementwise import normal_kl, normal_kl_logvar
-from .tiling import row_tile_offsets
+from .tiling import row_tile_offsets, tail_tile
+
+
+@triton.jit
+def _normal_kl_tile(
+    q_loc_ptr,
+    q_scale_ptr,
+    grad_q_loc_ptr,
+    grad_q_scale_ptr,
+    kl_elements_ptr,
+    offs,
+    mask,
+    inv_div,
+    acc,
+    WRITE_GRAD: tl.constexpr,
+    WRITE_KL_ELEMENTS: tl.constexpr,
+    Q_IS_LOGVAR: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """One tile of ``_normal_kl_fwd_bwd``; returns the updated accumulator. Without
+    ``MASKED`` no access is masked (a full tile)."""
+    acc_ty = acc.dtype
+    if MASKED and Q_IS_LOGVAR:
+        mu = tl.load(q_loc_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        second = tl.load(q_scale_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+    elif MASKED:
+        mu = tl.load(q_loc_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        second = tl.load(q_scale_ptr + offs, mask=mask, other=1.0).to(acc_ty)
+    else:
+        mu = tl.load(q_loc_ptr + offs).to(acc_ty)
+        second = tl.load(q_scale_ptr + offs).to(acc_ty)
+    if Q_IS_LOGVAR:
+        kl, d_loc, d_scale = normal_kl_logvar(mu, second)
+    else:
+        kl, d_loc, d_scale = normal_kl(mu, second)
+    if MASKED:
+        acc += tl.where(mask, kl, 0.0)
+    else:
+        acc += kl
+    if WRITE_KL_ELEMENTS:
+        kl_out = kl.to(kl_elements_ptr.dtype.element_ty)
+        if MASKED:
+            tl.store(kl_elements_ptr + offs, kl_out, mask=mask)
+        else:
+            tl.store(kl_elements_ptr + offs, kl_out)
+    if WRITE_GRAD:
+        g_loc = (d_loc * inv_div).to(grad_q_loc_ptr.dtype.element_ty)
+        g_scale = (d_scale * inv_div).to(grad_q_scale_ptr.dtype.element_ty)
+        if MASKED:
+            tl.store(grad_q_loc_ptr + offs, g_loc, mask=mask)
+            tl.store(grad_q_scale_ptr + offs, g_scale, mask=mask)
+        else:
+            tl.store(grad_q_loc_ptr + offs, g_loc)
+            tl.store(grad_q_scale_ptr + offs, g_scale)
+    return acc
 
 
 @triton.jit
@@ -26,6 +80,7 @@ def _normal_kl_fwd_bwd(
     Q_IS_LOGVAR: tl.constexpr,
     ACC_FP64: tl.constexpr,
     INT64: tl.constexpr,
+    ONE_ROW: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Partial sums of KL(N(μ, σ²) ‖ N(0, 1)) per row and program, and optionally the
@@ -34,8 +89,8 @@ def _normal_kl_fwd_bwd(
     ``q_loc`` holds μ and ``q_scale`` σ, or with ``Q_IS_LOGVAR`` v = log σ² (the exponential
     is taken here, never in memory; its gradient is ½(e^v − 1) / div). With
     ``WRITE_KL_ELEMENTS`` each element's KL is written too (the per-dimension KL is its
-    batch mean). Both are contiguous, already broadcast to one shape; rows and programs as
-    in ``_reconstruction_fwd_bwd``.
+    batch mean). Both are contiguous, already broadcast to one shape; rows, programs and
+    tiles (full ones unmasked, the partial one masked) as in ``_reconstruction_fwd_bwd``.
 
     Memory traffic: reads μ and σ once (2·M·s bytes); writes both gradients (2·M·s) when
     ``WRITE_GRAD`` and the KL elements (M·s) when ``WRITE_KL_ELEMENTS``; rows·G partials.
@@ -46,22 +101,17 @@ def _normal_kl_fwd_bwd(
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     inv_div = 1.0 / tl.full([], grad_div, acc_ty)
     acc = tl.zeros([BLOCK], dtype=acc_ty)
-    n_tiles = tl.cdiv(row_len, BLOCK)
-    for tile in range(pid, n_tiles, n_programs):
-        offs, mask = row_tile_offsets(row, tile, row_len, BLOCK, INT64)
-        mu = tl.load(q_loc_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        if Q_IS_LOGVAR:
-            logvar = tl.load(q_scale_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-            kl, d_loc, d_scale = normal_kl_logvar(mu, logvar)
-        else:
-            sigma = tl.load(q_scale_ptr + offs, mask=mask, other=1.0).to(acc_ty)
-            kl, d_loc, d_scale = normal_kl(mu, sigma)
-        acc += tl.where(mask, kl, 0.0)
-        if WRITE_KL_ELEMENTS:
-            tl.store(kl_elements_ptr + offs, kl.to(kl_elements_ptr.dtype.element_ty), mask=mask)
-        if WRITE_GRAD:
-            g_loc = (d_loc * inv_div).to(grad_q_loc_ptr.dtype.element_ty)
-            g_scale = (d_scale * inv_div).to(grad_q_scale_ptr.dtype.element_ty)
-            tl.store(grad_q_loc_ptr + offs, g_loc, mask=mask)
-            tl.store(grad_q_scale_ptr + offs, g_scale, mask=mask)
+    n_full, has_tail = tail_tile(row_len, pid, n_programs, BLOCK)
+    for tile in range(pid, n_full, n_programs):
+        offs, mask = row_tile_offsets(row, tile, row_len, BLOCK, INT64, ONE_ROW)
+        acc = _normal_kl_tile(
+            q_loc_ptr, q_scale_ptr, grad_q_loc_ptr, grad_q_scale_ptr, kl_elements_ptr,
+            offs, mask, inv_div, acc, WRITE_GRAD, WRITE_KL_ELEMENTS, Q_IS_LOGVAR, False,
+        )  # fmt: skip
+    if has_tail:
+        offs, mask = row_tile_offsets(row, n_full, row_len, BLOCK, INT64, ONE_ROW)
+        acc = _normal_kl_tile(
+            q_loc_ptr, q_scale_ptr, grad_q_loc_ptr, grad_q_scale_ptr, kl_elements_ptr,
+            offs, mask, inv_div, acc, WRITE_GRAD, WRITE_KL_ELEMENTS, Q_IS_LOGVAR, True,
+        )  # fmt: skip
     tl.store(partial_ptr + row * n_programs + pid, tl.sum(acc, axis=0))

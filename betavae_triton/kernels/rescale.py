@@ -30,7 +30,7 @@ def _rescale_grad_inplace(
     was needed to learn it.
 
     Memory traffic: reads two scalars; when f != 1, reads and writes the gradient once
-    (2·N·s bytes); when f == 1, nothing.
+    (2·N·s bytes); when f == 1, nothing (every program of the one-wave grid returns).
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     factor = tl.zeros([], acc_ty)
@@ -43,11 +43,24 @@ def _rescale_grad_inplace(
             w = tl.full([], weight_hi, acc_ty) + tl.full([], weight_lo, acc_ty)
         factor += w * tl.load(g_loss_ptr).to(acc_ty)
     if factor != 1.0:
+        # A grid of at most one wave: each program strides over the blocks, full ones
+        # unmasked (128-bit accesses), the partial last one masked.
         pid = tl.program_id(0)
-        if INT64:
-            offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        else:
-            offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n_elements
-        g = tl.load(grad_ptr + offs, mask=mask).to(acc_ty)
-        tl.store(grad_ptr + offs, (g * factor).to(grad_ptr.dtype.element_ty), mask=mask)
+        n_programs = tl.num_programs(0)
+        lanes = tl.arange(0, BLOCK)
+        n_full = n_elements // BLOCK
+        for block in range(pid, n_full, n_programs):
+            if INT64:
+                offs = tl.cast(block, tl.int64) * BLOCK + lanes
+            else:
+                offs = block * BLOCK + lanes
+            g = tl.load(grad_ptr + offs).to(acc_ty)
+            tl.store(grad_ptr + offs, (g * factor).to(grad_ptr.dtype.element_ty))
+        if (n_elements % BLOCK != 0) & (pid == n_full % n_programs):
+            if INT64:
+                offs = tl.cast(n_full, tl.int64) * BLOCK + lanes
+            else:
+                offs = n_full * BLOCK + lanes
+            mask = offs < n_elements
+            g = tl.load(grad_ptr + offs, mask=mask).to(acc_ty)
+            tl.store(grad_ptr + offs, (g * factor).to(grad_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,526 @@
+"""GPU code quality without a GPU: compile every kernel specialization the API launches.
+
+``python -m perf.codegen [--arch 90 80] [--quick] [--out perf/out]`` (any machine with
+triton; no GPU):
+
+1. **Discovery.** The public call path (:func:`betavae_triton.functional._loss_call` and
+   the launchers of :mod:`betavae_triton._launch`) runs on ``meta`` tensors with the CUDA
+   launch configuration of an H100 (132 SMs), and a recorder in place of the launch: every
+   kernel launch of a forward + backward (the backward with a factor other than 1, so that
+   the rescaling launches too) is recorded with its grid, arguments and constexprs, for
+   every case of :func:`cases` (each dist, logits, log-variance, per-sample, per-dimension
+   KL, decoder scale shared and per element, float32/float16/bfloat16/float64 and mixed,
+   gradients on and off) and for the named workloads of CONTRACT section 6 plus an MNI
+   volume (8×1×91×109×91).
+2. **Compilation.** Each distinct specialization (kernel, argument types, 16-byte
+   alignment and divisibility as Triton's JIT would specialize them, constexprs,
+   ``num_warps``) is compiled ahead of time with ``triton.compile`` for ``sm_90a`` (and
+   ``sm_80``); registers, spills and shared memory come from the cubin
+   (``cuobjdump --dump-resource-usage``), the 128-bit global loads and stores from the PTX.
+3. **Report.** Per specialization: registers, spill bytes, 128-bit loads/stores (and
+   whether the layout allows them), resident blocks per SM and occupancy on an H100, and
+   whether the persistent grid fits in one wave. Per workload: the launches of one forward
+   + backward, the bytes they must move and the time that takes at the H100's 3.35 TB/s.
+   A text table and JSON go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from betavae_triton import _launch
+from betavae_triton.functional import _loss_call
+
+H100_SMS = 132
+H100_BANDWIDTH = 3.35e12  # bytes/s, HBM3 (SXM)
+H100 = {"regs": 65536, "threads": 2048, "blocks": 32, "smem": 228 * 1024, "reserved": 1024}
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+DTYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+    torch.int64: "i64",
+    torch.int32: "i32",
+}
+
+
+# ---- discovery ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of the loss: shapes, dtypes and options."""
+
+    name: str
+    shape: tuple[int, ...]
+    latent: tuple[int, ...]
+    dist: str = "normal"
+    dtype: torch.dtype = torch.float32
+    x_dtype: torch.dtype | None = None
+    q_dtype: torch.dtype | None = None
+    logits: bool = False
+    logvar: bool = False
+    per_sample: bool = False
+    kl_per_dim: bool = False
+    p_scale: str = "none"  # none, shared, per_element
+    grad_x: bool = False
+    grad: bool = True
+    workload: bool = False
+
+
+@dataclass
+class Launch:
+    """One recorded kernel launch."""
+
+    kernel: Callable
+    grid: tuple[int, ...]
+    kwargs: dict
+
+
+def _recorder(launches: list[Launch]):
+    def launch(kernel):
+        class Grid:
+            def __getitem__(self, grid):
+                def run(**kwargs):
+                    launches.append(Launch(kernel, tuple(grid), kwargs))
+
+                return run
+
+        return Grid()
+
+    return launch
+
+
+def record_launches(case: Case) -> list[Launch]:
+    """The kernel launches of one forward + backward of ``case`` with an H100's launch
+    configuration, from ``meta`` tensors (nothing runs)."""
+    meta = torch.device("meta")
+    x_dtype, q_dtype = case.x_dtype or case.dtype, case.q_dtype or case.dtype
+    x = torch.empty(case.shape, dtype=x_dtype, device=meta).requires_grad_(case.grad_x)
+    p = torch.empty(case.shape, dtype=case.dtype, device=meta).requires_grad_(case.grad)
+    q_loc = torch.empty(case.latent, dtype=q_dtype, device=meta).requires_grad_(case.grad)
+    q_scale = torch.empty(case.latent, dtype=q_dtype, device=meta).requires_grad_(case.grad)
+    p_scale = None
+    if case.p_scale == "shared":
+        p_scale = torch.empty((), dtype=case.dtype, device=meta).requires_grad_(case.grad)
+    elif case.p_scale == "per_element":
+        p_scale = torch.empty(case.shape, dtype=case.dtype, device=meta).requires_grad_(case.grad)
+    dist = "bernoulli_logits" if case.logits else case.dist
+    call = _loss_call(
+        x,
+        p,
+        q_loc,
+        q_scale,
+        p_scale=p_scale,
+        beta=4.0,
+        dist=dist,
+        q_is_logvar=case.logvar,
+        per_sample=case.per_sample,
+        kl_per_dim=case.kl_per_dim,
+    )
+    launches: list[Launch] = []
+    record = _recorder(launches)
+
+    def h100(n, element_size, device):
+        return _launch.gpu_reduction_config(n, element_size, H100_SMS)
+
+    with mock.patch.object(_launch, "reduction_config", h100):
+        out = _launch.loss_fwd(record, call)
+        if case.grad:  # a factor other than 1: the rescaling kernel launches
+            factor = torch.empty((), dtype=torch.float32, device=meta)
+            _launch.rescale_grad_(record, out.rec_grads, factor, None, 1.0)
+            _launch.rescale_grad_(record, out.kl_grads, None, factor, 4.0)
+    return launches
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """The calls whose specializations are compiled: the named workloads of CONTRACT
+    section 6 and an MNI volume, then one case per option (``quick``: one per dist and
+    dtype instead of every option)."""
+    mni = (8, 1, 91, 109, 91)
+    named = [
+        Case("sprites", (256, 1, 64, 64), (256, 10), "bernoulli", workload=True),
+        Case("faces", (128, 3, 64, 64), (128, 32), "normal", workload=True),
+        Case("mri", (8, 1, 128, 128, 128), (8, 128), "normal", workload=True),
+        Case("mri-bf16", (8, 1, 128, 128, 128), (8, 128), "normal", torch.bfloat16, workload=True),
+        Case("mni-91x109x91", mni, (8, 128), "normal", workload=True),
+        Case("mni-bf16-amp", mni, (8, 128), "normal", torch.bfloat16, torch.float32,
+             torch.float32, workload=True),
+    ]  # fmt: skip
+    small = (4, 3, 5, 7)
+    options = []
+    for dist in ("normal", "laplace", "bernoulli"):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            options.append(Case(f"{dist}-{DTYPES[dtype]}", small, (4, 6), dist, dtype))
+    if not quick:
+        options += [
+            Case("logits", small, (4, 6), "bernoulli", logits=True),
+            Case("logvar", small, (4, 6), logvar=True),
+            Case("per-sample", small, (4, 6), per_sample=True),
+            Case("per-sample-aligned", (4, 2, 16), (4, 6), per_sample=True),
+            Case("kl-per-dim", small, (4, 6), kl_per_dim=True),
+            Case("scale-shared", small, (4, 6), p_scale="shared"),
+            Case("scale-per-element", small, (4, 6), p_scale="per_element"),
+            Case("laplace-scale-f16", small, (4, 6), "laplace", torch.float16, p_scale="shared"),
+            Case("grad-x", small, (4, 6), grad_x=True),
+            Case("no-grad", small, (4, 6), grad=False),
+            Case("mixed-f16-f32", small, (4, 6), "bernoulli", torch.float16, torch.float32,
+                 torch.float32),
+            Case("fp64-bernoulli-per-sample", small, (4, 6), "bernoulli", torch.float64,
+                 per_sample=True),
+        ]  # fmt: skip
+    return named + options
+
+
+# ---- specialization and compilation -----------------------------------------------------
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    """16-byte alignment of a tensor's data (allocations are; views at an offset may not)."""
+    return (t.storage_offset() * t.element_size()) % 16 == 0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A kernel specialization as Triton's JIT would build it from a launch."""
+
+    kernel: str
+    signature: tuple[tuple[str, str], ...]
+    constexprs: tuple[tuple[str, object], ...]
+    divisible: tuple[str, ...]
+    num_warps: int
+    one_row: bool = False
+
+    @property
+    def label(self) -> str:
+        consts = ",".join(f"{k}={v}" for k, v in self.constexprs if k.isupper())
+        # Pointer dtypes, ":16" where 16-byte aligned; ints as i32/i64, ":16" where
+        # divisible by 16 (the specializations Triton's JIT makes from the values).
+        args = ",".join(
+            t + (":16" if name in self.divisible else "")
+            for name, t in self.signature
+            if t != "constexpr"
+        )
+        rows = " one-row" if self.one_row else ""
+        return f"{self.kernel}[{consts}] ({args}) w{self.num_warps}{rows}"
+
+
+def specialize(launch: Launch) -> Spec:
+    """The :class:`Spec` of a launch: pointer dtypes, 16-byte alignment and divisibility
+    by 16 (as the JIT's specialization), integers equal to 1 as constants."""
+    fn = launch.kernel
+    kwargs = dict(launch.kwargs)
+    num_warps = kwargs.pop("num_warps", 4)
+    signature, constexprs, divisible = [], {}, []
+    for name in fn.arg_names:
+        value = kwargs[name]
+        param = fn.params[fn.arg_names.index(name)]
+        if param.is_constexpr:
+            constexprs[name] = int(value) if isinstance(value, bool) else value
+            signature.append((name, "constexpr"))
+        elif isinstance(value, torch.Tensor):
+            signature.append((name, "*" + DTYPES[value.dtype]))
+            if _aligned(value):
+                divisible.append(name)
+        elif isinstance(value, bool):
+            signature.append((name, "i1"))
+        elif isinstance(value, int):
+            if value == 1:
+                constexprs[name] = 1
+                signature.append((name, "constexpr"))
+                continue
+            signature.append((name, "i64" if abs(value) >= 2**31 else "i32"))
+            if value % 16 == 0:
+                divisible.append(name)
+        else:
+            signature.append((name, "fp32"))
+    one_row = len(launch.grid) == 2 and launch.grid[0] == 1  # a reduction over one row
+    return Spec(
+        fn.__name__,
+        tuple(signature),
+        tuple(constexprs.items()),
+        tuple(divisible),
+        num_warps,
+        one_row,
+    )
+
+
+@dataclass
+class Compiled:
+    """What the compiler made of a specialization for one architecture."""
+
+    arch: int
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    loads_128: int
+    loads_narrow: int
+    stores_128: int
+    stores_narrow: int
+    compile_s: float
+
+
+_RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+_ACCESS = re.compile(r"\b(ld|st)\.global((?:\.[a-z0-9]+)*)")
+
+
+def _vector_bits(suffix: str) -> int:
+    """Bits one PTX global access moves, from its suffix (``.v4.b32`` → 128)."""
+    width = re.search(r"\.v(\d)", suffix)
+    size = re.search(r"\.[bfsu](\d+)$", suffix)
+    return (int(width.group(1)) if width else 1) * (int(size.group(1)) if size else 32)
+
+
+def count_accesses(ptx: str) -> dict[str, int]:
+    """128-bit and narrower global loads and stores in a PTX listing."""
+    counts = {"ld128": 0, "ld": 0, "st128": 0, "st": 0}
+    for kind, suffix in _ACCESS.findall(ptx):
+        counts[kind + ("128" if _vector_bits(suffix) == 128 else "")] += 1
+    return counts
+
+
+def resources(cubin: bytes) -> tuple[int, int, int]:
+    """``(registers, spill (local) bytes, shared bytes)`` of a cubin, by cuobjdump."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run(
+            [str(CUOBJDUMP), "--dump-resource-usage", f.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    regs, _stack, shared, local = (int(v) for v in _RESOURCES.search(text).groups())
+    return regs, local, shared
+
+
+_KERNELS = {
+    "_reconstruction_fwd_bwd": "betavae_triton.kernels.reconstruction",
+    "_normal_kl_fwd_bwd": "betavae_triton.kernels.kl",
+    "_finalize_loss": "betavae_triton.kernels.finalize",
+    "_rescale_grad_inplace": "betavae_triton.kernels.rescale",
+}
+
+
+@functools.cache
+def compile_spec(spec: Spec, arch: int) -> Compiled:
+    """Compile ``spec`` ahead of time for ``sm_{arch}`` (``sm_90a`` for 90)."""
+    module = __import__(_KERNELS[spec.kernel], fromlist=[spec.kernel])
+    fn = getattr(module, spec.kernel)
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in spec.divisible}
+    source = ASTSource(fn, dict(spec.signature), dict(spec.constexprs), attrs)
+    start = time.perf_counter()
+    kernel = triton.compile(
+        source, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps}
+    )
+    elapsed = time.perf_counter() - start
+    regs, spill, shared = resources(kernel.asm["cubin"])
+    counts = count_accesses(kernel.asm["ptx"])
+    return Compiled(
+        arch, regs, spill, max(shared, kernel.metadata.shared), counts["ld128"], counts["ld"],
+        counts["st128"], counts["st"], elapsed,
+    )  # fmt: skip
+
+
+def occupancy(compiled: Compiled, num_warps: int) -> tuple[int, float]:
+    """``(resident blocks per SM, occupancy)`` on an H100: registers (allocated per warp
+    in units of 256), threads, blocks and shared memory each bound the blocks an SM holds."""
+    threads = 32 * num_warps
+    regs_per_warp = math.ceil(compiled.registers * 32 / 256) * 256
+    by_regs = (H100["regs"] // max(regs_per_warp, 1)) // num_warps
+    by_threads = H100["threads"] // threads
+    by_smem = H100["smem"] // (compiled.shared_bytes + H100["reserved"])
+    blocks = min(by_regs, by_threads, by_smem, H100["blocks"])
+    return blocks, blocks * threads / H100["threads"]
+
+
+def vectors_allowed(spec: Spec) -> bool:
+    """Whether the layout lets a full tile's data accesses be 128-bit: every data pointer
+    16-byte aligned, and the rows start aligned (one row, from the launch's grid, or a row
+    length divisible by 16). The finalize reads scalars by design."""
+    if spec.kernel == "_finalize_loss":
+        return False
+    pointers = [name for name, kind in spec.signature if kind.startswith("*")]
+    if not all(name in spec.divisible for name in pointers):
+        return False
+    if spec.kernel == "_rescale_grad_inplace":
+        return True
+    return spec.one_row or "row_len" in spec.divisible
+
+
+def data_accesses(spec: Spec) -> tuple[int, int]:
+    """``(tensors read, tensors written)`` per element in a full tile (data, not scalars)."""
+    c = dict(spec.constexprs)
+    if spec.kernel == "_reconstruction_fwd_bwd":
+        reads = 2 + (c["P_SCALE"] == 1)
+        writes = (
+            c["WRITE_GRAD_P"] + c["WRITE_GRAD_X"] + (c["WRITE_GRAD_P_SCALE"] and c["P_SCALE"] == 1)
+        )
+        return reads, writes
+    if spec.kernel == "_normal_kl_fwd_bwd":
+        return 2, 2 * c["WRITE_GRAD"] + c["WRITE_KL_ELEMENTS"]
+    if spec.kernel == "_rescale_grad_inplace":
+        return 1, 1
+    return 0, 0
+
+
+@dataclass
+class Row:
+    """One line of the report: a specialization, compiled."""
+
+    spec: str
+    cases: list[str] = field(default_factory=list)
+    arch: dict[int, dict] = field(default_factory=dict)
+    vectors_allowed: bool = False
+    vectors_ok: bool = True
+    programs_per_sm: int = 0
+    resident_blocks: int = 0
+    occupancy: float = 0.0
+    one_wave: bool = True
+
+
+def check(spec: Spec, compiled: Compiled) -> bool:
+    """Whether every data load and store of a full tile is 128-bit where the layout allows:
+    at least one 128-bit access per tensor read and per tensor written."""
+    reads, writes = data_accesses(spec)
+    if not vectors_allowed(spec) or (reads, writes) == (0, 0):
+        return True
+    return compiled.loads_128 >= reads and compiled.stores_128 >= writes
+
+
+def analyse(case_list: list[Case], archs: tuple[int, ...]) -> tuple[dict, dict]:
+    """Compile every specialization the cases launch; ``(rows by spec label, workloads)``."""
+    rows: dict[str, Row] = {}
+    workloads: dict[str, dict] = {}
+    for case in case_list:
+        launches = record_launches(case)
+        if case.workload:
+            workloads[case.name] = workload_summary(case, launches)
+        for launch in launches:
+            spec = specialize(launch)
+            row = rows.setdefault(spec.label, Row(spec.label))
+            row.cases.append(case.name)
+            if row.arch:
+                continue
+            for arch in archs:
+                compiled = compile_spec(spec, arch)
+                row.arch[arch] = asdict(compiled)
+                if arch == archs[0]:
+                    row.vectors_allowed = vectors_allowed(spec)
+                    row.vectors_ok = check(spec, compiled)
+                    blocks, occ = occupancy(compiled, spec.num_warps)
+                    row.resident_blocks, row.occupancy = blocks, occ
+                    element = _element_size(spec)
+                    # The largest grid the launcher makes: programs per SM × SMs.
+                    per_sm = _launch.GPU_CONFIG[element][2] if element else 1
+                    row.programs_per_sm = per_sm
+                    row.one_wave = blocks >= per_sm
+    return rows, workloads
+
+
+def _element_size(spec: Spec) -> int | None:
+    sizes = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+    first = next((t for n, t in spec.signature if t.startswith("*")), None)
+    return sizes.get(first[1:]) if first and spec.kernel != "_finalize_loss" else None
+
+
+def workload_summary(case: Case, launches: list[Launch]) -> dict:
+    """Launches of one forward + backward, and the bytes the loss must move: p and x read
+    once, dL/dp written once (the posterior's few kilobytes left out)."""
+    n = math.prod(case.shape)
+    p_size = torch.empty((), dtype=case.dtype).element_size()
+    x_size = torch.empty((), dtype=case.x_dtype or case.dtype).element_size()
+    nbytes = n * (2 * p_size + x_size)
+    return {
+        "shape": list(case.shape),
+        "dtype": DTYPES[case.dtype],
+        "launches": [f"{launch.kernel.__name__}{list(launch.grid)}" for launch in launches],
+        "bytes": nbytes,
+        "h100_us": 1e6 * nbytes / H100_BANDWIDTH,
+    }
+
+
+# ---- report -----------------------------------------------------------------------------
+
+
+def table(rows: dict[str, Row], workloads: dict[str, dict], archs: tuple[int, ...]) -> str:
+    head = f"{'specialization':<150} {'regs':>4} {'spill':>5} {'ld128':>5} {'st128':>5} "
+    head += f"{'vec':>4} {'blk/SM':>6} {'occ':>5} {'wave':>4}"
+    lines = [f"compiled for sm_{archs[0]}{'a' if archs[0] == 90 else ''} (H100 occupancy)", head]
+    for label, row in sorted(rows.items()):
+        a = row.arch[archs[0]]
+        vec = ("ok" if row.vectors_ok else "NO") if row.vectors_allowed else "n/a"
+        spills = max(row.arch[arch]["spill_bytes"] for arch in archs)
+        lines.append(
+            f"{label[:150]:<150} {a['registers']:>4} {spills:>5} {a['loads_128']:>5} "
+            f"{a['stores_128']:>5} {vec:>4} {row.resident_blocks:>6} {row.occupancy:>5.2f} "
+            f"{'1' if row.one_wave else '>1':>4}"
+        )
+    lines.append("")
+    lines.append(f"{'workload':<16} {'shape':<22} {'MB moved':>9} {'µs @3.35TB/s':>13}  launches")
+    for name, w in workloads.items():
+        lines.append(
+            f"{name:<16} {'x'.join(map(str, w['shape'])):<22} {w['bytes'] / 1e6:>9.1f} "
+            f"{w['h100_us']:>13.1f}  {', '.join(w['launches'])}"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows: dict[str, Row], archs: tuple[int, ...]) -> str:
+    spilling = sum(any(r.arch[a]["spill_bytes"] for a in archs) for r in rows.values())
+    allowed = [r for r in rows.values() if r.vectors_allowed]
+    vector_ok = sum(r.vectors_ok for r in allowed)
+    waves = sum(r.one_wave for r in rows.values())
+    arch_names = ", ".join(f"sm_{a}{'a' if a == 90 else ''}" for a in archs)
+    return (
+        f"codegen: {len(rows)} specializations compiled for {arch_names}; {spilling} spill; "
+        f"128-bit data access in {vector_ok} of {len(allowed)} where the layout allows; "
+        f"{waves} of {len(rows)} grids in one wave on an H100"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
+    parser.add_argument("--quick", action="store_true", help="one case per dist and dtype")
+    parser.add_argument("--out", type=Path, default=Path("perf/out"))
+    args = parser.parse_args(argv)
+    archs = tuple(args.arch)
+    rows, workloads = analyse(cases(args.quick), archs)
+    text = table(rows, workloads, archs) + "\n\n" + summary(rows, archs)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "codegen.txt").write_text(text + "\n")
+    data = {
+        "archs": list(archs),
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "specializations": {label: asdict(row) for label, row in rows.items()},
+        "workloads": workloads,
+    }
+    (args.out / "codegen.json").write_text(json.dumps(data, indent=1, default=str))
+    failed = [r for r in rows.values() if not r.vectors_ok or not r.one_wave]
+    failed += [r for r in rows.values() if any(r.arch[a]["spill_bytes"] for a in archs)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

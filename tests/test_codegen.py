@@ -1,0 +1,79 @@
+"""GPU code quality checked without a GPU (``perf/codegen.py``): every kernel
+specialization that the named workloads, an MNI volume and one call per dist and dtype
+launch compiles ahead of time for sm_90a, without spills, with 128-bit loads and stores
+of p, x and the gradients wherever the layout allows (the finalize excepted), and with
+registers that let the launcher's persistent grid fit in one wave on an H100."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory):
+    """``python -m perf.codegen --arch 90 --quick``, in a process of its own: the kernels
+    must be Triton's compiled functions, not the interpreter's (which conftest sets)."""
+    out = tmp_path_factory.mktemp("codegen")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "perf.codegen", "--arch", "90", "--quick", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    data = json.loads((out / "codegen.json").read_text())
+    rows = {}
+    for label, row in data["specializations"].items():
+        row["arch"] = {int(k): v for k, v in row["arch"].items()}
+        rows[label] = SimpleNamespace(**row)
+    assert "codegen:" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    return rows, data["workloads"]
+
+
+def test_every_specialization_compiles_without_spills(analysis):
+    rows, _ = analysis
+    assert len(rows) >= 20, sorted(rows)
+    spilling = {label: row.arch[90]["spill_bytes"] for label, row in rows.items()}
+    assert not any(spilling.values()), {k: v for k, v in spilling.items() if v}
+
+
+def test_data_accesses_are_128_bit_where_the_layout_allows(analysis):
+    rows, _ = analysis
+    allowed = [row for row in rows.values() if row.vectors_allowed]
+    assert len(allowed) >= 10
+    bad = [row.spec for row in allowed if not row.vectors_ok]
+    assert not bad, bad
+
+
+def test_the_mni_volume_gets_128_bit_access(analysis):
+    """8×1×91×109×91: no size is a multiple of 16, and the reduction over it is one row;
+    its full tiles must still be read and written 128 bits at a time."""
+    rows, workloads = analysis
+    assert "mni-91x109x91" in workloads
+    mni = [r for r in rows.values() if "mni-91x109x91" in r.cases]
+    rec = [r for r in mni if r.spec.startswith("_reconstruction_fwd_bwd")]
+    assert rec and all(r.vectors_allowed and r.vectors_ok for r in rec), [r.spec for r in rec]
+    assert all(r.arch[90]["loads_128"] >= 2 and r.arch[90]["stores_128"] >= 1 for r in rec)
+
+
+def test_persistent_grids_fit_in_one_wave(analysis):
+    """The launcher's programs per SM (``GPU_CONFIG``) never exceed the blocks an SM holds
+    with the registers and shared memory each compiled kernel needs."""
+    rows, _ = analysis
+    over = {r.spec: (r.programs_per_sm, r.resident_blocks) for r in rows.values() if not r.one_wave}
+    assert not over, over
+
+
+def test_vector_width_reader():
+    """The PTX reader counts 128-bit accesses as such, and narrower ones apart."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from perf import codegen
+
+    ptx = "ld.global.v4.b32 {%r1}, [%rd1];\nld.global.b16 %h1, [%rd2];\nst.global.v2.b64 [%rd3];"
+    assert codegen.count_accesses(ptx) == {"ld128": 1, "ld": 1, "st128": 1, "st": 0}
