@@ -30,6 +30,7 @@ from ._call import (
     LossOutputs,
     accumulation_dtype,
     call_gradients,
+    grad_parts,
     plan_call,
 )
 from ._constants import NO_P_SCALE, P_SCALE_PER_ELEMENT
@@ -52,19 +53,22 @@ def grad_factor(
     return g_term.to(dtype) + weight * g_loss.to(dtype)
 
 
-def _rescaled(grads: Tensor, factor: Tensor | None, rows: int = 0, parts: int = 1) -> Tensor:
-    """``grads · factor``, out of place, in the factor's dtype.
+def _rescaled(parts: list[Tensor], factor: Tensor | None, rows: int = 0) -> list[Tensor]:
+    """Each gradient part times ``factor``, out of place, in the factor's dtype.
 
-    With ``rows`` the buffer holds per-sample rows (``reduction="none"``): each of its
-    ``parts`` blocks of shape (rows, row_len) is scaled row by row by its sample's factor
-    (a factor of one element, for a posterior shared by the batch, scales every row).
+    With ``rows`` each part holds per-sample rows (``reduction="none"``): it is scaled row
+    by row by its sample's factor (a factor of one element, for a posterior shared by the
+    batch, scales every row).
     """
-    if grads.numel() == 0 or factor is None:
-        return grads
+    if factor is None:
+        return parts
     if rows:
-        blocks = grads.to(factor.dtype).view(parts, rows, -1)
-        return (blocks * factor.reshape(1, -1, 1)).reshape(-1).to(grads.dtype)
-    return (grads.to(factor.dtype) * factor).to(grads.dtype)
+        factor = factor.reshape(-1, 1)
+        return [
+            (part.to(factor.dtype).view(rows, -1) * factor).reshape(-1).to(part.dtype)
+            for part in parts
+        ]
+    return [(part.to(factor.dtype) * factor).to(part.dtype) for part in parts]
 
 
 class _Saved:
@@ -106,16 +110,21 @@ class _Saved:
             grad_factor(g_kl, g_loss_kl, weight, dtypes[1]),
         )
 
-    def rescaled(self, rec_grads, kl_grads, g_loss, g_rec, g_kl, weight) -> tuple[Tensor, Tensor]:
-        """The reconstruction's and the KL's buffers times their factors, out of place."""
-        flags, (rec_rows, kl_rows) = self.flags, self.rows()
+    def parts(self, rec_grads: Tensor, kl_grads: Tensor) -> tuple[list, list]:
+        """The gradient parts of the two buffers: [dℓ/dp, dℓ/dx] (those written) and
+        [dKL/dq_loc, dKL/dq_scale] (when written)."""
+        flags, plan = self.flags, self.plan
+        n_rec = int(flags.need_grad_p) + int(flags.need_grad_x)
+        n_kl = 2 if kl_grads.numel() else 0
+        return grad_parts(rec_grads, n_rec, plan.n), grad_parts(kl_grads, n_kl, plan.m)
+
+    def rescaled(self, rec_grads, kl_grads, g_loss, g_rec, g_kl, weight) -> tuple[list, list]:
+        """The gradient parts of both buffers times their factors, out of place."""
+        rec_rows, kl_rows = self.rows()
         acc = accumulation_dtype(rec_grads.dtype), accumulation_dtype(kl_grads.dtype)
         rec_factor, kl_factor = self.factors(g_loss, g_rec, g_kl, weight, acc)
-        parts = int(flags.need_grad_p) + int(flags.need_grad_x)
-        return (
-            _rescaled(rec_grads, rec_factor, rec_rows, parts),
-            _rescaled(kl_grads, kl_factor, kl_rows, 2),
-        )
+        rec_parts, kl_parts = self.parts(rec_grads, kl_grads)
+        return _rescaled(rec_parts, rec_factor, rec_rows), _rescaled(kl_parts, kl_factor, kl_rows)
 
     def rescaled_p_scale_grads(self, p_scale_grads: Tensor, g_loss, g_rec) -> Tensor:
         """The decoder scale's buffer times its factor: per element like the
@@ -124,7 +133,7 @@ class _Saved:
             return p_scale_grads
         if self.plan.p_scale_mode == P_SCALE_PER_ELEMENT:
             factor = grad_factor(g_rec, g_loss, 1.0, accumulation_dtype(p_scale_grads.dtype))
-            return _rescaled(p_scale_grads, factor, self.rows()[0], 1)
+            return _rescaled([p_scale_grads], factor, self.rows()[0])[0]
         factor = grad_factor(g_rec, g_loss, 1.0, p_scale_grads.dtype)
         if factor is None:
             return p_scale_grads
@@ -132,39 +141,31 @@ class _Saved:
 
     def input_grads(
         self,
-        rec_grads: Tensor,
-        kl_grads: Tensor,
+        rec_parts: list[Tensor],
+        kl_parts: list[Tensor],
         p_scale_grads: Tensor,
         rec_live: bool = True,
         kl_live: bool = True,
         beta_grad: Tensor | None = None,
     ) -> tuple[Tensor | None, ...]:
-        """Views of the (rescaled) flat buffers shaped, laid out and typed like the inputs.
+        """Views of the (rescaled) gradient parts shaped, laid out and typed like the inputs.
 
         ``rec_live`` / ``kl_live`` say whether any gradient reached the term at all; where
         none did, its inputs get None (zero), not the unscaled buffer.
         """
         plan, flags = self.plan, self.flags
-        n, shape, order, dtypes = plan.n, plan.x_shape, plan.rec_order, plan.dtypes
+        shape, order, dtypes = plan.x_shape, plan.rec_order, plan.dtypes
         need_p = flags.need_grad_p and rec_live and plan.has_rec
         need_x = flags.need_grad_x and rec_live and plan.has_rec
         grads: dict[str, Tensor] = {}
         if need_p:
-            grads["p"] = unflatten(rec_grads[:n], shape, order).to(dtypes["p"])
+            grads["p"] = unflatten(rec_parts[0], shape, order).to(dtypes["p"])
         if need_x:
-            start = n if flags.need_grad_p else 0
-            grads["x"] = unflatten(rec_grads[start : start + n], shape, order).to(dtypes["x"])
+            grads["x"] = unflatten(rec_parts[-1], shape, order).to(dtypes["x"])
         if flags.need_grad_q and kl_live and plan.has_kl:
-            m = plan.m
-            grads["q_loc"] = (
-                kl_grads[:m].view(plan.q_shape).sum_to_size(plan.q_loc_shape).to(dtypes["q_loc"])
-            )
-            grads["q_scale"] = (
-                kl_grads[m:]
-                .view(plan.q_shape)
-                .sum_to_size(plan.q_scale_shape)
-                .to(dtypes["q_scale"])
-            )
+            for name, part in zip(("q_loc", "q_scale"), kl_parts, strict=True):
+                shape_of = plan.q_loc_shape if name == "q_loc" else plan.q_scale_shape
+                grads[name] = part.view(plan.q_shape).sum_to_size(shape_of).to(dtypes[name])
         if flags.need_grad_p_scale and rec_live and plan.p_scale_mode != NO_P_SCALE:
             if plan.p_scale_mode == P_SCALE_PER_ELEMENT and plan.has_rec:
                 full = unflatten(p_scale_grads, shape, order)
@@ -191,9 +192,9 @@ def op_backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
     rec_grads, kl_grads, p_scale_grads, beta_tensor, kl = ctx.saved_tensors
     weight = beta_tensor if beta_tensor is not None else saved.flags.beta
     p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g.loss, g.rec)
-    rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g.loss, g.rec, g.kl, weight)
+    rec_parts, kl_parts = saved.rescaled(rec_grads, kl_grads, g.loss, g.rec, g.kl, weight)
     beta_grad = saved.beta_grad(g.loss, kl)
-    return saved.input_grads(rec_grads, kl_grads, p_scale_grads, beta_grad=beta_grad)
+    return saved.input_grads(rec_parts, kl_parts, p_scale_grads, beta_grad=beta_grad)
 
 
 # ---- what the package calls -----------------------------------------------------------
@@ -242,13 +243,14 @@ class FusedBetaVAELoss(torch.autograd.Function):
         if _tracing(rec_grads) or saved.flags.per_sample:
             # Under torch.compile / export (and for per-sample losses): out of place, so
             # that inductor fuses the rescaling into whatever consumes the gradient next.
-            rec_grads, kl_grads = saved.rescaled(rec_grads, kl_grads, g_loss, g_rec, g_kl, weight)
+            rec_parts, kl_parts = saved.rescaled(rec_grads, kl_grads, g_loss, g_rec, g_kl, weight)
         else:
             ctx.consumed = True
             torch.ops.betavae_triton.rescale_grads_(
                 rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, saved.flags.beta
             )
+            rec_parts, kl_parts = saved.parts(rec_grads, kl_grads)
         rec_live = g_rec is not None or g_loss is not None
         kl_live = g_kl is not None or g_loss is not None
         beta_grad = saved.beta_grad(g_loss, kl)
-        return saved.input_grads(rec_grads, kl_grads, p_scale_grads, rec_live, kl_live, beta_grad)
+        return saved.input_grads(rec_parts, kl_parts, p_scale_grads, rec_live, kl_live, beta_grad)

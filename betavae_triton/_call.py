@@ -77,8 +77,9 @@ class LossOutputs(NamedTuple):
     ``loss, rec, kl`` are scalars, or with ``per_sample`` vectors of shape (rows,), (kl
     rows,) and (rows,). ``rec_grads`` holds [dℓ/dp | dℓ/dx] (each present only when
     needed) in the plan's ``rec_order``; ``kl_grads`` holds [dKL/dq_loc | dKL/dq_scale] over
-    the broadcast posterior shape; ``kl_per_dim`` the batch-mean KL of each latent with
-    ``kl_per_dim``; ``p_scale_grads`` the derivatives in the decoder's scale when needed:
+    the broadcast posterior shape; each part starts 16-byte aligned (:func:`grad_parts`);
+    ``kl_per_dim`` the batch-mean KL of each latent with ``kl_per_dim``;
+    ``p_scale_grads`` the derivatives in the decoder's scale when needed:
     per element (flat like ``rec_grads``) or, for a shared scale, one per reduction row in
     the accumulation dtype. A buffer that is not needed is empty. The gradients are not yet
     multiplied by the incoming gradient (the backward pass does that).
@@ -109,6 +110,20 @@ def call_gradients(**grads: Tensor | None) -> tuple[Tensor | None, ...]:
     """A backward pass's result for a :class:`LossCall`: the given input gradients in the
     fields' places, None everywhere else (the flags)."""
     return tuple(grads.get(name) for name in LossCall._fields)
+
+
+def grad_parts(buffer: Tensor, count: int, n: int) -> list[Tensor]:
+    """The ``count`` gradients of ``n`` elements that a flat buffer holds one after the
+    other, each starting at a multiple of 16 elements (so at a 16-byte-aligned address:
+    the kernels' 128-bit stores need it): ``rec_grads`` holds [dℓ/dp | dℓ/dx],
+    ``kl_grads`` [dKL/dq_loc | dKL/dq_scale]."""
+    stride = part_stride(n)
+    return [buffer[i * stride : i * stride + n] for i in range(count)]
+
+
+def part_stride(n: int) -> int:
+    """Elements from one gradient part to the next: ``n`` rounded up to 16."""
+    return (n + 15) // 16 * 16
 
 
 class LaunchPlan(NamedTuple):

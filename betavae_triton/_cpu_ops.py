@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 
 from . import _launch
-from ._call import LaunchPlan, LossCall, LossOutputs, accumulation_dtype, plan_call
+from ._call import (
+    LaunchPlan,
+    LossCall,
+    LossOutputs,
+    accumulation_dtype,
+    grad_parts,
+    plan_call,
+)
 from ._constants import (
     BCE_GRAD_EPS,
     BCE_LOG_FLOOR,
@@ -108,8 +115,8 @@ def _reconstruction(call: LossCall, plan: LaunchPlan, out: LossOutputs) -> torch
         s = call.p_scale.to(acc).reshape(())
     loss, d_p, d_x, d_s = _reconstruction_elements(p, x, s, call.dist)
     wanted = [g for g, need in ((d_p, call.need_grad_p), (d_x, call.need_grad_x)) if need]
-    if wanted:
-        out.rec_grads.copy_(torch.cat([(g / plan.rec_div).reshape(-1) for g in wanted]))
+    for part, g in zip(grad_parts(out.rec_grads, len(wanted), plan.n), wanted, strict=True):
+        part.copy_((g / plan.rec_div).reshape(-1))
     if out.p_scale_grads.numel() and plan.p_scale_mode == P_SCALE_PER_ELEMENT:
         out.p_scale_grads.copy_((d_s / plan.rec_div).reshape(-1))
     elif out.p_scale_grads.numel():
@@ -124,8 +131,9 @@ def _kl(call: LossCall, plan: LaunchPlan, out: LossOutputs) -> torch.Tensor:
     q_scale = call.q_scale.to(acc).expand(plan.q_shape)
     kl, d_loc, d_scale = _kl_elements(q_loc, q_scale, call.q_is_logvar)
     if call.need_grad_q:
-        grads = torch.cat([d_loc.reshape(-1), d_scale.reshape(-1)])
-        out.kl_grads.copy_(grads / plan.kl_div)
+        parts = grad_parts(out.kl_grads, 2, plan.m)
+        parts[0].copy_((d_loc / plan.kl_div).reshape(-1))
+        parts[1].copy_((d_scale / plan.kl_div).reshape(-1))
     if call.kl_per_dim:
         out.kl_per_dim.copy_(kl.sum(0) / plan.q_shape[0])
     return kl.reshape(plan.kl_rows, -1).sum(1) / plan.kl_div

@@ -20,6 +20,8 @@ from ._call import (
     LossCall,
     LossOutputs,
     accumulation_dtype,
+    grad_parts,
+    part_stride,
     plan_call,
 )
 from ._constants import DIST_CODES, NO_P_SCALE, P_SCALE_PER_ELEMENT, P_SCALE_SHARED
@@ -89,6 +91,20 @@ def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> to
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _grad_buffer(parts: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer for ``parts`` gradients of ``n`` elements, each starting 16-byte
+    aligned (:func:`~betavae_triton._call.grad_parts`); the few elements of a gap between
+    parts are zeroed (every output element is defined), which costs a launch only when
+    there are two parts and ``n`` is not a multiple of 16."""
+    if parts == 0:
+        return _empty((0,), dtype, device)
+    stride = part_stride(n)
+    buffer = _empty((stride * (parts - 1) + n,), dtype, device)
+    if parts > 1 and stride != n:
+        buffer.view(-1)[n:stride].zero_()
+    return buffer
+
+
 def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
     """The operator's outputs, unwritten (see :class:`~betavae_triton._call.LossOutputs`).
     The fake (meta) implementation of the operator is this function."""
@@ -103,13 +119,13 @@ def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
         shapes = ((plan.rows,), (plan.rows,), (plan.kl_rows or plan.rows,))
     else:
         shapes = ((), (), ())
-    n_rec_grads = (int(call.need_grad_p) + int(call.need_grad_x)) * n
+    rec_parts = int(call.need_grad_p) + int(call.need_grad_x)
     return LossOutputs(
         loss=_empty(shapes[0], plan.loss_dtype, device),
         rec=_empty(shapes[1], plan.rec_dtype, device),
         kl=_empty(shapes[2], plan.kl_dtype, device),
-        rec_grads=_empty((n_rec_grads,), plan.rec_grads_dtype, device),
-        kl_grads=_empty((2 * m if call.need_grad_q else 0,), plan.kl_dtype, device),
+        rec_grads=_grad_buffer(rec_parts, n, plan.rec_grads_dtype, device),
+        kl_grads=_grad_buffer(2 if call.need_grad_q else 0, m, plan.kl_dtype, device),
         kl_per_dim=_empty(plan.q_shape[1:] if call.kl_per_dim else (0,), plan.kl_dtype, device),
         p_scale_grads=_empty(p_scale_grads_shape, p_scale_grads_dtype, device),
     )
@@ -145,6 +161,7 @@ def launch_reconstruction(
     # One partial per program and row (twice, with a shared scale's gradient).
     partials = torch.empty((2 * plan.rec_rows * programs,), dtype=acc, device=plan.device)
     write_grad_p_scale = call.need_grad_p_scale and mode != NO_P_SCALE
+    rec_parts = grad_parts(out.rec_grads, int(call.need_grad_p) + int(call.need_grad_x), n)
     # An output the kernel does not write gets a harmless valid pointer.
     per_element_grad = write_grad_p_scale and mode == P_SCALE_PER_ELEMENT
     launch(_reconstruction_fwd_bwd)[(plan.rec_rows, programs)](
@@ -152,8 +169,8 @@ def launch_reconstruction(
         x_ptr=x_flat,
         p_scale_ptr=p_scale_flat,
         partial_ptr=partials,
-        grad_p_ptr=out.rec_grads[:n] if call.need_grad_p else p_flat,
-        grad_x_ptr=out.rec_grads[n * int(call.need_grad_p) :] if call.need_grad_x else p_flat,
+        grad_p_ptr=rec_parts[0] if call.need_grad_p else p_flat,
+        grad_x_ptr=rec_parts[-1] if call.need_grad_x else p_flat,
         grad_p_scale_ptr=out.p_scale_grads if per_element_grad else p_flat,
         row_len=row_len,
         grad_div=plan.rec_div,
@@ -191,6 +208,7 @@ def launch_kl(
     row_len = m // plan.kl_rows
     block, warps, programs = _row_programs(row_len, plan.kl_rows, q_loc.element_size(), plan.device)
     partials = torch.empty((plan.kl_rows * programs,), dtype=acc, device=plan.device)
+    kl_parts = grad_parts(out.kl_grads, 2 if call.need_grad_q else 0, m)
     kl_elements = q_loc
     if call.kl_per_dim:
         kl_elements = torch.empty(plan.q_shape, dtype=plan.kl_dtype, device=plan.device)
@@ -198,8 +216,8 @@ def launch_kl(
         q_loc_ptr=q_loc,
         q_scale_ptr=q_scale,
         partial_ptr=partials,
-        grad_q_loc_ptr=out.kl_grads[:m] if call.need_grad_q else q_loc,
-        grad_q_scale_ptr=out.kl_grads[m:] if call.need_grad_q else q_loc,
+        grad_q_loc_ptr=kl_parts[0] if call.need_grad_q else q_loc,
+        grad_q_scale_ptr=kl_parts[1] if call.need_grad_q else q_loc,
         kl_elements_ptr=kl_elements,
         row_len=row_len,
         grad_div=plan.kl_div,

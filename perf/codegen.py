@@ -170,6 +170,8 @@ def cases(quick: bool = False) -> list[Case]:
     for dist in ("normal", "laplace", "bernoulli"):
         for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             options.append(Case(f"{dist}-{DTYPES[dtype]}", small, (4, 6), dist, dtype))
+    # Both gradients of p and x from an odd size: the second starts 16-byte aligned too.
+    options.append(Case("grad-x-odd", (3, 1, 5, 7), (3, 5), grad_x=True))
     if not quick:
         options += [
             Case("logits", small, (4, 6), "bernoulli", logits=True),

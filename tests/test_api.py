@@ -86,24 +86,26 @@ def _q(inputs: LossInputs) -> Normal:
 
 def test_hand_computed_values():
     """Small numbers worked out by hand: the loss adds beta * kl (nidl's code, not its page)."""
-    x = torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
-    p = torch.zeros(2, 2, dtype=torch.float64)
-    q = Normal(torch.tensor([[1.0], [0.0]], dtype=torch.float64), torch.ones(2, 1).double())
+    x = torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float64, device=DEVICE)
+    p = torch.zeros(2, 2, dtype=torch.float64, device=DEVICE)
+    loc = torch.tensor([[1.0], [0.0]], dtype=torch.float64, device=DEVICE)
+    q = Normal(loc, torch.ones(2, 1, device=DEVICE).double())
     # rec = (1 + 4) / 2 (normal), (1 + 2) / 2 (laplace); kl = (½·1 + 0) / 2 = 0.25.
     for dist, rec in (("normal", 2.5), ("laplace", 1.5)):
         out = BetaVAELoss(beta=4.0, default_dist=dist)(x, p, q)
         assert out["rec_loss"].item() == pytest.approx(rec, rel=1e-12)
         assert out["kl_loss"].item() == pytest.approx(0.25, rel=1e-12)
         assert out["loss"].item() == pytest.approx(rec + 4.0 * 0.25, rel=1e-12)
-        ref = reference_beta_vae_loss(x, p, q.loc, q.scale, 4.0, dist)
+        ref = reference_beta_vae_loss(x.cpu(), p.cpu(), q.loc.cpu(), q.scale.cpu(), 4.0, dist)
         assert [r.item() for r in ref] == pytest.approx([rec + 1.0, rec, 0.25], rel=1e-12)
     # bernoulli: x = 1 with p = ½ costs log 2; p = 0 with x = 1 costs 100 (the clamp).
-    x = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
-    p = torch.tensor([[0.5, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64, device=DEVICE)
+    p = torch.tensor([[0.5, 0.0], [0.0, 1.0]], dtype=torch.float64, device=DEVICE)
     rec = BetaVAELoss(default_dist="bernoulli").reconstruction_loss(p, x)
     expected = (math.log(2.0) + 100.0) / 2
     assert rec.item() == pytest.approx(expected, rel=1e-12)
-    assert reference_reconstruction_loss(p, x, "bernoulli").item() == pytest.approx(expected)
+    ref = reference_reconstruction_loss(p.cpu(), x.cpu(), "bernoulli")
+    assert ref.item() == pytest.approx(expected)
 
 
 @DIST_PARAM
@@ -135,7 +137,7 @@ def test_kl_normal_loss_method():
     torch.testing.assert_close(BetaVAELoss().kl_normal_loss(_q(inputs)), expected)
     torch.testing.assert_close(kl_normal_loss(inputs.q_loc, inputs.q_scale), expected)
     # = kl_divergence(q, Normal(0, 1)).mean(dim=0).sum(), also when q broadcasts.
-    q = Normal(inputs.q_loc, torch.tensor(0.7, dtype=torch.float64))
+    q = Normal(inputs.q_loc, torch.tensor(0.7, dtype=torch.float64, device=DEVICE))
     expected = torch.distributions.kl_divergence(q, Normal(0.0, 1.0)).mean(dim=0).sum()
     torch.testing.assert_close(BetaVAELoss().kl_normal_loss(q), expected)
 
@@ -264,8 +266,8 @@ def test_unsupported_distributions_are_type_errors():
     [((3, 2, 4), (3, 2, 5)), ((1, 8), (3, 8)), ((3, 8), (3, 1)), ((3, 8), (3, 2, 4))],
 )
 def test_shape_mismatch_names_both_shapes(p_shape, x_shape):
-    p, x = torch.rand(p_shape), torch.rand(x_shape)
-    q = Normal(torch.zeros(3, 2), torch.ones(3, 2))
+    p, x = torch.rand(p_shape, device=DEVICE), torch.rand(x_shape, device=DEVICE)
+    q = Normal(torch.zeros(3, 2, device=DEVICE), torch.ones(3, 2, device=DEVICE))
     for call in (
         lambda: BetaVAELoss()(x, p, q),
         lambda: BetaVAELoss().reconstruction_loss(p, x),
@@ -279,7 +281,12 @@ def test_shape_mismatch_names_both_shapes(p_shape, x_shape):
 def test_posterior_that_does_not_broadcast_is_a_value_error():
     inputs = make_inputs()
     with pytest.raises(ValueError):
-        beta_vae_loss(inputs.x, inputs.p, torch.zeros(3, 4).double(), torch.ones(3, 5).double())
+        beta_vae_loss(
+            inputs.x,
+            inputs.p,
+            torch.zeros(3, 4, dtype=torch.float64, device=DEVICE),
+            torch.ones(3, 5, dtype=torch.float64, device=DEVICE),
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
@@ -320,8 +327,8 @@ def test_tensors_on_different_devices_are_value_errors(where):
 
 
 def test_empty_batch_is_a_value_error():
-    x = torch.rand(0, 3)
-    q = Normal(torch.zeros(0, 2), torch.ones(0, 2))
+    x = torch.rand(0, 3, device=DEVICE)
+    q = Normal(torch.zeros(0, 2, device=DEVICE), torch.ones(0, 2, device=DEVICE))
     with pytest.raises(ValueError, match="empty"):
         BetaVAELoss()(x, x.clone(), q)
     with pytest.raises(ValueError):
@@ -330,9 +337,15 @@ def test_empty_batch_is_a_value_error():
         BetaVAELoss().kl_normal_loss(q)
     inputs = make_inputs()
     with pytest.raises(ValueError):
-        beta_vae_loss(inputs.x, inputs.p, torch.zeros(0, 2).double(), torch.ones(0, 2).double())
+        beta_vae_loss(
+            inputs.x,
+            inputs.p,
+            torch.zeros(0, 2, dtype=torch.float64, device=DEVICE),
+            torch.ones(0, 2, dtype=torch.float64, device=DEVICE),
+        )
+    scalar = torch.tensor(1.0, device=DEVICE)
     with pytest.raises(ValueError):
-        beta_vae_loss(torch.tensor(1.0), torch.tensor(1.0), inputs.q_loc, inputs.q_scale)
+        beta_vae_loss(scalar, scalar.clone(), inputs.q_loc, inputs.q_scale)
 
 
 BAD_BERNOULLI = {
@@ -493,7 +506,7 @@ def test_environment_variable_reaches_the_functions(monkeypatch):
     with pytest.raises(RuntimeError):
         kl_normal_loss(cpu[2], cpu[3])
     monkeypatch.setenv(dispatch.ENV_VAR, "eager")
-    assert_values_match(beta_vae_loss(*cpu), inputs.to(torch.float32), 4.0)
+    assert_values_match(beta_vae_loss(*cpu), LossInputs(inputs.dist, *cpu), 4.0)
 
 
 def test_unknown_environment_value_is_a_value_error(monkeypatch):

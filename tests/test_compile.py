@@ -97,7 +97,8 @@ def test_per_sample_losses_compile_without_breaks(backend):
 
     def step(x, h, mu, log_sigma):
         out = loss_fn(x, h, Normal(mu, log_sigma.exp()))
-        return (out["loss"] * torch.arange(1.0, 5.0)).sum(), out["rec_loss"], out["kl_per_dim"]
+        weights = torch.arange(1.0, 5.0, device=DEVICE)
+        return (out["loss"] * weights).sum(), out["rec_loss"], out["kl_per_dim"]
 
     _compiles_like_eager(step, *_batch("laplace"))
 

@@ -1,8 +1,8 @@
 """The package's main use, measured as a user meets it: a ``torch.compile``d VAE training
-step on CPU (the Triton backend's kernels under the interpreter; the same operators run
-compiled on a GPU), with a β warm-up, autocast, gradient accumulation and a loss scale;
-and what inductor generates for the backward of a step whose decoder ends in a
-transposed convolution.
+step on ``DEVICE`` (on a CPU the Triton backend's kernels run under the interpreter; on a
+GPU the same operators run compiled), with a β warm-up, autocast, gradient accumulation
+and a loss scale; and what inductor generates for the backward of a step whose decoder
+ends in a transposed convolution.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 
 import pytest
 import torch
+from _helpers import DEVICE
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._inductor.utils import run_and_get_code
@@ -56,22 +57,22 @@ def _train(backend: str, compiled: bool):
     applies) undone before the SGD step. Returns the parameters, Σ over steps of each
     parameter tensor's largest gradient, and the compile count."""
     torch.manual_seed(0)
-    model = TinyVAE()
+    model = TinyVAE().to(DEVICE)
     loss_fn = BetaVAELoss(0.0, "bernoulli", backend=backend, validate_args=False)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     gen = torch.Generator().manual_seed(1)
-    data = (torch.rand(STEPS * MICRO, 6, 1, 8, 8, generator=gen) > 0.6).float()
-    noise = torch.randn(STEPS * MICRO, 6, 4, generator=gen)
+    data = (torch.rand(STEPS * MICRO, 6, 1, 8, 8, generator=gen) > 0.6).float().to(DEVICE)
+    noise = torch.randn(STEPS * MICRO, 6, 4, generator=gen).to(DEVICE)
 
     def loss_step(x, eps):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             logits, mu, sigma = model(x, eps)
         out = loss_fn(x, Bernoulli(logits=logits), Normal(mu, sigma))
         return out["loss"]
 
     counter = CompileCounterWithBackend("inductor")
     step_fn = torch.compile(loss_step, backend=counter, fullgraph=True) if compiled else loss_step
-    grad_sums = [torch.zeros(()) for _ in model.parameters()]
+    grad_sums = [torch.zeros((), device=DEVICE) for _ in model.parameters()]
     for step in range(STEPS):
         loss_fn.beta = 4.0 * min(1.0, (step + 1) / STEPS)  # the warm-up: a new β each step
         opt.zero_grad(set_to_none=True)
@@ -104,7 +105,7 @@ def test_compiled_training_matches_the_eager_loop(backend):
     params, _, frames = _train(backend, compiled=True)
     assert frames <= 2, frames
     torch.manual_seed(0)
-    initial = [p.detach() for p in TinyVAE().parameters()]
+    initial = [p.detach() for p in TinyVAE().to(DEVICE).parameters()]
     for got, want, start, grad_sum in zip(params, ref_params, initial, grad_sums, strict=True):
         bound = LR * 8 * 2**-8 * grad_sum + 1e-6
         assert ((want - start).abs() > bound).any(), "the loop must train beyond the tolerance"
@@ -156,10 +157,11 @@ def test_compiled_backward_moves_at_most_the_incoming_factor_once():
     inputs only), so the in-place rescaling of eager mode would cost the same pass as a
     clone onto itself. The README ("What the compiled backward costs") has the details."""
     torch.manual_seed(0)
-    conv = nn.ConvTranspose2d(4, 3, 3).to(memory_format=torch.channels_last)
-    z = torch.randn(2, 4, 30, 30).contiguous(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 32, 32)
-    mu, sigma = torch.randn(2, 5, requires_grad=True), (torch.rand(2, 5) + 0.5).requires_grad_()
+    conv = nn.ConvTranspose2d(4, 3, 3).to(DEVICE, memory_format=torch.channels_last)
+    z = torch.randn(2, 4, 30, 30, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    mu = torch.randn(2, 5, device=DEVICE, requires_grad=True)
+    sigma = (torch.rand(2, 5, device=DEVICE) + 0.5).requires_grad_()
     n = x.numel()
 
     def step(z, x, mu, sigma):
@@ -185,6 +187,6 @@ def test_compiled_backward_moves_at_most_the_incoming_factor_once():
 def test_the_code_reader_sees_a_clone():
     """``kernels_over`` finds an N-element kernel where there is one (so the test above
     cannot pass by reading nothing): a compiled ``x.clone() * 2`` of N elements."""
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
     _, (code,) = run_and_get_code(torch.compile(lambda t: t * 2 + 1), x)
     assert len(kernels_over(code, x.numel())) == 1

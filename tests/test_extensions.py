@@ -174,10 +174,11 @@ def test_capacity_schedule_and_step_counter():
 
 
 def test_capacity_module_keeps_the_parent_api():
-    loss_fn = CapacityBetaVAELoss(default_dist="bernoulli")
-    x = torch.rand(2, 3).round()
-    logits = torch.randn(2, 3)
-    out = loss_fn(x, Bernoulli(logits=logits), Normal(torch.zeros(2, 4), torch.ones(2, 4)))
+    loss_fn = CapacityBetaVAELoss(default_dist="bernoulli").to(DEVICE)
+    x = torch.rand(2, 3, device=DEVICE).round()
+    logits = torch.randn(2, 3, device=DEVICE)
+    q = Normal(torch.zeros(2, 4, device=DEVICE), torch.ones(2, 4, device=DEVICE))
+    out = loss_fn(x, Bernoulli(logits=logits), q)
     assert set(out) == {"loss", "rec_loss", "kl_loss", "capacity"}
     # KL is 0 at the prior and C = 0 at step 0: loss = rec, the exact logit cross-entropy.
     torch.testing.assert_close(out["loss"], _exact_bce_with_logits(logits, x).float())
@@ -191,7 +192,7 @@ def test_capacity_bad_arguments():
         CapacityBetaVAELoss(gamma=-1.0)
     x, p, loc, scale = _capacity_inputs()
     with pytest.raises(ValueError, match="one-element"):
-        capacity_beta_vae_loss(x, p, loc, scale, torch.ones(2))
+        capacity_beta_vae_loss(x, p, loc, scale, torch.ones(2, device=DEVICE))
     with pytest.raises(ValueError, match="device"):
         capacity_beta_vae_loss(x, p, loc, scale, torch.ones((), device="meta"))
 
@@ -247,7 +248,7 @@ def test_kl_per_dim_shows_the_active_units(backend):
     KL is exactly 0; the per-dimension KL sums to the KL term."""
     loc = torch.zeros(6, 5, device=DEVICE)
     scale = torch.ones(6, 5, device=DEVICE)
-    loc[:, 0] = torch.linspace(-2, 2, 6)
+    loc[:, 0] = torch.linspace(-2, 2, 6, device=DEVICE)
     scale[:, 2] = 0.3
     x = torch.rand(6, 8, device=DEVICE)
     module = BetaVAELoss(backend=backend, kl_per_dim=True)
@@ -311,11 +312,12 @@ def test_full_nll_bad_arguments():
     with pytest.raises(TypeError, match="Normal or Laplace"):
         BetaVAELoss(full_nll=True)(x, p, Normal(loc, scale))
     with pytest.raises(ValueError, match="p_scale needs"):
-        reconstruction_loss(p, x.round(), "bernoulli", p_scale=torch.ones(()))
+        reconstruction_loss(p, x.round(), "bernoulli", p_scale=torch.ones((), device=DEVICE))
     with pytest.raises(ValueError, match="does not broadcast"):
-        reconstruction_loss(p, x, "normal", p_scale=torch.ones(3, 1, 1))
+        reconstruction_loss(p, x, "normal", p_scale=torch.ones(3, 1, 1, device=DEVICE))
+    int_scale = torch.ones((), dtype=torch.int64, device=DEVICE)
     with pytest.raises(TypeError, match="floating"):
-        reconstruction_loss(p, x, "normal", p_scale=torch.ones((), dtype=torch.int64))
+        reconstruction_loss(p, x, "normal", p_scale=int_scale)
 
 
 @BACKENDS

@@ -268,7 +268,8 @@ def _with_float16_limit(ref_grads, inputs, beta, logits, logvar):
     unscaled = torch.autograd.grad(ref[1].sum(), leaves[:2])
     limited = list(ref_grads)
     for i, derivative in enumerate(unscaled):
-        beyond = derivative.abs() > torch.finfo(torch.float16).max
+        # Where the factor is 0 (no gradient reaches the term) the gradient stays 0.
+        beyond = (derivative.abs() > torch.finfo(torch.float16).max) & (ref_grads[i] != 0)
         limited[i] = torch.where(beyond, ref_grads[i].sign() * torch.inf, ref_grads[i])
     return tuple(limited)
 

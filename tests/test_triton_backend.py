@@ -413,3 +413,18 @@ def test_mixed_dtypes_are_read_in_place_without_casts(monkeypatch, half):
     _, ref_grads = run_reference(x, p.detach(), mu, sigma, 2.0, "bernoulli")
     magnitude = grad_magnitudes(inputs, 2.0, (1.0, 0.0, 0.0))[1]
     assert_close_to_reference(grad, ref_grads[1], magnitude, "grad p")
+
+
+def test_every_gradient_buffer_starts_16_byte_aligned(monkeypatch):
+    """105 elements (not a multiple of 16) with the gradients of both p and x: the second
+    part of the flat buffer starts at element 112, so both kernels' stores may be 128-bit;
+    the values are the reference's all the same."""
+    spy = LaunchSpy(monkeypatch)
+    gen = torch.Generator().manual_seed(41)
+    x, p = _data("normal", (3, 5, 7), torch.float32, gen)
+    mu, sigma = _posterior((3, 5), torch.float32, gen)  # 15 latents: KL parts padded too
+    assert_matches_reference(x, p, mu, sigma, 1.5, "normal")
+    for name, kwargs in spy.launches:
+        for arg, value in kwargs.items():
+            if arg.startswith("grad_") and isinstance(value, torch.Tensor):
+                assert value.data_ptr() % 16 == 0, (name, arg, value.storage_offset())
