@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,35 +46,97 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+class SMLimits(NamedTuple):
+    """What one SM holds: registers, threads, blocks, shared memory (bytes, and the bytes
+    reserved per block)."""
+
+    registers: int
+    threads: int
+    blocks: int
+    shared: int
+    reserved_shared: int
+
+
+H100 = SMLimits(65536, 2048, 32, 228 * 1024, 1024)
+
+
+@functools.cache
+def _sm_limits(index: int) -> SMLimits:
+    props = torch.cuda.get_device_properties(index)
+    return SMLimits(
+        getattr(props, "regs_per_multiprocessor", H100.registers),
+        getattr(props, "max_threads_per_multi_processor", H100.threads),
+        H100.blocks,
+        getattr(props, "shared_memory_per_multiprocessor", H100.shared),
+        H100.reserved_shared,
+    )
+
+
+def resident_blocks(registers: int, shared: int, num_warps: int, limits: SMLimits) -> int:
+    """Blocks of a kernel an SM holds at once: registers (allocated per warp in units of
+    256), threads, blocks and shared memory each bound them."""
+    regs_per_warp = -(-registers * 32 // 256) * 256
+    by_registers = limits.registers // max(regs_per_warp, 1) // num_warps
+    by_threads = limits.threads // (32 * num_warps)
+    by_shared = limits.shared // (shared + limits.reserved_shared)
+    return min(by_registers, by_threads, by_shared, limits.blocks)
+
+
 # The GPU launch configuration per element size: (BLOCK, num_warps, programs per SM).
 # 8 elements a thread for 16- and 32-bit data (one or two 128-bit accesses per tensor and
 # tile), 4 for float64; programs per SM that the compiled kernels' registers allow, so the
 # persistent grid is one wave (checked ahead of time by ``perf/codegen.py`` and
 # ``tests/test_codegen.py`` against the registers of every specialization).
 GPU_CONFIG = {2: (2048, 8, 4), 4: (2048, 8, 4), 8: (1024, 8, 2)}
+# Blocks per SM that a kernel, once compiled and run on this GPU, turned out to allow
+# (from its registers and shared memory): a later launch never plans more.
+_RESIDENT: dict[tuple, int] = {}
 
 
-def gpu_reduction_config(n: int, element_size: int, sm_count: int) -> tuple[int, int, int]:
+def gpu_reduction_config(
+    n: int, element_size: int, sm_count: int, resident: int | None = None
+) -> tuple[int, int, int]:
     """``(BLOCK, num_warps, programs)`` on a GPU of ``sm_count`` SMs: a persistent grid of
-    at most one wave (:data:`GPU_CONFIG`), fewer programs for small inputs."""
+    at most one wave (:data:`GPU_CONFIG`, or fewer programs per SM where the compiled
+    kernel allows fewer, ``resident``), fewer programs for small inputs."""
     block, warps, per_sm = GPU_CONFIG[element_size]
+    if resident:
+        per_sm = min(per_sm, resident)
     cap = min(MAX_PARTIALS, per_sm * sm_count)
     return block, warps, max(1, min(triton.cdiv(n, block), cap))
 
 
-def reduction_config(n: int, element_size: int, device: torch.device) -> tuple[int, int, int]:
+def reduction_config(
+    n: int, element_size: int, device: torch.device, key: tuple = ()
+) -> tuple[int, int, int]:
     """``(BLOCK, num_warps, programs)`` for a reduction (or the rescaling) of ``n``
-    elements: :func:`gpu_reduction_config` on CUDA; under the interpreter few large
-    programs (each program is a Python call)."""
+    elements: :func:`gpu_reduction_config` on CUDA (with what the kernel ``key`` compiled
+    to, once it has run); under the interpreter few large programs (each program is a
+    Python call)."""
     if device.type == "cuda":
-        return gpu_reduction_config(n, element_size, _sm_count(device.index or 0))
+        resident = _RESIDENT.get((device.index, element_size, *key))
+        return gpu_reduction_config(n, element_size, _sm_count(device.index or 0), resident)
     block = 1024
     return block, 4, max(1, min(triton.cdiv(n, block), 4))
 
 
-def _row_programs(row_len: int, rows: int, element_size: int, device: torch.device):
+def _note_compiled(compiled, device: torch.device, element_size: int, key: tuple) -> None:
+    """Read the registers and shared memory of a kernel that just ran on the GPU (what a
+    direct launch returns; nothing under ``torch.compile``) into :data:`_RESIDENT`."""
+    registers = getattr(compiled, "n_regs", None)
+    if device.type != "cuda" or not registers:
+        return
+    shared = getattr(compiled.metadata, "shared", 0)
+    limits = _sm_limits(device.index or 0)
+    blocks = resident_blocks(registers, shared, compiled.metadata.num_warps, limits)
+    _RESIDENT[(device.index, element_size, *key)] = max(1, blocks)
+
+
+def _row_programs(
+    row_len: int, rows: int, element_size: int, device: torch.device, key: tuple
+) -> tuple[int, int, int]:
     """``(BLOCK, num_warps, programs per row)``: the reduction's grid spread over rows."""
-    block, warps, programs = reduction_config(row_len, element_size, device)
+    block, warps, programs = reduction_config(row_len, element_size, device, key)
     if rows > 1:
         programs = max(1, min(programs, triton.cdiv(programs, rows)))
     return block, warps, programs
@@ -155,16 +218,16 @@ def launch_reconstruction(
     else:
         p_scale_flat = p_flat  # not read
     row_len = n // plan.rec_rows
-    block, warps, programs = _row_programs(
-        row_len, plan.rec_rows, p_flat.element_size(), plan.device
-    )
+    key = ("reconstruction", call.dist, mode, call.need_grad_x, call.need_grad_p_scale)
+    element_size = p_flat.element_size()
+    block, warps, programs = _row_programs(row_len, plan.rec_rows, element_size, plan.device, key)
     # One partial per program and row (twice, with a shared scale's gradient).
     partials = torch.empty((2 * plan.rec_rows * programs,), dtype=acc, device=plan.device)
     write_grad_p_scale = call.need_grad_p_scale and mode != NO_P_SCALE
     rec_parts = grad_parts(out.rec_grads, int(call.need_grad_p) + int(call.need_grad_x), n)
     # An output the kernel does not write gets a harmless valid pointer.
     per_element_grad = write_grad_p_scale and mode == P_SCALE_PER_ELEMENT
-    launch(_reconstruction_fwd_bwd)[(plan.rec_rows, programs)](
+    compiled = launch(_reconstruction_fwd_bwd)[(plan.rec_rows, programs)](
         p_ptr=p_flat,
         x_ptr=x_flat,
         p_scale_ptr=p_scale_flat,
@@ -185,6 +248,7 @@ def launch_reconstruction(
         BLOCK=block,
         num_warps=warps,
     )
+    _note_compiled(compiled, plan.device, element_size, key)
     if write_grad_p_scale and mode == P_SCALE_SHARED:
         start = plan.rec_rows * programs
         per_row = partials[start : 2 * start].view(plan.rec_rows, programs).sum(1)
@@ -206,13 +270,15 @@ def launch_kl(
     q_loc = call.q_loc.expand(plan.q_shape).contiguous()
     q_scale = call.q_scale.expand(plan.q_shape).contiguous()
     row_len = m // plan.kl_rows
-    block, warps, programs = _row_programs(row_len, plan.kl_rows, q_loc.element_size(), plan.device)
+    key = ("kl", call.q_is_logvar, call.kl_per_dim)
+    element_size = q_loc.element_size()
+    block, warps, programs = _row_programs(row_len, plan.kl_rows, element_size, plan.device, key)
     partials = torch.empty((plan.kl_rows * programs,), dtype=acc, device=plan.device)
     kl_parts = grad_parts(out.kl_grads, 2 if call.need_grad_q else 0, m)
     kl_elements = q_loc
     if call.kl_per_dim:
         kl_elements = torch.empty(plan.q_shape, dtype=plan.kl_dtype, device=plan.device)
-    launch(_normal_kl_fwd_bwd)[(plan.kl_rows, programs)](
+    compiled = launch(_normal_kl_fwd_bwd)[(plan.kl_rows, programs)](
         q_loc_ptr=q_loc,
         q_scale_ptr=q_scale,
         partial_ptr=partials,
@@ -230,6 +296,7 @@ def launch_kl(
         BLOCK=block,
         num_warps=warps,
     )
+    _note_compiled(compiled, plan.device, element_size, key)
     if call.kl_per_dim:
         out.kl_per_dim.copy_(kl_elements.to(acc).sum(0).div_(plan.q_shape[0]))
     return partials, programs
@@ -295,10 +362,10 @@ def rescale_grad_(
     n = grad.numel()
     if n == 0 or (g_term is None and g_loss is None):
         return
-    block, warps, programs = reduction_config(n, grad.element_size(), grad.device)
+    block, warps, programs = reduction_config(n, grad.element_size(), grad.device, ("rescale",))
     from_ptr = isinstance(loss_weight, torch.Tensor)
     weight_hi, weight_lo = _split_fp64(0.0 if from_ptr else loss_weight)
-    launch(_rescale_grad_inplace)[(programs,)](
+    compiled = launch(_rescale_grad_inplace)[(programs,)](
         grad_ptr=grad,
         n_elements=n,
         g_term_ptr=g_term if g_term is not None else grad,
@@ -314,3 +381,4 @@ def rescale_grad_(
         BLOCK=block,
         num_warps=warps,
     )
+    _note_compiled(compiled, grad.device, grad.element_size(), ("rescale",))

@@ -50,7 +50,6 @@ from betavae_triton.functional import _loss_call
 
 H100_SMS = 132
 H100_BANDWIDTH = 3.35e12  # bytes/s, HBM3 (SXM)
-H100 = {"regs": 65536, "threads": 2048, "blocks": 32, "smem": 228 * 1024, "reserved": 1024}
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 DTYPES = {
     torch.float32: "fp32",
@@ -139,7 +138,7 @@ def record_launches(case: Case) -> list[Launch]:
     launches: list[Launch] = []
     record = _recorder(launches)
 
-    def h100(n, element_size, device):
+    def h100(n, element_size, device, key=()):
         return _launch.gpu_reduction_config(n, element_size, H100_SMS)
 
     with mock.patch.object(_launch, "reduction_config", h100):
@@ -343,15 +342,12 @@ def compile_spec(spec: Spec, arch: int) -> Compiled:
 
 
 def occupancy(compiled: Compiled, num_warps: int) -> tuple[int, float]:
-    """``(resident blocks per SM, occupancy)`` on an H100: registers (allocated per warp
-    in units of 256), threads, blocks and shared memory each bound the blocks an SM holds."""
-    threads = 32 * num_warps
-    regs_per_warp = math.ceil(compiled.registers * 32 / 256) * 256
-    by_regs = (H100["regs"] // max(regs_per_warp, 1)) // num_warps
-    by_threads = H100["threads"] // threads
-    by_smem = H100["smem"] // (compiled.shared_bytes + H100["reserved"])
-    blocks = min(by_regs, by_threads, by_smem, H100["blocks"])
-    return blocks, blocks * threads / H100["threads"]
+    """``(resident blocks per SM, occupancy)`` on an H100, by the launcher's own rule
+    (:func:`betavae_triton._launch.resident_blocks`, which a GPU run applies to what the
+    kernel compiled to there)."""
+    limits = _launch.H100
+    blocks = _launch.resident_blocks(compiled.registers, compiled.shared_bytes, num_warps, limits)
+    return blocks, blocks * 32 * num_warps / limits.threads
 
 
 def vectors_allowed(spec: Spec) -> bool:

@@ -17,17 +17,22 @@
 #    summary is printed at the end. Exit status: 0 when every step that ran passed, 1 when
 #    a step failed or timed out, 2 when the preflight stopped the run.
 #
-# The whole run keeps within GPU_CHECK_BUDGET_S seconds (default 690: 11.5 minutes): each
-# test file's timeout is cut to what is left minus GPU_CHECK_BENCH_RESERVE_S (default 200)
-# for the benchmark, and a step with too little time left is recorded as SKIP (budget).
-# Other settings: PYTHON (default: python3 if it imports torch, else .venv/bin/python),
-# GPU_CHECK_FILES (test files, in order), GPU_CHECK_BENCH_WORKLOADS (default
-# "sprites mri sweep-2^28"), GPU_CHECK_BENCH_ARGS (extra bench options, e.g. "--nidl PATH").
-# GPU_CHECK_ALLOW_CPU=1 lets the run go on without CUDA (only to try this script out on a
-# CPU machine: conftest then runs the kernels under the interpreter). Optional modules the
-# machine may lack: without tqdm a minimal stand-in is put on
-# PYTHONPATH (progress bars only); without numpy/matplotlib the steps that need them are
-# recorded as SKIP (missing module), and a sweep benchmark keeps its JSON and table.
+# The whole run keeps within GPU_CHECK_BUDGET_S seconds (default 540, so that it fits one
+# 10-minute device command with room to spare; 690 keeps it under 12 minutes): each test
+# file's timeout is cut to what is left minus GPU_CHECK_BENCH_RESERVE_S (default 150) for
+# the benchmark, and a step with too little time left is recorded as SKIP (budget).
+#
+# Other settings: PYTHON (default: python3 if it imports torch, else .venv/bin/python);
+# GPU_CHECK_FILES ("file.py:timeout_s ...", in order; default: all of tests/, see below);
+# GPU_CHECK_BENCH_WORKLOADS (default "sprites mri sweep-2^28"; empty: no benchmark, no
+# reserve); GPU_CHECK_BENCH_ARGS (extra bench options, e.g. "--nidl PATH");
+# GPU_CHECK_ALLOW_CPU=1 goes on without CUDA (only to try this script out on a CPU machine,
+# where conftest then runs the kernels under the interpreter).
+#
+# Optional modules the machine may lack: without tqdm a minimal stand-in is put on
+# PYTHONPATH (progress bars only); without numpy or matplotlib the test files that need
+# them are recorded as SKIP (missing module), and a sweep benchmark keeps its JSON and
+# table (no PNG).
 
 set -u
 set -o pipefail
@@ -38,9 +43,14 @@ cd "$ROOT" || exit 2
 OUT_DIR="${OUT:-perf/out/gpu}"
 mkdir -p "$OUT_DIR" || exit 2
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+# This script's own files from an earlier run (nothing else in the folder is touched).
+rm -rf "$OUT_DIR"/[0-9][0-9]-*.log "$OUT_DIR"/preflight.log "$OUT_DIR"/summary.txt \
+    "$OUT_DIR"/summary-full.txt "$OUT_DIR/junit" "$OUT_DIR/bench"
 SUMMARY="$OUT_DIR/summary.txt"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-690}"
-BENCH_RESERVE_S="${GPU_CHECK_BENCH_RESERVE_S:-200}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
+BENCH_WORKLOADS="${GPU_CHECK_BENCH_WORKLOADS-sprites mri sweep-2^28}"
+BENCH_RESERVE_S="${GPU_CHECK_BENCH_RESERVE_S:-150}"
+[ -z "${BENCH_WORKLOADS// /}" ] && BENCH_RESERVE_S=0
 MIN_STEP_S=20
 
 # Compiled kernels, the package's own backend choice, a clean Python path.
@@ -140,7 +150,7 @@ print(f"tiny Triton kernel: compiled and ran on {torch.cuda.get_device_name(0)},
 PYEOF
 
 {
-    echo "gpu_check: preflight at $(now) on $(hostname)"
+    echo "gpu_check: preflight at $(now) on $(uname -n)"
     echo "repository $ROOT, output $OUT_DIR"
     echo "git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
         "($(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l | tr -d ' ') changed paths)"
@@ -150,9 +160,13 @@ PYEOF
         echo "nvidia-smi: not found"
     fi
 } 2>&1 | tee "$OUT_DIR/preflight.log"
-"$PY" "$TMP_DIR/preflight.py" 2>&1 | tee -a "$OUT_DIR/preflight.log"
+timeout --kill-after=10 180 "$PY" "$TMP_DIR/preflight.py" 2>&1 | tee -a "$OUT_DIR/preflight.log"
 preflight_rc=$?
 if [ "$preflight_rc" -ne 0 ]; then
+    if [ "$preflight_rc" -eq 124 ] || [ "$preflight_rc" -eq 137 ]; then
+        echo "GPU CHECK STOPPED: the preflight did not finish within 180 s" \
+            | tee -a "$OUT_DIR/preflight.log"
+    fi
     {
         printf 'step\tstatus\trc\tseconds\tdetail\n'
         printf 'preflight\tSTOPPED\t%s\t%s\tsee preflight.log\n' "$preflight_rc" "$SECONDS"
@@ -277,7 +291,7 @@ pytest_file() {  # test file, its own timeout
     counts="$(pytest_counts "$STEP_LOG")"
     case "$STEP_RC" in
         0) record "$name" "PASS" 0 "$STEP_SECONDS" "$counts" ;;
-        124 | 137) record "$name" "TIMEOUT" "$STEP_RC" "$STEP_SECONDS" "after ${limit}s; $counts" ;;
+        124 | 137) record "$name" "TIMEOUT" "$STEP_RC" "$STEP_SECONDS" "after ${limit}s${counts:+; $counts}" ;;
         *) record "$name" "FAIL" "$STEP_RC" "$STEP_SECONDS" "${counts:-see $(basename "$STEP_LOG")}" ;;
     esac
 }
@@ -313,16 +327,17 @@ done
 # ---- 3. the benchmark subset --------------------------------------------------------------
 
 read -r -a BENCH_EXTRA <<<"${GPU_CHECK_BENCH_ARGS:-}"
-for workload in ${GPU_CHECK_BENCH_WORKLOADS:-sprites mri sweep-2^28}; do
-    name="bench-${workload//^/}"
+for workload in $BENCH_WORKLOADS; do
+    tag="${workload//^/_}"
+    name="bench-$tag"
     left=$(($(remaining) - 5))
     if [ "$left" -lt 60 ]; then
         record "$name" "SKIP" "-" 0 "budget: ${left}s left"
         continue
     fi
     run_step "$name" "$left" "$PY" -m perf.bench --quick --no-progress --workloads "$workload" \
-        --out "$OUT_DIR/bench/${workload//^/}" ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"}
-    json="$(ls "$OUT_DIR/bench/${workload//^/}"/bench_*.json 2>/dev/null | head -n 1)"
+        --out "$OUT_DIR/bench/$tag" ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"}
+    json="$(ls "$OUT_DIR/bench/$tag"/bench_*.json 2>/dev/null | head -n 1)"
     if [ "$STEP_RC" -eq 0 ]; then
         record "$name" "PASS" 0 "$STEP_SECONDS" "$(basename "${json:-no json}")"
     elif [ "$STEP_RC" -eq 124 ] || [ "$STEP_RC" -eq 137 ]; then

@@ -428,3 +428,38 @@ def test_every_gradient_buffer_starts_16_byte_aligned(monkeypatch):
         for arg, value in kwargs.items():
             if arg.startswith("grad_") and isinstance(value, torch.Tensor):
                 assert value.data_ptr() % 16 == 0, (name, arg, value.storage_offset())
+
+
+def test_launches_plan_with_what_the_compiled_kernel_allows(monkeypatch):
+    """On a GPU, a kernel that ran reports its registers and shared memory; the next
+    launch of it plans no more programs per SM than an SM holds of it (here: 96 registers
+    a thread, 8 warps: 2 blocks on an H100, where the table says 4)."""
+
+    class Compiled:
+        n_regs = 96
+        metadata = type("Metadata", (), {"shared": 0, "num_warps": 8})()
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(launch, "_sm_limits", lambda index: launch.H100)
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(launch, "_RESIDENT", {})
+    assert launch.resident_blocks(96, 0, 8, launch.H100) == 2
+    assert launch.reduction_config(10**8, 4, cuda, ("k",))[2] == 4 * 132
+    launch._note_compiled(Compiled(), cuda, 4, ("k",))
+    assert launch.reduction_config(10**8, 4, cuda, ("k",))[2] == 2 * 132
+    assert launch.reduction_config(10**8, 4, cuda, ("other",))[2] == 4 * 132
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_views_at_odd_offsets_keep_working(dtype):
+    """p and x as dense views one element into larger buffers (not 16-byte aligned): the
+    kernels take them as they are (on a GPU, a specialization without 128-bit access) and
+    the results are the reference's."""
+    gen = torch.Generator().manual_seed(42)
+    shape = (3, 2, 5, 7)
+    n = 3 * 2 * 5 * 7
+    x_big, p_big = _data("normal", (n + 3,), dtype, gen)
+    x, p = x_big[1 : n + 1].view(shape), p_big[3 : n + 3].view(shape)
+    assert x.storage_offset() == 1 and p.storage_offset() == 3
+    mu, sigma = _posterior((3, 4), dtype, gen)
+    assert_matches_reference(x, p, mu, sigma, 1.5, "normal")
