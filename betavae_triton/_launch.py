@@ -41,6 +41,11 @@ POISON_OUTPUTS = False
 Launch = Callable[[Callable], Callable]
 
 
+def _device_index(device: torch.device) -> int:
+    """A CUDA device's index (``cuda`` alone means the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -114,8 +119,9 @@ def reduction_config(
     to, once it has run); under the interpreter few large programs (each program is a
     Python call)."""
     if device.type == "cuda":
-        resident = _RESIDENT.get((device.index, element_size, *key))
-        return gpu_reduction_config(n, element_size, _sm_count(device.index or 0), resident)
+        index = _device_index(device)
+        resident = _RESIDENT.get((index, element_size, *key))
+        return gpu_reduction_config(n, element_size, _sm_count(index), resident)
     block = 1024
     return block, 4, max(1, min(triton.cdiv(n, block), 4))
 
@@ -127,9 +133,9 @@ def _note_compiled(compiled, device: torch.device, element_size: int, key: tuple
     if device.type != "cuda" or not registers:
         return
     shared = getattr(compiled.metadata, "shared", 0)
-    limits = _sm_limits(device.index or 0)
-    blocks = resident_blocks(registers, shared, compiled.metadata.num_warps, limits)
-    _RESIDENT[(device.index, element_size, *key)] = max(1, blocks)
+    index = _device_index(device)
+    blocks = resident_blocks(registers, shared, compiled.metadata.num_warps, _sm_limits(index))
+    _RESIDENT[(index, element_size, *key)] = max(1, blocks)
 
 
 def _row_programs(
@@ -163,8 +169,8 @@ def _grad_buffer(parts: int, n: int, dtype: torch.dtype, device: torch.device) -
         return _empty((0,), dtype, device)
     stride = part_stride(n)
     buffer = _empty((stride * (parts - 1) + n,), dtype, device)
-    if parts > 1 and stride != n:
-        buffer.view(-1)[n:stride].zero_()
+    for part in range(parts - 1):  # no branch on n: no guard under dynamic shapes
+        buffer[part * stride + n : (part + 1) * stride].zero_()  # empty: no launch
     return buffer
 
 

@@ -416,6 +416,9 @@ def capacity_beta_vae_loss(
                 f"capacity must be a number or a one-element tensor, got shape "
                 f"{tuple(capacity.shape)}"
             )
+        if capacity.device != x.device and capacity.device.type == "cpu":
+            # A CPU counter (CapacityBetaVAELoss not moved with .to()): no sync to move it.
+            capacity = capacity.to(x.device, non_blocking=True)
         if capacity.device != x.device:
             raise ValueError(
                 f"capacity is on {capacity.device} but x is on {x.device}; put it on the "

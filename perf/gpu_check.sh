@@ -172,7 +172,7 @@ if [ "$preflight_rc" -ne 0 ]; then
         printf 'preflight\tSTOPPED\t%s\t%s\tsee preflight.log\n' "$preflight_rc" "$SECONDS"
     } >"$SUMMARY"
     echo "gpu_check: stopped after the preflight (exit $preflight_rc); nothing else ran." \
-        "Log: $OUT_DIR/preflight.log" >&2
+        "Log: $OUT_DIR/preflight.log"
     exit 2
 fi
 
@@ -327,12 +327,16 @@ done
 # ---- 3. the benchmark subset --------------------------------------------------------------
 
 read -r -a BENCH_EXTRA <<<"${GPU_CHECK_BENCH_ARGS:-}"
+read -r -a BENCH_LIST <<<"$BENCH_WORKLOADS"
+bench_left=${#BENCH_LIST[@]}
 for workload in $BENCH_WORKLOADS; do
     tag="${workload//^/_}"
     name="bench-$tag"
-    left=$(($(remaining) - 5))
-    if [ "$left" -lt 60 ]; then
-        record "$name" "SKIP" "-" 0 "budget: ${left}s left"
+    # An equal share of what is left for each workload still to run (the last gets it all).
+    left=$((($(remaining) - 5) / bench_left))
+    bench_left=$((bench_left - 1))
+    if [ "$left" -lt 40 ]; then
+        record "$name" "SKIP" "-" 0 "budget: ${left}s for it"
         continue
     fi
     run_step "$name" "$left" "$PY" -m perf.bench --quick --no-progress --workloads "$workload" \

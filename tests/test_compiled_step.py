@@ -159,7 +159,8 @@ def test_compiled_backward_moves_at_most_the_incoming_factor_once():
     torch.manual_seed(0)
     conv = nn.ConvTranspose2d(4, 3, 3).to(DEVICE, memory_format=torch.channels_last)
     z = torch.randn(2, 4, 30, 30, device=DEVICE).contiguous(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    # x in p's layout (channels last) too: the kernels then read both where they lie.
+    x = torch.randn(2, 3, 32, 32, device=DEVICE).contiguous(memory_format=torch.channels_last)
     mu = torch.randn(2, 5, device=DEVICE, requires_grad=True)
     sigma = (torch.rand(2, 5, device=DEVICE) + 0.5).requires_grad_()
     n = x.numel()
