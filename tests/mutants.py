@@ -116,8 +116,8 @@ MUTANTS = (
         "half-accumulation",
         "16-bit inputs accumulated in their own dtype (a bfloat16/float16 accumulation)",
         "betavae_triton/kernels/reconstruction.py",
-        "    else:\n        acc += loss\n",
-        "    else:\n        acc = (acc + loss).to(p_ptr.dtype.element_ty).to(acc_ty)\n",
+        "    acc += in_row(loss, mask, MASKED)",
+        "    acc = (acc + in_row(loss, mask, MASKED)).to(p_ptr.dtype.element_ty).to(acc_ty)",
         (EX + "test_half_precision_accumulates_in_float32",),
     ),
     Mutant(

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .elementwise import normal_kl, normal_kl_logvar
-from .tiling import row_tile_offsets, tail_tile
+from .tiling import in_row, load_tile, row_tile_offsets, store_tile, tail_tile
 
 
 @triton.jit
@@ -26,38 +26,19 @@ def _normal_kl_tile(
     """One tile of ``_normal_kl_fwd_bwd``; returns the updated accumulator. Without
     ``MASKED`` no access is masked (a full tile)."""
     acc_ty = acc.dtype
-    if MASKED and Q_IS_LOGVAR:
-        mu = tl.load(q_loc_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        second = tl.load(q_scale_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-    elif MASKED:
-        mu = tl.load(q_loc_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        second = tl.load(q_scale_ptr + offs, mask=mask, other=1.0).to(acc_ty)
-    else:
-        mu = tl.load(q_loc_ptr + offs).to(acc_ty)
-        second = tl.load(q_scale_ptr + offs).to(acc_ty)
+    mu = load_tile(q_loc_ptr, offs, mask, 0.0, MASKED).to(acc_ty)
     if Q_IS_LOGVAR:
-        kl, d_loc, d_scale = normal_kl_logvar(mu, second)
+        logvar = load_tile(q_scale_ptr, offs, mask, 0.0, MASKED).to(acc_ty)
+        kl, d_loc, d_scale = normal_kl_logvar(mu, logvar)
     else:
-        kl, d_loc, d_scale = normal_kl(mu, second)
-    if MASKED:
-        acc += tl.where(mask, kl, 0.0)
-    else:
-        acc += kl
+        sigma = load_tile(q_scale_ptr, offs, mask, 1.0, MASKED).to(acc_ty)
+        kl, d_loc, d_scale = normal_kl(mu, sigma)
+    acc += in_row(kl, mask, MASKED)
     if WRITE_KL_ELEMENTS:
-        kl_out = kl.to(kl_elements_ptr.dtype.element_ty)
-        if MASKED:
-            tl.store(kl_elements_ptr + offs, kl_out, mask=mask)
-        else:
-            tl.store(kl_elements_ptr + offs, kl_out)
+        store_tile(kl_elements_ptr, offs, kl, mask, MASKED)
     if WRITE_GRAD:
-        g_loc = (d_loc * inv_div).to(grad_q_loc_ptr.dtype.element_ty)
-        g_scale = (d_scale * inv_div).to(grad_q_scale_ptr.dtype.element_ty)
-        if MASKED:
-            tl.store(grad_q_loc_ptr + offs, g_loc, mask=mask)
-            tl.store(grad_q_scale_ptr + offs, g_scale, mask=mask)
-        else:
-            tl.store(grad_q_loc_ptr + offs, g_loc)
-            tl.store(grad_q_scale_ptr + offs, g_scale)
+        store_tile(grad_q_loc_ptr, offs, d_loc * inv_div, mask, MASKED)
+        store_tile(grad_q_scale_ptr, offs, d_scale * inv_div, mask, MASKED)
     return acc
 
 

@@ -19,7 +19,7 @@ from .elementwise import (
     normal_nll,
     squared_error,
 )
-from .tiling import row_tile_offsets, tail_tile
+from .tiling import in_row, load_tile, row_tile_offsets, store_tile, tail_tile
 
 
 @triton.jit
@@ -47,17 +47,10 @@ def _reconstruction_tile(
     gradient stores; returns the updated accumulators. Without ``MASKED`` no access is
     masked (a full tile: 128-bit loads and stores where the addresses are aligned)."""
     acc_ty = acc.dtype
-    if MASKED:
-        p = tl.load(p_ptr + offs, mask=mask, other=0.5).to(acc_ty)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.5).to(acc_ty)
-    else:
-        p = tl.load(p_ptr + offs).to(acc_ty)
-        x = tl.load(x_ptr + offs).to(acc_ty)
+    p = load_tile(p_ptr, offs, mask, 0.5, MASKED).to(acc_ty)
+    x = load_tile(x_ptr, offs, mask, 0.5, MASKED).to(acc_ty)
     if P_SCALE == P_SCALE_PER_ELEMENT:
-        if MASKED:
-            s = tl.load(p_scale_ptr + offs, mask=mask, other=1.0).to(acc_ty)
-        else:
-            s = tl.load(p_scale_ptr + offs).to(acc_ty)
+        s = load_tile(p_scale_ptr, offs, mask, 1.0, MASKED).to(acc_ty)
     elif P_SCALE == P_SCALE_SHARED:
         s = shared_p_scale
     if DIST == NORMAL and P_SCALE != NO_P_SCALE:
@@ -72,33 +65,15 @@ def _reconstruction_tile(
         loss, d_p, d_x = bernoulli_nll(p, x)
     else:
         loss, d_p, d_x = bernoulli_nll_logits(p, x)
-    if MASKED:
-        acc += tl.where(mask, loss, 0.0)
-    else:
-        acc += loss
+    acc += in_row(loss, mask, MASKED)
     if WRITE_GRAD_P:
-        g = (d_p * inv_div).to(grad_p_ptr.dtype.element_ty)
-        if MASKED:
-            tl.store(grad_p_ptr + offs, g, mask=mask)
-        else:
-            tl.store(grad_p_ptr + offs, g)
+        store_tile(grad_p_ptr, offs, d_p * inv_div, mask, MASKED)
     if WRITE_GRAD_X:
-        g = (d_x * inv_div).to(grad_x_ptr.dtype.element_ty)
-        if MASKED:
-            tl.store(grad_x_ptr + offs, g, mask=mask)
-        else:
-            tl.store(grad_x_ptr + offs, g)
-    if WRITE_GRAD_P_SCALE:
-        if P_SCALE == P_SCALE_PER_ELEMENT:
-            g = (d_s * inv_div).to(grad_p_scale_ptr.dtype.element_ty)
-            if MASKED:
-                tl.store(grad_p_scale_ptr + offs, g, mask=mask)
-            else:
-                tl.store(grad_p_scale_ptr + offs, g)
-        elif MASKED:
-            acc_p_scale += tl.where(mask, d_s, 0.0)
-        else:
-            acc_p_scale += d_s
+        store_tile(grad_x_ptr, offs, d_x * inv_div, mask, MASKED)
+    if WRITE_GRAD_P_SCALE and P_SCALE == P_SCALE_PER_ELEMENT:
+        store_tile(grad_p_scale_ptr, offs, d_s * inv_div, mask, MASKED)
+    elif WRITE_GRAD_P_SCALE:
+        acc_p_scale += in_row(d_s, mask, MASKED)
     return acc, acc_p_scale
 
 

@@ -37,3 +37,31 @@ def tail_tile(row_len, pid, n_programs, BLOCK: tl.constexpr):
     ones, belongs to program ``(row_len // BLOCK) % n_programs``."""
     n_full = row_len // BLOCK
     return n_full, (row_len % BLOCK != 0) & (pid == n_full % n_programs)
+
+
+@triton.jit
+def load_tile(ptr, offs, mask, other, MASKED: tl.constexpr):
+    """A tile's values, masked (with ``other`` outside the row) only with ``MASKED``."""
+    if MASKED:
+        values = tl.load(ptr + offs, mask=mask, other=other)
+    else:
+        values = tl.load(ptr + offs)
+    return values
+
+
+@triton.jit
+def store_tile(ptr, offs, values, mask, MASKED: tl.constexpr):
+    """Store a tile in the pointer's dtype, masked only with ``MASKED``."""
+    values = values.to(ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(ptr + offs, values, mask=mask)
+    else:
+        tl.store(ptr + offs, values)
+
+
+@triton.jit
+def in_row(values, mask, MASKED: tl.constexpr):
+    """``values`` with the lanes past the row's end zeroed (for sums), with ``MASKED``."""
+    if MASKED:
+        values = tl.where(mask, values, 0.0)
+    return values
