@@ -107,6 +107,8 @@ def _run(call: LossCall, backend: str | None) -> tuple[torch.Tensor | None, ...]
         # specialised: under torch.compile a number reaches the kernels as a 0-d tensor.
         beta = torch.ones((), dtype=torch.float64, device=device) * call.beta
         call = call._replace(beta_tensor=beta, beta=0.0)
+    elif call.beta_tensor is None:
+        call = call._replace(beta=float(call.beta))  # an int or a NumPy number too
     return beta_vae_loss(call)
 
 
