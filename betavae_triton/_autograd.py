@@ -116,7 +116,8 @@ class _Saved:
         flags, plan = self.flags, self.plan
         n_rec = int(flags.need_grad_p) + int(flags.need_grad_x)
         n_kl = 2 if kl_grads.numel() else 0
-        return grad_parts(rec_grads, n_rec, plan.n), grad_parts(kl_grads, n_kl, plan.m)
+        kl_parts = grad_parts(kl_grads, n_kl, plan.m, aligned=False)
+        return grad_parts(rec_grads, n_rec, plan.n), kl_parts
 
     def rescaled(self, rec_grads, kl_grads, g_loss, g_rec, g_kl, weight) -> tuple[list, list]:
         """The gradient parts of both buffers times their factors, out of place."""

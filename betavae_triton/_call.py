@@ -77,7 +77,7 @@ class LossOutputs(NamedTuple):
     ``loss, rec, kl`` are scalars, or with ``per_sample`` vectors of shape (rows,), (kl
     rows,) and (rows,). ``rec_grads`` holds [dℓ/dp | dℓ/dx] (each present only when
     needed) in the plan's ``rec_order``; ``kl_grads`` holds [dKL/dq_loc | dKL/dq_scale] over
-    the broadcast posterior shape; each part starts 16-byte aligned (:func:`grad_parts`);
+    the broadcast posterior shape (the layout of both: :func:`grad_parts`);
     ``kl_per_dim`` the batch-mean KL of each latent with ``kl_per_dim``;
     ``p_scale_grads`` the derivatives in the decoder's scale when needed:
     per element (flat like ``rec_grads``) or, for a shared scale, one per reduction row in
@@ -112,18 +112,19 @@ def call_gradients(**grads: Tensor | None) -> tuple[Tensor | None, ...]:
     return tuple(grads.get(name) for name in LossCall._fields)
 
 
-def grad_parts(buffer: Tensor, count: int, n: int) -> list[Tensor]:
+def grad_parts(buffer: Tensor, count: int, n: int, aligned: bool = True) -> list[Tensor]:
     """The ``count`` gradients of ``n`` elements that a flat buffer holds one after the
-    other, each starting at a multiple of 16 elements (so at a 16-byte-aligned address:
-    the kernels' 128-bit stores need it): ``rec_grads`` holds [dℓ/dp | dℓ/dx],
-    ``kl_grads`` [dKL/dq_loc | dKL/dq_scale]."""
-    stride = part_stride(n)
+    other: ``rec_grads`` holds [dℓ/dp | dℓ/dx], each starting at a multiple of 16 elements
+    (a 16-byte-aligned address, for the kernels' 128-bit stores); ``kl_grads`` holds
+    [dKL/dq_loc | dKL/dq_scale] packed (``aligned=False``: B·D elements, too few for the
+    vector width to matter, and a gap would cost a launch to define)."""
+    stride = part_stride(n, aligned)
     return [buffer[i * stride : i * stride + n] for i in range(count)]
 
 
-def part_stride(n: int) -> int:
-    """Elements from one gradient part to the next: ``n`` rounded up to 16."""
-    return (n + 15) // 16 * 16
+def part_stride(n: int, aligned: bool = True) -> int:
+    """Elements from one gradient part to the next: ``n``, rounded up to 16 if aligned."""
+    return (n + 15) // 16 * 16 if aligned else n
 
 
 class LaunchPlan(NamedTuple):

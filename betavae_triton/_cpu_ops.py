@@ -131,7 +131,7 @@ def _kl(call: LossCall, plan: LaunchPlan, out: LossOutputs) -> torch.Tensor:
     q_scale = call.q_scale.to(acc).expand(plan.q_shape)
     kl, d_loc, d_scale = _kl_elements(q_loc, q_scale, call.q_is_logvar)
     if call.need_grad_q:
-        parts = grad_parts(out.kl_grads, 2, plan.m)
+        parts = grad_parts(out.kl_grads, 2, plan.m, aligned=False)
         parts[0].copy_((d_loc / plan.kl_div).reshape(-1))
         parts[1].copy_((d_scale / plan.kl_div).reshape(-1))
     if call.kl_per_dim:

@@ -160,17 +160,20 @@ def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> to
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _grad_buffer(parts: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat buffer for ``parts`` gradients of ``n`` elements, each starting 16-byte
-    aligned (:func:`~betavae_triton._call.grad_parts`); the few elements of a gap between
-    parts are zeroed (every output element is defined), which costs a launch only when
-    there are two parts and ``n`` is not a multiple of 16."""
+def _grad_buffer(
+    parts: int, n: int, dtype: torch.dtype, device: torch.device, aligned: bool = True
+) -> torch.Tensor:
+    """A flat buffer for ``parts`` gradients of ``n`` elements, laid out as
+    :func:`~betavae_triton._call.grad_parts` says; the few elements of a gap between
+    aligned parts are zeroed (every output element is defined), which costs a launch only
+    when there are two parts and ``n`` is not a multiple of 16 (zeroing an empty slice
+    launches nothing)."""
     if parts == 0:
         return _empty((0,), dtype, device)
-    stride = part_stride(n)
+    stride = part_stride(n, aligned)
     buffer = _empty((stride * (parts - 1) + n,), dtype, device)
     for part in range(parts - 1):  # no branch on n: no guard under dynamic shapes
-        buffer[part * stride + n : (part + 1) * stride].zero_()  # empty: no launch
+        buffer[part * stride + n : (part + 1) * stride].zero_()
     return buffer
 
 
@@ -194,7 +197,7 @@ def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
         rec=_empty(shapes[1], plan.rec_dtype, device),
         kl=_empty(shapes[2], plan.kl_dtype, device),
         rec_grads=_grad_buffer(rec_parts, n, plan.rec_grads_dtype, device),
-        kl_grads=_grad_buffer(2 if call.need_grad_q else 0, m, plan.kl_dtype, device),
+        kl_grads=_grad_buffer(2 if call.need_grad_q else 0, m, plan.kl_dtype, device, False),
         kl_per_dim=_empty(plan.q_shape[1:] if call.kl_per_dim else (0,), plan.kl_dtype, device),
         p_scale_grads=_empty(p_scale_grads_shape, p_scale_grads_dtype, device),
     )
@@ -280,7 +283,7 @@ def launch_kl(
     element_size = q_loc.element_size()
     block, warps, programs = _row_programs(row_len, plan.kl_rows, element_size, plan.device, key)
     partials = torch.empty((plan.kl_rows * programs,), dtype=acc, device=plan.device)
-    kl_parts = grad_parts(out.kl_grads, 2 if call.need_grad_q else 0, m)
+    kl_parts = grad_parts(out.kl_grads, 2 if call.need_grad_q else 0, m, aligned=False)
     kl_elements = q_loc
     if call.kl_per_dim:
         kl_elements = torch.empty(plan.q_shape, dtype=plan.kl_dtype, device=plan.device)
