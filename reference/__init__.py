@@ -6,6 +6,12 @@ float64, and shares no code with :mod:`betavae_triton`: the package never import
 it never imports the package.
 """
 
+from .beta_tcvae import (
+    ESTIMATORS,
+    log_importance_weights,
+    reference_beta_tcvae_loss,
+    reference_beta_tcvae_terms,
+)
 from .beta_vae import (
     DISTRIBUTIONS,
     reference_beta_vae_loss,
@@ -15,6 +21,10 @@ from .beta_vae import (
 
 __all__ = [
     "DISTRIBUTIONS",
+    "ESTIMATORS",
+    "log_importance_weights",
+    "reference_beta_tcvae_loss",
+    "reference_beta_tcvae_terms",
     "reference_beta_vae_loss",
     "reference_kl_normal_loss",
     "reference_reconstruction_loss",
