@@ -9,8 +9,9 @@ from the saved log-sum-exps, so that no B×B×D tensor ever exists:
 
     dL/dM_ijd = c_q · softmax_j(Σ_d M_ij· + log w_ij) + c_p · softmax_j(M_ijd + log w_ij)
 
-with c_q, c_p the weights of log q(z) and log Π q(z) in the loss. The reference is
-``reference/beta_tcvae.py`` (the same formulas on the full tensor).
+with c_q, c_p the weights of log q(z) and log Π q(z) in the loss. The log-weights are made
+a block of columns at a time too (:class:`LogWeights`): extra memory O(B·chunk·D) in all.
+The reference is ``reference/beta_tcvae.py`` (the same formulas on the full tensor).
 """
 
 from __future__ import annotations
@@ -23,23 +24,36 @@ Tensor = torch.Tensor
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def log_importance_weights(batch: int, dataset_size: int, estimator: str, device) -> Tensor:
-    """The (B, B) log-weights of ``"mws"``, ``"mss"`` (the paper's) or ``"mss-reference"``
-    (the authors' published matrix), in float64: small, built once per call."""
-    n, m = dataset_size, batch - 1
-    if estimator == "mws":
-        return torch.full((batch, batch), -math.log(batch * n), dtype=torch.float64, device=device)
-    strat = (n - m) / (n * m)
-    w = torch.full((batch, batch), 1.0 / m, dtype=torch.float64, device=device)
-    rows = torch.arange(batch, device=device)
-    if estimator == "mss":
-        w[rows, rows] = 1.0 / n
-        w[rows, (rows + 1) % batch] = strat
-    else:  # "mss-reference": the own sample's weight in column 0, as the authors' code has it
-        w[:, 0] = 1.0 / n
-        w[:, 1] = strat
-        w[m - 1, 0] = strat
-    return w.log()
+class LogWeights:
+    """The estimator's log-weights log w_ij, produced a block of columns at a time (never
+    the whole B×B matrix): ``"mws"`` −log(B·N) everywhere; ``"mss"`` (the paper's) log 1/N
+    on the diagonal, log (N − B + 1)/(N(B − 1)) at j = i + 1 mod B, log 1/(B − 1)
+    elsewhere; ``"mss-reference"`` (the authors' published matrix) log 1/N in column 0, the
+    stratum weight in column 1 and at row B − 2 of column 0, log 1/(B − 1) elsewhere."""
+
+    def __init__(self, batch: int, dataset_size: int, estimator: str) -> None:
+        n, m = dataset_size, batch - 1
+        self.batch, self.estimator = batch, estimator
+        self.own = -math.log(n)
+        self.strat = math.log((n - m) / (n * m))
+        self.rest = -math.log(m)
+        self.mws = -math.log(batch * n)
+
+    def block(self, start: int, stop: int, device) -> Tensor:
+        """log w[:, start:stop], shape (B, stop − start), float64."""
+        rows = torch.arange(self.batch, device=device)[:, None]
+        cols = torch.arange(start, stop, device=device)[None, :]
+        if self.estimator == "mws":
+            return torch.full(
+                (self.batch, stop - start), self.mws, dtype=torch.float64, device=device
+            )
+        w = torch.full((self.batch, stop - start), self.rest, dtype=torch.float64, device=device)
+        if self.estimator == "mss":
+            w = torch.where(cols == (rows + 1) % self.batch, self.strat, w)
+            return torch.where(cols == rows, self.own, w)
+        w = torch.where(cols == 1, self.strat, w)
+        w = torch.where(cols == 0, self.own, w)
+        return torch.where((cols == 0) & (rows == self.batch - 2), self.strat, w)
 
 
 def _pair_log_density(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
@@ -49,7 +63,7 @@ def _pair_log_density(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
 
 
 def minibatch_log_densities(
-    z: Tensor, mu: Tensor, log_sigma: Tensor, log_w: Tensor, chunk: int
+    z: Tensor, mu: Tensor, log_sigma: Tensor, log_w: LogWeights, chunk: int
 ) -> tuple[Tensor, Tensor]:
     """``(log q(z_i), log Π_d q(z_id))``, shapes (B,) and (B, D): online log-sum-exps over
     chunks of ``chunk`` posteriors, in the inputs' dtype (float32 or float64)."""
@@ -61,7 +75,7 @@ def minibatch_log_densities(
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
         pair = _pair_log_density(z, mu[start:stop], log_sigma[start:stop])
-        lw = log_w[:, start:stop].to(z.dtype)
+        lw = log_w.block(start, stop, z.device).to(z.dtype)
         joint = pair.sum(2) + lw  # (B, C)
         marginal = pair + lw[:, :, None]  # (B, C, D)
         new_max_q = torch.maximum(run_max_q, joint.amax(1))
@@ -83,13 +97,13 @@ class _MinibatchLogDensities(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, mu, log_sigma, log_w, chunk):
         log_qz, log_prod = minibatch_log_densities(z, mu, log_sigma, log_w, chunk)
-        ctx.save_for_backward(z, mu, log_sigma, log_w, log_qz, log_prod)
-        ctx.chunk = chunk
+        ctx.save_for_backward(z, mu, log_sigma, log_qz, log_prod)
+        ctx.chunk, ctx.log_w = chunk, log_w
         return log_qz, log_prod
 
     @staticmethod
     def backward(ctx, g_qz, g_prod):
-        z, mu, log_sigma, log_w, log_qz, log_prod = ctx.saved_tensors
+        z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
         g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz
         g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod
         grad_z = torch.zeros_like(z)
@@ -100,7 +114,7 @@ class _MinibatchLogDensities(torch.autograd.Function):
             stop = min(start + ctx.chunk, batch)
             mu_c, ls_c = mu[start:stop], log_sigma[start:stop]
             pair = _pair_log_density(z, mu_c, ls_c)
-            lw = log_w[:, start:stop].to(z.dtype)
+            lw = ctx.log_w.block(start, stop, z.device).to(z.dtype)
             soft_q = torch.exp(pair.sum(2) + lw - log_qz[:, None])  # (B, C)
             soft_p = torch.exp(pair + lw[:, :, None] - log_prod[:, None, :])  # (B, C, D)
             g = g_qz[:, None, None] * soft_q[:, :, None] + g_prod[:, None, :] * soft_p
@@ -130,7 +144,7 @@ def beta_tcvae_terms(
     mu = q_loc.to(dtype).expand_as(z)
     second = q_scale.to(dtype).expand_as(z)
     log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
-    log_w = log_importance_weights(z.shape[0], dataset_size, estimator, z.device)
+    log_w = LogWeights(z.shape[0], dataset_size, estimator)
     log_qz, log_prod = _MinibatchLogDensities.apply(z, mu, log_sigma, log_w, chunk)
     scaled = (z - mu) * torch.exp(-log_sigma)
     log_qz_x = (-_HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)

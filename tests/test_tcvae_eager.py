@@ -60,6 +60,15 @@ def test_matches_the_oracle_in_float32(estimator):
     _check(z, mu, second, 500, estimator, False, 5, 1e-4, 1e-4)
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_log_weights_by_blocks_are_the_oracles_matrix(estimator):
+    from reference.beta_tcvae import log_importance_weights
+
+    weights = _tcvae_eager.LogWeights(9, 40, estimator)
+    blocks = torch.cat([weights.block(s, min(s + 4, 9), "cpu") for s in range(0, 9, 4)], 1)
+    torch.testing.assert_close(blocks, log_importance_weights(9, 40, estimator), rtol=1e-14, atol=0)
+
+
 def test_ties_between_samples():
     """Identical samples and posteriors (ties in every log-sum-exp)."""
     z, mu, sigma = _inputs(6, 3, seed=8)
