@@ -33,7 +33,7 @@ class LogWeights:
 
     def __init__(self, batch: int, dataset_size: int, estimator: str) -> None:
         n, m = dataset_size, batch - 1
-        self.batch, self.estimator = batch, estimator
+        self.batch, self.dataset_size, self.estimator = batch, dataset_size, estimator
         self.own = -math.log(n)
         self.strat = math.log((n - m) / (n * m))
         self.rest = -math.log(m)
@@ -135,17 +135,24 @@ def beta_tcvae_terms(
     estimator: str = "mss",
     q_is_logvar: bool = False,
     chunk: int = 64,
+    kernels: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(mi, tc, dw_kl)``: batch means of log q(z|x) − log q(z), log q(z) − log Π q(z)
-    and log Π q(z) − log p(z), with extra memory O(B·chunk·D), differentiable in z, q_loc
-    and q_scale (float64 for float64 inputs, float32 otherwise)."""
+    and log Π q(z) − log p(z), with extra memory O(B·chunk·D) (O(B·D) with ``kernels``:
+    the Triton kernels instead of the chunked torch ops), differentiable in z, q_loc and
+    q_scale (float64 for float64 inputs, float32 otherwise)."""
     dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     z = z.to(dtype)
     mu = q_loc.to(dtype).expand_as(z)
     second = q_scale.to(dtype).expand_as(z)
     log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
     log_w = LogWeights(z.shape[0], dataset_size, estimator)
-    log_qz, log_prod = _MinibatchLogDensities.apply(z, mu, log_sigma, log_w, chunk)
+    if kernels:
+        from ._tcvae_triton import MinibatchLogDensities
+
+        log_qz, log_prod = MinibatchLogDensities.apply(z, mu, log_sigma, log_w)
+    else:
+        log_qz, log_prod = _MinibatchLogDensities.apply(z, mu, log_sigma, log_w, chunk)
     scaled = (z - mu) * torch.exp(-log_sigma)
     log_qz_x = (-_HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)
     log_pz = (-_HALF_LOG_2PI - 0.5 * z * z).sum(1)

@@ -18,3 +18,7 @@ HALF_LOG_2PI = tl.constexpr(c.HALF_LOG_2PI)
 LOG_2 = tl.constexpr(c.LOG_2)
 BCE_LOG_FLOOR = tl.constexpr(c.BCE_LOG_FLOOR)
 BCE_GRAD_EPS = tl.constexpr(c.BCE_GRAD_EPS)
+
+MWS = tl.constexpr(c.MWS)
+MSS = tl.constexpr(c.MSS)
+MSS_REFERENCE = tl.constexpr(c.MSS_REFERENCE)

@@ -1,0 +1,219 @@
+"""β-TCVAE's minibatch log-densities: online log-sum-exps over the batch, never B×B×D.
+
+For samples z_i and posteriors (μ_j, σ_j), M_ijd = log N(z_id; μ_jd, σ_jd) and the
+estimator's log-weights log w_ij (:func:`log_weight`, computed in registers):
+
+- log q(z_i) = LSE_j [Σ_d M_ijd + log w_ij]
+- log Π_d q(z_id) = Σ_d LSE_j [M_ijd + log w_ij]   (stored per d; summed on the host)
+
+One kernel for the forward pass (by blocks of rows i, each walking every posterior j) and
+two for the backward pass, which recompute M from the saved log-sum-exps: the gradient of
+z by rows i, of μ and log σ by columns j, so that every sum runs in one program, in a fixed
+order (deterministic, no atomics).
+"""
+
+import triton
+import triton.language as tl
+
+from .constants import HALF_LOG_2PI, MSS, MWS
+
+
+@triton.jit
+def log_weight(i, j, batch, own, strat, rest, ESTIMATOR: tl.constexpr):
+    """log w_ij for broadcastable index tensors i, j (constants from
+    :func:`estimator_constants`): MWS ``own`` (−log BN) everywhere;
+    MSS ``own`` on the diagonal, ``strat`` at j = i + 1 mod B, ``rest`` elsewhere;
+    MSS-reference (the authors' matrix) ``own`` in column 0 (``strat`` at row B − 2),
+    ``strat`` in column 1, ``rest`` elsewhere."""
+    if ESTIMATOR == MWS:
+        w = tl.where(i == j, own, own)
+    elif ESTIMATOR == MSS:
+        w = tl.where(j == i, own, tl.where(j == (i + 1) % batch, strat, rest))
+    else:
+        col0 = tl.where(i == batch - 2, strat, own)
+        w = tl.where(j == 0, col0, tl.where(j == 1, strat, rest))
+    return w
+
+
+@triton.jit
+def estimator_constants(batch, dataset_size, ESTIMATOR: tl.constexpr, ACC_FP64: tl.constexpr):
+    """``(own, strat, rest)`` log-weights, computed in the accumulation dtype from the
+    integer sizes (a float argument would reach the kernel in float32): −log N,
+    log (N − B + 1)/(N(B − 1)) and −log (B − 1); all three −log(B·N) for MWS."""
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    n = tl.full([], dataset_size, acc_ty)
+    b = tl.full([], batch, acc_ty)
+    m = b - 1.0
+    if ESTIMATOR == MWS:
+        own = -tl.log(b * n)
+        strat = own
+        rest = own
+    else:
+        own = -tl.log(n)
+        strat = tl.log((n - m) / (n * m))
+        rest = -tl.log(m)
+    return own, strat, rest
+
+
+@triton.jit
+def _pair(z, mu, log_sigma):
+    """log N(z; μ, σ) elementwise, and (z − μ)/σ² (the derivative in μ)."""
+    inv_var = tl.exp(-2.0 * log_sigma)
+    diff = z - mu
+    return -HALF_LOG_2PI - log_sigma - 0.5 * diff * diff * inv_var, diff * inv_var, diff
+
+
+@triton.jit
+def _minibatch_log_densities_fwd(
+    z_ptr,
+    mu_ptr,
+    log_sigma_ptr,
+    log_qz_ptr,
+    log_prod_ptr,
+    batch,
+    latent,
+    dataset_size,
+    ESTIMATOR: tl.constexpr,
+    ACC_FP64: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """log q(z_i) and log q(z_id) (before the product) for a block of rows i.
+
+    Grid: cdiv(B, BLOCK_I). Memory traffic: reads the block's z once and every posterior
+    once per program (B·D·cdiv(B, BLOCK_I) values, from the cache); writes B + B·D values.
+    """
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
+    rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok, dim_ok = rows < batch, dims < latent
+    tile = rows[:, None] * latent + dims[None, :]
+    z = tl.load(z_ptr + tile, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(acc_ty)
+    max_q = tl.full([BLOCK_I], float("-inf"), acc_ty)
+    sum_q = tl.zeros([BLOCK_I], acc_ty)
+    max_p = tl.full([BLOCK_I, BLOCK_D], float("-inf"), acc_ty)
+    sum_p = tl.zeros([BLOCK_I, BLOCK_D], acc_ty)
+    for j in range(0, batch):
+        mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])
+        lw = log_weight(rows, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
+        joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
+        new_max_q = tl.maximum(max_q, joint)
+        sum_q = sum_q * tl.exp(max_q - new_max_q) + tl.exp(joint - new_max_q)
+        max_q = new_max_q
+        marginal = pair + lw[:, None]
+        new_max_p = tl.maximum(max_p, marginal)
+        sum_p = sum_p * tl.exp(max_p - new_max_p) + tl.exp(marginal - new_max_p)
+        max_p = new_max_p
+    tl.store(log_qz_ptr + rows, max_q + tl.log(sum_q), mask=row_ok)
+    tl.store(log_prod_ptr + tile, max_p + tl.log(sum_p), mask=row_ok[:, None] & dim_ok[None, :])
+
+
+@triton.jit
+def _minibatch_grad_z(
+    z_ptr,
+    mu_ptr,
+    log_sigma_ptr,
+    log_qz_ptr,
+    log_prod_ptr,
+    g_qz_ptr,
+    g_prod_ptr,
+    grad_z_ptr,
+    batch,
+    latent,
+    dataset_size,
+    ESTIMATOR: tl.constexpr,
+    ACC_FP64: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dL/dz for a block of rows i: Σ_j G_ijd · ∂M_ijd/∂z_id, with G_ijd =
+    g_qz_i · softmax_j(joint) + g_prod_id · softmax_j(marginal), recomputed.
+
+    Grid: cdiv(B, BLOCK_I). Memory traffic: as the forward pass, plus the block's saved
+    log-sum-exps and incoming gradients; writes B·D values.
+    """
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
+    rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok, dim_ok = rows < batch, dims < latent
+    tile = rows[:, None] * latent + dims[None, :]
+    tile_ok = row_ok[:, None] & dim_ok[None, :]
+    z = tl.load(z_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
+    log_qz = tl.load(log_qz_ptr + rows, mask=row_ok, other=0.0).to(acc_ty)
+    log_prod = tl.load(log_prod_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
+    g_qz = tl.load(g_qz_ptr + rows, mask=row_ok, other=0.0).to(acc_ty)
+    g_prod = tl.load(g_prod_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
+    grad = tl.zeros([BLOCK_I, BLOCK_D], acc_ty)
+    for j in range(0, batch):
+        mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        pair, d_mu, _ = _pair(z, mu[None, :], log_sigma[None, :])
+        lw = log_weight(rows, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
+        joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
+        soft_q = tl.exp(joint - log_qz)
+        marginal = pair + lw[:, None]
+        soft_p = tl.exp(marginal - log_prod)
+        g = g_qz[:, None] * soft_q[:, None] + g_prod * soft_p
+        grad -= g * d_mu
+    tl.store(grad_z_ptr + tile, grad.to(grad_z_ptr.dtype.element_ty), mask=tile_ok)
+
+
+@triton.jit
+def _minibatch_grad_posterior(
+    z_ptr,
+    mu_ptr,
+    log_sigma_ptr,
+    log_qz_ptr,
+    log_prod_ptr,
+    g_qz_ptr,
+    g_prod_ptr,
+    grad_mu_ptr,
+    grad_log_sigma_ptr,
+    batch,
+    latent,
+    dataset_size,
+    ESTIMATOR: tl.constexpr,
+    ACC_FP64: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dL/dμ and dL/d log σ for a block of posteriors j: Σ_i G_ijd · ∂M_ijd/∂(μ, log σ),
+    recomputed; each program walks every sample i.
+
+    Grid: cdiv(B, BLOCK_J). Memory traffic: reads the block's posteriors once and every
+    sample with its saved log-sum-exps and incoming gradients once per program; writes
+    2·B·D values.
+    """
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
+    cols = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    dims = tl.arange(0, BLOCK_D)
+    col_ok, dim_ok = cols < batch, dims < latent
+    tile = cols[:, None] * latent + dims[None, :]
+    tile_ok = col_ok[:, None] & dim_ok[None, :]
+    mu = tl.load(mu_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
+    log_sigma = tl.load(log_sigma_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
+    grad_mu = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
+    grad_log_sigma = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
+    for i in range(0, batch):
+        z = tl.load(z_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        log_prod = tl.load(log_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        g_prod = tl.load(g_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        log_qz = tl.load(log_qz_ptr + i).to(acc_ty)
+        g_qz = tl.load(g_qz_ptr + i).to(acc_ty)
+        pair, d_mu, diff = _pair(z[None, :], mu, log_sigma)
+        lw = log_weight(i, cols, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
+        joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
+        soft_q = tl.exp(joint - log_qz)
+        marginal = pair + lw[:, None]
+        soft_p = tl.exp(marginal - log_prod[None, :])
+        g = g_qz * soft_q[:, None] + g_prod[None, :] * soft_p
+        grad_mu += g * d_mu
+        grad_log_sigma += g * (diff * d_mu - 1.0)
+    tl.store(grad_mu_ptr + tile, grad_mu.to(grad_mu_ptr.dtype.element_ty), mask=tile_ok)
+    grad_ty = grad_log_sigma_ptr.dtype.element_ty
+    tl.store(grad_log_sigma_ptr + tile, grad_log_sigma.to(grad_ty), mask=tile_ok)
