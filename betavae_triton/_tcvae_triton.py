@@ -55,7 +55,13 @@ class MinibatchLogDensities(torch.autograd.Function):
         log_prod = torch.empty_like(z)
         grid = (triton.cdiv(z.shape[0], BLOCK_ROWS),)
         _minibatch_log_densities_fwd[grid](
-            z, mu, log_sigma, log_qz, log_prod, BLOCK_I=BLOCK_ROWS, **config
+            z_ptr=z,
+            mu_ptr=mu,
+            log_sigma_ptr=log_sigma,
+            log_qz_ptr=log_qz,
+            log_prod_ptr=log_prod,
+            BLOCK_I=BLOCK_ROWS,
+            **config,
         )
         ctx.save_for_backward(z, mu, log_sigma, log_qz, log_prod)
         ctx.config = config
@@ -68,9 +74,21 @@ class MinibatchLogDensities(torch.autograd.Function):
         g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod.contiguous()
         grad_z, grad_mu, grad_log_sigma = (torch.empty_like(t) for t in (z, mu, log_sigma))
         grid = (triton.cdiv(z.shape[0], BLOCK_ROWS),)
-        saved = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod)
-        _minibatch_grad_z[grid](*saved, grad_z, BLOCK_I=BLOCK_ROWS, **ctx.config)
+        saved = dict(
+            z_ptr=z,
+            mu_ptr=mu,
+            log_sigma_ptr=log_sigma,
+            log_qz_ptr=log_qz,
+            log_prod_ptr=log_prod,
+            g_qz_ptr=g_qz,
+            g_prod_ptr=g_prod,
+        )
+        _minibatch_grad_z[grid](**saved, grad_z_ptr=grad_z, BLOCK_I=BLOCK_ROWS, **ctx.config)
         _minibatch_grad_posterior[grid](
-            *saved, grad_mu, grad_log_sigma, BLOCK_J=BLOCK_ROWS, **ctx.config
+            **saved,
+            grad_mu_ptr=grad_mu,
+            grad_log_sigma_ptr=grad_log_sigma,
+            BLOCK_J=BLOCK_ROWS,
+            **ctx.config,
         )
         return grad_z, grad_mu, grad_log_sigma, None
