@@ -64,6 +64,19 @@ def _pair(z, mu, log_sigma):
 
 
 @triton.jit
+def _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod, g_prod):
+    """G = g_qz · softmax_j(Σ_d M + log w) + g_prod · softmax_j(M + log w), recomputed from
+    the saved log-sum-exps (``log_qz``, ``g_qz`` broadcast against the rows of ``pair``;
+    ``log_prod``, ``g_prod`` against ``pair`` itself)."""
+    joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
+    soft_q = tl.exp(joint - log_qz)
+    weighted_q = g_qz * soft_q
+    marginal = pair + lw[:, None]
+    soft_p = tl.exp(marginal - log_prod)
+    return weighted_q[:, None] + g_prod * soft_p
+
+
+@triton.jit
 def _minibatch_log_densities_fwd(
     z_ptr,
     mu_ptr,
@@ -153,11 +166,7 @@ def _minibatch_grad_z(
         log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         pair, d_mu, _ = _pair(z, mu[None, :], log_sigma[None, :])
         lw = log_weight(rows, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
-        joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
-        soft_q = tl.exp(joint - log_qz)
-        marginal = pair + lw[:, None]
-        soft_p = tl.exp(marginal - log_prod)
-        g = g_qz[:, None] * soft_q[:, None] + g_prod * soft_p
+        g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod, g_prod)
         grad -= g * d_mu
     tl.store(grad_z_ptr + tile, grad.to(grad_z_ptr.dtype.element_ty), mask=tile_ok)
 
@@ -207,11 +216,7 @@ def _minibatch_grad_posterior(
         g_qz = tl.load(g_qz_ptr + i).to(acc_ty)
         pair, d_mu, diff = _pair(z[None, :], mu, log_sigma)
         lw = log_weight(i, cols, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
-        joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
-        soft_q = tl.exp(joint - log_qz)
-        marginal = pair + lw[:, None]
-        soft_p = tl.exp(marginal - log_prod[None, :])
-        g = g_qz * soft_q[:, None] + g_prod[None, :] * soft_p
+        g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod[None, :], g_prod[None, :])
         grad_mu += g * d_mu
         grad_log_sigma += g * (diff * d_mu - 1.0)
     tl.store(grad_mu_ptr + tile, grad_mu.to(grad_mu_ptr.dtype.element_ty), mask=tile_ok)
