@@ -141,3 +141,66 @@ def check_bernoulli_range(
                 "validate_args=False (or torch.distributions.Distribution."
                 "set_default_validate_args(False)) to skip this check and get NaN instead."
             )
+
+
+ESTIMATORS = ("mws", "mss", "mss-reference")
+
+
+def check_tcvae_inputs(
+    z: torch.Tensor,
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    dataset_size: int,
+    estimator: str,
+    q_is_logvar: bool,
+    validate_args: bool | None,
+    world_size: int = 1,
+) -> None:
+    """Check β-TCVAE's latent sample, posterior, dataset size and estimator.
+
+    Raises
+    ------
+    TypeError
+        If a tensor is not floating point or ``dataset_size`` is not an integer.
+    ValueError
+        If z is not (B, D), the global batch (``world_size`` · B) holds fewer than 2
+        samples or more than ``dataset_size``, μ or σ does not broadcast to z, the devices
+        differ, the estimator is unknown, or (with validation on, eager mode only: one
+        host sync) a σ is not positive.
+    """
+    _check_float("z", z)
+    if z.dim() != 2:
+        raise ValueError(f"z must have shape (B, D), got {tuple(z.shape)}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
+        raise TypeError(f"dataset_size must be an int, got {dataset_size!r}")
+    batch = z.shape[0] * world_size
+    if batch < 2:
+        raise ValueError(f"the β-TCVAE estimators need a batch of at least 2 samples, got {batch}")
+    if dataset_size < batch:
+        raise ValueError(
+            f"dataset_size ({dataset_size}) is smaller than the batch ({batch}): it is the "
+            "number of samples in the training set"
+        )
+    names = ("q.loc", "q.scale" if not q_is_logvar else "the log-variance")
+    for name, t in zip(names, (q_loc, q_scale), strict=True):
+        _check_float(name, t)
+        if t.device != z.device:
+            raise ValueError(f"{name} is on {t.device} but z is on {z.device}")
+        try:
+            shape = broadcast_shapes(t.shape, z.shape)
+        except RuntimeError:
+            shape = None
+        if shape != z.shape:
+            raise ValueError(f"{name} {tuple(t.shape)} does not broadcast to z {tuple(z.shape)}")
+    if q_is_logvar or not validation_enabled(validate_args) or torch.compiler.is_compiling():
+        return
+    if z.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if bool((q_scale <= 0).any()):
+        raise ValueError(
+            "q.scale must be positive; found a value <= 0. Pass validate_args=False (or "
+            "torch.distributions.Distribution.set_default_validate_args(False)) to skip "
+            "this check."
+        )

@@ -12,6 +12,14 @@ Two operators under the ``betavae_triton`` namespace carry the Triton backend:
     the backward pass: multiplies those buffers in place by the factor the incoming
     gradients make, read on the device (no host sync; no memory traffic when it is 1).
 
+Two more carry β-TCVAE's minibatch log-densities (:mod:`._tcvae_triton`):
+
+``tc_log_densities(z, mu, log_sigma, row_offset, dataset_size, estimator)``
+    ``(log q(z_i), log q(z_id))`` for the samples z (rows ``row_offset`` … of the batch)
+    against every posterior (μ, log σ), by online log-sum-exps; O(B·D) memory.
+``tc_log_densities_backward(z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, ...)``
+    the gradients to z, μ and log σ, recomputed from the saved log-sum-exps.
+
 On CUDA both are ``torch.library.triton_op``\\ s whose kernels are launched through
 ``wrap_triton``, so inductor sees and schedules them. On the CPU they forward to opaque
 ``*_cpu`` operators (:mod:`._cpu_ops`). Autograd (:mod:`._autograd`) is registered with
@@ -23,9 +31,11 @@ from __future__ import annotations
 import torch
 from torch.library import custom_op, register_autograd, triton_op, wrap_triton
 
-from . import _cpu_ops, _launch
+from . import _cpu_ops, _launch, _tcvae_eager, _tcvae_triton
 from ._autograd import op_backward, op_setup_context
 from ._call import LossCall, flat_signature, plan_call
+from ._cpu_ops import _direct
+from ._dispatch import interpreter_enabled
 
 Tensor = torch.Tensor
 
@@ -97,3 +107,107 @@ def rescale_grads_(
 
 register_autograd("betavae_triton::loss_fwd", op_backward, setup_context=op_setup_context)
 register_autograd("betavae_triton::loss_fwd_cpu", op_backward, setup_context=op_setup_context)
+
+
+@custom_op("betavae_triton::tc_log_densities_cpu", mutates_args=())
+def _tc_log_densities_cpu(
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
+) -> tuple[Tensor, Tensor]:
+    args = (z, mu, log_sigma, row_offset, dataset_size, estimator)
+    if interpreter_enabled():
+        return _tcvae_triton.log_densities_fwd(_direct, *args)
+    return _tcvae_eager.log_densities_fwd(*args)
+
+
+@_tc_log_densities_cpu.register_fake
+def _fake_tc_log_densities(z, mu, log_sigma, row_offset, dataset_size, estimator):
+    return z.new_empty(z.shape[:1]), torch.empty_like(z)
+
+
+@triton_op("betavae_triton::tc_log_densities", mutates_args=())
+def tc_log_densities(
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
+) -> tuple[Tensor, Tensor]:
+    """β-TCVAE's ``(log q(z_i), log q(z_id))``; see the module docstring."""
+    z, mu, log_sigma = (t.contiguous() for t in (z, mu, log_sigma))
+    args = (z, mu, log_sigma, row_offset, dataset_size, estimator)
+    if z.device.type == "cpu":
+        return torch.ops.betavae_triton.tc_log_densities_cpu(*args)
+    with torch.cuda.device(z.device):
+        return _tcvae_triton.log_densities_fwd(wrap_triton, *args)
+
+
+@custom_op("betavae_triton::tc_log_densities_backward_cpu", mutates_args=())
+def _tc_log_densities_backward_cpu(
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    log_qz: Tensor,
+    log_prod: Tensor,
+    g_qz: Tensor,
+    g_prod: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
+    if interpreter_enabled():
+        return _tcvae_triton.log_densities_bwd(_direct, *args, estimator)
+    return _tcvae_eager.log_densities_bwd(*args, estimator)
+
+
+@_tc_log_densities_backward_cpu.register_fake
+def _fake_tc_backward(z, mu, log_sigma, *rest):
+    return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(log_sigma)
+
+
+@triton_op("betavae_triton::tc_log_densities_backward", mutates_args=())
+def tc_log_densities_backward(
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    log_qz: Tensor,
+    log_prod: Tensor,
+    g_qz: Tensor,
+    g_prod: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of :func:`tc_log_densities`' inputs; see the module docstring."""
+    g_qz, g_prod = g_qz.contiguous(), g_prod.contiguous()
+    args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
+    if z.device.type == "cpu":
+        return torch.ops.betavae_triton.tc_log_densities_backward_cpu(*args, estimator)
+    with torch.cuda.device(z.device):
+        return _tcvae_triton.log_densities_bwd(wrap_triton, *args, estimator)
+
+
+def _tc_setup_context(ctx, inputs, output):
+    z, mu, log_sigma, *options = inputs
+    ctx.save_for_backward(z.contiguous(), mu.contiguous(), log_sigma.contiguous(), *output)
+    ctx.options = options
+
+
+def _tc_backward(ctx, g_qz, g_prod):
+    z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
+    g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz
+    g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod
+    grads = torch.ops.betavae_triton.tc_log_densities_backward(
+        z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, *ctx.options
+    )
+    return (*grads, None, None, None)
+
+
+for _name in ("tc_log_densities", "tc_log_densities_cpu"):
+    register_autograd(f"betavae_triton::{_name}", _tc_backward, setup_context=_tc_setup_context)

@@ -16,10 +16,13 @@ from ._checks import (
     check_posterior,
     check_reconstruction,
     check_same_device,
+    check_tcvae_inputs,
 )
 from ._dispatch import check_backend, default_backend, resolve_backend
+from ._tcvae import minibatch_terms, world
 
 __all__ = [
+    "beta_tcvae_loss",
     "beta_vae_loss",
     "capacity_beta_vae_loss",
     "kl_normal_loss",
@@ -443,3 +446,147 @@ def capacity_beta_vae_loss(
     if isinstance(gamma, torch.Tensor):  # a tensor γ weighs like a number: same dtypes
         distance = distance.to(kl.dtype)
     return rec + distance, rec, kl
+
+
+def _weigh(weight: float | torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+    """``weight · term`` in ``term``'s dtype: a number, or a one-element tensor (the data's
+    device or the CPU) that a schedule may change every step without a recompile."""
+    _, tensor = _weight(weight, term.device)
+    if tensor is None:
+        return weight * term
+    return (tensor * term).to(term.dtype)
+
+
+def beta_tcvae_loss(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    z: torch.Tensor,
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    alpha: float | torch.Tensor = 1.0,
+    beta: float | torch.Tensor = 6.0,
+    gamma: float | torch.Tensor = 1.0,
+    dataset_size: int | None = None,
+    dist: str = "bernoulli",
+    estimator: str = "mss",
+    q_is_logvar: bool = False,
+    backend: str | None = None,
+    *,
+    validate_args: bool | None = None,
+    p_is_logits: bool = False,
+    p_scale: torch.Tensor | None = None,
+    gather: bool = False,
+    group: object | None = None,
+) -> tuple[torch.Tensor, ...]:
+    r"""Compute the β-TCVAE loss [1]_: the KL term split into index-code mutual information,
+    total correlation and dimension-wise KL, each with its own weight.
+
+    .. math::
+        \mathcal{L} = \mathcal{L}_{rec} + \alpha\, I(z; x) + \beta\, TC(z)
+            + \gamma \sum_d KL(q(z_d) \,\|\, p(z_d))
+
+    estimated on the minibatch, with B the batch, N the dataset size and
+    log N(z; μ, σ) the Gaussian log-density:
+
+    - log q(z_i|x_i) = Σ_d log N(z_id; μ_id, σ_id) and log p(z_i) = Σ_d log N(z_id; 0, 1)
+    - log q(z_i) ≈ LSE_j [Σ_d log N(z_id; μ_jd, σ_jd) + log w_ij]
+    - log Π_d q(z_id) ≈ Σ_d LSE_j [log N(z_id; μ_jd, σ_jd) + log w_ij]
+    - mi, tc, dw_kl: the batch means of log q(z|x) − log q(z), log q(z) − log Π q(z) and
+      log Π q(z) − log p(z) (their sum is the one-sample estimate of the KL term).
+
+    The pairwise terms are online log-sum-exps over the batch (Triton kernels on a GPU,
+    chunked torch ops on the CPU), never a B×B×D tensor: extra memory O(B·D), backward
+    by recomputation, deterministic.
+
+    Parameters
+    ----------
+    x, p
+        The data and the decoder's output, as in :func:`beta_vae_loss`.
+    z : torch.Tensor
+        The reparameterised sample of the posterior, shape (B, D).
+    q_loc, q_scale : torch.Tensor
+        The posterior's mean and standard deviation (log-variance with ``q_is_logvar``),
+        broadcastable to z.
+    alpha, beta, gamma : float or torch.Tensor, default=1.0, 6.0, 1.0
+        Weights of mi, tc and dw_kl: numbers or 0-d tensors (the data's device or the
+        CPU), which a schedule may change every step (at most two compiles under
+        ``torch.compile``).
+    dataset_size : int
+        N, the number of samples in the training set (required; at least the batch).
+    dist : {"normal", "laplace", "bernoulli"}, default="bernoulli"
+        Decoder distribution, as in :func:`beta_vae_loss`.
+    estimator : {"mss", "mws", "mss-reference"}, default="mss"
+        The importance weights w_ij of the minibatch estimate of q(z). ``"mws"``: minibatch
+        weighted sampling, w_ij = 1/(B·N). ``"mss"``: minibatch stratified sampling with the
+        weights of the paper's appendix: in row i, 1/N for the sample's own posterior
+        (j = i), (N − B + 1)/(N(B − 1)) for the next one (j = i + 1 mod B) and 1/(B − 1)
+        for the others (each row sums to 1). ``"mss-reference"``: the matrix of the
+        authors' published code (``log_importance_weight_matrix``), which puts 1/N in
+        column 0 and the stratum weight in column 1 (and at row B − 2 of column 0) whatever
+        the row, so that the own sample is weighted 1/(B − 1) except in rows 0 and 1: use
+        it only to match results obtained with that code.
+    q_is_logvar : bool, default=False
+        ``q_scale`` holds log σ².
+    backend : {"auto", "triton", "eager"} or None, default=None
+        As in :func:`beta_vae_loss`.
+    validate_args : bool or None, default=None
+        Check bernoulli values, as in :func:`beta_vae_loss`, and that σ > 0 (a host sync,
+        eager mode only).
+    p_is_logits, p_scale
+        As in :func:`beta_vae_loss`.
+    gather : bool, default=False
+        With ``torch.distributed`` initialised: all-gather μ and σ across the ranks of
+        ``group`` (with autograd), and score this rank's z against the posteriors of the
+        global batch (every rank must hold a batch of the same size; N must be at least
+        the global batch). Each rank returns the means over its own samples, so that the
+        mean over ranks (what DDP's averaged gradients follow) equals the loss of one
+        process given the concatenated batch. Without it every rank estimates q(z) from its
+        local batch alone.
+    group : torch.distributed.ProcessGroup or None, default=None
+        The ranks to gather across (None: the default group).
+
+    Returns
+    -------
+    loss, rec_loss, mi_loss, tc_loss, dw_kl_loss : torch.Tensor
+        Scalars: ``loss = rec_loss + alpha * mi_loss + beta * tc_loss + gamma *
+        dw_kl_loss``. The three terms are float64 for float64 inputs, float32 otherwise.
+
+    Raises
+    ------
+    TypeError
+        If a tensor is not floating point or ``dataset_size`` is missing or not an int.
+    ValueError
+        If z is not (B, D), the batch holds fewer than 2 samples or more than
+        ``dataset_size``, μ or σ does not broadcast to z, σ ≤ 0 with validation on, an
+        unknown estimator, or as :func:`beta_vae_loss` raises.
+    RuntimeError
+        If ``gather=True`` without an initialised process group, or as
+        :func:`beta_vae_loss` raises.
+
+    References
+    ----------
+    .. [1] Ricky T. Q. Chen et al., "Isolating Sources of Disentanglement in Variational
+       Autoencoders", NeurIPS 2018.
+    """
+    if dataset_size is None:
+        raise TypeError("beta_tcvae_loss needs dataset_size: the number of training samples")
+    _, world_size = world(gather, group)
+    check_tcvae_inputs(
+        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
+    )
+    check_same_device(x, z)
+    rec = reconstruction_loss(
+        p,
+        x,
+        dist,
+        backend,
+        validate_args=validate_args,
+        p_is_logits=p_is_logits,
+        p_scale=p_scale,
+    )
+    name = resolve_backend(check_backend(backend) if backend else default_backend(), z.device)
+    mi, tc, dw_kl = minibatch_terms(
+        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, name, gather, group
+    )
+    loss = rec + _weigh(alpha, mi) + _weigh(beta, tc) + _weigh(gamma, dw_kl)
+    return loss, rec, mi, tc, dw_kl

@@ -1,16 +1,19 @@
-"""β-TCVAE's minibatch terms (not yet public) against the B×B×D float64 oracle: the eager
-path (``betavae_triton/_tcvae_eager.py``, chunked torch ops) and the Triton kernels
+"""β-TCVAE's minibatch terms against the B×B×D float64 oracle: the eager path
+(``betavae_triton/_tcvae_eager.py``, chunked torch ops) and the Triton operators
 (``kernels/total_correlation.py``, interpreted on CPU); values and gradients, every
-estimator, any chunk size, and the memory bound that is the point of the algorithm."""
+estimator, any chunk size, a rank's share of a gathered batch, and the memory bound that is
+the point of the algorithm."""
 
 from __future__ import annotations
+
+from unittest import mock
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from betavae_triton import _tcvae_eager
+from betavae_triton import _tcvae, _tcvae_eager
 from reference.beta_tcvae import ESTIMATORS, reference_beta_tcvae_terms
 
 
@@ -26,9 +29,21 @@ def _inputs(batch, latent, seed, logvar=False, spread=1.0, dtype=torch.float64):
 PATHS = pytest.mark.parametrize("kernels", [False, True], ids=["eager", "triton"])
 
 
+def _terms(z, mu, second, n, estimator, logvar=False, kernels=False):
+    """``(mi, tc, dw_kl)`` on the eager path or the Triton operators."""
+    backend = "triton" if kernels else "eager"
+    return _tcvae.minibatch_terms(z, mu, second, n, estimator, logvar, backend)
+
+
 def _check(z, mu, second, n, estimator, logvar, chunk, rtol, atol, kernels=False):
+    """Values and gradients against the oracle, the eager path in chunks of ``chunk``."""
+    with mock.patch.object(_tcvae_eager, "CHUNK", chunk):
+        _check_chunked(z, mu, second, n, estimator, logvar, rtol, atol, kernels)
+
+
+def _check_chunked(z, mu, second, n, estimator, logvar, rtol, atol, kernels):
     leaves = [t.clone().requires_grad_() for t in (z, mu, second)]
-    terms = _tcvae_eager.beta_tcvae_terms(*leaves, n, estimator, logvar, chunk, kernels)
+    terms = _terms(*leaves, n, estimator, logvar, kernels)
     ref_leaves = [t.detach().double().requires_grad_() for t in (z, mu, second)]
     ref = reference_beta_tcvae_terms(*ref_leaves, n, estimator, logvar)
     weights = (0.7, 6.0, -1.5)  # α, β, γ-like weights of mi, tc, dw_kl
@@ -73,7 +88,8 @@ def test_log_weights_by_blocks_are_the_oracles_matrix(estimator):
     from reference.beta_tcvae import log_importance_weights
 
     weights = _tcvae_eager.LogWeights(9, 40, estimator)
-    blocks = torch.cat([weights.block(s, min(s + 4, 9), "cpu") for s in range(0, 9, 4)], 1)
+    cols = [weights.block(s, min(s + 4, 9), torch.float64, "cpu") for s in range(0, 9, 4)]
+    blocks = torch.cat(cols, 1)
     torch.testing.assert_close(blocks, log_importance_weights(9, 40, estimator), rtol=1e-14, atol=0)
 
 
@@ -91,7 +107,7 @@ def test_kernels_are_bitwise_deterministic():
     runs = []
     for _ in range(2):
         leaves = [t.clone().requires_grad_() for t in (z, mu, sigma)]
-        terms = _tcvae_eager.beta_tcvae_terms(*leaves, 1000, "mss", kernels=True)
+        terms = _terms(*leaves, 1000, "mss", kernels=True)
         runs.append((*terms, *torch.autograd.grad(sum(terms), leaves)))
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
@@ -109,9 +125,58 @@ def test_never_holds_a_batch_by_batch_by_latent_tensor(monkeypatch):
         return out
 
     monkeypatch.setattr(_tcvae_eager, "_pair_log_density", spy)
+    monkeypatch.setattr(_tcvae_eager, "CHUNK", 8)
     z, mu, sigma = _inputs(40, 4, seed=9)
     leaves = [t.requires_grad_() for t in (z, mu, sigma)]
-    terms = _tcvae_eager.beta_tcvae_terms(*leaves, 1000, "mss", chunk=8)
+    terms = _terms(*leaves, 1000, "mss")
     torch.autograd.grad(sum(terms), leaves)
     assert sizes and max(sizes) == 40 * 8 * 4
     assert len(sizes) == 2 * 5  # five chunks, forward and backward
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_log_weights_of_a_ranks_rows_are_the_oracles_rows(estimator):
+    """Rows 5 … 7 of a batch of 9 (one rank's share): the oracle's rows 5 … 7."""
+    from reference.beta_tcvae import log_importance_weights
+
+    weights = _tcvae_eager.LogWeights(9, 40, estimator, row_offset=5, n_rows=3)
+    want = log_importance_weights(9, 40, estimator)[5:8]
+    torch.testing.assert_close(weights.block(0, 9, torch.float64, "cpu"), want, rtol=0, atol=0)
+
+
+@PATHS
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_ranks_rows_against_the_whole_batch(kernels, estimator):
+    """The log-densities of rows 7 … 12 scored against all 13 posteriors (what a rank
+    computes under ``gather=True``) are rows 7 … 12 of the single-process ones, and their
+    gradients (for incoming gradients on those rows only) are the single-process ones."""
+    z, mu, second = _inputs(13, 4, seed=11)
+    log_sigma = second.log()
+    if kernels:
+        op = torch.ops.betavae_triton.tc_log_densities
+    else:
+
+        def op(*args):
+            return _tcvae_eager.MinibatchLogDensities.apply(*args)
+
+    def run(rows, offset):
+        leaves = [t.clone().requires_grad_() for t in (z, mu, log_sigma)]
+        log_qz, log_prod = op(leaves[0][rows], leaves[1], leaves[2], offset, 50, estimator)
+        g_qz = torch.linspace(-1, 2, 13, dtype=torch.float64)[rows]
+        g_prod = torch.linspace(0.5, -3, 13 * 4, dtype=torch.float64).view(13, 4)[rows]
+        grads = torch.autograd.grad((log_qz * g_qz).sum() + (log_prod * g_prod).sum(), leaves)
+        return log_qz, log_prod, grads
+
+    whole = run(slice(0, 13), 0)
+    part = run(slice(7, 13), 7)
+    torch.testing.assert_close(part[0], whole[0][7:], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(part[1], whole[1][7:], rtol=1e-12, atol=1e-12)
+    # The whole batch's gradients with incoming gradients zero outside rows 7 … 12:
+    masked = [t.clone().requires_grad_() for t in (z, mu, log_sigma)]
+    log_qz, log_prod = op(*masked, 0, 50, estimator)
+    keep = (torch.arange(13) >= 7).double()
+    g_qz = torch.linspace(-1, 2, 13, dtype=torch.float64) * keep
+    g_prod = torch.linspace(0.5, -3, 13 * 4, dtype=torch.float64).view(13, 4) * keep[:, None]
+    want = torch.autograd.grad((log_qz * g_qz).sum() + (log_prod * g_prod).sum(), masked)
+    for got, expected in zip(part[2], want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

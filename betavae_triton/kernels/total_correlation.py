@@ -6,6 +6,10 @@ estimator's log-weights log w_ij (:func:`log_weight`, computed in registers):
 - log q(z_i) = LSE_j [Σ_d M_ijd + log w_ij]
 - log Π_d q(z_id) = Σ_d LSE_j [M_ijd + log w_ij]   (stored per d; summed on the host)
 
+The samples z_i are ``n_rows`` rows whose batch indices start at ``row_offset`` (a rank's
+share of a batch gathered across ranks; 0 and ``batch`` on one process); the posteriors
+are the whole batch of ``batch``, and log w_ij is that of the global indices.
+
 One kernel for the forward pass (by blocks of rows i, each walking every posterior j) and
 two for the backward pass, which recompute M from the saved log-sum-exps: the gradient of
 z by rows i, of μ and log σ by columns j, so that every sum runs in one program, in a fixed
@@ -83,6 +87,8 @@ def _minibatch_log_densities_fwd(
     log_sigma_ptr,
     log_qz_ptr,
     log_prod_ptr,
+    n_rows,
+    row_offset,
     batch,
     latent,
     dataset_size,
@@ -93,14 +99,15 @@ def _minibatch_log_densities_fwd(
 ):
     """log q(z_i) and log q(z_id) (before the product) for a block of rows i.
 
-    Grid: cdiv(B, BLOCK_I). Memory traffic: reads the block's z once and every posterior
-    once per program (B·D·cdiv(B, BLOCK_I) values, from the cache); writes B + B·D values.
+    Grid: cdiv(n_rows, BLOCK_I). Memory traffic: reads the block's z once and every
+    posterior once per program (B·D·cdiv(n_rows, BLOCK_I) values, from the cache); writes
+    n_rows·(1 + D) values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
-    row_ok, dim_ok = rows < batch, dims < latent
+    row_ok, dim_ok = rows < n_rows, dims < latent
     tile = rows[:, None] * latent + dims[None, :]
     z = tl.load(z_ptr + tile, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(acc_ty)
     max_q = tl.full([BLOCK_I], float("-inf"), acc_ty)
@@ -111,7 +118,7 @@ def _minibatch_log_densities_fwd(
         mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])
-        lw = log_weight(rows, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
+        lw = log_weight(rows + row_offset, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
         new_max_q = tl.maximum(max_q, joint)
         sum_q = sum_q * tl.exp(max_q - new_max_q) + tl.exp(joint - new_max_q)
@@ -134,6 +141,8 @@ def _minibatch_grad_z(
     g_qz_ptr,
     g_prod_ptr,
     grad_z_ptr,
+    n_rows,
+    row_offset,
     batch,
     latent,
     dataset_size,
@@ -145,14 +154,14 @@ def _minibatch_grad_z(
     """dL/dz for a block of rows i: Σ_j G_ijd · ∂M_ijd/∂z_id, with G_ijd =
     g_qz_i · softmax_j(joint) + g_prod_id · softmax_j(marginal), recomputed.
 
-    Grid: cdiv(B, BLOCK_I). Memory traffic: as the forward pass, plus the block's saved
-    log-sum-exps and incoming gradients; writes B·D values.
+    Grid: cdiv(n_rows, BLOCK_I). Memory traffic: as the forward pass, plus the block's
+    saved log-sum-exps and incoming gradients; writes n_rows·D values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
-    row_ok, dim_ok = rows < batch, dims < latent
+    row_ok, dim_ok = rows < n_rows, dims < latent
     tile = rows[:, None] * latent + dims[None, :]
     tile_ok = row_ok[:, None] & dim_ok[None, :]
     z = tl.load(z_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
@@ -165,7 +174,7 @@ def _minibatch_grad_z(
         mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         pair, d_mu, _ = _pair(z, mu[None, :], log_sigma[None, :])
-        lw = log_weight(rows, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
+        lw = log_weight(rows + row_offset, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod, g_prod)
         grad -= g * d_mu
     tl.store(grad_z_ptr + tile, grad.to(grad_z_ptr.dtype.element_ty), mask=tile_ok)
@@ -182,6 +191,8 @@ def _minibatch_grad_posterior(
     g_prod_ptr,
     grad_mu_ptr,
     grad_log_sigma_ptr,
+    n_rows,
+    row_offset,
     batch,
     latent,
     dataset_size,
@@ -191,11 +202,11 @@ def _minibatch_grad_posterior(
     BLOCK_D: tl.constexpr,
 ):
     """dL/dμ and dL/d log σ for a block of posteriors j: Σ_i G_ijd · ∂M_ijd/∂(μ, log σ),
-    recomputed; each program walks every sample i.
+    recomputed; each program walks every sample i (the ``n_rows`` of this rank).
 
     Grid: cdiv(B, BLOCK_J). Memory traffic: reads the block's posteriors once and every
-    sample with its saved log-sum-exps and incoming gradients once per program; writes
-    2·B·D values.
+    sample with its saved log-sum-exps and incoming gradients once per program
+    (n_rows·(2 + 3D) values per program, from the cache); writes 2·B·D values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
@@ -208,14 +219,14 @@ def _minibatch_grad_posterior(
     log_sigma = tl.load(log_sigma_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
     grad_mu = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
     grad_log_sigma = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
-    for i in range(0, batch):
+    for i in range(0, n_rows):
         z = tl.load(z_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         log_prod = tl.load(log_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         g_prod = tl.load(g_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         log_qz = tl.load(log_qz_ptr + i).to(acc_ty)
         g_qz = tl.load(g_qz_ptr + i).to(acc_ty)
         pair, d_mu, diff = _pair(z[None, :], mu, log_sigma)
-        lw = log_weight(i, cols, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
+        lw = log_weight(i + row_offset, cols, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod[None, :], g_prod[None, :])
         grad_mu += g * d_mu
         grad_log_sigma += g * (diff * d_mu - 1.0)

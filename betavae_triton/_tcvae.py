@@ -1,0 +1,87 @@
+"""β-TCVAE's decomposition of the KL term on a backend: mi, tc and dw_kl.
+
+The pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), runs on the Triton
+operators (``betavae_triton::tc_log_densities``, :mod:`._ops`) or on the eager path
+(:mod:`._tcvae_eager`), both in O(B·D) extra memory; the per-sample parts (log q(z|x),
+log p(z), the means) are a few torch ops on (B, D) tensors. With ``gather``, the
+posteriors of every rank are all-gathered (with autograd) and this rank's samples are
+scored against all of them: the rank's rows are rows ``rank · B`` … of the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._tcvae_eager import HALF_LOG_2PI, MinibatchLogDensities
+
+Tensor = torch.Tensor
+
+
+def world(gather: bool, group=None) -> tuple[int, int]:
+    """``(rank, world size)`` of the process group for ``gather``; ``(0, 1)`` without."""
+    if not gather:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "gather=True all-gathers the posteriors across ranks: initialise "
+            "torch.distributed first (torch.distributed.init_process_group), or pass "
+            "gather=False to score each rank's batch on its own"
+        )
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _all_gather(t: Tensor, group) -> Tensor:
+    """Concatenate every rank's ``t`` along dim 0, with autograd (the gradient of each
+    rank's share is the sum over ranks of the gradients of its rows)."""
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+
+    gather = getattr(funcol, "all_gather_single_autograd", None)
+    if gather is None:  # torch < 2.13
+        gather = funcol.all_gather_tensor_autograd
+    out = gather(t.contiguous(), 0, group if group is not None else dist.group.WORLD)
+    return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
+
+
+def minibatch_terms(
+    z: Tensor,
+    q_loc: Tensor,
+    q_scale: Tensor,
+    dataset_size: int,
+    estimator: str,
+    q_is_logvar: bool,
+    backend: str,
+    gather: bool = False,
+    group=None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mi, tc, dw_kl)``: the means over this rank's samples of log q(z|x) − log q(z),
+    log q(z) − log Π q(z) and log Π q(z) − log p(z), in float64 for float64 inputs and
+    float32 otherwise, differentiable in z, q_loc and q_scale. ``backend`` is "triton" or
+    "eager" (resolved)."""
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    z = z.to(dtype)
+    mu = q_loc.to(dtype).expand_as(z)
+    second = q_scale.to(dtype).expand_as(z)
+    log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
+    rank, _ = world(gather, group)
+    row_offset, mu_all, log_sigma_all = 0, mu, log_sigma
+    if gather:
+        both = _all_gather(torch.cat((mu, log_sigma), dim=1), group)
+        mu_all, log_sigma_all = both.split(z.shape[1], dim=1)
+        row_offset = rank * z.shape[0]
+    args = (z, mu_all.contiguous(), log_sigma_all.contiguous(), row_offset, dataset_size)
+    if backend == "triton":
+        log_qz, log_prod = torch.ops.betavae_triton.tc_log_densities(*args, estimator)
+    else:
+        log_qz, log_prod = MinibatchLogDensities.apply(*args, estimator)
+    scaled = (z - mu) * torch.exp(-log_sigma)
+    log_qz_x = (-HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)
+    log_pz = (-HALF_LOG_2PI - 0.5 * z * z).sum(1)
+    log_prod_qz = log_prod.sum(1)
+    return (
+        (log_qz_x - log_qz).mean(),
+        (log_qz - log_prod_qz).mean(),
+        (log_prod_qz - log_pz).mean(),
+    )
