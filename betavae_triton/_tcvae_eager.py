@@ -1,5 +1,9 @@
 """β-TCVAE's minibatch log-densities in plain PyTorch, in O(B·chunk·D) memory (not B×B×D).
 
+The chunk adapts to the sizes (:func:`chunk_size`): each block holds at most about 2^20
+values whatever the batch (at B = 4096, D = 128: chunks of 2 posteriors, (4096, 2, 128)
+blocks, where the B×B×D formula holds 2^31 values per tensor).
+
 log q(z_i) and log Π_d q(z_id) are log-sum-exps over the posteriors j of the pairwise
 Gaussian log-densities M_ijd = log N(z_id; μ_jd, σ_jd) plus the estimator's log-weights
 log w_ij. The forward pass walks j in chunks with an online log-sum-exp (a running maximum
@@ -23,7 +27,11 @@ import torch
 
 Tensor = torch.Tensor
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-CHUNK = 64  # posteriors per step: B·64·D values live at a time
+# Each step of the walk over the posteriors builds (B_l, chunk, D) blocks of about this many
+# values (4 MiB in float32: a few such blocks live at once, in the cache of a large CPU);
+# CHUNK, when set, fixes the chunk instead (the tests use it).
+BLOCK_ELEMENTS = 1 << 20
+CHUNK: int | None = None
 
 
 class LogWeights:
@@ -74,10 +82,19 @@ def _pair_log_density(z: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
     return -HALF_LOG_2PI - log_sigma[None, :, :] - 0.5 * scaled * scaled
 
 
-def _chunks(log_w: LogWeights, mu: Tensor, log_sigma: Tensor):
-    """``(start, stop, μ, log σ, log w)`` of each chunk of :data:`CHUNK` posteriors."""
-    for start in range(0, mu.shape[0], CHUNK):
-        stop = min(start + CHUNK, mu.shape[0])
+def chunk_size(n_rows: int, batch: int, latent: int) -> int:
+    """Posteriors per step: :data:`CHUNK`, or as many as keep a (n_rows, chunk, D) block
+    within :data:`BLOCK_ELEMENTS` values (at least 1, at most the batch)."""
+    if CHUNK is not None:
+        return CHUNK
+    return max(1, min(batch, BLOCK_ELEMENTS // max(1, n_rows * latent)))
+
+
+def _chunks(log_w: LogWeights, z: Tensor, mu: Tensor, log_sigma: Tensor):
+    """``(start, stop, μ, log σ, log w)`` of each chunk of posteriors."""
+    chunk = chunk_size(z.shape[0], mu.shape[0], z.shape[1])
+    for start in range(0, mu.shape[0], chunk):
+        stop = min(start + chunk, mu.shape[0])
         lw = log_w.block(start, stop, mu.dtype, mu.device)
         yield start, stop, mu[start:stop], log_sigma[start:stop], lw
 
@@ -98,7 +115,7 @@ def log_densities_fwd(
     run_sum_q = torch.zeros((n_rows,), dtype=z.dtype, device=z.device)
     run_max_p = torch.full((n_rows, latent), -math.inf, dtype=z.dtype, device=z.device)
     run_sum_p = torch.zeros((n_rows, latent), dtype=z.dtype, device=z.device)
-    for _, _, mu_c, ls_c, lw in _chunks(log_w, mu, log_sigma):
+    for _, _, mu_c, ls_c, lw in _chunks(log_w, z, mu, log_sigma):
         pair = _pair_log_density(z, mu_c, ls_c)
         joint = pair.sum(2) + lw  # (B_l, C)
         marginal = pair + lw[:, :, None]  # (B_l, C, D)
@@ -133,7 +150,7 @@ def log_densities_bwd(
     grad_z = torch.zeros_like(z)
     grad_mu = torch.zeros_like(mu)
     grad_log_sigma = torch.zeros_like(log_sigma)
-    for start, stop, mu_c, ls_c, lw in _chunks(log_w, mu, log_sigma):
+    for start, stop, mu_c, ls_c, lw in _chunks(log_w, z, mu, log_sigma):
         pair = _pair_log_density(z, mu_c, ls_c)
         soft_q = torch.exp(pair.sum(2) + lw - log_qz[:, None])  # (B_l, C)
         soft_p = torch.exp(pair + lw[:, :, None] - log_prod[:, None, :])  # (B_l, C, D)
