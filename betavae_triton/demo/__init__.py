@@ -1,4 +1,5 @@
-"""A small beta-VAE trained on procedural sprites with :class:`betavae_triton.BetaVAELoss`.
+"""A small beta-VAE trained on procedural sprites with :class:`betavae_triton.BetaVAELoss`
+(or the beta-TCVAE's :class:`betavae_triton.BetaTCVAELoss`, ``--loss btcvae``).
 
 Run it with ``python -m betavae_triton.demo`` (``--help`` lists the options), or under
 ``torchrun --nproc-per-node N -m betavae_triton.demo`` for data-parallel training.

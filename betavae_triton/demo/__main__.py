@@ -1,7 +1,8 @@
 """Command line of the demo: ``python -m betavae_triton.demo [options]``.
 
 Trains a small convolutional beta-VAE on 64x64 sprites generated in-process, with
-:class:`betavae_triton.BetaVAELoss` inside a ``torch.compile``d step, then writes
+:class:`betavae_triton.BetaVAELoss` (or, with ``--loss btcvae``,
+:class:`betavae_triton.BetaTCVAELoss`) inside a ``torch.compile``d step, then writes
 ``reconstructions.png``, ``traversals.png``, ``kl_per_dim.png``, ``loss_curves.png`` and
 ``run.json`` to ``--out`` and prints the MIG disentanglement score. Under
 ``torchrun --nproc-per-node N -m betavae_triton.demo`` it trains with
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .train import DemoConfig, default_device, distributed_info, run
+from .train import LOSSES, DemoConfig, default_device, distributed_info, run
 
 DISTS = ("bernoulli", "normal", "laplace")
 
@@ -93,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m betavae_triton.demo",
         description=(
             "Train a small convolutional beta-VAE on procedural 64x64 sprites (shape, "
-            "scale, rotation, x, y) with betavae_triton.BetaVAELoss in a torch.compile'd "
-            "step; write figures and run.json, print the MIG disentanglement score. "
+            "scale, rotation, x, y) with betavae_triton.BetaVAELoss (or BetaTCVAELoss) in "
+            "a torch.compile'd step; write figures and run.json, print the MIG "
+            "disentanglement score. "
             "Under torchrun it trains with DistributedDataParallel."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -107,7 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
         "loss runs its Triton kernels, on cpu its eager path, fused by torch.compile",
     )
     parser.add_argument("--steps", type=_positive_int, default=d.steps, help="training steps")
-    parser.add_argument("--beta", type=_non_negative_float, default=d.beta, help="KL weight")
+    parser.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default=d.loss,
+        help="betavae: BetaVAELoss, rec + beta * KL; btcvae: BetaTCVAELoss, rec + mi + "
+        "beta * tc + dw_kl (the KL split into index-code mutual information, total "
+        "correlation and dimension-wise KL; dataset_size the training sprites of all "
+        "ranks; under torchrun the posteriors of the global batch)",
+    )
+    parser.add_argument(
+        "--beta",
+        type=_non_negative_float,
+        default=d.beta,
+        help="KL weight (--loss btcvae: the total correlation's weight)",
+    )
     parser.add_argument(
         "--dist", choices=DISTS, default=d.dist, help="decoder distribution (reconstruction loss)"
     )
@@ -184,6 +200,8 @@ def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:
         parser.error(
             f"--batch-size {args.batch_size} exceeds --n-train {args.n_train} sprites per rank"
         )
+    if args.loss == "btcvae" and args.batch_size < 2:
+        parser.error("--loss btcvae needs --batch-size 2 or more (q(z) is a batch estimate)")
     if args.latent_dim < 2:
         parser.error("--latent-dim must be at least 2 (the MIG compares the top two latents)")
     return DemoConfig(**vars(args))

@@ -112,7 +112,9 @@ class ConvVAE(nn.Module):
         """
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, draw one reparameterised sample, decode to logits.
 
         Parameters
@@ -127,7 +129,11 @@ class ConvVAE(nn.Module):
             is :meth:`decode`'s output).
         mu, scale : torch.Tensor
             Posterior mean and standard deviation, shape ``(B, latent_dim)``.
+        z : torch.Tensor
+            The sample the decoder read, ``mu + scale * eps``, shape ``(B, latent_dim)``
+            (what :class:`betavae_triton.BetaTCVAELoss` scores against the batch's
+            posteriors).
         """
         mu, scale = self.encode(x)
         z = mu + scale * torch.randn_like(mu)
-        return self.decode_logits(z), mu, scale
+        return self.decode_logits(z), mu, scale, z

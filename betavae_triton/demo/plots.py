@@ -59,6 +59,8 @@ def plot_traversals(
     kl_per_dim: np.ndarray,
     path: Path,
     row_notes: Sequence[str] | None = None,
+    *,
+    title: str = "Latent traversals",
 ) -> Path:
     """One row per latent dimension swept over ``values``, the others held fixed.
 
@@ -76,6 +78,8 @@ def plot_traversals(
     row_notes : sequence of str, optional
         ``D`` short notes (e.g. the factor a latent is most informative about), written
         under each latent's label.
+    title : str, default="Latent traversals"
+        The figure's title, before "(rows sorted by KL)".
 
     Returns
     -------
@@ -97,7 +101,7 @@ def plot_traversals(
         if row_notes is not None:
             label += f"\n{row_notes[dim]}"
         axes[row, 0].set_ylabel(label, fontsize=7)
-    fig.suptitle("Latent traversals (rows sorted by KL)")
+    fig.suptitle(f"{title} (rows sorted by KL)")
     return _save(fig, path)
 
 
@@ -136,6 +140,24 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
+def _plot_kl_terms(
+    ax: plt.Axes, steps: np.ndarray, curves: dict[str, Sequence[float]], window: int
+) -> None:
+    """The beta-TCVAE's KL and the three terms it splits into, on a symmetric-log axis."""
+    terms = (
+        ("kl_loss", "KL (logged, not optimised)", "tab:green"),
+        ("mi_loss", "mi", "tab:purple"),
+        ("tc_loss", "tc", "tab:red"),
+        ("dw_kl_loss", "dw_kl", "tab:brown"),
+    )
+    for key, label, color in terms:
+        raw = np.asarray(curves[key])
+        ax.plot(steps, raw, color=color, lw=0.6, alpha=0.3)
+        ax.plot(steps[window - 1 :], _smooth(raw, window), color=color, lw=1.2, label=label)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_title("KL and its terms")
+
+
 def plot_loss_curves(
     steps: Sequence[int],
     curves: dict[str, Sequence[float]],
@@ -150,9 +172,11 @@ def plot_loss_curves(
     steps : sequence of int
         Step numbers.
     curves : dict of str to sequence of float
-        ``"loss"``, ``"rec_loss"`` and ``"kl_loss"``, one value per step.
+        ``"loss"``, ``"rec_loss"`` and ``"kl_loss"``, one value per step; for the
+        beta-TCVAE also ``"mi_loss"``, ``"tc_loss"`` and ``"dw_kl_loss"``, drawn beside
+        the KL on a symmetric-log axis (the batch estimates of mi and tc may dip below 0).
     beta : float
-        The KL weight, for the legend.
+        The KL weight (the beta-TCVAE's total-correlation weight), for the legend.
     path : pathlib.Path
         Where to write the PNG.
     kl_warmup : int, default=0
@@ -165,9 +189,11 @@ def plot_loss_curves(
     """
     steps = np.asarray(steps)
     window = max(1, len(steps) // 50)
+    tcvae = "tc_loss" in curves
     fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
+    objective = f"rec + mi + {beta:g}·tc + dw_kl" if tcvae else f"rec + {beta:g}·KL"
     lines = (
-        ("loss", f"loss = rec + {beta:g}·KL", "tab:blue"),
+        ("loss", f"loss = {objective}", "tab:blue"),
         ("rec_loss", "reconstruction", "tab:orange"),
     )
     for key, label, color in lines:
@@ -180,17 +206,21 @@ def plot_loss_curves(
     ax_loss.set_title("Loss and reconstruction")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3, which="both")
-    kl = np.maximum(np.asarray(curves["kl_loss"]), 1e-3)
-    ax_kl.plot(steps, kl, color="tab:green", lw=0.6, alpha=0.3)
-    ax_kl.plot(steps[window - 1 :], _smooth(kl, window), color="tab:green", lw=1.2)
-    ax_kl.set_yscale("log")
+    if tcvae:
+        _plot_kl_terms(ax_kl, steps, curves, window)
+    else:
+        kl = np.maximum(np.asarray(curves["kl_loss"]), 1e-3)
+        ax_kl.plot(steps, kl, color="tab:green", lw=0.6, alpha=0.3)
+        ax_kl.plot(steps[window - 1 :], _smooth(kl, window), color="tab:green", lw=1.2)
+        ax_kl.set_yscale("log")
+        ax_kl.set_title("KL")
     ax_kl.set_xlabel("step")
     ax_kl.set_ylabel("nats per image, summed over latents")
-    ax_kl.set_title("KL")
     ax_kl.grid(alpha=0.3, which="both")
     if kl_warmup > 0:
         for ax in (ax_loss, ax_kl):
             ax.axvline(kl_warmup, color="k", ls=":", lw=0.8, label="end of KL warm-up")
+    if kl_warmup > 0 or tcvae:
         ax_kl.legend(fontsize=8)
     suffix = f" (faint: every step; solid: mean of {window})" if window > 1 else ""
     fig.suptitle("Training curves" + suffix)

@@ -7,12 +7,15 @@ the progress bar, evaluates and writes the outputs.
 
 ``torch.compile`` is applied to the loss step (the forward pass through the, possibly
 DDP-wrapped, model, the construction of the decoder and posterior distributions and
-:class:`betavae_triton.BetaVAELoss`); AOTAutograd compiles the matching backward, which
-``loss.backward()`` runs. In one process the step is one graph (``fullgraph=True``).
-Under DDP, Dynamo leaves DDP's own forward (its reducer bookkeeping) to run eagerly and
-compiles the wrapped module with its DDP optimiser, which splits the graph at DDP's
-gradient buckets so that the all-reduces still overlap the backward; the loss after it
-is a second graph. The optimiser step and the evaluation stay eager.
+:class:`betavae_triton.BetaVAELoss`, or with ``--loss btcvae``
+:class:`betavae_triton.BetaTCVAELoss`, which also reads the sample z the decoder was
+given and, under DDP, all-gathers the posteriors of the global batch); AOTAutograd
+compiles the matching backward, which ``loss.backward()`` runs. In one process the step
+is one graph (``fullgraph=True``). Under DDP, Dynamo leaves DDP's own forward (its reducer
+bookkeeping) to run eagerly and compiles the wrapped module with its DDP optimiser, which
+splits the graph at DDP's gradient buckets so that the all-reduces still overlap the
+backward; the loss after it is a second graph. The optimiser step and the evaluation stay
+eager.
 """
 
 from __future__ import annotations
@@ -37,16 +40,28 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import betavae_triton
-from betavae_triton import BetaVAELoss
+from betavae_triton import BetaTCVAELoss, BetaVAELoss
 
 from . import plots
 from .mig import entropy, mig
 from .model import ConvVAE
 from .sprites import FACTOR_NAMES, Sprites, make_sprites
 
-__all__ = ["DemoConfig", "DistInfo", "default_device", "distributed_info", "loss_backend", "run"]
+__all__ = [
+    "LOSSES",
+    "DemoConfig",
+    "DistInfo",
+    "default_device",
+    "distributed_info",
+    "loss_backend",
+    "run",
+]
 
+# --loss: the beta-VAE (rec + beta * KL) or the beta-TCVAE (rec + mi + beta * tc + dw_kl).
+LOSSES = ("betavae", "btcvae")
 LOSS_KEYS = ("loss", "rec_loss", "kl_loss")
+# What BetaTCVAELoss adds: the three terms its KL splits into (the KL itself is logged).
+TCVAE_KEYS = ("mi_loss", "tc_loss", "dw_kl_loss")
 FIGURES = ("reconstructions.png", "traversals.png", "kl_per_dim.png", "loss_curves.png")
 # A latent whose KL, averaged over held-out sprites, exceeds this (nats) counts as active.
 ACTIVE_KL = 0.1
@@ -76,8 +91,14 @@ class DemoConfig:
         when present. Under torchrun on CUDA each rank takes ``cuda:LOCAL_RANK``.
     steps : int
         Optimiser steps (per rank).
+    loss : str
+        ``"betavae"``: :class:`betavae_triton.BetaVAELoss`, rec + beta * KL.
+        ``"btcvae"``: :class:`betavae_triton.BetaTCVAELoss`, rec + mi + beta * tc +
+        dw_kl (alpha = gamma = 1), its ``dataset_size`` the number of training sprites
+        over all ranks, with ``gather=True`` under DDP.
     beta : float
-        KL weight of the beta-VAE loss.
+        KL weight of the beta-VAE loss; with ``loss="btcvae"``, the weight of the total
+        correlation.
     dist : str
         Decoder distribution: ``"bernoulli"``, ``"normal"`` or ``"laplace"``.
     batch_size : int
@@ -94,8 +115,9 @@ class DemoConfig:
         Adam's learning rate.
     kl_warmup : int
         Steps over which the KL's weight in the optimised objective grows linearly from
-        ``beta / kl_warmup`` to ``beta`` (0: none). The recorded ``loss`` is always the
-        beta-VAE loss at the full ``beta``.
+        ``beta / kl_warmup`` to ``beta`` (0: none); with ``loss="btcvae"`` the weights of
+        mi, tc and dw_kl grow together, by the same factor. The recorded ``loss`` is
+        always the loss at the full weights.
     n_train : int
         Training sprites generated per rank.
     n_eval : int
@@ -116,6 +138,7 @@ class DemoConfig:
     # entangled code (MIG ≈ 0.04) and β = 6 the most disentangled one (MIG ≈ 0.35). MIG
     # varies a lot from run to run at this budget: see the README for the default run's.
     steps: int = 2000
+    loss: str = "betavae"
     beta: float = 6.0
     dist: str = "bernoulli"
     batch_size: int = 64
@@ -215,10 +238,78 @@ def loss_backend(requested: str, device: torch.device) -> str:
 
 
 def _make_loss(config: DemoConfig, *, kl_per_dim: bool = False) -> BetaVAELoss:
-    """The run's loss: ``config``'s beta and decoder distribution, the automatic backend."""
+    """The beta-VAE loss: ``config``'s beta and decoder distribution, the automatic backend.
+    The training loss of ``--loss betavae``; the evaluation's per-latent KL for both."""
     return BetaVAELoss(
         config.beta, config.dist, backend="auto", validate_args=False, kl_per_dim=kl_per_dim
     )
+
+
+def _make_train_loss(config: DemoConfig, info: DistInfo) -> BetaVAELoss:
+    """The loss that training follows: :func:`_make_loss`'s, or with ``--loss btcvae`` the
+    beta-TCVAE loss (alpha = gamma = 1), N = the training sprites of all ranks, and under
+    DDP each rank's samples scored against the posteriors of the global batch."""
+    if config.loss == "betavae":
+        return _make_loss(config)
+    return BetaTCVAELoss(
+        alpha=1.0,
+        beta=config.beta,
+        gamma=1.0,
+        dataset_size=config.n_train * info.world_size,
+        default_dist=config.dist,
+        backend="auto",
+        gather=info.distributed,
+        validate_args=False,
+    )
+
+
+def _loss_keys(loss: str) -> tuple[str, ...]:
+    """The losses recorded every step: the beta-VAE's three, plus mi, tc and dw_kl."""
+    return LOSS_KEYS + TCVAE_KEYS if loss == "btcvae" else LOSS_KEYS
+
+
+def _weight_names(loss_fn: BetaVAELoss) -> tuple[str, ...]:
+    """The loss's weights of its KL terms: beta (and the beta-TCVAE's alpha and gamma)."""
+    return ("alpha", "beta", "gamma") if isinstance(loss_fn, BetaTCVAELoss) else ("beta",)
+
+
+def _tensor_weights(loss_fn: BetaVAELoss, device: torch.device) -> None:
+    """Turn the loss's weights into 0-d tensors on ``device``, for a KL warm-up to update in
+    place: the step is compiled with ``dynamic=False``, under which a number that changes
+    recompiles it at every new value (and past Dynamo's cache limit runs it eagerly),
+    whereas a tensor's value is an input of the graph."""
+    for name in _weight_names(loss_fn):
+        setattr(loss_fn, name, torch.tensor(float(getattr(loss_fn, name)), device=device))
+
+
+def _set_weights(loss_fn: BetaVAELoss, beta: float, factor: float) -> None:
+    """The KL warm-up's weights for a step: beta (and the beta-TCVAE's alpha = gamma = 1)
+    times ``factor``; in place where they are tensors (see :func:`_tensor_weights`)."""
+    for name in _weight_names(loss_fn):
+        value = (beta if name == "beta" else 1.0) * factor
+        weight = getattr(loss_fn, name)
+        if isinstance(weight, torch.Tensor):
+            weight.fill_(value)
+        else:
+            setattr(loss_fn, name, value)
+
+
+def _full_weight_row(out: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
+    """One step's recorded losses (:func:`_loss_keys`' order), ``loss`` at the full
+    weights whatever the warm-up's of this step."""
+    rec, kl = out["rec_loss"].detach().float(), out["kl_loss"].detach().float()
+    if "tc_loss" not in out:
+        return torch.stack([rec + beta * kl, rec, kl])
+    mi, tc, dw_kl = (out[k].detach().float() for k in TCVAE_KEYS)
+    return torch.stack([rec + mi + beta * tc + dw_kl, rec, kl, mi, tc, dw_kl])
+
+
+def _postfix(keys: tuple[str, ...], row: list[float]) -> dict[str, str]:
+    """The progress bar's losses: ``loss``, ``rec``, ``kl`` (and ``mi``, ``tc``, ``dw_kl``)."""
+    return {
+        k.removesuffix("_loss"): f"{v:.1f}" if k in ("loss", "rec_loss") else f"{v:.2f}"
+        for k, v in zip(keys, row, strict=True)
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -243,14 +334,17 @@ def _decoder_distribution(logits: torch.Tensor, name: str) -> Distribution:
 def _make_loss_step(
     model: torch.nn.Module, loss_fn: BetaVAELoss, dist_name: str
 ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """The step to compile: ``x -> BetaVAELoss's dict``, whose ``loss`` the optimiser
-    follows. A KL warm-up sets ``loss_fn.beta`` before each call: the plain idiom, which
-    compiles at most twice however often β changes."""
+    """The step to compile: ``x -> the loss's dict``, whose ``loss`` the optimiser
+    follows. The beta-TCVAE loss also reads the sample z that the decoder was given. A KL
+    warm-up updates the loss's weights, 0-d tensors then, before each call: one compile
+    however often they change."""
+    tcvae = isinstance(loss_fn, BetaTCVAELoss)
 
     def loss_step(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits, mu, scale = model(x)
+        logits, mu, scale, z = model(x)
         q = Normal(mu, scale, validate_args=False)
-        return loss_fn(x, _decoder_distribution(logits, dist_name), q)
+        p = _decoder_distribution(logits, dist_name)
+        return loss_fn(x, p, q, z) if tcvae else loss_fn(x, p, q)
 
     return loss_step
 
@@ -315,6 +409,7 @@ def _figures(
     device: torch.device,
     row_notes: list[str],
     kl_warmup: int,
+    loss: str,
 ) -> list[Path]:
     n_show = 16
     inputs = eval_data.batch(slice(0, n_show)).numpy()[:, 0]
@@ -327,9 +422,12 @@ def _figures(
     sweep = torch.from_numpy(codes.reshape(-1, d).astype(np.float32)).to(device)
     traversals = model.decode(sweep).float().cpu().numpy().reshape(d, len(values), 64, 64)
     steps = list(range(1, len(curves["loss"]) + 1))
+    title = "Latent traversals" + (", β-TCVAE" if loss == "btcvae" else "")
     return [
         plots.plot_reconstructions(inputs, recons, out / FIGURES[0]),
-        plots.plot_traversals(traversals, values, kl_per_dim, out / FIGURES[1], row_notes),
+        plots.plot_traversals(
+            traversals, values, kl_per_dim, out / FIGURES[1], row_notes, title=title
+        ),
         plots.plot_kl_per_dim(kl_per_dim, out / FIGURES[2], ACTIVE_KL),
         plots.plot_loss_curves(steps, curves, beta, out / FIGURES[3], kl_warmup),
     ]
@@ -358,7 +456,10 @@ def run(config: DemoConfig, info: DistInfo | None = None) -> dict:
         ``eval_s`` and ``total_s``), ``initial`` and ``final`` (the losses of the first
         and last step on this rank), ``final_mean`` (the losses averaged over the last
         ``final_mean_steps`` steps and over all ranks), ``params_identical_across_ranks``
-        (None in one process), ``curves`` (this rank's losses at every step). Rank 0
+        (None in one process), ``curves`` (this rank's losses at every step). The losses
+        are ``loss``, ``rec_loss`` and ``kl_loss``; with ``loss="btcvae"`` also
+        ``mi_loss``, ``tc_loss`` and ``dw_kl_loss``, and a ``tcvae`` entry holds the
+        loss's ``alpha``, ``gamma``, ``dataset_size``, ``estimator`` and ``gather``. Rank 0
         alone evaluates, writes the files and adds ``mig``, ``mig_per_factor``,
         ``factor_entropy``, ``mutual_information`` (nats, one dict per latent),
         ``kl_per_dim``, ``active_dims`` and ``files``.
@@ -410,7 +511,10 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     eval_data = make_sprites(config.n_eval, seed=[config.seed, 0, 1]) if info.main else None
     data_s = time.perf_counter() - t0
 
-    loss_fn = _make_loss(config)
+    loss_fn = _make_train_loss(config, info)
+    if config.kl_warmup > 0:
+        _tensor_weights(loss_fn, device)
+    keys = _loss_keys(config.loss)
     step_fn = _make_loss_step(model, loss_fn, config.dist)
     if config.compile:
         # DDP's forward cannot be traced (Dynamo breaks the graph there on purpose, see
@@ -423,7 +527,7 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
         torch.Generator().manual_seed(config.seed * 1000 + info.rank),
     )
 
-    history = torch.zeros(config.steps, len(LOSS_KEYS), device=device)
+    history = torch.zeros(config.steps, len(keys), device=device)
     bar = tqdm(total=config.steps, desc="training", disable=not info.main, dynamic_ncols=True)
     step_times: list[float] = []
     t_train = time.perf_counter()
@@ -432,17 +536,15 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
         x = images[next(sampler).to(device)].float()
         # KL warm-up (Bowman et al., 2016): β grows linearly from beta / kl_warmup to beta
         # over the first kl_warmup steps, then stays: the beta-VAE loss proper.
-        loss_fn.beta = config.beta * min(1.0, (step + 1) / max(config.kl_warmup, 1))
+        _set_weights(loss_fn, config.beta, min(1.0, (step + 1) / max(config.kl_warmup, 1)))
         out = step_fn(x)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
-        # Recorded at the full β, whatever the warm-up's β of this step.
-        rec, kl = out["rec_loss"].detach().float(), out["kl_loss"].detach().float()
-        history[step] = torch.stack([rec + config.beta * kl, rec, kl])
+        history[step] = _full_weight_row(out, config.beta)
         if step == 0 or (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             last = history[step].tolist()  # the one read-back: syncs with the device
-            bar.set_postfix(loss=f"{last[0]:.1f}", rec=f"{last[1]:.1f}", kl=f"{last[2]:.2f}")
+            bar.set_postfix(_postfix(keys, last))
         if step == 0:
             _sync(device)
         step_times.append(time.perf_counter() - t_step)
@@ -480,13 +582,21 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
             "steps_per_s": 1.0 / mean_step if mean_step else None,
             "train_s": train_s,
         },
-        "initial": dict(zip(LOSS_KEYS, curves_t[0].tolist(), strict=True)),
-        "final": dict(zip(LOSS_KEYS, curves_t[-1].tolist(), strict=True)),
-        "final_mean": dict(zip(LOSS_KEYS, final_avg.cpu().tolist(), strict=True)),
+        "initial": dict(zip(keys, curves_t[0].tolist(), strict=True)),
+        "final": dict(zip(keys, curves_t[-1].tolist(), strict=True)),
+        "final_mean": dict(zip(keys, final_avg.cpu().tolist(), strict=True)),
         "final_mean_steps": last_k,
         "params_identical_across_ranks": params_identical,
-        "curves": {k: curves_t[:, i].tolist() for i, k in enumerate(LOSS_KEYS)},
+        "curves": {k: curves_t[:, i].tolist() for i, k in enumerate(keys)},
     }
+    if isinstance(loss_fn, BetaTCVAELoss):
+        summary["tcvae"] = {
+            "alpha": 1.0,
+            "gamma": 1.0,
+            "dataset_size": loss_fn.dataset_size,
+            "estimator": loss_fn.estimator,
+            "gather": loss_fn.gather,
+        }
     if info.main:
         assert eval_data is not None
         summary.update(_report(raw_model, eval_data, summary, config, device, t_start))
@@ -551,6 +661,7 @@ def _report(
         device,
         notes,
         config.kl_warmup,
+        config.loss,
     )
     eval_s = time.perf_counter() - t0
     report = {
@@ -570,9 +681,11 @@ def _report(
     final = summary["final_mean"]
     sps = timings["steps_per_s"]
     per = ", ".join(f"{k} {v:.3f}" for k, v in report["mig_per_factor"].items())
+    terms = "".join(f", {k.removesuffix('_loss')} {final[k]:.2f}" for k in TCVAE_KEYS if k in final)
     lines = [
         f"final loss {final['loss']:.2f} (rec {final['rec_loss']:.2f}, "
-        f"kl {final['kl_loss']:.2f}; mean of the last {summary['final_mean_steps']} steps); "
+        f"kl {final['kl_loss']:.2f}{terms}; mean of the last {summary['final_mean_steps']} "
+        "steps); "
         f"first step {summary['initial']['loss']:.2f}",
         f"{config.steps} steps on {summary['device']} x{summary['world_size']} in "
         f"{timings['train_s']:.1f} s ("
