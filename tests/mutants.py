@@ -35,6 +35,7 @@ class Mutant(NamedTuple):
 EX = "tests/test_examples.py::"
 PROP = "tests/test_properties.py::"
 TB = "tests/test_triton_backend.py::"
+TC = "tests/test_tcvae_api.py::"
 MUTANTS = (
     Mutant(
         "capacity-c-min",
@@ -215,6 +216,111 @@ MUTANTS = (
         "    denom = tl.where(denom < BCE_GRAD_EPS, BCE_GRAD_EPS, denom)",
         "    denom = denom",
         (TB + "test_bernoulli_at_exactly_zero_and_one",),
+    ),
+    # β-TCVAE (issue 15)
+    Mutant(
+        "tc-own-weight-column-0",
+        "the paper's MSS weights put the own sample's 1/N in column 0 (the published code's bug)",
+        "betavae_triton/kernels/total_correlation.py",
+        "w = tl.where(j == i, own, tl.where(j == (i + 1) % batch, strat, rest))",
+        "w = tl.where(j == 0, own, tl.where(j == (i + 1) % batch, strat, rest))",
+        (TC + "test_stratified_weights_are_invariant_under_a_cyclic_shift_of_the_batch",),
+    ),
+    Mutant(
+        "tc-strat-previous-sample",
+        "the eager path's stratum weight on j = i − 1 instead of i + 1",
+        "betavae_triton/_tcvae_eager.py",
+        "w = torch.where(cols == (rows + 1) % self.batch, self.strat, w)",
+        "w = torch.where(cols == (rows - 1) % self.batch, self.strat, w)",
+        (TC + "test_terms_match_the_reference[eager]",),
+    ),
+    Mutant(
+        "tc-row-offset-ignored",
+        "the forward kernel weighs a rank's rows as if they were rows 0 … of the batch",
+        "betavae_triton/kernels/total_correlation.py",
+        "pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])\n        lw = log_weight(rows + row_offset,",
+        "pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])\n        lw = log_weight(rows,",
+        ("tests/test_tcvae_eager.py::test_a_ranks_rows_against_the_whole_batch",),
+    ),
+    Mutant(
+        "tc-gather-offset-zero",
+        "gather=True scores every rank's rows as rows 0 … of the global batch",
+        "betavae_triton/_tcvae.py",
+        "row_offset = rank * z.shape[0]",
+        "row_offset = 0",
+        ("tests/test_tcvae_gather.py::test_two_ranks_equal_one_process_on_the_concatenated_batch",),
+    ),
+    Mutant(
+        "tc-online-lse-no-rescale",
+        "the online log-sum-exp of the marginals forgets to rescale its sum by the new maximum",
+        "betavae_triton/kernels/total_correlation.py",
+        "sum_p = sum_p * tl.exp(max_p - new_max_p) + tl.exp(marginal - new_max_p)",
+        "sum_p = sum_p + tl.exp(marginal - new_max_p)",
+        (TC + "test_terms_match_the_reference[triton]",),
+    ),
+    Mutant(
+        "tc-logvar-as-log-sigma",
+        "a log-variance read as log σ (the ½ dropped)",
+        "betavae_triton/_tcvae.py",
+        "log_sigma = 0.5 * second if q_is_logvar else torch.log(second)",
+        "log_sigma = second if q_is_logvar else torch.log(second)",
+        (TC + "test_terms_match_the_reference[eager]",),
+    ),
+    Mutant(
+        "tc-log-sigma-grad-sign",
+        "the kernel's d log N/d log σ as (z − μ)²/σ² + 1 instead of − 1",
+        "betavae_triton/kernels/total_correlation.py",
+        "grad_log_sigma += g * (diff * d_mu - 1.0)",
+        "grad_log_sigma += g * (diff * d_mu + 1.0)",
+        (TC + "test_loss_and_gradients_match_the_reference",),
+    ),
+    Mutant(
+        "tc-eager-grad-last-chunk",
+        "the eager backward keeps only the last chunk's contribution to dL/dz",
+        "betavae_triton/_tcvae_eager.py",
+        "grad_z -= (g * d_pair_d_mu).sum(1)",
+        "grad_z = -(g * d_pair_d_mu).sum(1)",
+        ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float64[eager]",),
+    ),
+    Mutant(
+        "tc-mws-without-batch",
+        "the kernels' MWS weight −log N instead of −log(B·N)",
+        "betavae_triton/kernels/total_correlation.py",
+        "own = -tl.log(b * n)",
+        "own = -tl.log(n)",
+        (TC + "test_terms_match_the_reference[triton]",),
+    ),
+    Mutant(
+        "tc-gamma-weighs-tc",
+        "the loss weighs the total correlation by γ instead of β",
+        "betavae_triton/functional.py",
+        "_weigh(beta, tc)",
+        "_weigh(gamma, tc)",
+        (TC + "test_loss_and_gradients_match_the_reference",),
+    ),
+    Mutant(
+        "tc-tensor-weight-promotes",
+        "a 0-d float64 tensor weight promotes the float32 loss to float64",
+        "betavae_triton/functional.py",
+        "    return (tensor * term).to(term.dtype)",
+        "    return tensor * term",
+        (TC + "test_module_outputs_and_weights",),
+    ),
+    Mutant(
+        "tc-zero-scale-accepted",
+        "validation lets σ = 0 through",
+        "betavae_triton/_checks.py",
+        "if bool((q_scale <= 0).any()):",
+        "if bool((q_scale < 0).any()):",
+        (TC + "test_bad_input_gets_a_clear_error",),
+    ),
+    Mutant(
+        "tc-fake-log-qz-shape",
+        "the fake implementation gives log q(z) the shape of z",
+        "betavae_triton/_ops.py",
+        "return z.new_empty(z.shape[:1]), torch.empty_like(z)",
+        "return torch.empty_like(z), torch.empty_like(z)",
+        ("tests/test_tcvae_compile.py::test_cpu_operators_pass_opcheck",),
     ),
 )
 
