@@ -185,7 +185,8 @@ def tc_log_densities_backward(
     estimator: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of :func:`tc_log_densities`' inputs; see the module docstring."""
-    g_qz, g_prod = g_qz.contiguous(), g_prod.contiguous()
+    tensors = (t.contiguous() for t in (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod))
+    z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod = tensors
     args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
     if z.device.type == "cpu":
         return torch.ops.betavae_triton.tc_log_densities_backward_cpu(*args, estimator)
@@ -193,21 +194,8 @@ def tc_log_densities_backward(
         return _tcvae_triton.log_densities_bwd(wrap_triton, *args, estimator)
 
 
-def _tc_setup_context(ctx, inputs, output):
-    z, mu, log_sigma, *options = inputs
-    ctx.save_for_backward(z.contiguous(), mu.contiguous(), log_sigma.contiguous(), *output)
-    ctx.options = options
-
-
-def _tc_backward(ctx, g_qz, g_prod):
-    z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
-    g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz
-    g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod
-    grads = torch.ops.betavae_triton.tc_log_densities_backward(
-        z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, *ctx.options
-    )
-    return (*grads, None, None, None)
-
-
+_tc_backward = _tcvae_eager.backward_with(torch.ops.betavae_triton.tc_log_densities_backward)
 for _name in ("tc_log_densities", "tc_log_densities_cpu"):
-    register_autograd(f"betavae_triton::{_name}", _tc_backward, setup_context=_tc_setup_context)
+    register_autograd(
+        f"betavae_triton::{_name}", _tc_backward, setup_context=_tcvae_eager.setup_context
+    )

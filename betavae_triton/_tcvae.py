@@ -1,8 +1,9 @@
 """β-TCVAE's decomposition of the KL term on a backend: mi, tc and dw_kl.
 
 The pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), runs on the Triton
-operators (``betavae_triton::tc_log_densities``, :mod:`._ops`) or on the eager path
-(:mod:`._tcvae_eager`), both in O(B·D) extra memory; the per-sample parts (log q(z|x),
+operators (``betavae_triton::tc_log_densities``, :mod:`._ops`) or on the eager ones
+(``betavae_triton::tc_log_densities_eager``, :mod:`._tcvae_eager`), in O(B·D) and
+O(B·chunk·D) extra memory; the per-sample parts (log q(z|x),
 log p(z), the means) are a few torch ops on (B, D) tensors. With ``gather``, the
 posteriors of every rank are all-gathered (with autograd) and this rank's samples are
 scored against all of them: the rank's rows are rows ``rank · B`` … of the global batch.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._tcvae_eager import HALF_LOG_2PI, MinibatchLogDensities
+from ._tcvae_eager import HALF_LOG_2PI
 
 Tensor = torch.Tensor
 
@@ -71,11 +72,11 @@ def minibatch_terms(
         both = _all_gather(torch.cat((mu, log_sigma), dim=1), group)
         mu_all, log_sigma_all = both.split(z.shape[1], dim=1)
         row_offset = rank * z.shape[0]
-    args = (z, mu_all.contiguous(), log_sigma_all.contiguous(), row_offset, dataset_size)
-    if backend == "triton":
-        log_qz, log_prod = torch.ops.betavae_triton.tc_log_densities(*args, estimator)
-    else:
-        log_qz, log_prod = MinibatchLogDensities.apply(*args, estimator)
+    pairs = (t.contiguous() for t in (z, mu_all, log_sigma_all))
+    args = (*pairs, row_offset, dataset_size)
+    ops = torch.ops.betavae_triton
+    pairwise = ops.tc_log_densities if backend == "triton" else ops.tc_log_densities_eager
+    log_qz, log_prod = pairwise(*args, estimator)
     scaled = (z - mu) * torch.exp(-log_sigma)
     log_qz_x = (-HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)
     log_pz = (-HALF_LOG_2PI - 0.5 * z * z).sum(1)

@@ -164,22 +164,74 @@ def log_densities_bwd(
     return grad_z, grad_mu, grad_log_sigma
 
 
-class MinibatchLogDensities(torch.autograd.Function):
-    """The eager backend's ``(log q(z), log q(z_d))``: the forward pass above, and a
-    backward pass that recomputes (no B×B×D saved)."""
+# The eager backend's operators: opaque to torch.compile, which would otherwise unroll the
+# walk over the chunks into its graph (thousands of steps at B = 4096, D = 128).
 
-    @staticmethod
-    def forward(ctx, z, mu, log_sigma, row_offset: int, dataset_size: int, estimator: str):
-        with torch.no_grad():
-            log_qz, log_prod = log_densities_fwd(
-                z, mu, log_sigma, row_offset, dataset_size, estimator
-            )
-        ctx.save_for_backward(z, mu, log_sigma, log_qz, log_prod)
-        ctx.options = (row_offset, dataset_size, estimator)
-        return log_qz, log_prod
 
-    @staticmethod
+@torch.library.custom_op("betavae_triton::tc_log_densities_eager", mutates_args=())
+def tc_log_densities_eager(
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
+) -> tuple[Tensor, Tensor]:
+    """``(log q(z_i), log q(z_id))`` by :func:`log_densities_fwd`, on any device."""
+    return log_densities_fwd(z, mu, log_sigma, row_offset, dataset_size, estimator)
+
+
+@tc_log_densities_eager.register_fake
+def _(z, mu, log_sigma, row_offset, dataset_size, estimator):
+    return z.new_empty(z.shape[:1]), torch.empty_like(z)
+
+
+@torch.library.custom_op("betavae_triton::tc_log_densities_eager_backward", mutates_args=())
+def tc_log_densities_eager_backward(
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    log_qz: Tensor,
+    log_prod: Tensor,
+    g_qz: Tensor,
+    g_prod: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of :func:`tc_log_densities_eager`'s inputs, recomputed."""
+    args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
+    return log_densities_bwd(*args, estimator)
+
+
+@tc_log_densities_eager_backward.register_fake
+def _(z, mu, log_sigma, *rest):
+    return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(log_sigma)
+
+
+def setup_context(ctx, inputs, output) -> None:
+    """Autograd of the pairwise operators (eager and Triton): save the inputs and the
+    log-sum-exps; the options are the operator's last three arguments."""
+    z, mu, log_sigma, *options = inputs
+    ctx.save_for_backward(z, mu, log_sigma, *output)
+    ctx.options = options
+
+
+def backward_with(backward_op):
+    """The autograd backward of a pairwise operator whose gradients ``backward_op``
+    recomputes (incoming gradients that autograd left undefined count as zeros)."""
+
     def backward(ctx, g_qz, g_prod):
         z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
-        grads = log_densities_bwd(z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, *ctx.options)
-        return (*grads, None, None, None)
+        g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz.contiguous()
+        g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod.contiguous()
+        saved = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod)
+        return (*backward_op(*saved, *ctx.options), None, None, None)
+
+    return backward
+
+
+tc_log_densities_eager.register_autograd(
+    backward_with(torch.ops.betavae_triton.tc_log_densities_eager_backward),
+    setup_context=setup_context,
+)

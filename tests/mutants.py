@@ -238,7 +238,8 @@ MUTANTS = (
         "tc-row-offset-ignored",
         "the forward kernel weighs a rank's rows as if they were rows 0 … of the batch",
         "betavae_triton/kernels/total_correlation.py",
-        "pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])\n        lw = log_weight(rows + row_offset,",
+        "pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])\n"
+        "        lw = log_weight(rows + row_offset,",
         "pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])\n        lw = log_weight(rows,",
         ("tests/test_tcvae_eager.py::test_a_ranks_rows_against_the_whole_batch",),
     ),

@@ -152,12 +152,8 @@ def test_a_ranks_rows_against_the_whole_batch(kernels, estimator):
     gradients (for incoming gradients on those rows only) are the single-process ones."""
     z, mu, second = _inputs(13, 4, seed=11)
     log_sigma = second.log()
-    if kernels:
-        op = torch.ops.betavae_triton.tc_log_densities
-    else:
-
-        def op(*args):
-            return _tcvae_eager.MinibatchLogDensities.apply(*args)
+    ops = torch.ops.betavae_triton
+    op = ops.tc_log_densities if kernels else ops.tc_log_densities_eager
 
     def run(rows, offset):
         leaves = [t.clone().requires_grad_() for t in (z, mu, log_sigma)]
