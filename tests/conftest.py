@@ -120,3 +120,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
         f"hypothesis: profile={HYPOTHESIS_PROFILE} examples={_examples['count']} "
         f"(in {_examples['tests']} property test runs)"
     )
+
+
+@pytest.fixture
+def restore_validation():
+    """Restore ``torch.distributions``' global validation default after the test."""
+    from torch.distributions import Distribution
+
+    saved = Distribution._validate_args
+    yield
+    Distribution.set_default_validate_args(saved)

@@ -253,10 +253,10 @@ MUTANTS = (
     ),
     Mutant(
         "tc-online-lse-no-rescale",
-        "the online log-sum-exp of the marginals forgets to rescale its sum by the new maximum",
+        "the online log-sum-exp forgets to rescale its sum when a new maximum arrives",
         "betavae_triton/kernels/total_correlation.py",
-        "sum_p = sum_p * tl.exp(max_p - new_max_p) + tl.exp(marginal - new_max_p)",
-        "sum_p = sum_p + tl.exp(marginal - new_max_p)",
+        "tl.where(grow, run_sum * e + 1.0, run_sum + e)",
+        "tl.where(grow, run_sum + 1.0, run_sum + e)",
         (TC + "test_terms_match_the_reference[triton]",),
     ),
     Mutant(

@@ -47,14 +47,6 @@ def make_inputs(dist: str = "normal", dtype=torch.float64, batch=3, seed=0) -> L
     return LossInputs(dist, *(t.to(DEVICE, dtype) for t in (x, p, loc, scale)))
 
 
-@pytest.fixture
-def restore_validation():
-    """Restore torch.distributions' global validation default after the test."""
-    saved = Distribution._validate_args
-    yield
-    Distribution.set_default_validate_args(saved)
-
-
 # ---- section 1: the module and its methods ----------------------------------------------
 
 

@@ -18,6 +18,9 @@ stored in bfloat16 or float16 (two roundings of 2⁻⁸ at most).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,8 +285,41 @@ def test_bad_input_gets_a_clear_error(change, error, match):
     with pytest.raises(error, match=match):
         beta_tcvae_loss(
             x, p, args["z"], args["mu"], args["sigma"], dataset_size=args["dataset_size"],
-            estimator=args["estimator"],
+            estimator=args["estimator"], validate_args=True,
         )  # fmt: skip
+
+
+PROCESS_WIDE_DEFAULT = """
+import torch
+from betavae_triton import beta_tcvae_loss
+z, mu, sigma = torch.randn(5, 3), torch.randn(5, 3), torch.zeros(5, 3)
+x = p = torch.rand(5, 4)
+
+def raises(**kw):
+    try:
+        beta_tcvae_loss(x, p, z, mu, sigma, dataset_size=100, **kw)
+    except ValueError as err:
+        return "must be positive" in str(err)
+    return False
+
+print(raises(), end=" ")
+torch.compile(lambda t: t + 1, backend="eager")(torch.ones(2))
+print(raises(), raises(validate_args=True))
+"""
+
+
+def test_validation_follows_the_global_default_which_torch_compile_turns_off():
+    """``validate_args=None`` follows ``Distribution``'s global default; the process's
+    first ``torch.compile`` sets that default to False (``torch._dynamo``'s
+    ``TorchPatcher``), so after it only ``validate_args=True`` still checks. In a fresh
+    process: this suite's own compiles have long run."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROCESS_WIDE_DEFAULT],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False", "True"]
 
 
 def test_validation_off_lets_a_non_positive_scale_through():

@@ -68,6 +68,19 @@ def _pair(z, mu, log_sigma):
 
 
 @triton.jit
+def _online_log_sum_exp(run_max, run_sum, x):
+    """One step of an online log-sum-exp, LSE = run_max + log run_sum, with one exponential
+    per element (the other factor is exp(0) = 1): for d = x − run_max, a new maximum
+    (d > 0) rescales the sum by e^−d and adds 1; otherwise the sum gains e^d. The
+    exponentials are what bounds these kernels on a GPU (the special-function units), so
+    this halves the forward pass's."""
+    d = x - run_max
+    e = tl.exp(-tl.abs(d))
+    grow = d > 0
+    return tl.where(grow, x, run_max), tl.where(grow, run_sum * e + 1.0, run_sum + e)
+
+
+@triton.jit
 def _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod, g_prod):
     """G = g_qz · softmax_j(Σ_d M + log w) + g_prod · softmax_j(M + log w), recomputed from
     the saved log-sum-exps (``log_qz``, ``g_qz`` broadcast against the rows of ``pair``;
@@ -120,13 +133,8 @@ def _minibatch_log_densities_fwd(
         pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])
         lw = log_weight(rows + row_offset, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
-        new_max_q = tl.maximum(max_q, joint)
-        sum_q = sum_q * tl.exp(max_q - new_max_q) + tl.exp(joint - new_max_q)
-        max_q = new_max_q
-        marginal = pair + lw[:, None]
-        new_max_p = tl.maximum(max_p, marginal)
-        sum_p = sum_p * tl.exp(max_p - new_max_p) + tl.exp(marginal - new_max_p)
-        max_p = new_max_p
+        max_q, sum_q = _online_log_sum_exp(max_q, sum_q, joint)
+        max_p, sum_p = _online_log_sum_exp(max_p, sum_p, pair + lw[:, None])
     tl.store(log_qz_ptr + rows, max_q + tl.log(sum_q), mask=row_ok)
     tl.store(log_prod_ptr + tile, max_p + tl.log(sum_p), mask=row_ok[:, None] & dim_ok[None, :])
 
