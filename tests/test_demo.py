@@ -1,6 +1,6 @@
 """Tests of the demo (``python -m betavae_triton.demo``): the sprite generator, the MIG,
 the command line's errors, a short single-process run and a two-rank DistributedDataParallel
-run under ``torch.distributed.run`` on CPU (gloo).
+run under ``torch.distributed.run`` on CPU (gloo), each also with ``--loss btcvae``.
 
 The runs are tiny (a few steps of a narrow model on a few hundred sprites); the whole file
 takes well under a minute on two CPU cores.
@@ -137,6 +137,7 @@ def test_defaults():
     assert config.device == default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
     assert DemoConfig().device == default_device()
     assert config.compile and config.dist == "bernoulli" and config.beta == 6.0
+    assert config.loss == "betavae"
     assert config.steps == 2000
     assert config.out == Path("demo-output")
     assert not parse_config(["--no-compile"]).compile
@@ -169,6 +170,8 @@ def test_compile_flag_help_states_its_default_plainly():
         (["--seed", "-1"], "--seed: must be a non-negative integer"),
         (["--kl-warmup", "-3"], "--kl-warmup: must be a non-negative integer"),
         (["--dist", "poisson"], "--dist: invalid choice"),
+        (["--loss", "factorvae"], "--loss: invalid choice"),
+        (["--loss", "btcvae", "--batch-size", "1"], "--loss btcvae needs --batch-size 2"),
         (["--device", "tpu"], "--device: must be 'cpu', 'cuda' or 'cuda:N'"),
         # Without CUDA: not available; with it: one index past the last device.
         (["--device", f"cuda:{torch.cuda.device_count()}"], "--device: 'cuda:"),
@@ -350,7 +353,10 @@ def test_evaluation_takes_the_kl_per_dimension_from_the_loss():
 # --- whole runs -------------------------------------------------------------------------
 
 
-def _check_outputs(out: Path, *, world_size: int, compiled: bool) -> dict:
+TCVAE_TERMS = ("mi_loss", "tc_loss", "dw_kl_loss")
+
+
+def _check_outputs(out: Path, *, world_size: int, compiled: bool, loss: str = "betavae") -> dict:
     assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "run.json"])
     for name in FIGURES:
         blob = (out / name).read_bytes()
@@ -364,15 +370,36 @@ def _check_outputs(out: Path, *, world_size: int, compiled: bool) -> dict:
     for key in ("data_s", "first_step_s", "train_s", "eval_s", "total_s", "steps_per_s"):
         assert run["timings"][key] > 0, key
     assert run["timings"]["total_s"] >= run["timings"]["train_s"]
+    assert run["args"]["loss"] == loss
+    tcvae = loss == "btcvae"
+    terms = TCVAE_TERMS if tcvae else ()
     for key in ("initial", "final", "final_mean"):
         losses = run[key]
-        assert set(losses) == {"loss", "rec_loss", "kl_loss"}
+        assert set(losses) == {"loss", "rec_loss", "kl_loss", *terms}
         assert all(np.isfinite(v) for v in losses.values())
         assert losses["rec_loss"] > 0 and losses["kl_loss"] >= 0
         beta = run["args"]["beta"]
-        assert losses["loss"] == pytest.approx(losses["rec_loss"] + beta * losses["kl_loss"])
+        if tcvae:  # alpha = gamma = 1, beta weighs the total correlation
+            mi, tc, dw_kl = (losses[k] for k in TCVAE_TERMS)
+            want = losses["rec_loss"] + mi + beta * tc + dw_kl
+        else:
+            want = losses["rec_loss"] + beta * losses["kl_loss"]
+        assert losses["loss"] == pytest.approx(want)
     assert run["final"]["loss"] < 0.9 * run["initial"]["loss"], "the loss falls"
+    assert set(run["curves"]) == {"loss", "rec_loss", "kl_loss", *terms}
     assert all(len(c) == STEPS for c in run["curves"].values())
+    assert all(np.isfinite(c).all() for c in run["curves"].values())
+    if tcvae:
+        n_train = run["args"]["n_train"]
+        assert run["tcvae"] == {
+            "alpha": 1.0,
+            "gamma": 1.0,
+            "dataset_size": n_train * world_size,  # every rank's sprites
+            "estimator": "mss",
+            "gather": world_size > 1,
+        }
+    else:
+        assert "tcvae" not in run
     assert 0.0 <= run["mig"] <= 1.0
     assert set(run["mig_per_factor"]) == set(FACTOR_NAMES)
     assert len(run["kl_per_dim"]) == LATENT and min(run["kl_per_dim"]) >= 0
@@ -405,13 +432,49 @@ def test_single_process_run_writes_figures_and_json(tmp_path, capsys):
     assert run["params_identical_across_ranks"] is None
 
 
-def test_torchrun_two_cpu_ranks_end_with_identical_parameters(tmp_path):
+@pytest.mark.usefixtures("one_thread")
+def test_btcvae_run_records_mi_tc_and_dw_kl(tmp_path, capsys):
+    """``--loss btcvae``, compiled as by default (one graph: ``fullgraph=True``), with a KL
+    warm-up: run.json holds the three terms, finite, and the step compiled once although
+    the weights changed at every warm-up step."""
+    from torch._dynamo.utils import counters
+
+    out = tmp_path / "out"
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        argv = [*TINY, "--loss", "btcvae", "--kl-warmup", "4", "--out", str(out)]
+        assert main(argv) == 0
+        graphs = counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    stdout = capsys.readouterr().out
+    assert "MIG: " in stdout and ", tc " in stdout and ", dw_kl " in stdout
+    run = _check_outputs(out, world_size=1, compiled=True, loss="btcvae")
+    assert run["params_identical_across_ranks"] is None
+    assert graphs == 1, f"the loss step compiled {graphs} times"
+
+
+def test_model_hands_the_loss_the_sample_it_decoded():
+    torch.manual_seed(0)
+    model = ConvVAE(LATENT, CHANNELS)
+    x = make_sprites(8, seed=2).batch(slice(0, 8))
+    logits, mu, scale, z = model(x)
+    assert z.shape == mu.shape == scale.shape == (8, LATENT)
+    torch.testing.assert_close(logits, model.decode_logits(z))
+    assert not torch.equal(z, mu), "a sample, not the mean"
+
+
+def _torchrun_two_ranks(tmp_path: Path, *extra: str) -> dict:
+    """Run the tiny demo on two gloo ranks; check the outputs of rank 0 and that both ranks
+    end with the same trained parameters, from different data. Returns run.json."""
     out, params = tmp_path / "out", tmp_path / "params" / "final"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "betavae_triton.demo", *TINY, "--out", str(out), "--check-params", str(params),
+        *extra,
     ]  # fmt: skip
     proc = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False
@@ -420,8 +483,9 @@ def test_torchrun_two_cpu_ranks_end_with_identical_parameters(tmp_path):
     assert proc.stdout.count("MIG: ") == 1, "rank 0 alone reports"
     assert "on cpu x2" in proc.stdout
 
-    # Rank 0 alone writes the outputs, and the run was compiled, as by default.
-    run = _check_outputs(out, world_size=2, compiled=True)
+    # Rank 0 alone writes the outputs.
+    loss = "btcvae" if "btcvae" in extra else "betavae"
+    run = _check_outputs(out, world_size=2, compiled="--no-compile" not in extra, loss=loss)
     assert run["params_identical_across_ranks"] is True
 
     saved = [torch.load(params.with_name(f"final.rank{r}.pt")) for r in (0, 1)]
@@ -434,6 +498,20 @@ def test_torchrun_two_cpu_ranks_end_with_identical_parameters(tmp_path):
     torch.manual_seed(0)
     initial = ConvVAE(LATENT, CHANNELS).state_dict()
     assert any(not torch.equal(first[k], initial[k]) for k in first), "the ranks trained"
+    return run
+
+
+def test_torchrun_two_cpu_ranks_end_with_identical_parameters(tmp_path):
+    """Compiled, as by default."""
+    _torchrun_two_ranks(tmp_path)
+
+
+def test_torchrun_btcvae_gathers_and_ranks_end_identical(tmp_path):
+    """``--loss btcvae`` under DDP: ``gather=True`` (each rank's z scored against the
+    posteriors of the global batch, N = both ranks' sprites), the ranks' parameters end
+    identical. Eager, to keep it short: the compiled DDP step is the test above's."""
+    run = _torchrun_two_ranks(tmp_path, "--loss", "btcvae", "--no-compile")
+    assert run["tcvae"]["gather"] is True and run["tcvae"]["dataset_size"] == 2 * 256
 
 
 def test_bernoulli_decoder_hands_the_loss_its_logits():

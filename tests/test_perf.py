@@ -156,3 +156,28 @@ def test_nidl_is_read_from_a_path_never_vendored(tmp_path: Path) -> None:
         source = load_nidl(real, tmp_path)
         _check_loss_class(source.cls)
         assert source.version
+
+
+def test_btcvae_benchmark_counts_memory_and_writes_json(tmp_path: Path) -> None:
+    """``python -m perf.btcvae --quick`` at one size (issue 15): every figure is there, the
+    memory counter sees the hand-computed peaks, and ours peaks below the B×B×D formula."""
+    cmd = [sys.executable, "-m", "perf.btcvae", "--quick", "--batch", "512", "--latent", "32"]
+    cmd += ["--device", "cpu", "--no-progress", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    doc = json.loads((tmp_path / "btcvae_cpu_quick.json").read_text())
+    assert doc["meta"]["versions"]["torch"] == torch.__version__ and doc["meta"]["git"]
+    datetime.datetime.fromisoformat(doc["meta"]["date"])
+    for check in doc["memory_check"][:2]:  # known by hand: 32 MiB, and inductor's 64 MiB
+        assert 0 <= check["counted"] - check["expected"] < 1024, check  # + 0-d scalars
+    rows = {r["contender"]: r for r in doc["results"]}
+    assert set(rows) == {"ours-eager", "formula", "formula-compiled"}
+    for name, row in rows.items():
+        assert row["error"] is None and row["skipped"] is None, (name, row)
+        for field in ("seconds", "first_call_s", "peak_extra_bytes", "bbd_bytes"):
+            assert _positive(row[field]), (name, field, row[field])
+        assert row["rel_err"] < 1e-4, (name, row["rel_err"])
+    assert _positive(rows["ours-eager"]["formula_over_this"])
+    assert rows["ours-eager"]["peak_extra_bytes"] < rows["formula"]["peak_extra_bytes"] / 4
+    assert doc["targets"]["speed_vs_formula"][0]["batch"] == 512
+    assert "ours-eager" in (tmp_path / "btcvae_cpu_quick.txt").read_text()
