@@ -11,7 +11,9 @@
 #    the quickest to fail first and the slow files last, `-x` per file, each under its own
 #    timeout; the `gpu`-marked tests run (conftest selects them where CUDA is present).
 # 3. A benchmark subset: `python -m perf.bench --quick --workloads W`, one run per workload
-#    so that a timeout loses one workload only.
+#    so that a timeout loses one workload only; the pseudo-workload `btcvae` runs
+#    `python -m perf.btcvae --quick` at B 1024, 4096 and D 32, 128 (β-TCVAE's kernels
+#    against the B×B×D formula, time and peak memory).
 # 4. Every step's stdout+stderr, JUnit XML per test file and a summary table (status, exit
 #    code, seconds, pytest counts per step) go under one folder, ${OUT:-perf/out/gpu}; the
 #    summary is printed at the end. Exit status: 0 when every step that ran passed, 1 when
@@ -19,12 +21,12 @@
 #
 # The whole run keeps within GPU_CHECK_BUDGET_S seconds (default 540, so that it fits one
 # 10-minute device command with room to spare; 690 keeps it under 12 minutes): each test
-# file's timeout is cut to what is left minus GPU_CHECK_BENCH_RESERVE_S (default 150) for
+# file's timeout is cut to what is left minus GPU_CHECK_BENCH_RESERVE_S (default 200) for
 # the benchmark, and a step with too little time left is recorded as SKIP (budget).
 #
 # Other settings: PYTHON (default: python3 if it imports torch, else .venv/bin/python);
 # GPU_CHECK_FILES ("file.py:timeout_s ...", in order; default: all of tests/, see below);
-# GPU_CHECK_BENCH_WORKLOADS (default "sprites mri sweep-2^28"; empty: no benchmark, no
+# GPU_CHECK_BENCH_WORKLOADS (default "sprites mri sweep-2^28 btcvae"; empty: no benchmark, no
 # reserve); GPU_CHECK_BENCH_ARGS (extra bench options, e.g. "--nidl PATH");
 # GPU_CHECK_ALLOW_CPU=1 goes on without CUDA (only to try this script out on a CPU machine,
 # where conftest then runs the kernels under the interpreter).
@@ -48,8 +50,8 @@ rm -rf "$OUT_DIR"/[0-9][0-9]-*.log "$OUT_DIR"/preflight.log "$OUT_DIR"/summary.t
     "$OUT_DIR"/summary-full.txt "$OUT_DIR/junit" "$OUT_DIR/bench"
 SUMMARY="$OUT_DIR/summary.txt"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
-BENCH_WORKLOADS="${GPU_CHECK_BENCH_WORKLOADS-sprites mri sweep-2^28}"
-BENCH_RESERVE_S="${GPU_CHECK_BENCH_RESERVE_S:-150}"
+BENCH_WORKLOADS="${GPU_CHECK_BENCH_WORKLOADS-sprites mri sweep-2^28 btcvae}"
+BENCH_RESERVE_S="${GPU_CHECK_BENCH_RESERVE_S:-200}"
 [ -z "${BENCH_WORKLOADS// /}" ] && BENCH_RESERVE_S=0
 MIN_STEP_S=20
 
@@ -339,9 +341,15 @@ for workload in $BENCH_WORKLOADS; do
         record "$name" "SKIP" "-" 0 "budget: ${left}s for it"
         continue
     fi
-    run_step "$name" "$left" "$PY" -m perf.bench --quick --no-progress --workloads "$workload" \
-        --out "$OUT_DIR/bench/$tag" ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"}
-    json="$(ls "$OUT_DIR/bench/$tag"/bench_*.json 2>/dev/null | head -n 1)"
+    if [ "$workload" = btcvae ]; then  # β-TCVAE's terms against the B×B×D formula
+        run_step "$name" "$left" "$PY" -m perf.btcvae --quick --no-progress --batch 1024 4096 \
+            --latent 32 128 --out "$OUT_DIR/bench/$tag"
+    else
+        run_step "$name" "$left" "$PY" -m perf.bench --quick --no-progress \
+            --workloads "$workload" --out "$OUT_DIR/bench/$tag" \
+            ${BENCH_EXTRA[@]+"${BENCH_EXTRA[@]}"}
+    fi
+    json="$(ls "$OUT_DIR/bench/$tag"/b*_*.json 2>/dev/null | head -n 1)"
     if [ "$STEP_RC" -eq 0 ]; then
         record "$name" "PASS" 0 "$STEP_SECONDS" "$(basename "${json:-no json}")"
     elif [ "$STEP_RC" -eq 124 ] || [ "$STEP_RC" -eq 137 ]; then
@@ -365,7 +373,7 @@ done
     echo
     echo "gpu_check summary ($(now), ${SECONDS}s in all, budget ${BUDGET_S}s); files in $OUT_DIR"
     column -t -s $'\t' "$SUMMARY" 2>/dev/null || cat "$SUMMARY"
-    for f in "$OUT_DIR"/bench/*/bench_*.txt; do
+    for f in "$OUT_DIR"/bench/*/b*_*.txt; do
         [ -f "$f" ] && { echo; echo "== $(basename "$(dirname "$f")"): $f"; cat "$f"; }
     done
 } | tee "$OUT_DIR/summary-full.txt"
