@@ -119,10 +119,10 @@ def test_never_holds_a_batch_by_batch_by_latent_tensor(monkeypatch):
     sizes = []
     inner = _tcvae_eager._pair_log_density
 
-    def spy(z, mu, log_sigma):
-        out = inner(z, mu, log_sigma)
-        sizes.append(out.numel())
-        return out
+    def spy(z, mu_t, log_sigma_t):
+        pair, t = inner(z, mu_t, log_sigma_t)
+        sizes.append(pair.numel())
+        return pair, t
 
     monkeypatch.setattr(_tcvae_eager, "_pair_log_density", spy)
     monkeypatch.setattr(_tcvae_eager, "CHUNK", 8)
