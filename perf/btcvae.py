@@ -56,7 +56,7 @@ import torch._inductor.config
 from betavae_triton import triton_available
 from betavae_triton._tcvae import minibatch_terms
 from perf.bench import _busy, _device_name, _git_label, _git_state, _machine_load, _versions
-from perf.report import _num, _time, write_json
+from perf.report import _num, _time, align_columns, write_json
 from perf.timing import Timing, cache_bytes, measure, rotation_count
 
 __all__ = [
@@ -585,19 +585,7 @@ def format_table(rows: list[dict]) -> str:
                 note,
             ]
         )
-    widths = [max(len(ln[i]) for ln in lines if ln) for i in range(len(head))]
-    out = []
-    for ln in lines:
-        if ln is None:
-            out.append("")
-            continue
-        cells = [
-            c.ljust(w) if i == 2 or i == len(head) - 1 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(ln, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return align_columns(lines, left=(2,))
 
 
 def check_targets(rows: list[dict], ours: str) -> dict:

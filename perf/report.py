@@ -103,14 +103,22 @@ def format_table(rows: list[dict], copy_bw: float | None) -> str:
         line += [_num(row["vs_nidl"], ".2f", "x"), _num(row["vs_compiled_ref"], ".2f", "x")]
         line.append(row["error"] or row.get("warning") or "")
         lines.append(line)
-    widths = [max(len(str(ln[i])) for ln in lines if ln) for i in range(len(head))]
+    return align_columns(lines, left=range(5))
+
+
+def align_columns(lines: list, left) -> str:
+    """Rows (the first one the header; None for a blank line) as aligned text: the columns
+    in ``left`` and the last one flush left, the others flush right, a rule under the
+    header."""
+    n = len(lines[0])
+    widths = [max(len(str(ln[i])) for ln in lines if ln) for i in range(n)]
     out = []
     for ln in lines:
         if ln is None:
             out.append("")
             continue
         cells = [
-            str(c).ljust(w) if i < 5 or i == len(head) - 1 else str(c).rjust(w)
+            str(c).ljust(w) if i in left or i == n - 1 else str(c).rjust(w)
             for i, (c, w) in enumerate(zip(ln, widths, strict=True))
         ]
         out.append("  ".join(cells).rstrip())
