@@ -10,7 +10,11 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution
 
+from ._constants import ESTIMATOR_CODES
+
 DISTRIBUTIONS = ("normal", "laplace", "bernoulli")
+REDUCTIONS = ("mean", "none")
+ESTIMATORS = tuple(ESTIMATOR_CODES)
 
 
 def check_dist(dist: str) -> str:
@@ -143,9 +147,6 @@ def check_bernoulli_range(
             )
 
 
-ESTIMATORS = ("mws", "mss", "mss-reference")
-
-
 def check_tcvae_inputs(
     z: torch.Tensor,
     q_loc: torch.Tensor,
@@ -168,6 +169,8 @@ def check_tcvae_inputs(
         differ, the estimator is unknown, or (with validation on, eager mode only: one
         host sync) a σ is not positive.
     """
+    if dataset_size is None:
+        raise TypeError("β-TCVAE needs dataset_size: the number of training samples")
     _check_float("z", z)
     if z.dim() != 2:
         raise ValueError(f"z must have shape (B, D), got {tuple(z.shape)}")
@@ -204,3 +207,112 @@ def check_tcvae_inputs(
             "torch.distributions.Distribution.set_default_validate_args(False)) to skip "
             "this check."
         )
+
+
+def loss_weight(
+    weight: float | torch.Tensor, device: torch.device
+) -> tuple[float, torch.Tensor | None]:
+    """A loss weight (β) as ``(number, tensor)``: a one-element tensor stays a tensor (a CPU
+    scalar moved to the data's device without a sync), a number stays a number (not
+    ``float()``-ed: under ``torch.compile`` that would specialise the graph on its value)."""
+    if not isinstance(weight, torch.Tensor):
+        return weight, None
+    if weight.numel() != 1:
+        raise ValueError(
+            f"a loss weight must be a number or a one-element tensor, got shape "
+            f"{tuple(weight.shape)}"
+        )
+    if not weight.is_floating_point():
+        weight = weight.to(torch.float64)
+    if weight.device != device:
+        if weight.device.type != "cpu":
+            raise ValueError(
+                f"a loss weight on {weight.device} cannot weigh data on {device}: put it on "
+                "the data's device (or on the CPU)"
+            )
+        weight = weight.to(device, non_blocking=True)
+    return 0.0, weight.reshape(())
+
+
+def check_reduction(reduction: str) -> bool:
+    """Whether ``reduction`` asks for per-sample terms; ``ValueError`` if unknown."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return reduction == "none"
+
+
+def reconstruction_kind(dist: str, p_is_logits: bool) -> str:
+    """The loss the kernels compute: ``dist``, or ``"bernoulli_logits"``."""
+    check_dist(dist)
+    if not p_is_logits:
+        return dist
+    if dist != "bernoulli":
+        raise ValueError(f"p_is_logits=True needs dist='bernoulli', got dist={dist!r}")
+    return "bernoulli_logits"
+
+
+def check_decoder_scale(p_scale: torch.Tensor | None, kind: str, x: torch.Tensor) -> None:
+    """The decoder scale of the full likelihood: normal or laplace, a floating tensor that
+    broadcasts to x, on x's device."""
+    if p_scale is None:
+        return
+    if kind not in ("normal", "laplace"):
+        raise ValueError(f"p_scale needs dist='normal' or 'laplace', got {kind!r}")
+    if not isinstance(p_scale, torch.Tensor) or not p_scale.is_floating_point():
+        raise TypeError(f"p_scale must be a floating-point tensor, got {p_scale!r:.60}")
+    if p_scale.device != x.device:
+        raise ValueError(f"p_scale is on {p_scale.device} but x is on {x.device}")
+    if p_scale.numel() == 0:
+        raise ValueError("p_scale is empty")
+    try:
+        if torch.broadcast_shapes(p_scale.shape, x.shape) != x.shape:
+            raise RuntimeError
+    except RuntimeError as err:
+        raise ValueError(
+            f"p_scale {tuple(p_scale.shape)} does not broadcast to x {tuple(x.shape)}"
+        ) from err
+
+
+def check_bernoulli_values(
+    kind: str, p: torch.Tensor, x: torch.Tensor, validate_args: bool | None
+) -> None:
+    """Validate bernoulli targets (and probabilities; logits may be any real)."""
+    if kind == "bernoulli":
+        check_bernoulli_range(p, x, validate_args)
+    elif kind == "bernoulli_logits":
+        check_bernoulli_range(None, x, validate_args)
+
+
+def check_loss_inputs(
+    x: torch.Tensor | None,
+    p: torch.Tensor | None,
+    q_loc: torch.Tensor | None,
+    q_scale: torch.Tensor | None,
+    *,
+    dist: str = "normal",
+    p_is_logits: bool = False,
+    reduction: str = "mean",
+    p_scale: torch.Tensor | None = None,
+    validate_args: bool | None = None,
+) -> tuple[str, bool]:
+    """Check the arguments of the β-VAE loss or of one of its terms (x and p None: the KL
+    alone; q_loc and q_scale None: the reconstruction alone); return ``(kind,
+    per_sample)``: the loss the kernels compute (``dist``, or ``"bernoulli_logits"``) and
+    whether the reduction is per sample."""
+    kind = reconstruction_kind(dist, p_is_logits) if x is not None else dist
+    per_sample = check_reduction(reduction)
+    if x is None:
+        check_posterior(q_loc, q_scale)
+        return kind, per_sample
+    check_reconstruction(p, x)
+    if q_loc is not None:
+        q_shape = check_posterior(q_loc, q_scale)
+        check_same_device(x, q_loc)
+        if per_sample and q_shape[0] not in (1, x.shape[0]):
+            raise ValueError(
+                f"reduction='none' needs the posterior's batch to be {x.shape[0]} (that of "
+                f"x) or 1, got {q_shape[0]}"
+            )
+    check_bernoulli_values(kind, p, x, validate_args)
+    check_decoder_scale(p_scale, kind, x)
+    return kind, per_sample

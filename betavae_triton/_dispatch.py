@@ -2,7 +2,8 @@
 
 ``"auto"`` picks the Triton kernels for tensors on a GPU (when Triton is importable) and
 the eager PyTorch path otherwise; ``"triton"`` insists on the kernels; ``"eager"`` insists
-on plain PyTorch. ``BETAVAE_TRITON_BACKEND`` sets the default.
+on plain PyTorch. ``BETAVAE_TRITON_BACKEND`` sets the default. Shared by both losses
+(:mod:`.vae`, :mod:`.tcvae`), with how a kernel is launched under the interpreter.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def default_backend() -> str:
     return name
 
 
+def requested_backend(backend: str | None) -> str:
+    """The backend a call asks for: ``backend`` checked, or the default when it is None."""
+    return check_backend(backend) if backend else default_backend()
+
+
 _TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
@@ -42,6 +48,12 @@ def triton_available() -> bool:
 def interpreter_enabled() -> bool:
     """Whether Triton kernels run on the CPU under ``TRITON_INTERPRET=1``."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def interpreter_launch(kernel):
+    """How a kernel is launched under Triton's interpreter: the kernel itself, indexed by
+    its grid (on CUDA, the operators launch through ``torch.library.wrap_triton``)."""
+    return kernel
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

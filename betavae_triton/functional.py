@@ -8,163 +8,18 @@ from __future__ import annotations
 
 import torch
 
-from . import _eager
-from ._call import LossCall
-from ._checks import (
-    check_bernoulli_range,
-    check_dist,
-    check_posterior,
-    check_reconstruction,
-    check_same_device,
-    check_tcvae_inputs,
-)
-from ._dispatch import check_backend, default_backend, resolve_backend
-from ._tcvae import minibatch_terms, world
+from ._checks import check_loss_inputs, check_same_device, check_tcvae_inputs, loss_weight
+from .tcvae import minibatch_terms, world
+from .vae import beta_vae_terms
 
 __all__ = [
     "beta_tcvae_loss",
     "beta_vae_loss",
     "capacity_beta_vae_loss",
+    "kl_decomposition",
     "kl_normal_loss",
     "reconstruction_loss",
 ]
-
-
-def _needs(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd will ask for the gradient of any of ``tensors``."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _weight(
-    weight: float | torch.Tensor, device: torch.device
-) -> tuple[float, torch.Tensor | None]:
-    """A loss weight (β) as ``(number, tensor)``: a one-element tensor stays a tensor (a CPU
-    scalar moved to the data's device without a sync), a number stays a number (not
-    ``float()``-ed: under ``torch.compile`` that would specialise the graph on its value)."""
-    if not isinstance(weight, torch.Tensor):
-        return weight, None
-    if weight.numel() != 1:
-        raise ValueError(
-            f"a loss weight must be a number or a one-element tensor, got shape "
-            f"{tuple(weight.shape)}"
-        )
-    if not weight.is_floating_point():
-        weight = weight.to(torch.float64)
-    if weight.device != device:
-        if weight.device.type != "cpu":
-            raise ValueError(
-                f"a loss weight on {weight.device} cannot weigh data on {device}: put it on "
-                "the data's device (or on the CPU)"
-            )
-        weight = weight.to(device, non_blocking=True)
-    return 0.0, weight.reshape(())
-
-
-def _loss_call(
-    x: torch.Tensor | None,
-    p: torch.Tensor | None,
-    q_loc: torch.Tensor | None,
-    q_scale: torch.Tensor | None,
-    *,
-    p_scale: torch.Tensor | None = None,
-    beta: float | torch.Tensor = 0.0,
-    dist: str = "normal",
-    q_is_logvar: bool = False,
-    per_sample: bool = False,
-    kl_per_dim: bool = False,
-) -> LossCall:
-    """The :class:`~betavae_triton._call.LossCall` of checked arguments (None: a term
-    that is not computed)."""
-    device = (x if x is not None else q_loc).device
-    beta, beta_tensor = _weight(beta, device)
-    return LossCall(
-        x=x,
-        p=p,
-        q_loc=q_loc,
-        q_scale=q_scale,
-        p_scale=p_scale,
-        beta_tensor=beta_tensor,
-        beta=beta,
-        dist=dist,
-        q_is_logvar=bool(q_is_logvar),
-        per_sample=per_sample,
-        kl_per_dim=kl_per_dim,
-        need_grad_x=_needs(x),
-        need_grad_p=_needs(p),
-        need_grad_q=_needs(q_loc, q_scale),
-        need_grad_p_scale=_needs(p_scale),
-    )
-
-
-def _run(call: LossCall, backend: str | None) -> tuple[torch.Tensor | None, ...]:
-    """``(loss, rec, kl, kl_per_dim)`` of ``call`` on the backend that ``backend`` names
-    for its tensors' device."""
-    device = (call.x if call.x is not None else call.q_loc).device
-    name = resolve_backend(check_backend(backend) if backend else default_backend(), device)
-    if name == "eager":
-        return _eager.beta_vae_loss(call)
-    from ._triton_backend import beta_vae_loss
-
-    if call.beta_tensor is None and torch.compiler.is_compiling():
-        # The operator takes β as a float, on whose value a compiled graph would be
-        # specialised: under torch.compile a number reaches the kernels as a 0-d tensor.
-        beta = torch.ones((), dtype=torch.float64, device=device) * call.beta
-        call = call._replace(beta_tensor=beta, beta=0.0)
-    elif call.beta_tensor is None:
-        call = call._replace(beta=float(call.beta))  # an int or a NumPy number too
-    return beta_vae_loss(call)
-
-
-REDUCTIONS = ("mean", "none")
-
-
-def _check_reduction(reduction: str) -> bool:
-    """Whether ``reduction`` asks for per-sample terms; ``ValueError`` if unknown."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    return reduction == "none"
-
-
-def _reconstruction_kind(dist: str, p_is_logits: bool) -> str:
-    """The loss the kernels compute: ``dist``, or ``"bernoulli_logits"``."""
-    check_dist(dist)
-    if not p_is_logits:
-        return dist
-    if dist != "bernoulli":
-        raise ValueError(f"p_is_logits=True needs dist='bernoulli', got dist={dist!r}")
-    return "bernoulli_logits"
-
-
-def _check_decoder_scale(p_scale: torch.Tensor | None, kind: str, x: torch.Tensor) -> None:
-    """The decoder scale of the full likelihood: normal or laplace, a floating tensor that
-    broadcasts to x, on x's device."""
-    if p_scale is None:
-        return
-    if kind not in ("normal", "laplace"):
-        raise ValueError(f"p_scale needs dist='normal' or 'laplace', got {kind!r}")
-    if not isinstance(p_scale, torch.Tensor) or not p_scale.is_floating_point():
-        raise TypeError(f"p_scale must be a floating-point tensor, got {p_scale!r:.60}")
-    if p_scale.device != x.device:
-        raise ValueError(f"p_scale is on {p_scale.device} but x is on {x.device}")
-    if p_scale.numel() == 0:
-        raise ValueError("p_scale is empty")
-    try:
-        if torch.broadcast_shapes(p_scale.shape, x.shape) != x.shape:
-            raise RuntimeError
-    except RuntimeError as err:
-        raise ValueError(
-            f"p_scale {tuple(p_scale.shape)} does not broadcast to x {tuple(x.shape)}"
-        ) from err
-
-
-def _check_bernoulli_values(
-    kind: str, p: torch.Tensor, x: torch.Tensor, validate_args: bool | None
-) -> None:
-    """Validate bernoulli targets (and probabilities; logits may be any real)."""
-    if kind == "bernoulli":
-        check_bernoulli_range(p, x, validate_args)
-    elif kind == "bernoulli_logits":
-        check_bernoulli_range(None, x, validate_args)
 
 
 def beta_vae_loss(
@@ -255,31 +110,14 @@ def beta_vae_loss(
     RuntimeError
         If ``backend="triton"`` cannot run on these tensors.
     """
-    kernel_dist = _reconstruction_kind(dist, p_is_logits)
-    per_sample = _check_reduction(reduction)
-    check_reconstruction(p, x)
-    q_shape = check_posterior(q_loc, q_scale)
-    check_same_device(x, q_loc)
-    if per_sample and q_shape[0] not in (1, x.shape[0]):
-        raise ValueError(
-            f"reduction='none' needs the posterior's batch to be {x.shape[0]} (that of x) "
-            f"or 1, got {q_shape[0]}"
-        )
-    _check_bernoulli_values(kernel_dist, p, x, validate_args)
-    _check_decoder_scale(p_scale, kernel_dist, x)
-    call = _loss_call(
-        x,
-        p,
-        q_loc,
-        q_scale,
-        p_scale=p_scale,
-        beta=beta,
-        dist=kernel_dist,
-        q_is_logvar=q_is_logvar,
-        per_sample=per_sample,
-        kl_per_dim=kl_per_dim,
-    )
-    loss, rec, kl, kl_dims = _run(call, backend)
+    kind, per_sample = check_loss_inputs(
+        x, p, q_loc, q_scale, dist=dist, p_is_logits=p_is_logits, reduction=reduction,
+        p_scale=p_scale, validate_args=validate_args,
+    )  # fmt: skip
+    loss, rec, kl, kl_dims = beta_vae_terms(
+        x, p, q_loc, q_scale, backend, p_scale=p_scale, beta=beta, dist=kind,
+        q_is_logvar=q_is_logvar, per_sample=per_sample, kl_per_dim=kl_per_dim,
+    )  # fmt: skip
     return (loss, rec, kl, kl_dims) if kl_per_dim else (loss, rec, kl)
 
 
@@ -320,13 +158,12 @@ def reconstruction_loss(
     rec_loss : torch.Tensor
         A scalar in the dtype of ``p`` and ``x`` promoted.
     """
-    kernel_dist = _reconstruction_kind(dist, p_is_logits)
-    per_sample = _check_reduction(reduction)
-    check_reconstruction(p, x)
-    _check_bernoulli_values(kernel_dist, p, x, validate_args)
-    _check_decoder_scale(p_scale, kernel_dist, x)
-    call = _loss_call(x, p, None, None, p_scale=p_scale, dist=kernel_dist, per_sample=per_sample)
-    _, rec, _, _ = _run(call, backend)
+    kind, per_sample = check_loss_inputs(
+        x, p, None, None, dist=dist, p_is_logits=p_is_logits, reduction=reduction,
+        p_scale=p_scale, validate_args=validate_args,
+    )  # fmt: skip
+    options = dict(p_scale=p_scale, dist=kind, per_sample=per_sample)
+    _, rec, _, _ = beta_vae_terms(x, p, None, None, backend, **options)
     return rec
 
 
@@ -358,10 +195,9 @@ def kl_normal_loss(
         A scalar, equal to ``kl_divergence(Normal(q_loc, q_scale), Normal(0, 1))
         .mean(dim=0).sum()``, in the dtype of ``q_loc`` and ``q_scale`` promoted.
     """
-    per_sample = _check_reduction(reduction)
-    check_posterior(q_loc, q_scale)
-    call = _loss_call(None, None, q_loc, q_scale, q_is_logvar=q_is_logvar, per_sample=per_sample)
-    _, _, kl, _ = _run(call, backend)
+    _, per_sample = check_loss_inputs(None, None, q_loc, q_scale, reduction=reduction)
+    options = dict(q_is_logvar=q_is_logvar, per_sample=per_sample)
+    _, _, kl, _ = beta_vae_terms(None, None, q_loc, q_scale, backend, **options)
     return kl
 
 
@@ -451,7 +287,7 @@ def capacity_beta_vae_loss(
 def _weigh(weight: float | torch.Tensor, term: torch.Tensor) -> torch.Tensor:
     """``weight · term`` in ``term``'s dtype: a number, or a one-element tensor (the data's
     device or the CPU) that a schedule may change every step without a recompile."""
-    _, tensor = _weight(weight, term.device)
+    _, tensor = loss_weight(weight, term.device)
     if tensor is None:
         return weight * term
     return (tensor * term).to(term.dtype)
@@ -568,8 +404,6 @@ def beta_tcvae_loss(
     .. [1] Ricky T. Q. Chen et al., "Isolating Sources of Disentanglement in Variational
        Autoencoders", NeurIPS 2018.
     """
-    if dataset_size is None:
-        raise TypeError("beta_tcvae_loss needs dataset_size: the number of training samples")
     _, world_size = world(gather, group)
     check_tcvae_inputs(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
@@ -584,9 +418,59 @@ def beta_tcvae_loss(
         p_is_logits=p_is_logits,
         p_scale=p_scale,
     )
-    name = resolve_backend(check_backend(backend) if backend else default_backend(), z.device)
     mi, tc, dw_kl = minibatch_terms(
-        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, name, gather, group
+        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group
     )
     loss = rec + _weigh(alpha, mi) + _weigh(beta, tc) + _weigh(gamma, dw_kl)
     return loss, rec, mi, tc, dw_kl
+
+
+def kl_decomposition(
+    z: torch.Tensor,
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    dataset_size: int,
+    estimator: str = "mss",
+    q_is_logvar: bool = False,
+    backend: str | None = None,
+    *,
+    validate_args: bool | None = None,
+    gather: bool = False,
+    group: object | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""β-TCVAE's decomposition of the KL term alone: ``(mi, tc, dw_kl)`` [1]_.
+
+    The three terms of :func:`beta_tcvae_loss`, unweighted and without a reconstruction:
+    index-code mutual information, total correlation and dimension-wise KL, estimated on
+    the batch in O(B·D) extra memory, differentiable in z, μ and σ. Their sum is the
+    one-sample estimate of the KL term, so this is also how to measure a model's total
+    correlation on a batch far larger than its training batch (a B×B×D formula would need
+    B²·D values; this needs B·D).
+
+    Parameters
+    ----------
+    z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend
+        As in :func:`beta_tcvae_loss`.
+    validate_args, gather, group
+        As in :func:`beta_tcvae_loss`.
+
+    Returns
+    -------
+    mi, tc, dw_kl : torch.Tensor
+        Scalars, float64 for float64 inputs and float32 otherwise.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        As :func:`beta_tcvae_loss` raises for these arguments.
+
+    References
+    ----------
+    .. [1] Chen et al., NeurIPS 2018 (see :func:`beta_tcvae_loss`).
+    """
+    world_size = world(gather, group)[1]
+    check_tcvae_inputs(z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args,
+                       world_size)  # fmt: skip
+    return minibatch_terms(
+        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group
+    )

@@ -7,7 +7,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Distribution, Laplace, Normal
 
 from . import functional as F
-from ._checks import ESTIMATORS, check_dist
+from ._checks import ESTIMATORS, REDUCTIONS, check_dist
 from ._dispatch import check_backend, default_backend
 
 __all__ = ["BetaTCVAELoss", "BetaVAELoss", "CapacityBetaVAELoss"]
@@ -91,7 +91,7 @@ class BetaVAELoss(nn.Module):
         self.default_dist = check_dist(default_dist)
         self.backend = check_backend(backend) if backend is not None else default_backend()
         self.validate_args = validate_args
-        if reduction not in F.REDUCTIONS:
+        if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         self.reduction = reduction
         self.kl_per_dim = bool(kl_per_dim)

@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import functools
 import gc
 import itertools
 import math
-import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +43,7 @@ import torch
 import torch._inductor.config
 from tqdm import tqdm
 
+from perf import machine
 from perf.contenders import (
     COMPILED,
     CONTENDERS,
@@ -158,70 +156,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs)"
-
-
-def _versions() -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda,
-    }
-
-
-def _git_state() -> dict:
-    """The commit benchmarked, and whether the package or the reference differed from it."""
-    state: dict = {"commit": None, "dirty": None}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        run = functools.partial(
-            subprocess.run, cwd=PERF_DIR, capture_output=True, text=True, timeout=10
-        )
-        head = run(["git", "rev-parse", "HEAD"])
-        if head.returncode == 0:
-            state["commit"] = head.stdout.strip()
-            # Only the code measured: the package and the reference.
-            paths = [":/betavae_triton", ":/reference"]
-            changes = run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths])
-            state["dirty"] = bool(changes.stdout.strip())
-    return state
-
-
-def _git_label(state: dict) -> str:
-    if not state.get("commit"):
-        return "unknown"
-    dirty = " + uncommitted changes to the package" if state.get("dirty") else ""
-    return state["commit"][:10] + dirty
-
-
-def _machine_load() -> dict:
-    """Load average and CPU pressure: other work on the machine skews CPU timings."""
-    load: dict = {}
-    with contextlib.suppress(OSError):
-        load["loadavg_1_5_15"] = list(os.getloadavg())
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
-        load["cpu_pressure_some"] = {k: float(v) for k, v in (f.split("=") for f in some[1:4])}
-    return load
 
 
 def _sync(device: torch.device) -> None:
@@ -387,18 +321,6 @@ def _bench_workload(w: Workload, ctx: dict) -> list[dict]:
     return rows
 
 
-def _busy(load: dict) -> str | None:
-    """A warning when other work already loads the CPUs (it skews CPU timings)."""
-    avg = load.get("loadavg_1_5_15")
-    cpus = os.cpu_count() or 1
-    if avg and avg[0] >= max(1.0, 0.5 * cpus):
-        return (
-            f"the machine is busy before the benchmark starts (load average {avg[0]:.2f} on "
-            f"{cpus} CPUs): CPU timings will be skewed by the other work"
-        )
-    return None
-
-
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark and write its outputs.
 
@@ -438,8 +360,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{loud} contender {name!r} dropped: {reason}", file=sys.stderr)
     if "nidl" in wanted and nidl_cls is None:
         print(f"!!!!!!!! nidl: {nidl_origin}", file=sys.stderr)
-    load_before = _machine_load()
-    busy = _busy(load_before) if device.type == "cpu" else None
+    load_before = machine.machine_load()
+    busy = machine.busy(load_before) if device.type == "cpu" else None
     if busy:
         print(f"!!!!!!!! {busy}", file=sys.stderr)
 
@@ -451,12 +373,12 @@ def run(args: argparse.Namespace) -> dict:
     with _validation(args.validate_args):
         copy_bw = copy_bandwidth(device, timing)
     meta = {
-        "device": _device_name(device),
+        "device": machine.device_name(device),
         "device_type": device.type,
         "host": socket.gethostname(),
         "date": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(),
-        "versions": {**_versions(), "nidl": nidl.version},
-        "git": _git_state(),
+        "versions": {**machine.versions(), "nidl": nidl.version},
+        "git": machine.git_state(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "quick": args.quick,
@@ -510,7 +432,7 @@ def run(args: argparse.Namespace) -> dict:
     bar.close()
     add_ratios(rows)
 
-    meta["load_after"] = _machine_load()
+    meta["load_after"] = machine.machine_load()
     meta["quiet_wait_s"] = quiet_budget - timing.quiet_budget_s
     document = {
         "meta": meta,
@@ -528,7 +450,7 @@ def run(args: argparse.Namespace) -> dict:
         f"# {meta['device']} | torch {versions['torch']} | triton {versions['triton']} | "
         f"python {versions['python']} | nidl {versions['nidl']} | {meta['date']} | "
         f"{meta['host']}\n"
-        f"# nidl: {nidl_origin}; git {_git_label(meta['git'])}\n"
+        f"# nidl: {nidl_origin}; git {machine.git_label(meta['git'])}\n"
         f"# copy bandwidth {copy_bw / 1e9:.1f} GB/s; {meta['timer']}\n"
         "# x nidl, x c-ref: their median / this row's median (> 1: this row is faster)\n"
         f"# GB/s: {meta['bytes_counted']}\n"

@@ -5,7 +5,7 @@ estimator "mss"; N = 60000) for B in 256, 1024, 4096 and D in 10, 32, 128, and m
 each step's peak extra memory: the bytes it allocates beyond its inputs. Contenders:
 
 ==================== =========================================================================
-``ours-triton``      ``betavae_triton._tcvae.minibatch_terms(..., backend="triton")`` (GPU only)
+``ours-triton``      ``betavae_triton.kl_decomposition(..., backend="triton")`` (GPU only)
 ``ours-eager``       the same with ``backend="eager"``: chunked torch ops, backward by
                      recomputation
 ``formula``          the B×B×D formula as public implementations write it (Chen et al.'s
@@ -31,6 +31,7 @@ and against the resident set's high-water mark (``VmHWM``, reset through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import functools
@@ -53,10 +54,9 @@ if __package__ in (None, ""):  # run as `python perf/btcvae.py`
 import torch
 import torch._inductor.config
 
-from betavae_triton import triton_available
-from betavae_triton._tcvae import minibatch_terms
-from perf.bench import _busy, _device_name, _git_label, _git_state, _machine_load, _versions
-from perf.report import _num, _time, align_columns, write_json
+from betavae_triton import kl_decomposition, triton_available
+from perf import machine
+from perf.report import align_columns, format_number, format_seconds, write_json
 from perf.timing import Timing, cache_bytes, measure, rotation_count
 
 __all__ = [
@@ -180,11 +180,30 @@ def predicted_peak_bytes(name: str, batch: int, latent: int) -> int | None:
 # --- peak extra memory --------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the block: the profiler's C++ side prints a
+    ``USDT … profiler_start`` / ``profiler_stop`` pair per use (no setting turns it off);
+    Python's own errors still surface, after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _profiled_peak(fn: Callable[[], object]) -> int:
     """CPU: peak of the running sum of torch's allocation events while ``fn`` runs."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _native_stderr_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         fn()
     events = prof.profiler.kineto_results.events()
     sizes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
@@ -375,7 +394,10 @@ def build_terms(name: str) -> Callable:
 
 
 def _ours_terms(z, q_loc, q_scale, dataset_size, estimator, backend):
-    return minibatch_terms(z, q_loc, q_scale, dataset_size, estimator, False, backend)
+    # validate_args=False: no host sync for the σ > 0 check, as in a compiled step.
+    return kl_decomposition(
+        z, q_loc, q_scale, dataset_size, estimator, backend=backend, validate_args=False
+    )
 
 
 def make_input_sets(
@@ -572,16 +594,16 @@ def format_table(rows: list[dict]) -> str:
                 str(row["batch"]),
                 str(row["latent"]),
                 row["contender"],
-                _time(secs),
-                _num(iqr, ".0f", "%"),
+                format_seconds(secs),
+                format_number(iqr, ".0f", "%"),
                 _mib(row["peak_extra_bytes"]),
                 _mib(row["bbd_bytes"]),
-                _num(row["peak_over_bbd"], ".2f"),
+                format_number(row["peak_over_bbd"], ".2f"),
                 _mib(row["predicted_peak_bytes"]),
-                _time(row["first_call_s"]),
-                _num(row["formula_over_this"], ".2f", "x"),
-                _num(row["compiled_over_this"], ".2f", "x"),
-                _num(row["rel_err"], ".1e"),
+                format_seconds(row["first_call_s"]),
+                format_number(row["formula_over_this"], ".2f", "x"),
+                format_number(row["compiled_over_this"], ".2f", "x"),
+                format_number(row["rel_err"], ".1e"),
                 note,
             ]
         )
@@ -681,7 +703,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         metavar="GIB",
         help=f"skip a contender whose predicted peak exceeds this (default: "
-        f"{CPU_MEMORY_CAP_GIB:.0f} on a CPU, {GPU_MEMORY_CAP_SHARE:.0%} of a GPU's memory)",
+        f"{CPU_MEMORY_CAP_GIB:.0f} on a CPU, {100 * GPU_MEMORY_CAP_SHARE:.0f}%% of a GPU's "
+        "memory)",
     )
     parser.add_argument(
         "--rounds",
@@ -727,17 +750,17 @@ def _context(args: argparse.Namespace, device: torch.device) -> dict:
 def _meta(args: argparse.Namespace, ctx: dict) -> dict:
     device = ctx["device"]
     return {
-        "device": _device_name(device),
+        "device": machine.device_name(device),
         "device_type": device.type,
         "host": socket.gethostname(),
         "date": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(),
-        "versions": _versions(),
-        "git": _git_state(),
+        "versions": machine.versions(),
+        "git": machine.git_state(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "quick": args.quick,
         "argv": sys.argv[1:],
-        "load_before": _machine_load(),
+        "load_before": machine.machine_load(),
         "loss": f"{ALPHA:g}*mi + {BETA:g}*tc + {GAMMA:g}*dw_kl, then .backward() "
         "(gradients set to None before each step)",
         "ours": primary(device),
@@ -772,7 +795,7 @@ def run(args: argparse.Namespace) -> dict:
     torch._inductor.config.compile_threads = 1
     ctx = _context(args, device)
     meta = _meta(args, ctx)
-    busy = _busy(meta["load_before"]) if device.type == "cpu" else None
+    busy = machine.busy(meta["load_before"]) if device.type == "cpu" else None
     if busy:
         print(f"!!!!!!!! {busy}", file=sys.stderr)
     for name, reason in ctx["dropped"].items():
@@ -787,7 +810,7 @@ def run(args: argparse.Namespace) -> dict:
         for latent in latents:
             rows += bench_case(batch, latent, ctx)
     meta["elapsed_s"] = time.perf_counter() - start
-    meta["load_after"] = _machine_load()
+    meta["load_after"] = machine.machine_load()
     meta["quiet_wait_s"] = quiet_budget - ctx["timing"].quiet_budget_s
     targets = check_targets(rows, primary(device))
     document = {
@@ -815,7 +838,7 @@ def _header(meta: dict, busy: str | None) -> str:
     return (
         f"# beta-TCVAE minibatch terms vs the BxBxD formula | {meta['device']} | "
         f"torch {v['torch']} | triton {v['triton']} | python {v['python']} | {meta['date']}\n"
-        f"# git {_git_label(meta['git'])}; ours = {meta['ours']}; float32, estimator "
+        f"# git {machine.git_label(meta['git'])}; ours = {meta['ours']}; float32, estimator "
         f"{ESTIMATOR}, N = {DATASET_SIZE}; step: {meta['loss']}\n"
         f"# {meta['timer']}\n"
         f"# peak extra: {meta['memory_counter']}; BxBxD: one float32 (B, B, D) tensor; "

@@ -3,16 +3,15 @@
 ``python -m perf.codegen [--arch 90 80] [--quick] [--out perf/out]`` (any machine with
 triton; no GPU):
 
-1. **Discovery.** The public call path (:func:`betavae_triton.functional._loss_call` and
-   the launchers of :mod:`betavae_triton._launch`) runs on ``meta`` tensors with the CUDA
-   launch configuration of an H100 (132 SMs), and a recorder in place of the launch: every
-   kernel launch of a forward + backward (the backward with a factor other than 1, so that
-   the rescaling launches too) is recorded with its grid, arguments and constexprs, for
+1. **Discovery.** :mod:`betavae_triton.tools` runs the launchers on ``meta`` tensors with
+   grids sized for an H100 (132 SMs), recording instead of launching: every kernel launch
+   of a forward + backward (the backward with a factor other than 1, so that the
+   rescaling launches too) with its grid, arguments and constexprs, for
    every case of :func:`cases` (each dist, logits, log-variance, per-sample, per-dimension
    KL, decoder scale shared and per element, float32/float16/bfloat16/float64 and mixed,
    gradients on and off) and for the named workloads of CONTRACT section 6 plus an MNI
-   volume (8×1×91×109×91); and the β-TCVAE minibatch kernels (:mod:`betavae_triton.
-   _tcvae_triton`) of a forward + backward for batches 256 … 4096 and 10 … 256 latents.
+   volume (8×1×91×109×91); and the β-TCVAE minibatch kernels of a forward + backward for
+   batches 256 … 4096 and 10 … 256 latents.
 2. **Compilation.** Each distinct specialization (kernel, argument types, 16-byte
    alignment and divisibility as Triton's JIT would specialize them, constexprs,
    ``num_warps``) is compiled ahead of time with ``triton.compile`` for ``sm_90a`` (and
@@ -36,20 +35,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from betavae_triton import _launch, _tcvae_triton
-from betavae_triton.functional import _loss_call
+from betavae_triton import tools
+from betavae_triton.tools import KernelLaunch
 
-H100_SMS = 132
+H100_SMS = tools.H100.sm_count
 H100_BANDWIDTH = 3.35e12  # bytes/s, HBM3 (SXM)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 DTYPES = {
@@ -87,51 +84,13 @@ class Case:
     tcvae: bool = False  # β-TCVAE's minibatch terms: shape is z's (B, D)
 
 
-@dataclass
-class Launch:
-    """One recorded kernel launch."""
-
-    kernel: Callable
-    grid: tuple[int, ...]
-    kwargs: dict
-
-
-def _recorder(launches: list[Launch]):
-    def launch(kernel):
-        class Grid:
-            def __getitem__(self, grid):
-                def run(**kwargs):
-                    launches.append(Launch(kernel, tuple(grid), kwargs))
-
-                return run
-
-        return Grid()
-
-    return launch
-
-
-def record_tcvae_launches(case: Case) -> list[Launch]:
-    """The launches of β-TCVAE's minibatch terms, forward + backward, for z of
-    ``case.shape`` (the operators' float32/float64 inputs), from ``meta`` tensors."""
+def record_launches(case: Case) -> list[KernelLaunch]:
+    """The kernel launches of one forward + backward of ``case`` on an H100, from
+    ``meta`` tensors (nothing runs): :mod:`betavae_triton.tools`."""
     meta = torch.device("meta")
-    z, mu, log_sigma, g_prod = (
-        torch.empty(case.shape, dtype=case.dtype, device=meta) for _ in range(4)
-    )
-    launches: list[Launch] = []
-    record = _recorder(launches)
-    options = (0, 60_000, "mss")
-    log_qz, log_prod = _tcvae_triton.log_densities_fwd(record, z, mu, log_sigma, *options)
-    grads = (log_qz, log_prod, torch.empty_like(log_qz), g_prod)
-    _tcvae_triton.log_densities_bwd(record, z, mu, log_sigma, *grads, *options)
-    return launches
-
-
-def record_launches(case: Case) -> list[Launch]:
-    """The kernel launches of one forward + backward of ``case`` with an H100's launch
-    configuration, from ``meta`` tensors (nothing runs)."""
     if case.tcvae:
-        return record_tcvae_launches(case)
-    meta = torch.device("meta")
+        z = torch.empty(case.shape, dtype=case.dtype, device=meta)
+        return tools.beta_tcvae_launches(z, tools.H100)
     x_dtype, q_dtype = case.x_dtype or case.dtype, case.q_dtype or case.dtype
     x = torch.empty(case.shape, dtype=x_dtype, device=meta).requires_grad_(case.grad_x)
     p = torch.empty(case.shape, dtype=case.dtype, device=meta).requires_grad_(case.grad)
@@ -142,32 +101,20 @@ def record_launches(case: Case) -> list[Launch]:
         p_scale = torch.empty((), dtype=case.dtype, device=meta).requires_grad_(case.grad)
     elif case.p_scale == "per_element":
         p_scale = torch.empty(case.shape, dtype=case.dtype, device=meta).requires_grad_(case.grad)
-    dist = "bernoulli_logits" if case.logits else case.dist
-    call = _loss_call(
+    return tools.beta_vae_launches(
         x,
         p,
         q_loc,
         q_scale,
+        tools.H100,
         p_scale=p_scale,
-        beta=4.0,
-        dist=dist,
+        dist=case.dist,
+        p_is_logits=case.logits,
         q_is_logvar=case.logvar,
-        per_sample=case.per_sample,
+        reduction="none" if case.per_sample else "mean",
         kl_per_dim=case.kl_per_dim,
+        backward=case.grad,  # a factor other than 1: the rescaling kernel launches
     )
-    launches: list[Launch] = []
-    record = _recorder(launches)
-
-    def h100(n, element_size, device, key=()):
-        return _launch.gpu_reduction_config(n, element_size, H100_SMS)
-
-    with mock.patch.object(_launch, "reduction_config", h100):
-        out = _launch.loss_fwd(record, call)
-        if case.grad:  # a factor other than 1: the rescaling kernel launches
-            factor = torch.empty((), dtype=torch.float32, device=meta)
-            _launch.rescale_grad_(record, out.rec_grads, factor, None, 1.0)
-            _launch.rescale_grad_(record, out.kl_grads, None, factor, 4.0)
-    return launches
 
 
 def cases(quick: bool = False) -> list[Case]:
@@ -249,7 +196,7 @@ class Spec:
         return f"{self.kernel}[{consts}] ({args}) w{self.num_warps}{rows}"
 
 
-def specialize(launch: Launch) -> Spec:
+def specialize(launch: KernelLaunch) -> Spec:
     """The :class:`Spec` of a launch: pointer dtypes, 16-byte alignment and divisibility
     by 16 (as the JIT's specialization), integers equal to 1 as constants."""
     fn = launch.kernel
@@ -374,10 +321,10 @@ def compile_spec(spec: Spec, arch: int) -> Compiled:
 
 def occupancy(compiled: Compiled, num_warps: int) -> tuple[int, float]:
     """``(resident blocks per SM, occupancy)`` on an H100, by the launcher's own rule
-    (:func:`betavae_triton._launch.resident_blocks`, which a GPU run applies to what the
+    (:func:`betavae_triton.tools.resident_blocks`, which a GPU run applies to what the
     kernel compiled to there)."""
-    limits = _launch.H100
-    blocks = _launch.resident_blocks(compiled.registers, compiled.shared_bytes, num_warps, limits)
+    limits = tools.H100.limits
+    blocks = tools.resident_blocks(compiled.registers, compiled.shared_bytes, num_warps, limits)
     return blocks, blocks * 32 * num_warps / limits.threads
 
 
@@ -460,7 +407,7 @@ def analyse(case_list: list[Case], archs: tuple[int, ...]) -> tuple[dict, dict]:
                     row.resident_blocks, row.occupancy = blocks, occ
                     element = _element_size(spec)
                     # The largest grid the launcher makes: programs per SM × SMs.
-                    per_sm = _launch.GPU_CONFIG[element][2] if element else 1
+                    per_sm = tools.persistent_programs_per_sm(element) if element else 1
                     if spec.kernel in _COMPUTE_BOUND:  # a grid of row blocks
                         per_sm = -(-math.prod(launch.grid) // H100_SMS)
                         row.persistent = False
@@ -477,7 +424,7 @@ def _element_size(spec: Spec) -> int | None:
     return sizes.get(first[1:])
 
 
-def workload_summary(case: Case, launches: list[Launch]) -> dict:
+def workload_summary(case: Case, launches: list[KernelLaunch]) -> dict:
     """Launches of one forward + backward, and the bytes the loss must move: p and x read
     once, dL/dp written once (the posterior's few kilobytes left out)."""
     n = math.prod(case.shape)

@@ -31,7 +31,8 @@ def add_ratios(rows: list[dict]) -> None:
             row[key] = theirs / ours if ok else None
 
 
-def _time(seconds: float | None) -> str:
+def format_seconds(seconds: float | None) -> str:
+    """A duration with a unit that keeps it readable (s, ms, us); "-" when unknown."""
     if not _finite(seconds):
         return "-"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
@@ -47,7 +48,8 @@ def _spread(row: dict) -> float | None:
     return 100 * (row["p75"] - row["p25"]) / row["seconds"]
 
 
-def _num(value: float | None, fmt: str, suffix: str = "") -> str:
+def format_number(value: float | None, fmt: str, suffix: str = "") -> str:
+    """``value`` formatted by ``fmt`` with ``suffix``; "-" when unknown or not finite."""
     return f"{value:{fmt}}{suffix}" if _finite(value) else "-"
 
 
@@ -90,17 +92,22 @@ def format_table(rows: list[dict], copy_bw: float | None) -> str:
             row["dtype"],
             row["mode"],
             row["contender"],
-            _time(row["seconds"]),
-            _num(_spread(row), ".0f", "%"),
+            format_seconds(row["seconds"]),
+            format_number(_spread(row), ".0f", "%"),
         ]
         if wall:
-            line.append(_time(row.get("wall_seconds")))
-        line.append(_num(gbps, ".1f"))
+            line.append(format_seconds(row.get("wall_seconds")))
+        line.append(format_number(gbps, ".1f"))
         if faults:
-            line.append(_num(row.get("faults_per_call"), ".0f"))
+            line.append(format_number(row.get("faults_per_call"), ".0f"))
         if copy_bw:
-            line.append(_num(row.get("copy_share") and 100 * row["copy_share"], ".0f", "%"))
-        line += [_num(row["vs_nidl"], ".2f", "x"), _num(row["vs_compiled_ref"], ".2f", "x")]
+            line.append(
+                format_number(row.get("copy_share") and 100 * row["copy_share"], ".0f", "%")
+            )
+        line += [
+            format_number(row["vs_nidl"], ".2f", "x"),
+            format_number(row["vs_compiled_ref"], ".2f", "x"),
+        ]
         line.append(row["error"] or row.get("warning") or "")
         lines.append(line)
     return align_columns(lines, left=range(5))

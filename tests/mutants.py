@@ -60,7 +60,7 @@ MUTANTS = (
     Mutant(
         "per-sample-batch-inner",
         "reduction='none' walks batch-inner memory without the batch-outermost copy",
-        "betavae_triton/_layout.py",
+        "betavae_triton/vae/layout.py",
         "if order is None or (per_sample and order and order[0] != 0):",
         "if order is None:",
         (EX + "test_per_sample_losses_with_the_batch_innermost_in_memory",),
@@ -68,7 +68,7 @@ MUTANTS = (
     Mutant(
         "p-scale-memory-order",
         "a per-element decoder scale read in its own order, not p's",
-        "betavae_triton/_launch.py",
+        "betavae_triton/vae/launch.py",
         "flatten(call.p_scale.expand(plan.x_shape), order)",
         "call.p_scale.expand(plan.x_shape).reshape(-1)",
         (EX + "test_per_element_decoder_scale_follows_the_memory_order_of_p",),
@@ -76,7 +76,7 @@ MUTANTS = (
     Mutant(
         "int64-off",
         "64-bit offsets switched off in the reconstruction kernel",
-        "betavae_triton/_launch.py",
+        "betavae_triton/vae/launch.py",
         "ACC_FP64=acc == torch.float64,\n        INT64=n > _INT32_LIMIT - block,",
         "ACC_FP64=acc == torch.float64,\n        INT64=False,",
         (TB + "test_64_bit_offsets_path",),
@@ -92,7 +92,7 @@ MUTANTS = (
     Mutant(
         "shared-posterior-mean-factor",
         "per-sample backward averages a shared posterior's factors instead of summing",
-        "betavae_triton/_autograd.py",
+        "betavae_triton/vae/autograd.py",
         "g_loss_kl = g_loss.sum().reshape(1)",
         "g_loss_kl = g_loss.mean().reshape(1)",
         (EX + "test_per_sample_losses_with_a_posterior_shared_by_the_batch",),
@@ -100,7 +100,7 @@ MUTANTS = (
     Mutant(
         "cpu-op-2-beta",
         "the CPU operator's eager implementation adds 2β·kl",
-        "betavae_triton/_cpu_ops.py",
+        "betavae_triton/vae/cpu.py",
         "out.loss.copy_(out.rec.to(plan.loss_dtype) + call.weight *",
         "out.loss.copy_(out.rec.to(plan.loss_dtype) + 2 * call.weight *",
         ("tests/test_cpu_operator.py",),
@@ -108,7 +108,7 @@ MUTANTS = (
     Mutant(
         "cpu-op-rescale",
         "the CPU rescaling fallback ignores g_loss's weight",
-        "betavae_triton/_cpu_ops.py",
+        "betavae_triton/vae/cpu.py",
         "factor = grad_factor(g_term, g_loss, weight, torch.float64)",
         "factor = grad_factor(g_term, g_loss, 1.0, torch.float64)",
         ("tests/test_cpu_operator.py",),
@@ -124,7 +124,7 @@ MUTANTS = (
     Mutant(
         "kl-over-data-batch",
         "the KL divided by the data batch instead of the posterior's",
-        "betavae_triton/_call.py",
+        "betavae_triton/vae/call.py",
         "rec_div, kl_div = max(batch, 1), max(q_batch, 1)",
         "rec_div, kl_div = max(batch, 1), max(batch, 1)",
         (PROP + "test_matches_reference", TB + "test_posterior_broadcasting"),
@@ -140,7 +140,7 @@ MUTANTS = (
     Mutant(
         "bce-clamp-dropped-eager",
         "the −100 clamp of log p dropped in the eager path",
-        "betavae_triton/_eager.py",
+        "betavae_triton/vae/eager.py",
         "log_p = torch.log(p).clamp_min_(BCE_LOG_FLOOR)",
         "log_p = torch.log(p)",
         (PROP + "test_matches_reference",),
@@ -148,7 +148,7 @@ MUTANTS = (
     Mutant(
         "logits-eager-aten",
         "eager logits loss back to ATen's float32 binary_cross_entropy_with_logits",
-        "betavae_triton/_eager.py",
+        "betavae_triton/vae/eager.py",
         "        return _nan_outside_unit_interval(_BernoulliLogitsNLL.apply(p, x).sum(), x)",
         "        return F.binary_cross_entropy_with_logits(p, x, reduction='sum')",
         (EX + "test_confident_logits_are_exact_in_float32",),
@@ -204,7 +204,7 @@ MUTANTS = (
     Mutant(
         "mixed-dtype-grad-cast",
         "p's gradient written in the promoted dtype, not p's own (a cast copy back)",
-        "betavae_triton/_call.py",
+        "betavae_triton/vae/call.py",
         "    if call.need_grad_p and not call.need_grad_x:\n        return call.p.dtype",
         "    if call.need_grad_p and not call.need_grad_x:\n        return rec_dtype",
         (TB + "test_mixed_dtypes_are_read_in_place_without_casts",),
@@ -229,7 +229,7 @@ MUTANTS = (
     Mutant(
         "tc-strat-previous-sample",
         "the eager path's stratum weight on j = i − 1 instead of i + 1",
-        "betavae_triton/_tcvae_eager.py",
+        "betavae_triton/tcvae/eager.py",
         "w = torch.where(cols == (rows + 1) % self.batch, self.strat, w)",
         "w = torch.where(cols == (rows - 1) % self.batch, self.strat, w)",
         (TC + "test_terms_match_the_reference[eager]",),
@@ -246,7 +246,7 @@ MUTANTS = (
     Mutant(
         "tc-gather-offset-zero",
         "gather=True scores every rank's rows as rows 0 … of the global batch",
-        "betavae_triton/_tcvae.py",
+        "betavae_triton/tcvae/terms.py",
         "row_offset = rank * z.shape[0]",
         "row_offset = 0",
         ("tests/test_tcvae_gather.py::test_two_ranks_equal_one_process_on_the_concatenated_batch",),
@@ -262,7 +262,7 @@ MUTANTS = (
     Mutant(
         "tc-logvar-as-log-sigma",
         "a log-variance read as log σ (the ½ dropped)",
-        "betavae_triton/_tcvae.py",
+        "betavae_triton/tcvae/terms.py",
         "log_sigma = 0.5 * second if q_is_logvar else torch.log(second)",
         "log_sigma = second if q_is_logvar else torch.log(second)",
         (TC + "test_terms_match_the_reference[eager]",),
@@ -278,7 +278,7 @@ MUTANTS = (
     Mutant(
         "tc-eager-grad-last-chunk",
         "the eager backward keeps only the last chunk's contribution to dL/dz",
-        "betavae_triton/_tcvae_eager.py",
+        "betavae_triton/tcvae/eager.py",
         "grad_z -= (g_t * inv_sigma[None, :, :]).sum(2)",
         "grad_z = -(g_t * inv_sigma[None, :, :]).sum(2)",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float64[eager]",),
@@ -318,7 +318,7 @@ MUTANTS = (
     Mutant(
         "tc-fake-log-qz-shape",
         "the fake implementation gives log q(z) the shape of z",
-        "betavae_triton/_ops.py",
+        "betavae_triton/tcvae/ops.py",
         "return z.new_empty(z.shape[:1]), torch.empty_like(z)",
         "return torch.empty_like(z), torch.empty_like(z)",
         ("tests/test_tcvae_compile.py::test_cpu_operators_pass_opcheck",),

@@ -90,3 +90,29 @@ def test_vector_width_reader():
 
     ptx = "ld.global.v4.b32 {%r1}, [%rd1];\nld.global.b16 %h1, [%rd2];\nst.global.v2.b64 [%rd3];"
     assert codegen.count_accesses(ptx) == {"ld128": 1, "ld": 1, "st128": 1, "st": 0}
+
+
+def test_tools_plan_the_launches_for_a_described_gpu():
+    """``betavae_triton.tools``, what perf/codegen.py plans with: its documented example,
+    and grids that follow the described GPU's SM count (no patched module)."""
+    import doctest
+
+    import torch
+
+    from betavae_triton import tools
+
+    assert doctest.testmod(tools).failed == 0
+    x = torch.empty(8, 1, 128, 128, 128, device="meta")
+    p = torch.empty_like(x).requires_grad_()
+    mu, sigma = (torch.empty(8, 128, device="meta").requires_grad_() for _ in range(2))
+    small = tools.GPU(10, tools.H100_SM)
+    for gpu in (tools.H100, small):
+        first = tools.beta_vae_launches(x, p, mu, sigma, gpu)[0]
+        assert first.kernel.__name__ == "_reconstruction_fwd_bwd"
+        per_sm = tools.persistent_programs_per_sm(4)
+        assert first.grid == (1, per_sm * gpu.sm_count)
+    z = torch.empty(256, 10, device="meta")
+    names = [launch.kernel.__name__ for launch in tools.beta_tcvae_launches(z)]
+    assert names == [
+        "_minibatch_log_densities_fwd", "_minibatch_grad_z", "_minibatch_grad_posterior"
+    ]  # fmt: skip

@@ -13,9 +13,9 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.distributions import Bernoulli, Laplace, Normal
 
-import betavae_triton._ops  # noqa: F401  (registers the operators)
+import betavae_triton.vae.ops  # noqa: F401  (registers the operators)
 from betavae_triton import BetaVAELoss, CapacityBetaVAELoss, beta_vae_loss
-from betavae_triton._call import LossCall
+from betavae_triton.vae.call import LossCall
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ("eager", "triton")

@@ -16,9 +16,9 @@ from _helpers import DISTS, LossInputs, assert_grads_match, assert_values_match,
 from hypothesis import given
 from hypothesis import strategies as st
 
-from betavae_triton import _triton_backend
 from betavae_triton._dispatch import interpreter_enabled
-from betavae_triton.functional import _loss_call
+from betavae_triton.vae.ops import triton_terms
+from betavae_triton.vae.terms import loss_call as _loss_call
 from reference import reference_beta_vae_loss, reference_reconstruction_loss
 
 
@@ -31,7 +31,7 @@ def no_interpreter(monkeypatch):
 def _run(leaves, dist, beta, **options):
     x, p, loc, scale = leaves
     call = _loss_call(x, p, loc, scale, beta=beta, dist=dist, **options)
-    loss, rec, kl, _ = _triton_backend.beta_vae_loss(call)
+    loss, rec, kl, _ = triton_terms(call)
     return loss, rec, kl
 
 
@@ -90,7 +90,7 @@ def test_eager_operator_decoder_scale_matches_reference(dist, scale_shape, reduc
         dist=dist,
         per_sample=reduction == "none",
     )
-    _, rec, _, _ = _triton_backend.beta_vae_loss(call)
+    _, rec, _, _ = triton_terms(call)
     weights = torch.linspace(-1.0, 2.0, rec.numel(), dtype=torch.float64).reshape(rec.shape)
     grads = torch.autograd.grad((rec * weights).sum(), leaves)
     ref_leaves = [t.clone().requires_grad_() for t in (x, p, s)]
@@ -113,7 +113,7 @@ def test_eager_operator_kl_per_dim_and_layouts():
     )
     leaves = inputs.leaves()
     call = _loss_call(*leaves, beta=2.0, dist="normal", kl_per_dim=True)
-    loss, rec, kl, kl_dims = _triton_backend.beta_vae_loss(call)
+    loss, rec, kl, kl_dims = triton_terms(call)
     assert_values_match((loss, rec, kl), inputs, 2.0)
     assert_grads_match(torch.autograd.grad(loss, leaves), inputs, 2.0)
     kl_elements = 0.5 * (h[:, :3] ** 2 + h[:, 3:].exp() ** 2 - 1) - h[:, 3:]

@@ -97,7 +97,7 @@ def test_eager_operators_pass_opcheck():
 def test_compiled_eager_path_keeps_the_walk_over_the_batch_out_of_the_graph(monkeypatch):
     """The eager backend's chunked walk is one opaque operator in the compiled graph, not
     unrolled into it (chunks of 2 posteriors: 20 steps here, 2048 at B = 4096, D = 128)."""
-    from betavae_triton import _tcvae_eager
+    from betavae_triton.tcvae import eager as _tcvae_eager
 
     monkeypatch.setattr(_tcvae_eager, "CHUNK", 2)
     torch._dynamo.reset()

@@ -1,5 +1,5 @@
 """β-TCVAE's minibatch terms against the B×B×D float64 oracle: the eager path
-(``betavae_triton/_tcvae_eager.py``, chunked torch ops) and the Triton operators
+(``betavae_triton/tcvae/eager.py``, chunked torch ops) and the Triton operators
 (``kernels/total_correlation.py``, interpreted on CPU); values and gradients, every
 estimator, any chunk size, a rank's share of a gathered batch, and the memory bound that is
 the point of the algorithm."""
@@ -13,7 +13,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from betavae_triton import _tcvae, _tcvae_eager
+from betavae_triton.tcvae import eager as _tcvae_eager
+from betavae_triton.tcvae import terms as _tcvae
 from reference.beta_tcvae import ESTIMATORS, reference_beta_tcvae_terms
 
 

@@ -23,11 +23,12 @@ from _helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-import betavae_triton._cpu_ops as cpu_ops
-import betavae_triton._launch as launch
-import betavae_triton._ops as ops
+import betavae_triton._device as device
+import betavae_triton.vae.cpu as cpu_ops
+import betavae_triton.vae.launch as launch
+import betavae_triton.vae.ops as ops
 from betavae_triton import beta_vae_loss, kl_normal_loss, reconstruction_loss
-from betavae_triton._layout import flatten, reconstruction_order
+from betavae_triton.vae.layout import flatten, reconstruction_order
 from reference import reference_beta_vae_loss
 
 
@@ -202,7 +203,7 @@ class LaunchSpy:
 
     def __init__(self, monkeypatch) -> None:
         self.launches: list[tuple[str, dict]] = []
-        monkeypatch.setattr(cpu_ops, "_direct", self._wrap(cpu_ops._direct))
+        monkeypatch.setattr(cpu_ops, "interpreter_launch", self._wrap(cpu_ops.interpreter_launch))
         monkeypatch.setattr(ops, "wrap_triton", self._wrap(ops.wrap_triton))
 
     def _wrap(self, launch_fn):
@@ -440,13 +441,11 @@ def test_launches_plan_with_what_the_compiled_kernel_allows(monkeypatch):
         n_regs = 96
         metadata = type("Metadata", (), {"shared": 0, "num_warps": 8})()
 
-    cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(launch, "_sm_limits", lambda index: launch.H100)
-    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
-    monkeypatch.setattr(launch, "_RESIDENT", {})
-    assert launch.resident_blocks(96, 0, 8, launch.H100) == 2
+    cuda = device.GPU(132, device.H100_SM, 0)  # what device.gpu_of(cuda:0) reads off an H100
+    monkeypatch.setattr(device, "RESIDENT", {})
+    assert device.resident_blocks(96, 0, 8, device.H100_SM) == 2
     assert launch.reduction_config(10**8, 4, cuda, ("k",))[2] == 4 * 132
-    launch._note_compiled(Compiled(), cuda, 4, ("k",))
+    device.note_compiled(Compiled(), cuda, (4, "k"))
     assert launch.reduction_config(10**8, 4, cuda, ("k",))[2] == 2 * 132
     assert launch.reduction_config(10**8, 4, cuda, ("other",))[2] == 4 * 132
 

@@ -1,16 +1,16 @@
-"""Autograd of the Triton backend: the backward pass of the fused loss.
+"""The backward pass of the fused β-VAE loss (the Triton backend's autograd).
 
 The forward pass (``betavae_triton::loss_fwd``) already wrote every per-element
 derivative; the backward pass only multiplies them by the factor that the incoming
 gradients make, ``g_term + w·g_loss`` (:func:`grad_factor`; w is 1 for the
-reconstruction and β for the KL), and shapes them like the inputs.
+reconstruction and β for the KL), and shapes them like the inputs (:class:`SavedCall`).
 
-Two autograd paths share that logic:
+Two autograd paths share that logic, both registered or defined in :mod:`.ops`:
 
 - :func:`op_setup_context` / :func:`op_backward`, registered on the operators themselves
   (for anyone who calls them directly, ``opcheck`` included): the buffers are outputs the
   caller can see, so the factor is applied out of place;
-- :class:`FusedBetaVAELoss`, what the package calls: the buffers never leave it, so in
+- ``ops.FusedBetaVAELoss``, what the package calls: the buffers never leave it, so in
   eager mode the factor is applied in place by ``betavae_triton::rescale_grads_`` (one
   launch per buffer, no traffic at all when the factor is 1).
 """
@@ -24,7 +24,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
-from ._call import (
+from .._constants import NO_P_SCALE, P_SCALE_PER_ELEMENT
+from .call import (
     LaunchPlan,
     LossCall,
     LossOutputs,
@@ -33,8 +34,7 @@ from ._call import (
     grad_parts,
     plan_call,
 )
-from ._constants import NO_P_SCALE, P_SCALE_PER_ELEMENT
-from ._layout import unflatten
+from .layout import unflatten
 
 Tensor = torch.Tensor
 
@@ -71,7 +71,7 @@ def _rescaled(parts: list[Tensor], factor: Tensor | None, rows: int = 0) -> list
     return [(part.to(factor.dtype) * factor).to(part.dtype) for part in parts]
 
 
-class _Saved:
+class SavedCall:
     """What the backward pass needs of a call besides the saved tensors: its plan and its
     flags (a LossCall without tensors), and whether β itself needs a gradient."""
 
@@ -185,7 +185,7 @@ class _Saved:
 def op_setup_context(ctx, inputs, output) -> None:
     call, out = LossCall(*inputs), LossOutputs(*output)
     ctx.mark_non_differentiable(out.rec_grads, out.kl_grads, out.kl_per_dim, out.p_scale_grads)
-    _Saved(call).save(ctx, call, out)
+    SavedCall(call).save(ctx, call, out)
 
 
 def op_backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -198,60 +198,11 @@ def op_backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
     return saved.input_grads(rec_parts, kl_parts, p_scale_grads, beta_grad=beta_grad)
 
 
-# ---- what the package calls -----------------------------------------------------------
-
-
-def _tracing(t: Tensor) -> bool:
-    """Whether autograd's backward is being traced (torch.compile, export, opcheck)."""
+def backward_is_traced(t: Tensor) -> bool:
+    """Whether autograd's backward is being traced (torch.compile, export, opcheck)
+    rather than run, judged from a saved tensor."""
     return (
         torch.compiler.is_compiling()
         or isinstance(t, FunctionalTensor)
         or isinstance(t, FakeTensor)
     )
-
-
-class FusedBetaVAELoss(torch.autograd.Function):
-    """``FusedBetaVAELoss.apply(*call)`` for a :class:`~betavae_triton._call.LossCall`:
-    ``loss, rec, kl, kl_per_dim`` (the last one not differentiable).
-
-    The gradient buffers never leave this function, so the eager backward may rescale
-    them in place (one launch, no traffic when the factor is 1).
-    """
-
-    @staticmethod
-    def forward(ctx, *flat):
-        call = LossCall(*flat)
-        out = LossOutputs(*torch.ops.betavae_triton.loss_fwd(*flat))
-        _Saved(call).save(ctx, call, out)
-        ctx.mark_non_differentiable(out.kl_per_dim)
-        ctx.set_materialize_grads(False)
-        ctx.consumed = False
-        return out.loss, out.rec, out.kl, out.kl_per_dim
-
-    @staticmethod
-    def backward(ctx, g_loss, g_rec, g_kl, _g_kl_per_dim):
-        if ctx.consumed:
-            raise RuntimeError(
-                "betavae_triton's Triton backend writes the gradient during the forward pass "
-                "and rescales it in place in the backward pass, so it cannot backpropagate "
-                "through the same loss twice (retain_graph=True). Compute the loss again, "
-                "or use backend='eager'."
-            )
-        saved: _Saved = ctx.saved
-        rec_grads, kl_grads, p_scale_grads, beta_tensor, kl = ctx.saved_tensors
-        weight = beta_tensor if beta_tensor is not None else saved.flags.beta
-        p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g_loss, g_rec)
-        if _tracing(rec_grads) or saved.flags.per_sample:
-            # Under torch.compile / export (and for per-sample losses): out of place, so
-            # that inductor fuses the rescaling into whatever consumes the gradient next.
-            rec_parts, kl_parts = saved.rescaled(rec_grads, kl_grads, g_loss, g_rec, g_kl, weight)
-        else:
-            ctx.consumed = True
-            torch.ops.betavae_triton.rescale_grads_(
-                rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, saved.flags.beta
-            )
-            rec_parts, kl_parts = saved.parts(rec_grads, kl_grads)
-        rec_live = g_rec is not None or g_loss is not None
-        kl_live = g_kl is not None or g_loss is not None
-        beta_grad = saved.beta_grad(g_loss, kl)
-        return saved.input_grads(rec_parts, kl_parts, p_scale_grads, rec_live, kl_live, beta_grad)

@@ -1,8 +1,8 @@
 """β-TCVAE's decomposition of the KL term on a backend: mi, tc and dw_kl.
 
 The pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), runs on the Triton
-operators (``betavae_triton::tc_log_densities``, :mod:`._ops`) or on the eager ones
-(``betavae_triton::tc_log_densities_eager``, :mod:`._tcvae_eager`), in O(B·D) and
+operator (``betavae_triton::tc_log_densities``) or on the eager one
+(``betavae_triton::tc_log_densities_eager``), both in :mod:`.ops`, in O(B·D) and
 O(B·chunk·D) extra memory; the per-sample parts (log q(z|x),
 log p(z), the means) are a few torch ops on (B, D) tensors. With ``gather``, the
 posteriors of every rank are all-gathered (with autograd) and this rank's samples are
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ._tcvae_eager import HALF_LOG_2PI
+from .._constants import HALF_LOG_2PI
+from .._dispatch import requested_backend, resolve_backend
+from .ops import tc_log_densities, tc_log_densities_eager
 
 Tensor = torch.Tensor
 
@@ -53,14 +55,15 @@ def minibatch_terms(
     dataset_size: int,
     estimator: str,
     q_is_logvar: bool,
-    backend: str,
+    backend: str | None,
     gather: bool = False,
     group=None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(mi, tc, dw_kl)``: the means over this rank's samples of log q(z|x) − log q(z),
     log q(z) − log Π q(z) and log Π q(z) − log p(z), in float64 for float64 inputs and
-    float32 otherwise, differentiable in z, q_loc and q_scale. ``backend`` is "triton" or
-    "eager" (resolved)."""
+    float32 otherwise, differentiable in z, q_loc and q_scale, on the backend that
+    ``backend`` ("auto", "triton", "eager", or None for the default) picks for z's
+    device."""
     dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     z = z.to(dtype)
     mu = q_loc.to(dtype).expand_as(z)
@@ -74,8 +77,8 @@ def minibatch_terms(
         row_offset = rank * z.shape[0]
     pairs = (t.contiguous() for t in (z, mu_all, log_sigma_all))
     args = (*pairs, row_offset, dataset_size)
-    ops = torch.ops.betavae_triton
-    pairwise = ops.tc_log_densities if backend == "triton" else ops.tc_log_densities_eager
+    triton = resolve_backend(requested_backend(backend), z.device) == "triton"
+    pairwise = tc_log_densities if triton else tc_log_densities_eager
     log_qz, log_prod = pairwise(*args, estimator)
     scaled = (z - mu) * torch.exp(-log_sigma)
     log_qz_x = (-HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)

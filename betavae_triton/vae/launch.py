@@ -1,22 +1,29 @@
-"""Host side of the Triton backend: one launcher per kernel, and the forward pass.
+"""Host side of the β-VAE loss's Triton backend: one launcher per kernel, and the forward.
 
 Every launcher takes a ``launch`` callable that turns a ``@triton.jit`` kernel into
 something to index with a grid: ``torch.library.wrap_triton`` on CUDA (so inductor sees
-the kernels) and the identity on the CPU interpreter. Launchers read the call's
-:class:`~betavae_triton._call.LaunchPlan` and pass kernel arguments by keyword.
+the kernels) and :func:`~betavae_triton._dispatch.interpreter_launch` on the CPU
+interpreter. Launchers read the call's :class:`~betavae_triton.vae.call.LaunchPlan`, size
+their grids for a :class:`~betavae_triton._device.GPU` (the tensors' own, or one described
+by :mod:`betavae_triton.tools`) and pass kernel arguments by keyword.
 """
 
 from __future__ import annotations
 
-import functools
+import math
+import struct
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
-import numpy as np
 import torch
 import triton
 
-from ._call import (
+from .._constants import DIST_CODES, NO_P_SCALE, P_SCALE_PER_ELEMENT, P_SCALE_SHARED
+from .._device import GPU, gpu_of, measured_resident, note_compiled
+from ..kernels.finalize import _finalize_loss
+from ..kernels.kl import _normal_kl_fwd_bwd
+from ..kernels.reconstruction import _reconstruction_fwd_bwd
+from ..kernels.rescale import _rescale_grad_inplace
+from .call import (
     LaunchPlan,
     LossCall,
     LossOutputs,
@@ -25,12 +32,7 @@ from ._call import (
     part_stride,
     plan_call,
 )
-from ._constants import DIST_CODES, NO_P_SCALE, P_SCALE_PER_ELEMENT, P_SCALE_SHARED
-from ._layout import flatten
-from .kernels.finalize import _finalize_loss
-from .kernels.kl import _normal_kl_fwd_bwd
-from .kernels.reconstruction import _reconstruction_fwd_bwd
-from .kernels.rescale import _rescale_grad_inplace
+from .layout import flatten
 
 # Upper bound on the programs of a reduction, hence on the partials the finalize sums.
 MAX_PARTIALS = 1024
@@ -41,61 +43,12 @@ POISON_OUTPUTS = False
 Launch = Callable[[Callable], Callable]
 
 
-def _device_index(device: torch.device) -> int:
-    """A CUDA device's index (``cuda`` alone means the current device)."""
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-class SMLimits(NamedTuple):
-    """What one SM holds: registers, threads, blocks, shared memory (bytes, and the bytes
-    reserved per block)."""
-
-    registers: int
-    threads: int
-    blocks: int
-    shared: int
-    reserved_shared: int
-
-
-H100 = SMLimits(65536, 2048, 32, 228 * 1024, 1024)
-
-
-@functools.cache
-def _sm_limits(index: int) -> SMLimits:
-    props = torch.cuda.get_device_properties(index)
-    return SMLimits(
-        getattr(props, "regs_per_multiprocessor", H100.registers),
-        getattr(props, "max_threads_per_multi_processor", H100.threads),
-        H100.blocks,
-        getattr(props, "shared_memory_per_multiprocessor", H100.shared),
-        H100.reserved_shared,
-    )
-
-
-def resident_blocks(registers: int, shared: int, num_warps: int, limits: SMLimits) -> int:
-    """Blocks of a kernel an SM holds at once: registers (allocated per warp in units of
-    256), threads, blocks and shared memory each bound them."""
-    regs_per_warp = -(-registers * 32 // 256) * 256
-    by_registers = limits.registers // max(regs_per_warp, 1) // num_warps
-    by_threads = limits.threads // (32 * num_warps)
-    by_shared = limits.shared // (shared + limits.reserved_shared)
-    return min(by_registers, by_threads, by_shared, limits.blocks)
-
-
 # The GPU launch configuration per element size: (BLOCK, num_warps, programs per SM).
 # 8 elements a thread for 16- and 32-bit data (one or two 128-bit accesses per tensor and
 # tile), 4 for float64; programs per SM that the compiled kernels' registers allow, so the
 # persistent grid is one wave (checked ahead of time by ``perf/codegen.py`` and
 # ``tests/test_codegen.py`` against the registers of every specialization).
 GPU_CONFIG = {2: (2048, 8, 4), 4: (2048, 8, 4), 8: (1024, 8, 2)}
-# Blocks per SM that a kernel, once compiled and run on this GPU, turned out to allow
-# (from its registers and shared memory): a later launch never plans more.
-_RESIDENT: dict[tuple, int] = {}
 
 
 def gpu_reduction_config(
@@ -112,46 +65,41 @@ def gpu_reduction_config(
 
 
 def reduction_config(
-    n: int, element_size: int, device: torch.device, key: tuple = ()
+    n: int, element_size: int, gpu: GPU | None, key: tuple = ()
 ) -> tuple[int, int, int]:
     """``(BLOCK, num_warps, programs)`` for a reduction (or the rescaling) of ``n``
-    elements: :func:`gpu_reduction_config` on CUDA (with what the kernel ``key`` compiled
-    to, once it has run); under the interpreter few large programs (each program is a
-    Python call)."""
-    if device.type == "cuda":
-        index = _device_index(device)
-        resident = _RESIDENT.get((index, element_size, *key))
-        return gpu_reduction_config(n, element_size, _sm_count(index), resident)
+    elements: :func:`gpu_reduction_config` on a GPU (with what the kernel ``key`` compiled
+    to, once it has run there); under the interpreter (``gpu`` None) few large programs
+    (each program is a Python call)."""
+    if gpu is not None:
+        resident = measured_resident(gpu, (element_size, *key))
+        return gpu_reduction_config(n, element_size, gpu.sm_count, resident)
     block = 1024
     return block, 4, max(1, min(triton.cdiv(n, block), 4))
 
 
-def _note_compiled(compiled, device: torch.device, element_size: int, key: tuple) -> None:
-    """Read the registers and shared memory of a kernel that just ran on the GPU (what a
-    direct launch returns; nothing under ``torch.compile``) into :data:`_RESIDENT`."""
-    registers = getattr(compiled, "n_regs", None)
-    if device.type != "cuda" or not registers:
-        return
-    shared = getattr(compiled.metadata, "shared", 0)
-    index = _device_index(device)
-    blocks = resident_blocks(registers, shared, compiled.metadata.num_warps, _sm_limits(index))
-    _RESIDENT[(index, element_size, *key)] = max(1, blocks)
-
-
 def _row_programs(
-    row_len: int, rows: int, element_size: int, device: torch.device, key: tuple
+    row_len: int, rows: int, element_size: int, gpu: GPU | None, key: tuple
 ) -> tuple[int, int, int]:
     """``(BLOCK, num_warps, programs per row)``: the reduction's grid spread over rows."""
-    block, warps, programs = reduction_config(row_len, element_size, device, key)
+    block, warps, programs = reduction_config(row_len, element_size, gpu, key)
     if rows > 1:
         programs = max(1, min(programs, triton.cdiv(programs, rows)))
     return block, warps, programs
 
 
+def _to_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (±inf beyond its range, NaN kept)."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
 def _split_fp64(value: float) -> tuple[float, float]:
     """value ≈ hi + lo with hi, lo float32: how a float64 scalar reaches a kernel intact."""
-    hi = float(np.float32(value))
-    return hi, float(np.float32(value - hi))
+    hi = _to_float32(value)
+    return hi, _to_float32(value - hi) if math.isfinite(hi) else 0.0
 
 
 def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -164,7 +112,7 @@ def _grad_buffer(
     parts: int, n: int, dtype: torch.dtype, device: torch.device, aligned: bool = True
 ) -> torch.Tensor:
     """A flat buffer for ``parts`` gradients of ``n`` elements, laid out as
-    :func:`~betavae_triton._call.grad_parts` says; the few elements of a gap between
+    :func:`~betavae_triton.vae.call.grad_parts` says; the few elements of a gap between
     aligned parts are zeroed (every output element is defined), which costs a launch only
     when there are two parts and ``n`` is not a multiple of 16 (zeroing an empty slice
     launches nothing)."""
@@ -178,7 +126,7 @@ def _grad_buffer(
 
 
 def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
-    """The operator's outputs, unwritten (see :class:`~betavae_triton._call.LossOutputs`).
+    """The operator's outputs, unwritten (see :class:`~betavae_triton.vae.call.LossOutputs`).
     The fake (meta) implementation of the operator is this function."""
     device, n, m = plan.device, plan.n, plan.m
     p_scale_grads_shape, p_scale_grads_dtype = (0,), plan.rec_dtype
@@ -204,7 +152,7 @@ def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
 
 
 def launch_reconstruction(
-    launch: Launch, call: LossCall, plan: LaunchPlan, out: LossOutputs
+    launch: Launch, call: LossCall, plan: LaunchPlan, out: LossOutputs, gpu: GPU | None
 ) -> tuple[torch.Tensor, int]:
     """``_reconstruction_fwd_bwd`` over p and x, and a shared scale's gradient from its
     partials. Returns ``(partials, programs per row)``.
@@ -229,7 +177,7 @@ def launch_reconstruction(
     row_len = n // plan.rec_rows
     key = ("reconstruction", call.dist, mode, call.need_grad_x, call.need_grad_p_scale)
     element_size = p_flat.element_size()
-    block, warps, programs = _row_programs(row_len, plan.rec_rows, element_size, plan.device, key)
+    block, warps, programs = _row_programs(row_len, plan.rec_rows, element_size, gpu, key)
     # One partial per program and row (twice, with a shared scale's gradient).
     partials = torch.empty((2 * plan.rec_rows * programs,), dtype=acc, device=plan.device)
     write_grad_p_scale = call.need_grad_p_scale and mode != NO_P_SCALE
@@ -257,7 +205,7 @@ def launch_reconstruction(
         BLOCK=block,
         num_warps=warps,
     )
-    _note_compiled(compiled, plan.device, element_size, key)
+    note_compiled(compiled, gpu, (element_size, *key))
     if write_grad_p_scale and mode == P_SCALE_SHARED:
         start = plan.rec_rows * programs
         per_row = partials[start : 2 * start].view(plan.rec_rows, programs).sum(1)
@@ -266,7 +214,7 @@ def launch_reconstruction(
 
 
 def launch_kl(
-    launch: Launch, call: LossCall, plan: LaunchPlan, out: LossOutputs
+    launch: Launch, call: LossCall, plan: LaunchPlan, out: LossOutputs, gpu: GPU | None
 ) -> tuple[torch.Tensor, int]:
     """``_normal_kl_fwd_bwd`` over the posterior, broadcast to one contiguous shape (a
     copy only where q_loc or q_scale is broadcast or not contiguous), each read in its own
@@ -281,7 +229,7 @@ def launch_kl(
     row_len = m // plan.kl_rows
     key = ("kl", call.q_is_logvar, call.kl_per_dim)
     element_size = q_loc.element_size()
-    block, warps, programs = _row_programs(row_len, plan.kl_rows, element_size, plan.device, key)
+    block, warps, programs = _row_programs(row_len, plan.kl_rows, element_size, gpu, key)
     partials = torch.empty((plan.kl_rows * programs,), dtype=acc, device=plan.device)
     kl_parts = grad_parts(out.kl_grads, 2 if call.need_grad_q else 0, m, aligned=False)
     kl_elements = q_loc
@@ -305,7 +253,7 @@ def launch_kl(
         BLOCK=block,
         num_warps=warps,
     )
-    _note_compiled(compiled, plan.device, element_size, key)
+    note_compiled(compiled, gpu, (element_size, *key))
     if call.kl_per_dim:
         out.kl_per_dim.copy_(kl_elements.to(acc).sum(0).div_(plan.q_shape[0]))
     return partials, programs
@@ -345,25 +293,28 @@ def launch_finalize(
     )
 
 
-def loss_fwd(launch: Launch, call: LossCall) -> LossOutputs:
+def launch_loss_fwd(launch: Launch, call: LossCall, gpu: GPU | None = None) -> LossOutputs:
     """The loss terms and the gradient buffers of ``call``, in at most three launches:
     the reconstruction reduction, the KL reduction (each skipped when its term is absent)
     and the finalize. Forward + backward reads p and x once and writes each gradient once.
-    """
+    Grids are sized for ``gpu`` (default: the GPU the tensors are on; none under the
+    interpreter)."""
     plan = plan_call(call)
+    gpu = gpu if gpu is not None else gpu_of(plan.device)
     out = allocate_outputs(call, plan)
-    rec = launch_reconstruction(launch, call, plan, out)
-    kl = launch_kl(launch, call, plan, out)
+    rec = launch_reconstruction(launch, call, plan, out, gpu)
+    kl = launch_kl(launch, call, plan, out, gpu)
     launch_finalize(launch, call, plan, out, rec, kl)
     return out
 
 
-def rescale_grad_(
+def launch_rescale_grad_(
     launch: Launch,
     grad: torch.Tensor,
     g_term: torch.Tensor | None,
     g_loss: torch.Tensor | None,
     loss_weight: float | torch.Tensor,
+    gpu: GPU | None = None,
 ) -> None:
     """``_rescale_grad_inplace``: grad *= g_term + loss_weight·g_loss, in one launch
     (``loss_weight`` a number, or a 0-d tensor read on the device). Moves nothing when that
@@ -371,7 +322,8 @@ def rescale_grad_(
     n = grad.numel()
     if n == 0 or (g_term is None and g_loss is None):
         return
-    block, warps, programs = reduction_config(n, grad.element_size(), grad.device, ("rescale",))
+    gpu = gpu if gpu is not None else gpu_of(grad.device)
+    block, warps, programs = reduction_config(n, grad.element_size(), gpu, ("rescale",))
     from_ptr = isinstance(loss_weight, torch.Tensor)
     weight_hi, weight_lo = _split_fp64(0.0 if from_ptr else loss_weight)
     compiled = launch(_rescale_grad_inplace)[(programs,)](
@@ -390,4 +342,4 @@ def rescale_grad_(
         BLOCK=block,
         num_warps=warps,
     )
-    _note_compiled(compiled, grad.device, grad.element_size(), ("rescale",))
+    note_compiled(compiled, gpu, (grad.element_size(), "rescale"))

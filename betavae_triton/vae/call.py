@@ -1,4 +1,4 @@
-"""One call of the fused loss, described once: what the API asks for and how to launch it.
+"""One call of the fused β-VAE loss, described once: what the API asks for and how to launch it.
 
 - :class:`LossCall`: the tensors and options of one call, immutable, built once where the
   public API meets the backends. Its fields, in order, are the arguments of the
@@ -25,8 +25,9 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import broadcast_shapes
-from ._constants import NO_P_SCALE, P_SCALE_PER_ELEMENT, P_SCALE_SHARED
+from .._checks import broadcast_shapes
+from .._constants import NO_P_SCALE, P_SCALE_PER_ELEMENT, P_SCALE_SHARED
+from .layout import reconstruction_order
 
 Tensor = torch.Tensor
 
@@ -190,8 +191,6 @@ def _rec_grads_dtype(call: LossCall, rec_dtype: torch.dtype) -> torch.dtype:
 
 def plan_call(call: LossCall) -> LaunchPlan:
     """The :class:`LaunchPlan` of ``call`` (reads metadata only: shapes, strides, dtypes)."""
-    from ._layout import reconstruction_order
-
     x, p, q_loc, q_scale, p_scale = call.x, call.p, call.q_loc, call.q_scale, call.p_scale
     has_rec, has_kl = x is not None, q_loc is not None
     any_input = x if has_rec else q_loc

@@ -1,4 +1,4 @@
-"""What the operators do on CPU tensors.
+"""What the β-VAE operators do on CPU tensors.
 
 Under Triton's interpreter (``TRITON_INTERPRET=1``) they run the kernels themselves, as on a
 GPU; otherwise they compute the same outputs with eager PyTorch, formula for formula as
@@ -10,16 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _launch
-from ._call import (
-    LaunchPlan,
-    LossCall,
-    LossOutputs,
-    accumulation_dtype,
-    grad_parts,
-    plan_call,
-)
-from ._constants import (
+from .._constants import (
     BCE_GRAD_EPS,
     BCE_LOG_FLOOR,
     HALF_LOG_2PI,
@@ -27,31 +18,35 @@ from ._constants import (
     P_SCALE_PER_ELEMENT,
     P_SCALE_SHARED,
 )
-from ._dispatch import interpreter_enabled
-from ._layout import flatten
+from .._dispatch import interpreter_enabled, interpreter_launch
+from .autograd import grad_factor
+from .call import (
+    LaunchPlan,
+    LossCall,
+    LossOutputs,
+    accumulation_dtype,
+    grad_parts,
+    plan_call,
+)
+from .launch import allocate_outputs, launch_loss_fwd, launch_rescale_grad_
+from .layout import flatten
 
 
-def _direct(kernel):
-    """The interpreter's launch: the kernel itself, indexed by its grid."""
-    return kernel
-
-
-def loss_fwd(call: LossCall) -> LossOutputs:
-    """``betavae_triton::loss_fwd`` on CPU tensors."""
+def cpu_loss_fwd(call: LossCall) -> LossOutputs:
+    """``betavae_triton::loss_fwd`` on CPU tensors: the kernels under the interpreter,
+    else :func:`torch_ops_loss_fwd`."""
     if interpreter_enabled():
-        return _launch.loss_fwd(_direct, call)
-    return eager_loss_fwd(call)
+        return launch_loss_fwd(interpreter_launch, call)
+    return torch_ops_loss_fwd(call)
 
 
-def rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta: float) -> None:
+def cpu_rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta: float) -> None:
     """``betavae_triton::rescale_grads_`` on CPU tensors."""
     beta = beta_tensor if beta_tensor is not None else beta
     if interpreter_enabled():
-        _launch.rescale_grad_(_direct, rec_grads, g_rec, g_loss, 1.0)
-        _launch.rescale_grad_(_direct, kl_grads, g_kl, g_loss, beta)
+        launch_rescale_grad_(interpreter_launch, rec_grads, g_rec, g_loss, 1.0)
+        launch_rescale_grad_(interpreter_launch, kl_grads, g_kl, g_loss, beta)
         return
-    from ._autograd import grad_factor
-
     for grads, g_term, weight in ((rec_grads, g_rec, 1.0), (kl_grads, g_kl, beta)):
         factor = grad_factor(g_term, g_loss, weight, torch.float64)
         if grads.numel() and factor is not None:
@@ -139,13 +134,13 @@ def _kl(call: LossCall, plan: LaunchPlan, out: LossOutputs) -> torch.Tensor:
     return kl.reshape(plan.kl_rows, -1).sum(1) / plan.kl_div
 
 
-def eager_loss_fwd(call: LossCall) -> LossOutputs:
+def torch_ops_loss_fwd(call: LossCall) -> LossOutputs:
     """The operator's outputs computed as the kernels compute them, in torch ops on the
     CPU: per-element derivatives (divided by B for the batch mean only), row sums, and
     each term rounded to its dtype before the loss adds them. No autograd: inside an
     operator the autograd dispatch key is excluded."""
     plan = plan_call(call)
-    out = _launch.allocate_outputs(call, plan)
+    out = allocate_outputs(call, plan)
     rec = _reconstruction(call, plan, out) if plan.has_rec else None
     kl = _kl(call, plan, out) if plan.has_kl else None
     if not plan.has_rec and out.p_scale_grads.numel():

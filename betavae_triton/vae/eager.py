@@ -1,4 +1,4 @@
-"""The eager path: the loss in plain PyTorch ops, differentiated by autograd.
+"""The β-VAE loss's eager path: plain PyTorch ops, differentiated by autograd.
 
 It builds no distribution objects and never synchronises with the device, so that
 ``torch.compile`` (inductor) can fuse it into a couple of kernels by itself. Half-precision
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._call import LossCall, accumulation_dtype
-from ._constants import BCE_GRAD_EPS, BCE_LOG_FLOOR, HALF_LOG_2PI, LOG_2
+from .._constants import BCE_GRAD_EPS, BCE_LOG_FLOOR, HALF_LOG_2PI, LOG_2
+from .call import LossCall, accumulation_dtype
 
 
 class _BernoulliNLL(torch.autograd.Function):
@@ -132,56 +132,62 @@ def reconstruction_rows(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Te
     return loss.reshape(x.shape[0], -1).sum(1)
 
 
-def full_nll(p: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, dist: str) -> torch.Tensor:
+def full_nll(p: torch.Tensor, x: torch.Tensor, p_scale: torch.Tensor, dist: str) -> torch.Tensor:
     """Per-element −log N(x; p, s²) or −log Laplace(x; p, s), in the accumulation dtype:
-    the decoder's scale s learned with the model (σ-VAE), broadcast to x."""
+    the decoder's scale s = ``p_scale`` learned with the model (σ-VAE), broadcast to x."""
     acc = accumulation_dtype(
-        torch.promote_types(torch.promote_types(p.dtype, x.dtype), scale.dtype)
+        torch.promote_types(torch.promote_types(p.dtype, x.dtype), p_scale.dtype)
     )
-    p, x, s = p.to(acc), x.to(acc), scale.to(acc)
+    p, x, s = p.to(acc), x.to(acc), p_scale.to(acc)
     if dist == "normal":
         return 0.5 * ((p - x) / s).square() + torch.log(s) + HALF_LOG_2PI
     return (p - x).abs() / s + torch.log(s) + LOG_2
 
 
-def reconstruction_loss(
+def reconstruction_term(
     p: torch.Tensor,
     x: torch.Tensor,
     dist: str,
     per_sample: bool = False,
-    scale: torch.Tensor | None = None,
+    p_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image reconstruction loss Σ ℓ(p, x) / B (or per sample, shape (B,)), in p's
-    and x's result dtype; with the decoder's ``scale``, the full negative log-likelihood."""
+    and x's result dtype; with the decoder's ``p_scale``, the full negative
+    log-likelihood."""
     out_dtype = torch.promote_types(p.dtype, x.dtype)
-    if scale is not None:
-        out_dtype = torch.promote_types(out_dtype, scale.dtype)
-        rows = full_nll(p, x, scale, dist).reshape(x.shape[0], -1).sum(1)
+    if p_scale is not None:
+        out_dtype = torch.promote_types(out_dtype, p_scale.dtype)
+        rows = full_nll(p, x, p_scale, dist).reshape(x.shape[0], -1).sum(1)
         return (rows if per_sample else rows.sum() / x.shape[0]).to(out_dtype)
     if per_sample:
         return reconstruction_rows(p, x, dist).to(out_dtype)
     return (reconstruction_sum(p, x, dist) / x.shape[0]).to(out_dtype)
 
 
-def kl_elements(loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False) -> torch.Tensor:
+def kl_elements(
+    q_loc: torch.Tensor, q_scale: torch.Tensor, q_is_logvar: bool = False
+) -> torch.Tensor:
     """KL(N(μ, σ²) ‖ N(0, 1)) of each latent, broadcast, in the accumulation dtype.
 
-    With ``q_logvar`` the second argument is v = log σ²: ½(μ² + e^v − 1 − v).
+    With ``q_is_logvar`` the second argument is v = log σ²: ½(μ² + e^v − 1 − v).
     """
-    acc = accumulation_dtype(torch.promote_types(loc.dtype, scale.dtype))
-    mu, s = loc.to(acc), scale.to(acc)
-    if q_logvar:
+    acc = accumulation_dtype(torch.promote_types(q_loc.dtype, q_scale.dtype))
+    mu, s = q_loc.to(acc), q_scale.to(acc)
+    if q_is_logvar:
         return 0.5 * (mu.square() + torch.exp(s) - 1.0 - s)
     return 0.5 * (mu.square() + s.square() - 1.0) - torch.log(s)
 
 
-def kl_normal_loss(
-    loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False, per_sample: bool = False
+def kl_term(
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    q_is_logvar: bool = False,
+    per_sample: bool = False,
 ) -> torch.Tensor:
     """Σ KL / Bq over the latents, batch-averaged (or per sample, shape (Bq,))."""
-    out_dtype = torch.promote_types(loc.dtype, scale.dtype)
+    out_dtype = torch.promote_types(q_loc.dtype, q_scale.dtype)
     # μ and σ broadcast against each other inside kl_elements: its shape is theirs.
-    kl = kl_elements(loc, scale, q_logvar)
+    kl = kl_elements(q_loc, q_scale, q_is_logvar)
     batch = kl.shape[0]
     if per_sample:
         return kl.reshape(batch, -1).sum(1).to(out_dtype)
@@ -189,23 +195,23 @@ def kl_normal_loss(
 
 
 def kl_per_dimension(
-    loc: torch.Tensor, scale: torch.Tensor, q_logvar: bool = False
+    q_loc: torch.Tensor, q_scale: torch.Tensor, q_is_logvar: bool = False
 ) -> torch.Tensor:
     """The batch-mean KL of each latent dimension: shape of one posterior sample."""
-    out_dtype = torch.promote_types(loc.dtype, scale.dtype)
-    kl = kl_elements(loc, scale, q_logvar)
+    out_dtype = torch.promote_types(q_loc.dtype, q_scale.dtype)
+    kl = kl_elements(q_loc, q_scale, q_is_logvar)
     return (kl.sum(0) / kl.shape[0]).to(out_dtype)
 
 
-def beta_vae_loss(call: LossCall) -> tuple[torch.Tensor | None, ...]:
+def eager_terms(call: LossCall) -> tuple[torch.Tensor | None, ...]:
     """``(loss, rec, kl, kl_per_dim)`` of ``call`` with ``loss = rec + β·kl``; a term the
     call does not compute (and the loss then) is None, and so is ``kl_per_dim`` unless
     asked for. The ``need_grad_*`` flags are autograd's business here."""
     rec = kl = loss = kl_dims = None
     if call.x is not None:
-        rec = reconstruction_loss(call.p, call.x, call.dist, call.per_sample, call.p_scale)
+        rec = reconstruction_term(call.p, call.x, call.dist, call.per_sample, call.p_scale)
     if call.q_loc is not None:
-        kl = kl_normal_loss(call.q_loc, call.q_scale, call.q_is_logvar, call.per_sample)
+        kl = kl_term(call.q_loc, call.q_scale, call.q_is_logvar, call.per_sample)
         if call.kl_per_dim:
             kl_dims = kl_per_dimension(call.q_loc, call.q_scale, call.q_is_logvar).detach()
     if rec is not None and kl is not None:

@@ -17,6 +17,8 @@ block of columns at a time too (:class:`LogWeights`): extra memory O(B·chunk·D
 The samples are ``n_rows`` rows whose batch indices start at ``row_offset`` (one rank's
 share of a gathered batch); the posteriors are the whole batch. The same algorithm as the
 kernels (``kernels/total_correlation.py``); the oracle is ``reference/beta_tcvae.py``.
+The operators that run it (``betavae_triton::tc_log_densities_eager`` and its backward)
+are registered in :mod:`.ops`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import math
 
 import torch
 
+from .._constants import HALF_LOG_2PI
+
 Tensor = torch.Tensor
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # Each step of the walk over the posteriors builds (B_l, chunk, D) blocks of about this many
 # values (4 MiB in float32: a few such blocks live at once, in the cache of a large CPU);
 # CHUNK, when set, fixes the chunk instead (the tests use it).
@@ -172,76 +175,3 @@ def log_densities_bwd(
         grad_mu[start:stop] = (g_t.sum(0) * inv_sigma).t()
         grad_log_sigma[start:stop] = (g_t.mul_(t).sum(0) - g_sum).t()
     return grad_z, grad_mu, grad_log_sigma
-
-
-# The eager backend's operators: opaque to torch.compile, which would otherwise unroll the
-# walk over the chunks into its graph (thousands of steps at B = 4096, D = 128).
-
-
-@torch.library.custom_op("betavae_triton::tc_log_densities_eager", mutates_args=())
-def tc_log_densities_eager(
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor]:
-    """``(log q(z_i), log q(z_id))`` by :func:`log_densities_fwd`, on any device."""
-    return log_densities_fwd(z, mu, log_sigma, row_offset, dataset_size, estimator)
-
-
-@tc_log_densities_eager.register_fake
-def _(z, mu, log_sigma, row_offset, dataset_size, estimator):
-    return z.new_empty(z.shape[:1]), torch.empty_like(z)
-
-
-@torch.library.custom_op("betavae_triton::tc_log_densities_eager_backward", mutates_args=())
-def tc_log_densities_eager_backward(
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    log_qz: Tensor,
-    log_prod: Tensor,
-    g_qz: Tensor,
-    g_prod: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The gradients of :func:`tc_log_densities_eager`'s inputs, recomputed."""
-    args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
-    return log_densities_bwd(*args, estimator)
-
-
-@tc_log_densities_eager_backward.register_fake
-def _(z, mu, log_sigma, *rest):
-    return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(log_sigma)
-
-
-def setup_context(ctx, inputs, output) -> None:
-    """Autograd of the pairwise operators (eager and Triton): save the inputs and the
-    log-sum-exps; the options are the operator's last three arguments."""
-    z, mu, log_sigma, *options = inputs
-    ctx.save_for_backward(z, mu, log_sigma, *output)
-    ctx.options = options
-
-
-def backward_with(backward_op):
-    """The autograd backward of a pairwise operator whose gradients ``backward_op``
-    recomputes (incoming gradients that autograd left undefined count as zeros)."""
-
-    def backward(ctx, g_qz, g_prod):
-        z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
-        g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz.contiguous()
-        g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod.contiguous()
-        saved = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod)
-        return (*backward_op(*saved, *ctx.options), None, None, None)
-
-    return backward
-
-
-tc_log_densities_eager.register_autograd(
-    backward_with(torch.ops.betavae_triton.tc_log_densities_eager_backward),
-    setup_context=setup_context,
-)

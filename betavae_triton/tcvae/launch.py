@@ -10,11 +10,13 @@ dtype (float32 or float64: the accumulation dtype).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 
-from ._constants import ESTIMATOR_CODES
-from .kernels.total_correlation import (
+from .._constants import ESTIMATOR_CODES
+from ..kernels.total_correlation import (
     _minibatch_grad_posterior,
     _minibatch_grad_z,
     _minibatch_log_densities_fwd,
@@ -25,15 +27,31 @@ BLOCK_ROWS = 16
 MAX_LATENT = 256
 
 
-def _config(z: Tensor, mu: Tensor, row_offset: int, dataset_size: int, estimator: str) -> dict:
-    """The sizes and constexprs the three kernels share."""
+class KernelConfig(NamedTuple):
+    """The sizes and constexprs the three kernels share (their keyword arguments)."""
+
+    n_rows: int
+    row_offset: int
+    batch: int
+    latent: int
+    dataset_size: int
+    ESTIMATOR: int
+    ACC_FP64: bool
+    BLOCK_D: int
+    num_warps: int
+
+
+def _config(
+    z: Tensor, mu: Tensor, row_offset: int, dataset_size: int, estimator: str
+) -> KernelConfig:
+    """The :class:`KernelConfig` of a call."""
     n_rows, latent = z.shape
     if latent > MAX_LATENT:
         raise ValueError(
             f"the Triton β-TCVAE kernels take at most {MAX_LATENT} latents, got {latent}; "
             "use backend='eager'"
         )
-    return dict(
+    return KernelConfig(
         n_rows=n_rows,
         row_offset=row_offset,
         batch=mu.shape[0],
@@ -48,7 +66,7 @@ def _config(z: Tensor, mu: Tensor, row_offset: int, dataset_size: int, estimator
     )
 
 
-def log_densities_fwd(
+def launch_log_densities_fwd(
     launch,
     z: Tensor,
     mu: Tensor,
@@ -68,12 +86,12 @@ def log_densities_fwd(
         log_qz_ptr=log_qz,
         log_prod_ptr=log_prod,
         BLOCK_I=BLOCK_ROWS,
-        **config,
+        **config._asdict(),
     )
     return log_qz, log_prod
 
 
-def log_densities_bwd(
+def launch_log_densities_bwd(
     launch,
     z: Tensor,
     mu: Tensor,
@@ -99,13 +117,13 @@ def log_densities_bwd(
         g_prod_ptr=g_prod,
     )
     launch(_minibatch_grad_z)[(triton.cdiv(z.shape[0], BLOCK_ROWS),)](
-        **saved, grad_z_ptr=grad_z, BLOCK_I=BLOCK_ROWS, **config
+        **saved, grad_z_ptr=grad_z, BLOCK_I=BLOCK_ROWS, **config._asdict()
     )
     launch(_minibatch_grad_posterior)[(triton.cdiv(mu.shape[0], BLOCK_ROWS),)](
         **saved,
         grad_mu_ptr=grad_mu,
         grad_log_sigma_ptr=grad_log_sigma,
         BLOCK_J=BLOCK_ROWS,
-        **config,
+        **config._asdict(),
     )
     return grad_z, grad_mu, grad_log_sigma
