@@ -1,8 +1,9 @@
-"""β-TCVAE's minibatch terms against the B×B×D float64 oracle: the eager path
-(``betavae_triton/tcvae/eager.py``, chunked torch ops) and the Triton operators
-(``kernels/total_correlation.py``, interpreted on CPU); values and gradients, every
-estimator, any chunk size, a rank's share of a gathered batch, and the memory bound that is
-the point of the algorithm."""
+"""β-TCVAE's minibatch terms against the B×B×D float64 oracle, on each implementation:
+the eager backend's C kernels on the CPU (``betavae_triton/tcvae/minibatch.c``) and its
+chunked torch ops (``betavae_triton/tcvae/eager.py``: where no C compiler works, and on
+other devices), and the Triton operators (``kernels/total_correlation.py``, interpreted on
+CPU); values and gradients, every estimator, any chunk size, a rank's share of a gathered
+batch, and the memory bound that is the point of the algorithm."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from unittest import mock
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from betavae_triton.tcvae import cpu as _tcvae_cpu
 from betavae_triton.tcvae import eager as _tcvae_eager
 from betavae_triton.tcvae import terms as _tcvae
 from reference.beta_tcvae import ESTIMATORS, reference_beta_tcvae_terms
@@ -27,11 +29,23 @@ def _inputs(batch, latent, seed, logvar=False, spread=1.0, dtype=torch.float64):
     return [t.to(dtype) for t in (z, mu, second)]
 
 
-PATHS = pytest.mark.parametrize("kernels", [False, True], ids=["eager", "triton"])
+@pytest.fixture(params=["eager", "eager-torch", "triton"])
+def kernels(request, monkeypatch):
+    """The implementation under test: ``"eager"`` (the eager backend on the CPU: its C
+    kernels), ``"eager-torch"`` (the same backend with the C kernels switched off: the
+    chunked torch algorithm), ``"triton"`` (the Triton operators, interpreted). True for
+    the Triton operators, as the tests' ``kernels`` flag."""
+    if request.param == "eager-torch":
+        monkeypatch.setenv(_tcvae_cpu.ENV_SWITCH, "0")
+    return request.param == "triton"
+
+
+# Every test that takes ``kernels`` runs on the three implementations (the fixture's params).
+PATHS = pytest.mark.usefixtures("kernels")
 
 
 def _terms(z, mu, second, n, estimator, logvar=False, kernels=False):
-    """``(mi, tc, dw_kl)`` on the eager path or the Triton operators."""
+    """``(mi, tc, dw_kl)`` on the eager backend or the Triton operators."""
     backend = "triton" if kernels else "eager"
     return _tcvae.minibatch_terms(z, mu, second, n, estimator, logvar, backend)
 
@@ -60,6 +74,7 @@ def _check_chunked(z, mu, second, n, estimator, logvar, rtol, atol, kernels):
 
 
 @PATHS
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # set once per test
 @given(
     batch=st.integers(2, 24),
     latent=st.integers(1, 8),
@@ -115,8 +130,9 @@ def test_kernels_are_bitwise_deterministic():
 
 
 def test_never_holds_a_batch_by_batch_by_latent_tensor(monkeypatch):
-    """Every pairwise block the forward and backward passes build holds B·chunk·D values
-    at most (B = 40, chunk = 8: a fifth of B×B×D)."""
+    """Every pairwise block the chunked torch algorithm's forward and backward passes
+    build holds B·chunk·D values at most (B = 40, chunk = 8: a fifth of B×B×D)."""
+    monkeypatch.setenv(_tcvae_cpu.ENV_SWITCH, "0")
     sizes = []
     inner = _tcvae_eager._pair_log_density
 
@@ -177,3 +193,63 @@ def test_a_ranks_rows_against_the_whole_batch(kernels, estimator):
     want = torch.autograd.grad((log_qz * g_qz).sum() + (log_prod * g_prod).sum(), masked)
     for got, expected in zip(part[2], want, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_c_kernels_build_wherever_a_compiler_is_found():
+    """The eager backend's C kernels are what runs on a CPU with a C compiler (every Linux
+    CI machine): a silent fallback to the slower torch algorithm would pass every other
+    test."""
+    import shutil
+
+    compiler = any(shutil.which(name) for name in ("gcc", "cc"))
+    for dtype in (torch.float32, torch.float64):
+        built = _tcvae_cpu.kernels(dtype) is not None
+        assert built == compiler, _tcvae_cpu.unavailable_reason(dtype)
+
+
+def test_the_c_kernels_hold_o_b_d_memory():
+    """Forward + backward of the C kernels at B = 512, D = 16: the peak extra memory
+    (every allocation by torch's allocator, summed in time order) is a few (B, D) arrays
+    per thread, far from one B×B×D array (32 MiB in float64)."""
+    from perf.btcvae import peak_extra_bytes
+
+    z, mu, sigma = _inputs(512, 16, seed=3)
+    leaves = [t.requires_grad_() for t in (z, mu, sigma)]
+
+    def step():
+        terms = _terms(*leaves, 10_000, "mss")
+        torch.autograd.grad(sum(terms), leaves)
+
+    step()
+    peak = peak_extra_bytes(step, torch.device("cpu"))
+    bd = 512 * 16 * 8
+    assert peak < (16 + 4 * torch.get_num_threads()) * bd, (peak, bd)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_c_kernels_are_bitwise_deterministic(dtype):
+    """Row ranges per thread and partial sums added in thread order: the same bits run
+    after run."""
+    z, mu, sigma = _inputs(45, 7, seed=12, dtype=dtype)
+    runs = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (z, mu, sigma)]
+        terms = _terms(*leaves, 1000, "mss")
+        runs.append((*terms, *torch.autograd.grad(sum(terms), leaves)))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_and_inf_samples_propagate_as_in_the_oracle(kernels, value):
+    """A NaN or infinite coordinate of one sample: the terms are NaN where the float64
+    oracle's are, and that sample's gradient is not finite."""
+    z, mu, sigma = _inputs(9, 3, seed=13)
+    z[4, 1] = value
+    leaves = [t.clone().requires_grad_() for t in (z, mu, sigma)]
+    terms = _terms(*leaves, 100, "mss", kernels=kernels)
+    ref = reference_beta_tcvae_terms(z, mu, sigma, 100, "mss")
+    for got, want in zip(terms, ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, equal_nan=True)
+    grad_z = torch.autograd.grad(sum(terms), leaves[0], allow_unused=True)[0]
+    assert not torch.isfinite(grad_z[4]).all()

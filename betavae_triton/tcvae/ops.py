@@ -30,7 +30,7 @@ import torch
 from torch.library import custom_op, register_autograd, triton_op, wrap_triton
 
 from .._dispatch import interpreter_enabled, interpreter_launch, triton_available
-from .eager import log_densities_bwd, log_densities_fwd
+from . import cpu, eager
 
 if triton_available():
     from .launch import launch_log_densities_bwd, launch_log_densities_fwd
@@ -49,6 +49,31 @@ def _fake_backward(z, mu, log_sigma, *rest):
 # ---- the eager backend -------------------------------------------------------------------
 
 
+def _native(z: Tensor):
+    """The C kernels of :mod:`.cpu` for CPU tensors, where they build; else None."""
+    return cpu.kernels(z.dtype) if z.device.type == "cpu" else None
+
+
+def _eager_fwd(z, mu, log_sigma, row_offset, dataset_size, estimator):
+    """The eager backend's forward: the C kernels on a CPU, the chunked torch algorithm
+    elsewhere (and where no C compiler works)."""
+    args = (z.contiguous(), mu.contiguous(), log_sigma.contiguous())
+    native = _native(z)
+    if native is not None:
+        return cpu.log_densities_fwd(native[0], *args, row_offset, dataset_size, estimator)
+    return eager.log_densities_fwd(*args, row_offset, dataset_size, estimator)
+
+
+def _eager_bwd(z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, *options):
+    """The eager backend's backward, on the same implementation as :func:`_eager_fwd`."""
+    tensors = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod)
+    args = tuple(t.contiguous() for t in tensors)
+    native = _native(z)
+    if native is not None:
+        return cpu.log_densities_bwd(native[1], *args, *options)
+    return eager.log_densities_bwd(*args, *options)
+
+
 @custom_op("betavae_triton::tc_log_densities_eager", mutates_args=())
 def tc_log_densities_eager(
     z: Tensor,
@@ -58,8 +83,8 @@ def tc_log_densities_eager(
     dataset_size: int,
     estimator: str,
 ) -> tuple[Tensor, Tensor]:
-    """``(log q(z_i), log q(z_id))`` by :func:`.eager.log_densities_fwd`, on any device."""
-    return log_densities_fwd(z, mu, log_sigma, row_offset, dataset_size, estimator)
+    """``(log q(z_i), log q(z_id))`` on any device: :func:`_eager_fwd`."""
+    return _eager_fwd(z, mu, log_sigma, row_offset, dataset_size, estimator)
 
 
 @custom_op("betavae_triton::tc_log_densities_eager_backward", mutates_args=())
@@ -77,7 +102,7 @@ def tc_log_densities_eager_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of :func:`tc_log_densities_eager`'s inputs, recomputed."""
     args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
-    return log_densities_bwd(*args, estimator)
+    return _eager_bwd(*args, estimator)
 
 
 # ---- the Triton backend on CPU tensors (the interpreter, or the eager algorithm) ---------
@@ -96,7 +121,7 @@ def tc_log_densities_cpu(
     args = (z, mu, log_sigma, row_offset, dataset_size, estimator)
     if interpreter_enabled():
         return launch_log_densities_fwd(interpreter_launch, *args)
-    return log_densities_fwd(*args)
+    return _eager_fwd(*args)
 
 
 @custom_op("betavae_triton::tc_log_densities_backward_cpu", mutates_args=())
@@ -116,7 +141,7 @@ def tc_log_densities_backward_cpu(
     args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
     if interpreter_enabled():
         return launch_log_densities_bwd(interpreter_launch, *args, estimator)
-    return log_densities_bwd(*args, estimator)
+    return _eager_bwd(*args, estimator)
 
 
 # ---- the Triton backend ------------------------------------------------------------------

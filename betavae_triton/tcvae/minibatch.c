@@ -1,0 +1,321 @@
+/* β-TCVAE's minibatch log-densities on a CPU: the algorithm of the Triton kernels
+ * (kernels/total_correlation.py), written for one core's vector unit.
+ *
+ * For samples z_i (rows row_offset … of the batch) and posteriors (μ_j, σ_j), j < B:
+ *
+ *     M_ijd = log N(z_id; μ_jd, σ_jd) = −½ t² + c_jd,  t = (z_id − μ_jd) / σ_jd,
+ *     c_jd  = −½ log 2π − log σ_jd,
+ *     log q(z_i)    = LSE_j [Σ_d M_ijd + log w_ij]
+ *     log q(z_id)   = LSE_j [M_ijd + log w_ij]
+ *
+ * and the backward pass, recomputing M from the saved log-sum-exps:
+ *
+ *     G_ijd = g_q,i · e^{S_ij − log q(z_i)} + g_p,id · e^{M_ijd + log w_ij − log q(z_id)}
+ *     dL/dz_id      = −Σ_j G_ijd t / σ_jd
+ *     dL/dμ_jd      =  Σ_i G_ijd t / σ_jd      (this file returns Σ_i G t; the caller
+ *     dL/dlog σ_jd  =  Σ_i G_ijd (t² − 1)       multiplies by 1/σ once per (j, d))
+ *
+ * The posteriors come transposed, (D, B) with j contiguous, so that every inner loop
+ * runs over j with unit stride and vectorises; each function handles the rows
+ * [row_begin, row_end) and needs B values of scratch per array it names. No B×B (and no
+ * B×B×D) array exists. Sums over j use LANES independent accumulators summed in a fixed
+ * order at the end (vectorised without reassociating: the result does not depend on the
+ * compiler's choices), so that every result is the same bit for bit run after run.
+ *
+ * Memory traffic per row: z_i once, the posteriors (3·D·B values) from the cache; the
+ * backward also reads and writes the caller's (D, B) partial sums once per row.
+ *
+ * Compiled at first use by betavae_triton/tcvae/cpu.py (gcc or cc, -O3, no fast-math:
+ * contractions off, so that M is rounded as the float64 oracle rounds it), once for
+ * float (SUFFIX f32) and once for double (SUFFIX f64).
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef REAL_IS_DOUBLE
+#define REAL_IS_DOUBLE 0
+#endif
+#if REAL_IS_DOUBLE
+#define REAL double
+#define SUFFIX f64
+#else
+#define REAL float
+#define SUFFIX f32
+#endif
+
+#define CONCAT_(a, b) a##_##b
+#define CONCAT(a, b) CONCAT_(a, b)
+#define NAME(f) CONCAT(f, SUFFIX)
+
+#define LANES 16
+#define HALF_LOG_2PI ((REAL)0.91893853320467274178)
+
+/* The estimators (betavae_triton/_constants.py). */
+#define MWS 0
+#define MSS 1
+#define MSS_REFERENCE 2
+
+/* e^x for x ≤ 0 (and a little above: the callers subtract a maximum or a log-sum-exp),
+ * NaN for NaN, 0 for −inf and below the smallest normal number: Cody–Waite reduction
+ * x = k·ln 2 + r, |r| ≤ ½ ln 2, a Taylor polynomial of r (error below one unit in the
+ * last place: degree 7 for float, 13 for double), times 2^k by the exponent bits. Plain
+ * arithmetic, so that the compiler vectorises the loops that call it. */
+static inline REAL NAME(exp_nonpos)(REAL x) {
+#if REAL_IS_DOUBLE
+    const double lo_limit = -708.0, log2e = 1.4426950408889634;
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    double xc = x < lo_limit ? lo_limit : x; /* NaN stays NaN */
+    /* k = round(x / ln 2) by the 1.5·2^52 trick (|x / ln 2| < 2^51): vectorises, as
+     * floor does not without fast-math. */
+    double k = (xc * log2e + 6755399441055744.0) - 6755399441055744.0;
+    double r = (xc - k * ln2_hi) - k * ln2_lo;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t bits = (int64_t)((int32_t)k + 1023) << 52;
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    double y = p * scale;
+    return x < lo_limit ? 0.0 : y;
+#else
+    const float lo_limit = -87.0f, log2e = 1.44269504f;
+    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187045e-06f;
+    float xc = x < lo_limit ? lo_limit : x; /* NaN stays NaN */
+    float k = (xc * log2e + 12582912.0f) - 12582912.0f; /* round by 1.5·2^23 */
+    float r = (xc - k * ln2_hi) - k * ln2_lo;
+    float p = 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float y = p * scale;
+    return x < lo_limit ? 0.0f : y;
+#endif
+}
+
+/* log w_ij for the row of global index i and every column j < B (the estimator's
+ * constants own, strat, rest): what kernels/total_correlation.py's log_weight computes. */
+static void NAME(log_weight_row)(REAL *lw, int64_t i, int64_t batch, int estimator,
+                                 REAL own, REAL strat, REAL rest) {
+    if (estimator == MWS) {
+        for (int64_t j = 0; j < batch; ++j) lw[j] = own;
+        return;
+    }
+    for (int64_t j = 0; j < batch; ++j) lw[j] = rest;
+    if (estimator == MSS) {
+        lw[(i + 1) % batch] = strat;
+        lw[i] = own;
+    } else {
+        lw[1] = strat;
+        lw[0] = (i == batch - 2) ? strat : own;
+    }
+}
+
+/* S_ij = Σ_d M_ijd + log w_ij for one row, over every column j: the joint's terms. */
+static void NAME(joint_row)(REAL *restrict s, const REAL *restrict z_row,
+                            const REAL *restrict mu_t, const REAL *restrict inv_t,
+                            const REAL *restrict c_t, const REAL *restrict lw, int64_t batch,
+                            int64_t latent) {
+    for (int64_t j = 0; j < batch; ++j) s[j] = 0;
+    for (int64_t d = 0; d < latent; ++d) {
+        const REAL zd = z_row[d];
+        const REAL *restrict mu = mu_t + d * batch, *restrict inv = inv_t + d * batch;
+        const REAL *restrict c = c_t + d * batch;
+        for (int64_t j = 0; j < batch; ++j) {
+            REAL t = (zd - mu[j]) * inv[j];
+            s[j] += (t * t) * (REAL)-0.5 + c[j];
+        }
+    }
+    for (int64_t j = 0; j < batch; ++j) s[j] += lw[j];
+}
+
+/* The larger of a and b; a NaN b is passed over (it reaches the result through the sum
+ * of exponentials that follows every maximum here: e^{NaN − m} is NaN). */
+static inline REAL NAME(larger)(REAL a, REAL b) {
+    return b > a ? b : a;
+}
+
+/* max_j x_j over LANES accumulators (−inf for no values but −inf; NaNs passed over). */
+static REAL NAME(max_of)(const REAL *restrict x, int64_t n) {
+    REAL acc[LANES];
+    for (int l = 0; l < LANES; ++l) acc[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int l = 0; l < LANES; ++l) acc[l] = NAME(larger)(acc[l], x[j + l]);
+    for (int l = 0; j < n; ++j, ++l) acc[l] = NAME(larger)(acc[l], x[j]);
+    REAL m = acc[0];
+    for (int l = 1; l < LANES; ++l) m = NAME(larger)(m, acc[l]);
+    return m;
+}
+
+/* m + log Σ_j e^{x_j − m} for m = max_j x_j (the log-sum-exp; −inf when every x_j is −inf,
+ * NaN when one is NaN), with the exponentials summed over LANES accumulators. */
+static REAL NAME(log_sum_exp_from)(const REAL *restrict x, int64_t n, REAL m) {
+    REAL shift = (m == -INFINITY) ? 0 : m;
+    REAL acc[LANES] = {0};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int l = 0; l < LANES; ++l) acc[l] += NAME(exp_nonpos)(x[j + l] - shift);
+    for (int l = 0; j < n; ++j, ++l) acc[l] += NAME(exp_nonpos)(x[j] - shift);
+    REAL total = 0;
+    for (int l = 0; l < LANES; ++l) total += acc[l];
+    return shift + (REAL)log((double)total);
+}
+
+/* Forward: log q(z_i) and log q(z_id) for the rows [row_begin, row_end).
+ * Scratch: lw, s, x of B values each. */
+static void NAME(fwd_rows)(
+    const REAL *restrict z, const REAL *restrict mu_t, const REAL *restrict inv_t,
+    const REAL *restrict c_t, REAL *restrict log_qz, REAL *restrict log_prod,
+    REAL *restrict lw, REAL *restrict s, REAL *restrict x,
+    int64_t row_begin, int64_t row_end, int64_t row_offset, int64_t batch, int64_t latent,
+    int estimator, REAL own, REAL strat, REAL rest) {
+    for (int64_t i = row_begin; i < row_end; ++i) {
+        const REAL *z_row = z + i * latent;
+        NAME(log_weight_row)(lw, i + row_offset, batch, estimator, own, strat, rest);
+        for (int64_t j = 0; j < batch; ++j) s[j] = 0;
+        for (int64_t d = 0; d < latent; ++d) {
+            const REAL zd = z_row[d];
+            const REAL *restrict mu = mu_t + d * batch, *restrict inv = inv_t + d * batch;
+            const REAL *restrict c = c_t + d * batch;
+            REAL acc[LANES];
+            for (int l = 0; l < LANES; ++l) acc[l] = -INFINITY;
+            int64_t j = 0;
+            for (; j + LANES <= batch; j += LANES)
+                for (int l = 0; l < LANES; ++l) {
+                    REAL t = (zd - mu[j + l]) * inv[j + l];
+                    REAL pair = (t * t) * (REAL)-0.5 + c[j + l];
+                    REAL v = pair + lw[j + l];
+                    s[j + l] += pair;
+                    x[j + l] = v;
+                    acc[l] = NAME(larger)(acc[l], v);
+                }
+            for (int l = 0; j < batch; ++j, ++l) {
+                REAL t = (zd - mu[j]) * inv[j];
+                REAL pair = (t * t) * (REAL)-0.5 + c[j];
+                REAL v = pair + lw[j];
+                s[j] += pair;
+                x[j] = v;
+                acc[l] = NAME(larger)(acc[l], v);
+            }
+            log_prod[i * latent + d] = NAME(log_sum_exp_from)(x, batch, NAME(max_of)(acc, LANES));
+        }
+        for (int64_t j = 0; j < batch; ++j) s[j] += lw[j];
+        log_qz[i] = NAME(log_sum_exp_from)(s, batch, NAME(max_of)(s, batch));
+    }
+}
+
+/* Backward: dL/dz for the rows [row_begin, row_end), and, added into the caller's (D, B)
+ * partial sums, Σ_i G t (→ dL/dμ once multiplied by 1/σ) and Σ_i G (t² − 1) (dL/dlog σ).
+ * Scratch: lw, s of B values each. */
+static void NAME(bwd_rows)(
+    const REAL *restrict z, const REAL *restrict mu_t, const REAL *restrict inv_t,
+    const REAL *restrict c_t, const REAL *restrict log_qz, const REAL *restrict log_prod,
+    const REAL *restrict g_qz, const REAL *restrict g_prod, REAL *restrict grad_z,
+    REAL *restrict sum_gt, REAL *restrict sum_gtt, REAL *restrict lw, REAL *restrict s,
+    int64_t row_begin, int64_t row_end, int64_t row_offset, int64_t batch, int64_t latent,
+    int estimator, REAL own, REAL strat, REAL rest) {
+    for (int64_t i = row_begin; i < row_end; ++i) {
+        const REAL *z_row = z + i * latent;
+        NAME(log_weight_row)(lw, i + row_offset, batch, estimator, own, strat, rest);
+        NAME(joint_row)(s, z_row, mu_t, inv_t, c_t, lw, batch, latent);
+        const REAL lq = log_qz[i], gq = g_qz[i];
+        for (int64_t j = 0; j < batch; ++j) s[j] = gq * NAME(exp_nonpos)(s[j] - lq);
+        for (int64_t d = 0; d < latent; ++d) {
+            const REAL zd = z_row[d], lp = log_prod[i * latent + d], gp = g_prod[i * latent + d];
+            const REAL *restrict mu = mu_t + d * batch, *restrict inv = inv_t + d * batch;
+        const REAL *restrict c = c_t + d * batch;
+            REAL *restrict gt_d = sum_gt + d * batch, *restrict gtt_d = sum_gtt + d * batch;
+            REAL acc[LANES] = {0};
+            int64_t j = 0;
+            for (; j + LANES <= batch; j += LANES)
+                for (int l = 0; l < LANES; ++l) {
+                    int64_t k = j + l;
+                    REAL t = (zd - mu[k]) * inv[k];
+                    REAL m = (t * t) * (REAL)-0.5 + c[k];
+                    REAL g = s[k] + gp * NAME(exp_nonpos)((m + lw[k]) - lp);
+                    REAL gt = g * t;
+                    acc[l] += gt * inv[k];
+                    gt_d[k] += gt;
+                    gtt_d[k] += g * (t * t - 1);
+                }
+            for (int l = 0; j < batch; ++j, ++l) {
+                REAL t = (zd - mu[j]) * inv[j];
+                REAL m = (t * t) * (REAL)-0.5 + c[j];
+                REAL g = s[j] + gp * NAME(exp_nonpos)((m + lw[j]) - lp);
+                REAL gt = g * t;
+                acc[l] += gt * inv[j];
+                gt_d[j] += gt;
+                gtt_d[j] += g * (t * t - 1);
+            }
+            REAL total = 0;
+            for (int l = 0; l < LANES; ++l) total += acc[l];
+            grad_z[i * latent + d] = -total;
+        }
+    }
+}
+
+/* The rows [0, n_rows) split into `parts` contiguous ranges, one after the other over the
+ * OpenMP threads (torch's own pool: the library links the libgomp that torch loaded), each
+ * range with its own scratch (and, backward, its own partial sums: `parts` fixes the order
+ * in which the caller adds them, whatever the threads). Without OpenMP, one thread. */
+#ifdef _OPENMP
+#define FOR_EACH_PART(k, parts)                                                           \
+    _Pragma("omp parallel num_threads(parts)")                                            \
+    for (int k = omp_get_thread_num(); k < (parts); k += omp_get_num_threads())
+#else
+#define FOR_EACH_PART(k, parts) for (int k = 0; k < (parts); ++k)
+#endif
+
+/* Forward over every row. Scratch: parts × 3 × B values. */
+void NAME(minibatch_log_densities_fwd)(
+    const REAL *z, const REAL *mu_t, const REAL *inv_t, const REAL *c_t, REAL *log_qz,
+    REAL *log_prod, REAL *scratch, int parts, int64_t n_rows, int64_t row_offset,
+    int64_t batch, int64_t latent, int estimator, REAL own, REAL strat, REAL rest) {
+    FOR_EACH_PART(k, parts) {
+        REAL *lw = scratch + (int64_t)k * 3 * batch;
+        NAME(fwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, lw, lw + batch, lw + 2 * batch,
+                       n_rows * k / parts, n_rows * (k + 1) / parts, row_offset, batch, latent,
+                       estimator, own, strat, rest);
+    }
+}
+
+/* Backward over every row; part k adds into sums + k × 2 × D × B (Σ G t, then
+ * Σ G (t² − 1)), which the caller zeroes. Scratch: parts × 2 × B values. */
+void NAME(minibatch_log_densities_bwd)(
+    const REAL *z, const REAL *mu_t, const REAL *inv_t, const REAL *c_t, const REAL *log_qz,
+    const REAL *log_prod, const REAL *g_qz, const REAL *g_prod, REAL *grad_z, REAL *sums,
+    REAL *scratch, int parts, int64_t n_rows, int64_t row_offset, int64_t batch,
+    int64_t latent, int estimator, REAL own, REAL strat, REAL rest) {
+    FOR_EACH_PART(k, parts) {
+        REAL *lw = scratch + (int64_t)k * 2 * batch;
+        REAL *gt = sums + (int64_t)k * 2 * latent * batch;
+        NAME(bwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, g_qz, g_prod, grad_z, gt,
+                       gt + latent * batch, lw, lw + batch, n_rows * k / parts,
+                       n_rows * (k + 1) / parts, row_offset, batch, latent, estimator, own,
+                       strat, rest);
+    }
+}
