@@ -161,10 +161,10 @@ def beta_tcvae_launches(
     launches: list[KernelLaunch] = []
     record = _recorder(launches)
     options = (row_offset, dataset_size, estimator)
-    log_qz, log_prod = launch_log_densities_fwd(record, z, mu, log_sigma, *options)
+    log_qz, log_prod = launch_log_densities_fwd(record, z, mu, log_sigma, *options, gpu)
     incoming = (torch.empty_like(log_qz), torch.empty_like(log_prod))
     saved = (z, mu, log_sigma, log_qz, log_prod, *incoming)
-    launch_log_densities_bwd(record, *saved, *options)
+    launch_log_densities_bwd(record, *saved, *options, gpu)
     return launches
 
 

@@ -155,12 +155,12 @@ def cases(quick: bool = False) -> list[Case]:
             Case("fp64-bernoulli-per-sample", small, (4, 6), "bernoulli", torch.float64,
                  per_sample=True),
         ]  # fmt: skip
-    tcvae = [
-        Case(f"btcvae-{b}x{d}", (b, d), (b, d), tcvae=True)
-        for b, d in ((256, 10), (1024, 32), (4096, 128), (4096, 256))
-    ]
+    sizes = [(b, d) for b in TC_BATCHES for d in TC_LATENTS] + [(4096, 256)]
+    if quick:
+        sizes = [(256, 10), (256, 32), (1024, 32), (16384, 10), (4096, 128)]
+    tcvae = [Case(f"btcvae-{b}x{d}", (b, d), (b, d), tcvae=True) for b, d in sizes]
     tcvae.append(Case("btcvae-fp64", (256, 10), (256, 10), dtype=torch.float64, tcvae=True))
-    return named + options + (tcvae[::2] if quick else tcvae)
+    return named + options + tcvae
 
 
 # ---- specialization and compilation -----------------------------------------------------
@@ -293,10 +293,19 @@ _KERNELS = {
     "_minibatch_log_densities_fwd": "betavae_triton.kernels.total_correlation",
     "_minibatch_grad_z": "betavae_triton.kernels.total_correlation",
     "_minibatch_grad_posterior": "betavae_triton.kernels.total_correlation",
+    "_merge_split_log_sum_exps": "betavae_triton.kernels.total_correlation",
 }
 # β-TCVAE's kernels do O(B²·D) arithmetic on O(B·D) data, which stays in the cache: the
-# width of their loads does not matter, their registers and spills do.
+# width of their loads does not matter, their registers and spills do, and their grids
+# (row blocks × splits) must fill a wave.
 _COMPUTE_BOUND = ("_minibatch_log_densities_fwd", "_minibatch_grad_z", "_minibatch_grad_posterior")
+# Grids of row blocks (not persistent): the pairwise kernels and the merge of their splits.
+_ROW_BLOCKS = (*_COMPUTE_BOUND, "_merge_split_log_sum_exps")
+#: The β-TCVAE workloads whose grids the report shows (B, D), and the latents at which
+#: every pairwise grid must fill one wave (B ≥ 256).
+TC_BATCHES = (256, 1024, 4096, 16384)
+TC_LATENTS = (10, 32, 128)
+TC_FILL_LATENTS = (10, 32)
 
 
 @functools.cache
@@ -332,7 +341,7 @@ def vectors_allowed(spec: Spec) -> bool:
     """Whether the layout lets a full tile's data accesses be 128-bit: every data pointer
     16-byte aligned, and the rows start aligned (one row, from the launch's grid, or a row
     length divisible by 16). The finalize reads scalars by design."""
-    if spec.kernel == "_finalize_loss" or spec.kernel in _COMPUTE_BOUND:
+    if spec.kernel == "_finalize_loss" or spec.kernel in _ROW_BLOCKS:
         return False
     pointers = [name for name, kind in spec.signature if kind.startswith("*")]
     if not all(name in spec.divisible for name in pointers):
@@ -383,16 +392,20 @@ def check(spec: Spec, compiled: Compiled) -> bool:
     return compiled.loads_128 >= reads and compiled.stores_128 >= writes
 
 
-def analyse(case_list: list[Case], archs: tuple[int, ...]) -> tuple[dict, dict]:
-    """Compile every specialization the cases launch; ``(rows by spec label, workloads)``."""
+def analyse(case_list: list[Case], archs: tuple[int, ...]) -> tuple[dict, dict, dict]:
+    """Compile every specialization the cases launch; ``(rows by spec label, workloads,
+    β-TCVAE grids by case)``."""
     rows: dict[str, Row] = {}
     workloads: dict[str, dict] = {}
+    tc_grids: dict[str, list[dict]] = {}
     for case in case_list:
         launches = record_launches(case)
         if case.workload:
             workloads[case.name] = workload_summary(case, launches)
+        labels = []
         for launch in launches:
             spec = specialize(launch)
+            labels.append(spec.label)
             row = rows.setdefault(spec.label, Row(spec.label))
             row.cases.append(case.name)
             if row.arch:
@@ -408,18 +421,44 @@ def analyse(case_list: list[Case], archs: tuple[int, ...]) -> tuple[dict, dict]:
                     element = _element_size(spec)
                     # The largest grid the launcher makes: programs per SM × SMs.
                     per_sm = tools.persistent_programs_per_sm(element) if element else 1
-                    if spec.kernel in _COMPUTE_BOUND:  # a grid of row blocks
+                    if spec.kernel in _ROW_BLOCKS:  # a grid of row blocks (× splits)
                         per_sm = -(-math.prod(launch.grid) // H100_SMS)
                         row.persistent = False
                     row.programs_per_sm = per_sm
                     row.one_wave = blocks >= per_sm
-    return rows, workloads
+        if case.tcvae:
+            tc_grids[case.name] = tc_grid_summary(case, launches, [rows[k] for k in labels])
+    return rows, workloads, tc_grids
+
+
+def tc_grid_summary(case: Case, launches: list[KernelLaunch], rows: list[Row]) -> list[dict]:
+    """Per β-TCVAE launch: the grid, its programs per SM on an H100, the blocks an SM
+    holds of the compiled kernel, and the fraction of one wave (SMs × those blocks) the
+    grid fills."""
+    out = []
+    for launch, row in zip(launches, rows, strict=True):
+        programs = math.prod(launch.grid)
+        wave = H100_SMS * max(row.resident_blocks, 1)
+        out.append(
+            {
+                "kernel": launch.kernel.__name__,
+                "grid": list(launch.grid),
+                "programs": programs,
+                "programs_per_sm": programs / H100_SMS,
+                "resident_blocks": row.resident_blocks,
+                "wave_fill": programs / wave,
+                "must_fill": launch.kernel.__name__ in _COMPUTE_BOUND
+                and case.shape[0] >= 256
+                and case.shape[1] in TC_FILL_LATENTS,
+            }
+        )
+    return out
 
 
 def _element_size(spec: Spec) -> int | None:
     sizes = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
     first = next((t for n, t in spec.signature if t.startswith("*")), None)
-    if spec.kernel == "_finalize_loss" or spec.kernel in _COMPUTE_BOUND or not first:
+    if spec.kernel == "_finalize_loss" or spec.kernel in _ROW_BLOCKS or not first:
         return None
     return sizes.get(first[1:])
 
@@ -441,6 +480,35 @@ def workload_summary(case: Case, launches: list[KernelLaunch]) -> dict:
 
 
 # ---- report -----------------------------------------------------------------------------
+
+
+def tc_table(tc_grids: dict[str, list[dict]]) -> str:
+    """The β-TCVAE grids: per case and kernel, grid, programs per SM, blocks an SM holds,
+    and the fraction of one H100 wave filled."""
+    lines = [
+        "β-TCVAE grids on an H100 (132 SMs): programs per SM, blocks per SM of the compiled "
+        "kernel, fraction of one wave filled",
+        f"{'case':<18} {'kernel':<30} {'grid':>12} {'prog/SM':>8} {'blk/SM':>6} {'wave':>6}",
+    ]
+    for name, launches in tc_grids.items():
+        for g in launches:
+            grid = "x".join(map(str, g["grid"]))
+            lines.append(
+                f"{name:<18} {g['kernel']:<30} {grid:>12} {g['programs_per_sm']:>8.1f} "
+                f"{g['resident_blocks']:>6} {g['wave_fill']:>6.2f}"
+            )
+    return "\n".join(lines)
+
+
+def tc_unfilled(tc_grids: dict[str, list[dict]]) -> list[str]:
+    """The pairwise launches at B ≥ 256, D in :data:`TC_FILL_LATENTS` that fill less than
+    one wave."""
+    return [
+        f"{name}:{g['kernel']}"
+        for name, launches in tc_grids.items()
+        for g in launches
+        if g["must_fill"] and g["wave_fill"] < 1.0
+    ]
 
 
 def table(rows: dict[str, Row], workloads: dict[str, dict], archs: tuple[int, ...]) -> str:
@@ -467,29 +535,49 @@ def table(rows: dict[str, Row], workloads: dict[str, dict], archs: tuple[int, ..
     return "\n".join(lines)
 
 
-def summary(rows: dict[str, Row], archs: tuple[int, ...]) -> str:
+def summary(rows: dict[str, Row], archs: tuple[int, ...], tc_grids: dict) -> str:
     spilling = sum(any(r.arch[a]["spill_bytes"] for a in archs) for r in rows.values())
     allowed = [r for r in rows.values() if r.vectors_allowed]
     vector_ok = sum(r.vectors_ok for r in allowed)
     persistent = [r for r in rows.values() if r.persistent]
     waves = sum(r.one_wave for r in persistent)
     arch_names = ", ".join(f"sm_{a}{'a' if a == 90 else ''}" for a in archs)
+    must = [g for launches in tc_grids.values() for g in launches if g["must_fill"]]
+    filled = len(must) - len(tc_unfilled(tc_grids))
     return (
         f"codegen: {len(rows)} specializations compiled for {arch_names}; {spilling} spill; "
         f"128-bit data access in {vector_ok} of {len(allowed)} where the layout allows; "
-        f"{waves} of {len(persistent)} persistent grids in one wave on an H100"
+        f"{waves} of {len(persistent)} persistent grids in one wave on an H100; "
+        f"β-TCVAE: {filled} of {len(must)} pairwise grids at B >= 256, D in "
+        f"{'/'.join(map(str, TC_FILL_LATENTS))} fill one wave"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.codegen", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--arch",
+        type=int,
+        nargs="+",
+        default=[90, 80],
+        metavar="SM",
+        help="compute capabilities to compile for: 90 is sm_90a (H100), 80 sm_80 (A100) "
+        "(default: 90 80)",
+    )
     parser.add_argument("--quick", action="store_true", help="one case per dist and dtype")
-    parser.add_argument("--out", type=Path, default=Path("perf/out"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("perf/out"),
+        help="folder for codegen.txt and codegen.json (default: perf/out/)",
+    )
     args = parser.parse_args(argv)
     archs = tuple(args.arch)
-    rows, workloads = analyse(cases(args.quick), archs)
-    text = table(rows, workloads, archs) + "\n\n" + summary(rows, archs)
+    rows, workloads, tc_grids = analyse(cases(args.quick), archs)
+    text = table(rows, workloads, archs) + "\n\n" + tc_table(tc_grids)
+    text += "\n\n" + summary(rows, archs, tc_grids)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "codegen.txt").write_text(text + "\n")
@@ -499,11 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "specializations": {label: asdict(row) for label, row in rows.items()},
         "workloads": workloads,
+        "tc_grids": tc_grids,
     }
     (args.out / "codegen.json").write_text(json.dumps(data, indent=1, default=str))
     failed = [r for r in rows.values() if not r.vectors_ok or (r.persistent and not r.one_wave)]
     failed += [r for r in rows.values() if any(r.arch[a]["spill_bytes"] for a in archs)]
-    return 1 if failed else 0
+    return 1 if failed or tc_unfilled(tc_grids) else 0
 
 
 if __name__ == "__main__":

@@ -19,20 +19,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def analysis(tmp_path_factory):
+def codegen_json(tmp_path_factory):
     """``python -m perf.codegen --arch 90 --quick``, in a process of its own: the kernels
     must be Triton's compiled functions, not the interpreter's (which conftest sets)."""
     out = tmp_path_factory.mktemp("codegen")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "perf.codegen", "--arch", "90", "--quick", "--out", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    data = json.loads((out / "codegen.json").read_text())
+    assert "codegen:" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads((out / "codegen.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def analysis(codegen_json):
+    """The report's specializations (by label) and workloads."""
     rows = {}
-    for label, row in data["specializations"].items():
+    for label, row in codegen_json["specializations"].items():
         row["arch"] = {int(k): v for k, v in row["arch"].items()}
         rows[label] = SimpleNamespace(**row)
-    assert "codegen:" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
-    return rows, data["workloads"]
+    return rows, codegen_json["workloads"]
 
 
 def test_every_specialization_compiles_without_spills(analysis):
@@ -82,6 +87,17 @@ def test_the_beta_tcvae_kernels_are_compiled_too(analysis):
         }, name
 
 
+def test_the_beta_tcvae_grids_fill_one_wave(codegen_json):
+    """At B ≥ 256 and D = 10 or 32, each pairwise kernel's grid (row blocks × splits of the
+    batch) holds at least as many programs as 132 SMs hold of its compiled code at once;
+    the report shows the fill of every launch."""
+    grids = codegen_json["tc_grids"]
+    assert {"btcvae-256x10", "btcvae-256x32", "btcvae-16384x10"} <= set(grids)
+    must = [(name, g) for name, gs in grids.items() for g in gs if g["must_fill"]]
+    assert len(must) >= 12
+    assert [(name, g["kernel"], g["wave_fill"]) for name, g in must if g["wave_fill"] < 1] == []
+
+
 def test_vector_width_reader():
     """The PTX reader counts 128-bit accesses as such, and narrower ones apart."""
     if str(ROOT) not in sys.path:
@@ -112,7 +128,11 @@ def test_tools_plan_the_launches_for_a_described_gpu():
         per_sm = tools.persistent_programs_per_sm(4)
         assert first.grid == (1, per_sm * gpu.sm_count)
     z = torch.empty(256, 10, device="meta")
-    names = [launch.kernel.__name__ for launch in tools.beta_tcvae_launches(z)]
-    assert names == [
-        "_minibatch_log_densities_fwd", "_minibatch_grad_z", "_minibatch_grad_posterior"
+    launches = {launch.kernel.__name__: launch for launch in tools.beta_tcvae_launches(z)}
+    assert list(launches) == [
+        "_minibatch_log_densities_fwd", "_merge_split_log_sum_exps", "_minibatch_grad_z",
+        "_minibatch_grad_posterior",
     ]  # fmt: skip
+    # 16 row blocks: the batch is split so that 132 SMs get a wave of programs.
+    fwd = launches["_minibatch_log_densities_fwd"]
+    assert fwd.grid[0] == 16 and fwd.grid[0] * fwd.grid[1] >= 132 * 12

@@ -10,10 +10,21 @@ The samples z_i are ``n_rows`` rows whose batch indices start at ``row_offset`` 
 share of a batch gathered across ranks; 0 and ``batch`` on one process); the posteriors
 are the whole batch of ``batch``, and log w_ij is that of the global indices.
 
-One kernel for the forward pass (by blocks of rows i, each walking every posterior j) and
-two for the backward pass, which recompute M from the saved log-sum-exps: the gradient of
-z by rows i, of μ and log σ by columns j, so that every sum runs in one program, in a fixed
-order (deterministic, no atomics).
+The walk over the batch is split so that the grid fills the GPU whatever B: each program
+takes a block of rows and one *split* of the other index (a range of ``span`` posteriors j
+forward and for dL/dz; a range of ``span`` samples i for dL/dμ and dL/d log σ), and writes
+partial results per split, which a second kernel (forward: :func:`_merge_split_log_sum_exps`)
+or a sum over the splits (backward) combines in a fixed order: deterministic, no atomics,
+O(splits·B·D) extra memory. Kernels:
+
+- :func:`_minibatch_log_densities_fwd`: per row block and split of j, the online
+  log-sum-exps (maximum and rescaled sum) of the joint and of each marginal;
+- :func:`_merge_split_log_sum_exps`: per row block, those partials merged over the splits;
+- :func:`_minibatch_grad_z`: per row block and split of j, its share of dL/dz;
+- :func:`_minibatch_grad_posterior`: per column block and split of i, its shares of dL/dμ
+  and dL/d log σ.
+
+The backward kernels recompute M from the saved log-sum-exps.
 """
 
 import triton
@@ -98,26 +109,31 @@ def _minibatch_log_densities_fwd(
     z_ptr,
     mu_ptr,
     log_sigma_ptr,
-    log_qz_ptr,
-    log_prod_ptr,
+    part_max_ptr,
+    part_sum_ptr,
     n_rows,
     row_offset,
     batch,
     latent,
     dataset_size,
+    span,
     ESTIMATOR: tl.constexpr,
     ACC_FP64: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """log q(z_i) and log q(z_id) (before the product) for a block of rows i.
+    """The online log-sum-exps of the joint and of each marginal for a block of rows i
+    over one split of the posteriors, j in [split·span, (split + 1)·span) ∩ [0, B).
 
-    Grid: cdiv(n_rows, BLOCK_I). Memory traffic: reads the block's z once and every
-    posterior once per program (B·D·cdiv(n_rows, BLOCK_I) values, from the cache); writes
-    n_rows·(1 + D) values.
+    Grid: (cdiv(n_rows, BLOCK_I), splits). Writes, at [split, i, :], the running maximum
+    and rescaled sum of each marginal d < D and, in column D, of the joint: partials of
+    shape (splits, n_rows, D + 1); an empty split writes (−inf, 0). Memory traffic: reads
+    the block's z once and the split's posteriors once (from the cache); writes
+    2·BLOCK_I·(D + 1) values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
+    split = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
     row_ok, dim_ok = rows < n_rows, dims < latent
@@ -127,7 +143,7 @@ def _minibatch_log_densities_fwd(
     sum_q = tl.zeros([BLOCK_I], acc_ty)
     max_p = tl.full([BLOCK_I, BLOCK_D], float("-inf"), acc_ty)
     sum_p = tl.zeros([BLOCK_I, BLOCK_D], acc_ty)
-    for j in range(0, batch):
+    for j in range(split * span, tl.minimum(split * span + span, batch)):
         mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])
@@ -135,8 +151,59 @@ def _minibatch_log_densities_fwd(
         joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
         max_q, sum_q = _online_log_sum_exp(max_q, sum_q, joint)
         max_p, sum_p = _online_log_sum_exp(max_p, sum_p, pair + lw[:, None])
-    tl.store(log_qz_ptr + rows, max_q + tl.log(sum_q), mask=row_ok)
-    tl.store(log_prod_ptr + tile, max_p + tl.log(sum_p), mask=row_ok[:, None] & dim_ok[None, :])
+    width = latent + 1
+    out = split * n_rows * width + rows[:, None] * width + dims[None, :]
+    out_ok = row_ok[:, None] & dim_ok[None, :]
+    tl.store(part_max_ptr + out, max_p, mask=out_ok)
+    tl.store(part_sum_ptr + out, sum_p, mask=out_ok)
+    joint_out = split * n_rows * width + rows * width + latent
+    tl.store(part_max_ptr + joint_out, max_q, mask=row_ok)
+    tl.store(part_sum_ptr + joint_out, sum_q, mask=row_ok)
+
+
+@triton.jit
+def _merge_split_log_sum_exps(
+    part_max_ptr,
+    part_sum_ptr,
+    log_qz_ptr,
+    log_prod_ptr,
+    n_rows,
+    latent,
+    splits,
+    BLOCK_S: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """log q(z_i) and log q(z_id) from the forward's partials (splits, n_rows, D + 1),
+    merged over the splits, BLOCK_S at a time in split order: per tile, M = max_s m_s and
+    Σ_s s_s·e^{m_s − M}, folded into the running (maximum, sum) as an online log-sum-exp.
+    An empty or all −inf split adds nothing; −inf when every split is; NaN propagates.
+
+    Grid: cdiv(n_rows·(D + 1), BLOCK_N). Memory traffic: reads the partials once
+    (2·splits·n_rows·(D + 1) values), writes n_rows·(1 + D) values.
+    """
+    acc_ty = part_sum_ptr.dtype.element_ty
+    flat = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    width = latent + 1
+    size = n_rows * width
+    flat_ok = flat < size
+    top = tl.full([BLOCK_N], float("-inf"), acc_ty)
+    total = tl.zeros([BLOCK_N], acc_ty)
+    for first in range(0, splits, BLOCK_S):
+        split = first + tl.arange(0, BLOCK_S)
+        ok = (split < splits)[:, None] & flat_ok[None, :]
+        tile = split[:, None] * size + flat[None, :]
+        m = tl.load(part_max_ptr + tile, mask=ok, other=float("-inf"))
+        s = tl.load(part_sum_ptr + tile, mask=ok, other=0.0)
+        new_top = tl.maximum(top, tl.max(m, axis=0), propagate_nan=tl.PropagateNan.ALL)
+        safe_top = tl.where(new_top == float("-inf"), 0.0, new_top)
+        scale = tl.where(m == float("-inf"), 0.0, tl.exp(m - safe_top[None, :]))
+        rescale = tl.where(top == float("-inf"), 0.0, tl.exp(top - safe_top))
+        total = total * rescale + tl.sum(s * scale, axis=0)
+        top = new_top
+    lse = tl.where(top == float("-inf"), top, top + tl.log(total))
+    row, col = flat // width, flat % width
+    tl.store(log_qz_ptr + row, lse, mask=flat_ok & (col == latent))
+    tl.store(log_prod_ptr + row * latent + col, lse, mask=flat_ok & (col < latent))
 
 
 @triton.jit
@@ -148,25 +215,30 @@ def _minibatch_grad_z(
     log_prod_ptr,
     g_qz_ptr,
     g_prod_ptr,
-    grad_z_ptr,
+    part_grad_z_ptr,
     n_rows,
     row_offset,
     batch,
     latent,
     dataset_size,
+    span,
     ESTIMATOR: tl.constexpr,
     ACC_FP64: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """dL/dz for a block of rows i: Σ_j G_ijd · ∂M_ijd/∂z_id, with G_ijd =
-    g_qz_i · softmax_j(joint) + g_prod_id · softmax_j(marginal), recomputed.
+    """One split's share of dL/dz for a block of rows i: Σ_j G_ijd · ∂M_ijd/∂z_id over
+    the split's posteriors j, with G_ijd = g_qz_i · softmax_j(joint) + g_prod_id ·
+    softmax_j(marginal), recomputed.
 
-    Grid: cdiv(n_rows, BLOCK_I). Memory traffic: as the forward pass, plus the block's
-    saved log-sum-exps and incoming gradients; writes n_rows·D values.
+    Grid: (cdiv(n_rows, BLOCK_I), splits). Writes the share at [split, i, :] of partials
+    (splits, n_rows, D), which the caller sums over the splits in order. Memory traffic:
+    as the forward pass, plus the block's saved log-sum-exps and incoming gradients;
+    writes BLOCK_I·D values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
+    split = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
     row_ok, dim_ok = rows < n_rows, dims < latent
@@ -178,14 +250,15 @@ def _minibatch_grad_z(
     g_qz = tl.load(g_qz_ptr + rows, mask=row_ok, other=0.0).to(acc_ty)
     g_prod = tl.load(g_prod_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
     grad = tl.zeros([BLOCK_I, BLOCK_D], acc_ty)
-    for j in range(0, batch):
+    for j in range(split * span, tl.minimum(split * span + span, batch)):
         mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         pair, d_mu, _ = _pair(z, mu[None, :], log_sigma[None, :])
         lw = log_weight(rows + row_offset, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod, g_prod)
         grad -= g * d_mu
-    tl.store(grad_z_ptr + tile, grad.to(grad_z_ptr.dtype.element_ty), mask=tile_ok)
+    out = split * n_rows * latent + tile
+    tl.store(part_grad_z_ptr + out, grad.to(part_grad_z_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
@@ -197,27 +270,32 @@ def _minibatch_grad_posterior(
     log_prod_ptr,
     g_qz_ptr,
     g_prod_ptr,
-    grad_mu_ptr,
-    grad_log_sigma_ptr,
+    part_grad_mu_ptr,
+    part_grad_log_sigma_ptr,
     n_rows,
     row_offset,
     batch,
     latent,
     dataset_size,
+    span,
     ESTIMATOR: tl.constexpr,
     ACC_FP64: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """dL/dμ and dL/d log σ for a block of posteriors j: Σ_i G_ijd · ∂M_ijd/∂(μ, log σ),
-    recomputed; each program walks every sample i (the ``n_rows`` of this rank).
+    """One split's shares of dL/dμ and dL/d log σ for a block of posteriors j:
+    Σ_i G_ijd · ∂M_ijd/∂(μ, log σ) over the split's samples i (rows of this rank, in
+    [split·span, (split + 1)·span)), recomputed.
 
-    Grid: cdiv(B, BLOCK_J). Memory traffic: reads the block's posteriors once and every
-    sample with its saved log-sum-exps and incoming gradients once per program
-    (n_rows·(2 + 3D) values per program, from the cache); writes 2·B·D values.
+    Grid: (cdiv(B, BLOCK_J), splits). Writes the shares at [split, j, :] of partials
+    (splits, B, D), which the caller sums over the splits in order. Memory traffic: reads
+    the block's posteriors once and the split's samples with their saved log-sum-exps and
+    incoming gradients once (span·(2 + 3D) values, from the cache); writes 2·BLOCK_J·D
+    values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
+    split = tl.program_id(1)
     cols = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     dims = tl.arange(0, BLOCK_D)
     col_ok, dim_ok = cols < batch, dims < latent
@@ -227,7 +305,7 @@ def _minibatch_grad_posterior(
     log_sigma = tl.load(log_sigma_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
     grad_mu = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
     grad_log_sigma = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
-    for i in range(0, n_rows):
+    for i in range(split * span, tl.minimum(split * span + span, n_rows)):
         z = tl.load(z_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         log_prod = tl.load(log_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
         g_prod = tl.load(g_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
@@ -238,6 +316,7 @@ def _minibatch_grad_posterior(
         g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod[None, :], g_prod[None, :])
         grad_mu += g * d_mu
         grad_log_sigma += g * (diff * d_mu - 1.0)
-    tl.store(grad_mu_ptr + tile, grad_mu.to(grad_mu_ptr.dtype.element_ty), mask=tile_ok)
-    grad_ty = grad_log_sigma_ptr.dtype.element_ty
-    tl.store(grad_log_sigma_ptr + tile, grad_log_sigma.to(grad_ty), mask=tile_ok)
+    out = split * batch * latent + tile
+    grad_ty = part_grad_mu_ptr.dtype.element_ty
+    tl.store(part_grad_mu_ptr + out, grad_mu.to(grad_ty), mask=tile_ok)
+    tl.store(part_grad_log_sigma_ptr + out, grad_log_sigma.to(grad_ty), mask=tile_ok)
