@@ -6,14 +6,19 @@ each step's peak extra memory: the bytes it allocates beyond its inputs. Contend
 
 ==================== =========================================================================
 ``ours-triton``      ``betavae_triton.kl_decomposition(..., backend="triton")`` (GPU only)
-``ours-eager``       the same with ``backend="eager"``: chunked torch ops, backward by
-                     recomputation
+``ours-eager``       the same with ``backend="eager"``: on a CPU the C kernels
+                     (``tcvae/minibatch.c``), backward by recomputation
+``ours-compiled``    ``torch.compile`` of a function that calls ours (the default backend:
+                     the kernels of the device), what a user's compiled training step runs
 ``formula``          the B×B×D formula as public implementations write it (Chen et al.'s
                      ``_log_density`` pairwise tensor, ``logsumexp`` over dim 1), float32
 ``formula-compiled`` ``torch.compile`` (inductor) of ``formula``
 ==================== =========================================================================
 
-"ours" is ``ours-triton`` on a GPU and ``ours-eager`` on a CPU: the targets are held to it.
+"ours" is ``ours-triton`` on a GPU and ``ours-eager`` on a CPU: the targets are held to it
+(and to ``ours-compiled`` against ``formula-compiled``). Without ``--quick``, a global
+batch (``--global-batch``, default 16384 × 32) is also timed in one process and as
+``gather=True`` over two gloo ranks, where no B×B×D formula fits in memory.
 The formula contenders are skipped, with their predicted peak, where it exceeds
 ``--memory-cap``. Writes a table to the terminal and ``btcvae_<device>.json`` / ``.txt``
 under ``--out`` (default ``perf/out/``). Also runs as ``python perf/btcvae.py``.
@@ -42,6 +47,7 @@ import math
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -80,8 +86,11 @@ LATENTS = (10, 32, 128)
 QUICK_BATCHES = (256, 1024)
 QUICK_LATENTS = (10, 32)
 #: Every contender, in table order.
-CONTENDERS = ("ours-triton", "ours-eager", "formula", "formula-compiled")
-COMPILED = frozenset({"formula-compiled"})
+CONTENDERS = ("ours-triton", "ours-eager", "ours-compiled", "formula", "formula-compiled")
+COMPILED = frozenset({"ours-compiled", "formula-compiled"})
+#: The global batch (B, D) timed in one process and over GATHER_RANKS gloo ranks.
+GLOBAL_BATCH = (16384, 32)
+GATHER_RANKS = 2
 #: Peak extra memory of one forward + backward, in float32 B×B×D tensors, plus B×B
 #: matrices (the log-weights and the joint's log-sum-exp input): measured on a CPU at
 #: B = 256 … 1024 (torch 2.13); every run prints the measured peak next to the prediction.
@@ -384,6 +393,11 @@ def primary(device: torch.device) -> str:
 
 def build_terms(name: str) -> Callable:
     """``(z, q_loc, q_scale) -> (mi, tc, dw_kl)`` for a contender (a fresh compile)."""
+    if name == "ours-compiled":
+        ours = functools.partial(
+            _ours_terms, dataset_size=DATASET_SIZE, estimator=ESTIMATOR, backend=None
+        )
+        return torch.compile(ours, dynamic=False)
     if name.startswith("ours-"):
         backend = name.removeprefix("ours-")
         return functools.partial(
@@ -563,6 +577,154 @@ def _progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
 
+# --- a global batch --------------------------------------------------------------------------
+
+
+def _global_inputs(batch: int, latent: int) -> tuple[torch.Tensor, ...]:
+    """The global batch ``(z, q_loc, q_scale)``, float32, the same in every process."""
+    return make_input_sets(batch, latent, torch.device("cpu"), 1, seed=1)[0]
+
+
+def _ours_gather_terms(z, q_loc, q_scale):
+    return kl_decomposition(
+        z, q_loc, q_scale, DATASET_SIZE, ESTIMATOR, validate_args=False, gather=True
+    )
+
+
+def _timed_steps(terms: Callable, leaves: tuple, steps: int, device: torch.device) -> dict:
+    """One warm-up step, the peak extra memory of one, then ``steps`` timed steps."""
+    loss = float(_step(terms, leaves))
+    peak = peak_extra_bytes(lambda: _step(terms, leaves), device)
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        _step(terms, leaves)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return {"loss": loss, "peak_extra_bytes": peak, "seconds": seconds}
+
+
+def _gather_rank(batch: int, latent: int, steps: int, out: str) -> None:
+    """One gloo rank of :func:`bench_global_batch` (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT`` set): its share of the global batch, scored with
+    ``gather=True``; the timings to ``out`` as JSON."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    rows = slice(rank * batch // world, (rank + 1) * batch // world)
+    leaves = tuple(t[rows].detach().clone().requires_grad_() for t in _global_inputs(batch, latent))
+    result = _timed_steps(_ours_gather_terms, leaves, steps, torch.device("cpu"))
+    result.update(rank=rank, threads=torch.get_num_threads())
+    Path(out).write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gather_processes(batch: int, latent: int, steps: int, ranks: int) -> list[dict]:
+    """Run :func:`_gather_rank` in ``ranks`` processes; their results, by rank."""
+    import tempfile
+
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env["WORLD_SIZE"] = str(ranks)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [str(Path(tmp) / f"rank{r}.json") for r in range(ranks)]
+        procs = []
+        for r in range(ranks):
+            call = f"_gather_rank({batch}, {latent}, {steps}, {outs[r]!r})"
+            code = f"from perf.btcvae import _gather_rank; {call}"
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code],
+                    env=dict(env, RANK=str(r)),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        errors = [p.communicate(timeout=3600)[1] for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(
+                next(e for p, e in zip(procs, errors, strict=True) if p.returncode)[-800:]
+            )
+        return [json.loads(Path(o).read_text()) for o in outs]
+
+
+def bench_global_batch(batch: int, latent: int, device: torch.device, steps: int = 2) -> dict:
+    """Ours at a global batch where no B×B×D formula fits: forward + backward in one
+    process (every thread), and, on a CPU, with ``gather=True`` over
+    :data:`GATHER_RANKS` gloo ranks that share the CPUs (each its share of the rows,
+    scored against every posterior): seconds per step, peak extra memory (per rank), the
+    losses (the ranks' mean is the single process's), and what the formula would hold."""
+    _progress(f"global batch B={batch} D={latent}: one process")
+    leaves = tuple(t.to(device).detach().requires_grad_() for t in _global_inputs(batch, latent))
+    terms = functools.partial(
+        _ours_terms, dataset_size=DATASET_SIZE, estimator=ESTIMATOR, backend=None
+    )
+    single = _timed_steps(terms, leaves, steps, device)
+    single["threads"] = torch.get_num_threads()
+    result = {
+        "batch": batch,
+        "latent": latent,
+        "single": single,
+        "gather": None,
+        "gather_note": None,
+        "bbd_bytes": bbd_bytes(batch, latent),
+        "formula_predicted_peak_bytes": predicted_peak_bytes("formula", batch, latent),
+        "compiled_predicted_peak_bytes": predicted_peak_bytes("formula-compiled", batch, latent),
+    }
+    if device.type != "cpu":
+        result["gather_note"] = "gather timed on a CPU only (gloo ranks sharing its cores)"
+        return result
+    _progress(f"global batch B={batch} D={latent}: {GATHER_RANKS} gloo ranks, gather=True")
+    try:
+        result["gather"] = _gather_processes(batch, latent, steps, GATHER_RANKS)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        result["gather_note"] = f"{type(err).__name__}: {err}"
+    return result
+
+
+def format_global_batch(g: dict) -> str:
+    """The global batch's lines of the report."""
+    b, d = g["batch"], g["latent"]
+    single = g["single"]
+    lines = [
+        f"global batch B={b} D={d}: one process ({single['threads']} threads): "
+        f"{format_seconds(statistics.median(single['seconds']))} per step, peak extra "
+        f"{_mib(single['peak_extra_bytes'])}"
+    ]
+    if g["gather"]:
+        ranks = g["gather"]
+        worst = max(statistics.median(r["seconds"]) for r in ranks)
+        peak = max(r["peak_extra_bytes"] for r in ranks)
+        mean_loss = sum(r["loss"] for r in ranks) / len(ranks)
+        rel = abs(mean_loss - single["loss"]) / abs(single["loss"])
+        lines.append(
+            f"global batch B={b} D={d}: gather=True over {len(ranks)} gloo ranks of "
+            f"{b // len(ranks)} rows ({ranks[0]['threads']} thread(s) each): "
+            f"{format_seconds(worst)} per step (slowest rank), peak extra "
+            f"{_mib(peak)} per rank; mean of the ranks' losses vs one process: rel. diff "
+            f"{rel:.1e}"
+        )
+    elif g["gather_note"]:
+        lines.append(f"global batch: gather not timed: {g['gather_note']}")
+    lines.append(
+        f"global batch B={b} D={d}: the formula would hold B×B×D float32 tensors of "
+        f"{_mib(g['bbd_bytes'])} each: predicted peak {_mib(g['formula_predicted_peak_bytes'])} "
+        f"eager, {_mib(g['compiled_predicted_peak_bytes'])} compiled"
+    )
+    return "\n".join(lines)
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -611,8 +773,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def check_targets(rows: list[dict], ours: str) -> dict:
-    """The two targets: ours' peak extra memory at B = 4096, D = 128 under 64 MiB, and ours
-    no slower than the formula wherever the formula ran (formula_time / ours_time ≥ 1)."""
+    """The targets: ours' peak extra memory at B = 4096, D = 128 under 64 MiB (and
+    ``ours-compiled``'s); ours no slower than the formula wherever the formula ran
+    (formula_time / ours_time ≥ 1); ours and ``ours-compiled`` no slower than the compiled
+    formula wherever it ran (compiled_time / ours_time ≥ 1)."""
     batch, latent, limit = OURS_MEMORY_TARGET
     mine = [r for r in rows if r["contender"] == ours]
     at = [r for r in mine if (r["batch"], r["latent"]) == (batch, latent)]
@@ -624,6 +788,22 @@ def check_targets(rows: list[dict], ours: str) -> dict:
     ]
     for s in speed:
         s["met"] = s["ratio"] >= 1.0
+    compiled = [
+        {
+            "contender": r["contender"],
+            "batch": r["batch"],
+            "latent": r["latent"],
+            "ratio": r["compiled_over_this"],
+            "met": r["compiled_over_this"] >= 1.0,
+        }
+        for r in rows
+        if r["contender"] in (ours, "ours-compiled") and r["compiled_over_this"] is not None
+    ]
+    compiled_peak = [
+        r["peak_extra_bytes"]
+        for r in rows
+        if r["contender"] == "ours-compiled" and (r["batch"], r["latent"]) == (batch, latent)
+    ]
     return {
         "ours": ours,
         "memory": {
@@ -634,6 +814,11 @@ def check_targets(rows: list[dict], ours: str) -> dict:
             "met": None if peak is None else peak < limit,
         },
         "speed_vs_formula": speed,
+        "speed_vs_compiled_formula": compiled,
+        "compiled_memory": {
+            "peak_extra_bytes": compiled_peak[0] if compiled_peak else None,
+            "met": compiled_peak[0] < limit if compiled_peak and compiled_peak[0] else None,
+        },
     }
 
 
@@ -657,6 +842,23 @@ def format_targets(targets: dict) -> str:
         + ("" if not missed else "; MISSED at ")
         + ", ".join(f"B={s['batch']} D={s['latent']} ({s['ratio']:.2f}x)" for s in missed)
     )
+    compiled = targets.get("speed_vs_compiled_formula", [])
+    for name in sorted({s["contender"] for s in compiled}):
+        mine = [s for s in compiled if s["contender"] == name]
+        missed = [s for s in mine if not s["met"]]
+        lines.append(
+            f"target: {name} no slower than formula-compiled where it ran "
+            f"(compiled_time / {name}_time >= 1): met on {len(mine) - len(missed)} of "
+            f"{len(mine)} (B, D)"
+            + ("" if not missed else "; MISSED at ")
+            + ", ".join(f"B={s['batch']} D={s['latent']} ({s['ratio']:.2f}x)" for s in missed)
+        )
+    peak = targets.get("compiled_memory", {}).get("peak_extra_bytes")
+    if peak is not None:
+        verdict = "met" if targets["compiled_memory"]["met"] else "MISSED"
+        lines.append(
+            f"target: ours-compiled peak extra memory at {where} < 64 MiB: {_mib(peak)}: {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -722,6 +924,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="output folder (default: perf/out/)"
+    )
+    parser.add_argument(
+        "--global-batch",
+        type=int,
+        nargs=2,
+        metavar=("B", "D"),
+        help=f"the global batch timed in one process and with gather=True "
+        f"(default: {GLOBAL_BATCH[0]} {GLOBAL_BATCH[1]}, not with --quick; 0 0: none)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
@@ -809,6 +1019,10 @@ def run(args: argparse.Namespace) -> dict:
     for batch in batches:
         for latent in latents:
             rows += bench_case(batch, latent, ctx)
+    global_batch = args.global_batch or (None if args.quick else GLOBAL_BATCH)
+    big = None
+    if global_batch and all(global_batch):
+        big = bench_global_batch(*global_batch, device)
     meta["elapsed_s"] = time.perf_counter() - start
     meta["load_after"] = machine.machine_load()
     meta["quiet_wait_s"] = quiet_budget - ctx["timing"].quiet_budget_s
@@ -820,9 +1034,12 @@ def run(args: argparse.Namespace) -> dict:
         "memory_check": checks,
         "targets": targets,
         "results": rows,
+        "global_batch": big,
     }
     text = _header(meta, busy) + format_table(rows) + "\n\n"
     text += format_targets(targets) + "\n" + format_memory_check(checks)
+    if big is not None:
+        text += "\n" + format_global_batch(big)
     print(text)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

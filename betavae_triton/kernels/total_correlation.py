@@ -195,12 +195,12 @@ def _merge_split_log_sum_exps(
         m = tl.load(part_max_ptr + tile, mask=ok, other=float("-inf"))
         s = tl.load(part_sum_ptr + tile, mask=ok, other=0.0)
         new_top = tl.maximum(top, tl.max(m, axis=0), propagate_nan=tl.PropagateNan.ALL)
-        safe_top = tl.where(new_top == float("-inf"), 0.0, new_top)
-        scale = tl.where(m == float("-inf"), 0.0, tl.exp(m - safe_top[None, :]))
-        rescale = tl.where(top == float("-inf"), 0.0, tl.exp(top - safe_top))
-        total = total * rescale + tl.sum(s * scale, axis=0)
+        # Shift by 0 while every split so far is −inf: e^(−inf − 0) = 0, where
+        # (−inf) − (−inf) would be NaN.
+        shift = tl.where(new_top == float("-inf"), 0.0, new_top)
+        total = total * tl.exp(top - shift) + tl.sum(s * tl.exp(m - shift[None, :]), axis=0)
         top = new_top
-    lse = tl.where(top == float("-inf"), top, top + tl.log(total))
+    lse = top + tl.log(total)  # −inf + log 0 = −inf where every split is −inf
     row, col = flat // width, flat % width
     tl.store(log_qz_ptr + row, lse, mask=flat_ok & (col == latent))
     tl.store(log_prod_ptr + row * latent + col, lse, mask=flat_ok & (col < latent))
