@@ -1,11 +1,19 @@
-"""Input checks shared by every backend (CONTRACT section 5).
+"""Input checks shared by every backend (the README's "Bad input").
 
 Everything here reads only metadata (shapes, dtypes, devices) and never synchronises with
-the device, except :func:`check_bernoulli_range`, which runs only in eager mode with
-argument validation on.
+the device, except the checks of values, which run only with argument validation on, in
+eager mode (:func:`value_checks_run`): Bernoulli values in [0, 1]
+(:func:`check_bernoulli_range`) and posterior scales above 0
+(:func:`check_positive_scale`), one host sync each on a GPU. Loss weights
+(:func:`check_weight`) are read only where that costs no sync: Python numbers, and
+tensors on the CPU, in eager mode.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
+import operator
 
 import torch
 from torch.distributions import Distribution
@@ -121,6 +129,17 @@ def validation_enabled(validate_args: bool | None) -> bool:
     return bool(validate_args)
 
 
+def value_checks_run(validate_args: bool | None, t: torch.Tensor) -> bool:
+    """Whether the checks that read the values of ``t`` run: validation on, in eager mode
+    (not inside ``torch.compile``), not during a CUDA-graph capture, not on ``meta``
+    tensors. On a GPU each such check is a host synchronisation."""
+    if not validation_enabled(validate_args) or torch.compiler.is_compiling():
+        return False
+    if t.device.type == "meta":
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def check_bernoulli_range(
     p: torch.Tensor | None, x: torch.Tensor, validate_args: bool | None
 ) -> None:
@@ -128,13 +147,11 @@ def check_bernoulli_range(
 
     ``p=None`` checks the targets alone (logits may be any real number).
 
-    The one host synchronisation in the package: it runs only in eager mode with validation
-    on. Inside ``torch.compile`` or a CUDA-graph capture it is skipped and bad values give
-    NaN. NaN itself is not "out of range": it propagates to the result.
+    A host synchronisation on a GPU: it runs only when :func:`value_checks_run` (eager
+    mode, validation on). Inside ``torch.compile`` or a CUDA-graph capture it is skipped
+    and bad values give NaN. NaN itself is not "out of range": it propagates to the result.
     """
-    if not validation_enabled(validate_args) or torch.compiler.is_compiling():
-        return
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+    if not value_checks_run(validate_args, x):
         return
     for name, t in (("probabilities p", p), ("targets x", x)):
         if t is None:
@@ -147,6 +164,53 @@ def check_bernoulli_range(
             )
 
 
+SCALE_MESSAGE = (
+    "q.scale must be positive; found a value <= 0. Pass validate_args=False (or "
+    "torch.distributions.Distribution.set_default_validate_args(False)) to skip this check."
+)
+
+
+def check_positive_scale(
+    q_scale: torch.Tensor, q_is_logvar: bool, validate_args: bool | None
+) -> None:
+    """Raise ``ValueError`` if a posterior scale σ is ≤ 0 (the same check, and message, for
+    every loss).
+
+    Only when :func:`value_checks_run` (validation on, eager mode: a host sync on a GPU);
+    never for a log-variance (any real number is one). NaN is not ≤ 0: it propagates.
+    """
+    if q_is_logvar or not value_checks_run(validate_args, q_scale):
+        return
+    if bool((q_scale <= 0).any()):
+        raise ValueError(SCALE_MESSAGE)
+
+
+def check_dataset_size(dataset_size: object) -> int:
+    """β-TCVAE's N as an ``int``: any integral number (``int``, a NumPy integer: anything
+    with ``__index__``), not a bool. An ``int`` is returned as it is: under
+    ``torch.compile`` a size that changes is a symbolic int, which ``operator.index``
+    would specialise (a recompile per value).
+
+    Raises
+    ------
+    TypeError
+        If ``dataset_size`` is None, a bool or not integral (a float, say).
+    """
+    if dataset_size is None:
+        raise TypeError("β-TCVAE needs dataset_size: the number of training samples")
+    if isinstance(dataset_size, (int, torch.SymInt)) and not isinstance(dataset_size, bool):
+        return dataset_size
+    try:
+        if isinstance(dataset_size, bool):
+            raise TypeError
+        return operator.index(dataset_size)
+    except TypeError:
+        raise TypeError(
+            "dataset_size must be an integer (an int, a NumPy integer or any integral type), "
+            f"got {dataset_size!r}"
+        ) from None
+
+
 def check_tcvae_inputs(
     z: torch.Tensor,
     q_loc: torch.Tensor,
@@ -156,8 +220,9 @@ def check_tcvae_inputs(
     q_is_logvar: bool,
     validate_args: bool | None,
     world_size: int = 1,
-) -> None:
-    """Check β-TCVAE's latent sample, posterior, dataset size and estimator.
+) -> int:
+    """Check β-TCVAE's latent sample, posterior, dataset size and estimator; return the
+    dataset size as an ``int``.
 
     Raises
     ------
@@ -169,15 +234,12 @@ def check_tcvae_inputs(
         differ, the estimator is unknown, or (with validation on, eager mode only: one
         host sync) a σ is not positive.
     """
-    if dataset_size is None:
-        raise TypeError("β-TCVAE needs dataset_size: the number of training samples")
+    dataset_size = check_dataset_size(dataset_size)
     _check_float("z", z)
     if z.dim() != 2:
         raise ValueError(f"z must have shape (B, D), got {tuple(z.shape)}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
-        raise TypeError(f"dataset_size must be an int, got {dataset_size!r}")
     batch = z.shape[0] * world_size
     if batch < 2:
         raise ValueError(f"the β-TCVAE estimators need a batch of at least 2 samples, got {batch}")
@@ -197,15 +259,52 @@ def check_tcvae_inputs(
             shape = None
         if shape != z.shape:
             raise ValueError(f"{name} {tuple(t.shape)} does not broadcast to z {tuple(z.shape)}")
-    if q_is_logvar or not validation_enabled(validate_args) or torch.compiler.is_compiling():
-        return
-    if z.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    if bool((q_scale <= 0).any()):
+    check_positive_scale(q_scale, q_is_logvar, validate_args)
+    return dataset_size
+
+
+WEIGHT_TYPES = "a real number (int, float, a NumPy number) or a one-element tensor"
+
+
+def check_weight(name: str, weight: object, validate_args: bool | None) -> None:
+    """Check a loss weight (β; α, γ; the capacity C): its type and size always; with
+    validation on, in eager mode, that it is neither negative nor NaN.
+
+    The value is read only where that costs no host sync: a Python number, or a tensor on
+    the CPU (a tensor on a GPU is not read). Inside ``torch.compile`` values are not
+    checked, as no value check is: dynamo turns a number that changes into a symbolic
+    input, and reading it would specialise the graph on it (a recompile per value).
+
+    Raises
+    ------
+    TypeError
+        If ``weight`` is neither a real number nor a tensor (a string, a bool, None).
+    ValueError
+        If it is a tensor of more than one element, or (with validation on) negative or NaN.
+    """
+    if isinstance(weight, torch.Tensor):
+        if weight.numel() != 1:
+            raise ValueError(
+                f"{name} must be {WEIGHT_TYPES}, got a tensor of shape {tuple(weight.shape)}"
+            )
+        if weight.device.type != "cpu" or not value_checks_run(validate_args, weight):
+            return
+        value = float(weight.detach().reshape(()))
+    elif isinstance(weight, (numbers.Real, torch.SymInt, torch.SymFloat)) and not isinstance(
+        weight, bool
+    ):
+        if not validation_enabled(validate_args) or torch.compiler.is_compiling():
+            return
+        value = float(weight)
+    else:
+        raise TypeError(
+            f"{name} must be {WEIGHT_TYPES}, got {type(weight).__name__}: {weight!r:.40}"
+        )
+    if math.isnan(value) or value < 0:
         raise ValueError(
-            "q.scale must be positive; found a value <= 0. Pass validate_args=False (or "
-            "torch.distributions.Distribution.set_default_validate_args(False)) to skip "
-            "this check."
+            f"{name} must be a non-negative weight, got {value}. Pass validate_args=False (or "
+            "torch.distributions.Distribution.set_default_validate_args(False)) to skip this "
+            "check."
         )
 
 
@@ -293,16 +392,20 @@ def check_loss_inputs(
     p_is_logits: bool = False,
     reduction: str = "mean",
     p_scale: torch.Tensor | None = None,
+    q_is_logvar: bool = False,
     validate_args: bool | None = None,
 ) -> tuple[str, bool]:
     """Check the arguments of the β-VAE loss or of one of its terms (x and p None: the KL
     alone; q_loc and q_scale None: the reconstruction alone); return ``(kind,
     per_sample)``: the loss the kernels compute (``dist``, or ``"bernoulli_logits"``) and
-    whether the reduction is per sample."""
+    whether the reduction is per sample. With validation on, in eager mode, the values
+    are checked too (bernoulli values in [0, 1], σ > 0 unless ``q_is_logvar``): a host
+    sync each on a GPU."""
     kind = reconstruction_kind(dist, p_is_logits) if x is not None else dist
     per_sample = check_reduction(reduction)
     if x is None:
         check_posterior(q_loc, q_scale)
+        check_positive_scale(q_scale, q_is_logvar, validate_args)
         return kind, per_sample
     check_reconstruction(p, x)
     if q_loc is not None:
@@ -313,6 +416,7 @@ def check_loss_inputs(
                 f"reduction='none' needs the posterior's batch to be {x.shape[0]} (that of "
                 f"x) or 1, got {q_shape[0]}"
             )
+        check_positive_scale(q_scale, q_is_logvar, validate_args)
     check_bernoulli_values(kind, p, x, validate_args)
     check_decoder_scale(p_scale, kind, x)
     return kind, per_sample

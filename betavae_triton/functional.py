@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_loss_inputs, check_same_device, check_tcvae_inputs, loss_weight
+from ._checks import (
+    check_loss_inputs,
+    check_same_device,
+    check_tcvae_inputs,
+    check_weight,
+    loss_weight,
+)
 from .tcvae import minibatch_terms, world
 from .vae import beta_vae_terms
 
@@ -59,17 +65,22 @@ def beta_vae_loss(
         Mean and standard deviation of the diagonal Normal posterior (or its log-variance,
         with ``q_is_logvar``); they broadcast to ``(Bq, ...)``.
     beta : float or torch.Tensor, default=4.0
-        Weight of the KL divergence: a number or a 0-d tensor (on the data's device, or the
-        CPU), read on the device by the kernels, so that a schedule that changes it every
-        step compiles at most twice under ``torch.compile``. It does not change the
-        results' dtypes.
+        Weight of the KL divergence, at least 0: a real number (int, float, a NumPy
+        number) or a one-element tensor (on the data's device, or the CPU), read on the
+        device by the kernels, so that a schedule that changes it every step compiles at
+        most twice under ``torch.compile``. It does not change the results' dtypes. A
+        tensor that requires grad gets dL/dβ = ``kl_loss`` (summed over the samples with
+        ``reduction="none"``).
     dist : {"normal", "laplace", "bernoulli"}, default="normal"
         Decoder distribution, which defines the reconstruction loss.
     backend : {"auto", "triton", "eager"} or None, default=None
         Implementation; None reads ``BETAVAE_TRITON_BACKEND`` and falls back to ``"auto"``.
     validate_args : bool or None, default=None
-        Check that bernoulli probabilities and targets lie in [0, 1] (one host sync, eager
-        mode only). None follows ``torch.distributions.Distribution``'s global default.
+        Check the values, in eager mode only: that bernoulli probabilities and targets lie
+        in [0, 1] and that σ > 0 (unless ``q_is_logvar``), a host sync each on a GPU; and
+        that β is neither negative nor NaN (a number, or a tensor on the CPU: no sync; a
+        tensor β on a GPU is not read). None follows ``torch.distributions.Distribution``'s
+        global default.
     p_is_logits : bool, default=False
         With ``dist="bernoulli"``: ``p`` holds logits, and the cross-entropy is computed
         from them exactly and stably (``max(l, 0) − x·l + log(1 + e^−|l|)``), without the
@@ -103,16 +114,19 @@ def beta_vae_loss(
     Raises
     ------
     TypeError
-        If a tensor is not floating point.
+        If a tensor is not floating point, or ``beta`` is neither a real number nor a
+        tensor.
     ValueError
         On mismatched shapes or devices, an empty batch, an unknown ``dist`` or ``backend``,
-        or bernoulli values outside [0, 1] when validation is on.
+        a ``beta`` of more than one element, or, when validation is on, bernoulli values
+        outside [0, 1], a σ ≤ 0, or a negative or NaN ``beta``.
     RuntimeError
         If ``backend="triton"`` cannot run on these tensors.
     """
+    check_weight("beta", beta, validate_args)
     kind, per_sample = check_loss_inputs(
         x, p, q_loc, q_scale, dist=dist, p_is_logits=p_is_logits, reduction=reduction,
-        p_scale=p_scale, validate_args=validate_args,
+        p_scale=p_scale, q_is_logvar=q_is_logvar, validate_args=validate_args,
     )  # fmt: skip
     loss, rec, kl, kl_dims = beta_vae_terms(
         x, p, q_loc, q_scale, backend, p_scale=p_scale, beta=beta, dist=kind,
@@ -174,6 +188,7 @@ def kl_normal_loss(
     *,
     q_is_logvar: bool = False,
     reduction: str = "mean",
+    validate_args: bool | None = None,
 ) -> torch.Tensor:
     """KL divergence of N(μ, σ²) from N(0, 1), summed over latents and averaged over batch.
 
@@ -188,14 +203,25 @@ def kl_normal_loss(
         ``q_scale`` holds log σ²: the KL is Σ ½(μ² + e^v − 1 − v) / Bq.
     reduction : {"mean", "none"}, default="mean"
         ``"none"`` gives the per-sample sums, shape (Bq,).
+    validate_args : bool or None, default=None
+        Check that σ > 0 (unless ``q_is_logvar``; a host sync on a GPU, eager mode only),
+        as in :func:`beta_vae_loss`.
 
     Returns
     -------
     kl_loss : torch.Tensor
         A scalar, equal to ``kl_divergence(Normal(q_loc, q_scale), Normal(0, 1))
         .mean(dim=0).sum()``, in the dtype of ``q_loc`` and ``q_scale`` promoted.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`beta_vae_loss` raises for these arguments.
     """
-    _, per_sample = check_loss_inputs(None, None, q_loc, q_scale, reduction=reduction)
+    _, per_sample = check_loss_inputs(
+        None, None, q_loc, q_scale, reduction=reduction, q_is_logvar=q_is_logvar,
+        validate_args=validate_args,
+    )  # fmt: skip
     options = dict(q_is_logvar=q_is_logvar, per_sample=per_sample)
     _, _, kl, _ = beta_vae_terms(None, None, q_loc, q_scale, backend, **options)
     return kl
@@ -228,10 +254,12 @@ def capacity_beta_vae_loss(
     x, p, q_loc, q_scale
         As in :func:`beta_vae_loss`.
     capacity : torch.Tensor or float
-        The target KL, C, in nats: a number or a 0-dim tensor on the data's device (so a
-        value that changes every step causes no recompile under ``torch.compile``).
+        The target KL, C, in nats, at least 0: a number or a 0-dim tensor on the data's
+        device (so a value that changes every step causes no recompile under
+        ``torch.compile``).
     gamma : float or torch.Tensor, default=1000.0
-        Weight of the distance between the KL and the capacity: a number or a 0-d tensor.
+        Weight of the distance between the KL and the capacity, at least 0: a number or a
+        0-d tensor.
     dist, backend, validate_args, p_is_logits, q_is_logvar
         As in :func:`beta_vae_loss`.
 
@@ -242,15 +270,21 @@ def capacity_beta_vae_loss(
 
     Raises
     ------
+    TypeError
+        If ``capacity`` or ``gamma`` is neither a real number nor a tensor, or as
+        :func:`beta_vae_loss` raises.
     ValueError
-        If ``capacity`` is a tensor with more than one element or on another device, or
-        as :func:`beta_vae_loss` raises.
+        If ``capacity`` is a tensor with more than one element or on another device, if
+        (with validation on; tensors only on the CPU, as for β) ``capacity`` or ``gamma``
+        is negative or NaN, or as :func:`beta_vae_loss` raises.
 
     References
     ----------
     .. [1] Christopher P. Burgess et al., "Understanding disentangling in β-VAE",
        arXiv:1804.03599, 2018.
     """
+    check_weight("capacity", capacity, validate_args)
+    check_weight("gamma", gamma, validate_args)
     if isinstance(capacity, torch.Tensor):
         if capacity.numel() != 1:
             raise ValueError(
@@ -303,7 +337,7 @@ def beta_tcvae_loss(
     beta: float | torch.Tensor = 6.0,
     gamma: float | torch.Tensor = 1.0,
     dataset_size: int | None = None,
-    dist: str = "bernoulli",
+    dist: str = "normal",
     estimator: str = "mss",
     q_is_logvar: bool = False,
     backend: str | None = None,
@@ -344,13 +378,15 @@ def beta_tcvae_loss(
         The posterior's mean and standard deviation (log-variance with ``q_is_logvar``),
         broadcastable to z.
     alpha, beta, gamma : float or torch.Tensor, default=1.0, 6.0, 1.0
-        Weights of mi, tc and dw_kl: numbers or 0-d tensors (the data's device or the
-        CPU), which a schedule may change every step (at most two compiles under
-        ``torch.compile``).
+        Weights of mi, tc and dw_kl, at least 0: real numbers or one-element tensors (the
+        data's device or the CPU), which a schedule may change every step (at most two
+        compiles under ``torch.compile``). A tensor that requires grad gets the gradient
+        of its term: dL/dα = ``mi_loss``, dL/dβ = ``tc_loss``, dL/dγ = ``dw_kl_loss``.
     dataset_size : int
-        N, the number of samples in the training set (required; at least the batch).
-    dist : {"normal", "laplace", "bernoulli"}, default="bernoulli"
-        Decoder distribution, as in :func:`beta_vae_loss`.
+        N, the number of samples in the training set (required; at least the batch): an
+        int or any integral number (a NumPy integer).
+    dist : {"normal", "laplace", "bernoulli"}, default="normal"
+        Decoder distribution, as in :func:`beta_vae_loss` (and its default, nidl's).
     estimator : {"mss", "mws", "mss-reference"}, default="mss"
         The importance weights w_ij of the minibatch estimate of q(z). ``"mws"``: minibatch
         weighted sampling, w_ij = 1/(B·N). ``"mss"``: minibatch stratified sampling with the
@@ -366,8 +402,8 @@ def beta_tcvae_loss(
     backend : {"auto", "triton", "eager"} or None, default=None
         As in :func:`beta_vae_loss`.
     validate_args : bool or None, default=None
-        Check bernoulli values, as in :func:`beta_vae_loss`, and that σ > 0 (a host sync,
-        eager mode only).
+        Check the values, as in :func:`beta_vae_loss`: bernoulli values, σ > 0 (a host
+        sync each on a GPU, eager mode only), and α, β, γ neither negative nor NaN.
     p_is_logits, p_scale
         As in :func:`beta_vae_loss`.
     gather : bool, default=False
@@ -390,11 +426,13 @@ def beta_tcvae_loss(
     Raises
     ------
     TypeError
-        If a tensor is not floating point or ``dataset_size`` is missing or not an int.
+        If a tensor is not floating point, ``dataset_size`` is missing or not an integer,
+        or a weight is neither a real number nor a tensor.
     ValueError
         If z is not (B, D), the batch holds fewer than 2 samples or more than
-        ``dataset_size``, μ or σ does not broadcast to z, σ ≤ 0 with validation on, an
-        unknown estimator, or as :func:`beta_vae_loss` raises.
+        ``dataset_size``, μ or σ does not broadcast to z, σ ≤ 0 or a negative or NaN
+        weight with validation on, an unknown estimator, or as :func:`beta_vae_loss`
+        raises.
     RuntimeError
         If ``gather=True`` without an initialised process group, or as
         :func:`beta_vae_loss` raises.
@@ -404,8 +442,10 @@ def beta_tcvae_loss(
     .. [1] Ricky T. Q. Chen et al., "Isolating Sources of Disentanglement in Variational
        Autoencoders", NeurIPS 2018.
     """
+    for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        check_weight(name, weight, validate_args)
     _, world_size = world(gather, group)
-    check_tcvae_inputs(
+    dataset_size = check_tcvae_inputs(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
     )
     check_same_device(x, z)
@@ -469,8 +509,9 @@ def kl_decomposition(
     .. [1] Chen et al., NeurIPS 2018 (see :func:`beta_tcvae_loss`).
     """
     world_size = world(gather, group)[1]
-    check_tcvae_inputs(z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args,
-                       world_size)  # fmt: skip
+    dataset_size = check_tcvae_inputs(
+        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
+    )
     return minibatch_terms(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group
     )

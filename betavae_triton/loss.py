@@ -7,7 +7,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Distribution, Laplace, Normal
 
 from . import functional as F
-from ._checks import ESTIMATORS, REDUCTIONS, check_dist
+from ._checks import ESTIMATORS, REDUCTIONS, check_dataset_size, check_dist, check_weight
 from ._dispatch import check_backend, default_backend
 
 __all__ = ["BetaTCVAELoss", "BetaVAELoss", "CapacityBetaVAELoss"]
@@ -28,17 +28,20 @@ class BetaVAELoss(nn.Module):
     Parameters
     ----------
     beta : float or torch.Tensor, default=4.0
-        Weight of the KL divergence: a number or a 0-d tensor (on the data's device, or the
-        CPU). A schedule (KL warm-up, cyclical annealing) sets ``loss_fn.beta`` every step;
-        under ``torch.compile`` that compiles at most twice, whichever the form.
+        Weight of the KL divergence, at least 0: a real number or a one-element tensor (on
+        the data's device, or the CPU). A schedule (KL warm-up, cyclical annealing) sets
+        ``loss_fn.beta`` every step; under ``torch.compile`` that compiles at most twice,
+        whichever the form.
     default_dist : {"normal", "laplace", "bernoulli"}, default="normal"
         Decoder distribution assumed when ``p`` is given as a tensor.
     backend : {"auto", "triton", "eager"} or None, default=None
         ``"auto"`` runs the Triton kernels on GPU tensors and plain PyTorch otherwise;
         None reads ``BETAVAE_TRITON_BACKEND`` (default ``"auto"``) at construction.
     validate_args : bool or None, default=None
-        Check that bernoulli probabilities and targets lie in [0, 1] (one host sync, in
-        eager mode only); None follows ``torch.distributions.Distribution``'s default.
+        Check the values (eager mode only): bernoulli probabilities and targets in [0, 1]
+        and σ > 0 (a host sync each on a GPU), β neither negative nor NaN (a number, or a
+        tensor on the CPU); see :func:`betavae_triton.beta_vae_loss`. None follows
+        ``torch.distributions.Distribution``'s default.
     reduction : {"mean", "none"}, default="mean"
         ``"mean"`` averages the per-sample terms over the batch (nidl's loss); ``"none"``
         returns them, shape (B,): the per-subject errors.
@@ -53,6 +56,8 @@ class BetaVAELoss(nn.Module):
 
     Raises
     ------
+    TypeError
+        If ``beta`` is neither a real number nor a tensor.
     ValueError
         If ``default_dist``, ``backend`` or ``reduction`` is not supported.
 
@@ -87,6 +92,7 @@ class BetaVAELoss(nn.Module):
         full_nll: bool = False,
     ) -> None:
         super().__init__()
+        check_weight("beta", beta, validate_args=False)  # the type (values: at each call)
         self.beta = beta
         self.default_dist = check_dist(default_dist)
         self.backend = check_backend(backend) if backend is not None else default_backend()
@@ -231,7 +237,9 @@ class BetaVAELoss(nn.Module):
             Summed over latent dimensions, averaged over the batch.
         """
         loc, scale = self._posterior(q)
-        return F.kl_normal_loss(loc, scale, self.backend, reduction=self.reduction)
+        return F.kl_normal_loss(
+            loc, scale, self.backend, reduction=self.reduction, validate_args=self.validate_args
+        )
 
     def _parse_distribution(self, p: Distribution | torch.Tensor) -> Distribution:
         """Return ``p`` as a distribution, building ``default_dist`` around a tensor.
@@ -290,8 +298,12 @@ class CapacityBetaVAELoss(BetaVAELoss):
 
     Raises
     ------
+    TypeError
+        If ``gamma``, ``c_min`` or ``c_max`` is neither a real number nor a tensor.
     ValueError
-        If ``n_steps`` < 1, ``gamma`` < 0, or as :class:`BetaVAELoss` raises.
+        If ``n_steps`` < 1, ``gamma`` < 0, or as :class:`BetaVAELoss` raises. With
+        validation on, each call also refuses a negative or NaN ``gamma``, ``c_min``,
+        ``c_max`` or capacity (numbers, and tensors on the CPU).
 
     References
     ----------
@@ -326,6 +338,8 @@ class CapacityBetaVAELoss(BetaVAELoss):
         super().__init__(0.0, default_dist, backend=backend, validate_args=validate_args)
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        for name, weight in (("gamma", gamma), ("c_min", c_min), ("c_max", c_max)):
+            check_weight(name, weight, validate_args=False)  # the type (values: at each call)
         if gamma < 0:  # a tensor γ is read once here, at construction
             raise ValueError(f"gamma must be non-negative, got {gamma}")
         # Numbers or 0-d tensors: a schedule may change them every step (no recompiles).
@@ -363,6 +377,8 @@ class CapacityBetaVAELoss(BetaVAELoss):
         """
         param, dist, logits = self._decoder_parameter(p)
         loc, scale = self._posterior(q)
+        for name in ("c_min", "c_max"):  # (γ and the capacity: in the functional form)
+            check_weight(name, getattr(self, name), self.validate_args)
         capacity = self.capacity()
         loss, rec, kl = F.capacity_beta_vae_loss(
             x,
@@ -384,6 +400,10 @@ class CapacityBetaVAELoss(BetaVAELoss):
 class BetaTCVAELoss(BetaVAELoss):
     r"""Compute the β-TCVAE loss [1]_: the KL term decomposed, total correlation weighted.
 
+    A tensor ``p`` is read as the mean of a Normal decoder (MSE) unless ``default_dist``
+    says otherwise, as :class:`BetaVAELoss` (and nidl) read it. In version 0.1.0 the default
+    was ``"bernoulli"``: pass ``default_dist="bernoulli"`` to keep that reading.
+
     .. math::
         L = L_{rec} + \alpha\, I(z; x) + \beta\, TC(z) + \gamma \sum_d KL(q(z_d) \| p(z_d))
 
@@ -396,12 +416,15 @@ class BetaTCVAELoss(BetaVAELoss):
     ----------
     alpha, beta, gamma : float or torch.Tensor, default=1.0, 6.0, 1.0
         Weights of the mutual information, the total correlation and the dimension-wise
-        KL: numbers or 0-d tensors, which a schedule may set every step without
-        recompiling.
+        KL, at least 0: real numbers or one-element tensors, which a schedule may set every
+        step without recompiling.
     dataset_size : int
-        N, the number of samples in the training set (required).
-    default_dist : {"normal", "laplace", "bernoulli"}, default="bernoulli"
-        Decoder distribution assumed when ``p`` is given as a tensor.
+        N, the number of samples in the training set (required): an int or any integral
+        number (a NumPy integer).
+    default_dist : {"normal", "laplace", "bernoulli"}, default="normal"
+        Decoder distribution assumed when ``p`` is given as a tensor: the same default as
+        :class:`BetaVAELoss`'s and nidl's. Pass ``"bernoulli"`` for binary data whose
+        decoder returns probabilities (or give ``p`` as a ``Bernoulli``).
     estimator : {"mss", "mws", "mss-reference"}, default="mss"
         The minibatch estimator of q(z): stratified sampling with the paper's weights,
         weighted sampling, or the weight matrix of the authors' published code.
@@ -415,7 +438,8 @@ class BetaTCVAELoss(BetaVAELoss):
     Raises
     ------
     TypeError
-        If ``dataset_size`` is not an int.
+        If ``dataset_size`` is not an integer, or a weight neither a real number nor a
+        tensor.
     ValueError
         If ``estimator``, ``default_dist`` or ``backend`` is not supported, or
         ``dataset_size`` < 2.
@@ -430,7 +454,7 @@ class BetaTCVAELoss(BetaVAELoss):
     >>> import torch
     >>> from torch.distributions import Normal
     >>> from betavae_triton import BetaTCVAELoss
-    >>> loss_fn = BetaTCVAELoss(beta=6.0, dataset_size=1000)
+    >>> loss_fn = BetaTCVAELoss(beta=6.0, dataset_size=1000, default_dist="bernoulli")
     >>> x = torch.rand(8, 1, 16, 16).round()
     >>> q = Normal(torch.randn(8, 10), torch.rand(8, 10) + 0.5)
     >>> out = loss_fn(x, torch.rand(8, 1, 16, 16), q, q.rsample())
@@ -444,7 +468,7 @@ class BetaTCVAELoss(BetaVAELoss):
         beta: float | torch.Tensor = 6.0,
         gamma: float | torch.Tensor = 1.0,
         dataset_size: int | None = None,
-        default_dist: str = "bernoulli",
+        default_dist: str = "normal",
         estimator: str = "mss",
         *,
         backend: str | None = None,
@@ -457,8 +481,9 @@ class BetaTCVAELoss(BetaVAELoss):
         )
         if dataset_size is None:
             raise TypeError("BetaTCVAELoss needs dataset_size: the number of training samples")
-        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
-            raise TypeError(f"dataset_size must be an int, got {dataset_size!r}")
+        dataset_size = check_dataset_size(dataset_size)
+        for name, weight in (("alpha", alpha), ("gamma", gamma)):
+            check_weight(name, weight, validate_args=False)  # the type (values: at each call)
         if dataset_size < 2:
             raise ValueError(f"dataset_size must be at least 2, got {dataset_size}")
         if estimator not in ESTIMATORS:
@@ -516,8 +541,8 @@ class BetaTCVAELoss(BetaVAELoss):
             p_scale=self._decoder_scale(p),
             gather=self.gather,
         )
-        with torch.no_grad():
-            kl = F.kl_normal_loss(loc, scale, self.backend)
+        with torch.no_grad():  # σ was checked above: no second sync
+            kl = F.kl_normal_loss(loc, scale, self.backend, validate_args=False)
         return {
             "loss": loss,
             "rec_loss": rec,

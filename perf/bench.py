@@ -2,10 +2,10 @@
 
 Races ``betavae_triton`` (Triton kernels on a GPU, the eager path, the eager path under
 ``torch.compile``) against nidl's ``BetaVAELoss`` and ``torch.compile`` of the reference's
-plain maths, on CONTRACT section 6's workloads, forward alone and forward + backward.
-Writes a table to the terminal and, under ``--out`` (default ``perf/out/``), a JSON file of
-every figure, the table as text, and a PNG of effective bandwidth against size on the sweep.
-Also runs as ``python perf/bench.py``.
+plain maths, on named workloads (sprites, faces, mri, mri-bf16, mri64) and a sweep of
+sizes, forward alone and forward + backward. Writes a table to the terminal and, under
+``--out`` (default ``perf/out/``), a JSON file of every figure, the table as text, and a
+PNG of effective bandwidth against size on the sweep. Also runs as ``python perf/bench.py``.
 
 On a GPU the timer is ``triton.testing.do_bench``; on a CPU ``torch.utils.benchmark``, and
 the Triton contender is left out there (it would run under the Triton interpreter, whose

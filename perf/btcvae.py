@@ -882,7 +882,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (None reads ``sys.argv``)."""
     parser = argparse.ArgumentParser(
         prog="python -m perf.btcvae",
-        description=__doc__.split("\n\n")[1],
+        description=__doc__.split("\n\n")[1].removesuffix(" Contenders:")
+        + f" Contenders: {', '.join(CONTENDERS)} (see the module's docstring).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

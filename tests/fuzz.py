@@ -27,10 +27,17 @@ OUTCOME = re.compile(r"(\d+) (passed|failed|error)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python tests/fuzz.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="time budget (default 30)")
     parser.add_argument("--examples", type=int, default=300, help="examples per property/round")
-    parser.add_argument("--log", type=Path, default=ROOT / "perf" / "out" / "fuzz.log")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=ROOT / "perf" / "out" / "fuzz.log",
+        help="file for every round's pytest output (default: perf/out/fuzz.log)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     if args.minutes <= 0:

@@ -31,7 +31,13 @@ from betavae_triton.demo.sprites import (
     make_sprites,
     render,
 )
-from betavae_triton.demo.train import FIGURES, default_device, loss_backend
+from betavae_triton.demo.train import (
+    FIGURES,
+    DistInfo,
+    _make_train_loss,
+    default_device,
+    loss_backend,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "betavae_triton" / "demo"
@@ -141,6 +147,15 @@ def test_defaults():
     assert config.steps == 2000
     assert config.out == Path("demo-output")
     assert not parse_config(["--no-compile"]).compile
+
+
+@pytest.mark.parametrize("loss", ["betavae", "btcvae"])
+def test_both_losses_read_the_binary_sprites_as_bernoulli(loss):
+    """The demo names its decoder distribution (bernoulli by default) for both losses: the
+    change of BetaTCVAELoss's own default to "normal" (issue 24) leaves its runs as they
+    were."""
+    config = parse_config(["--loss", loss, "--device", "cpu"])
+    assert _make_train_loss(config, DistInfo()).default_dist == "bernoulli"
 
 
 def test_compile_flag_help_states_its_default_plainly():

@@ -17,6 +17,7 @@ stored in bfloat16 or float16 (two roundings of 2⁻⁸ at most).
 
 from __future__ import annotations
 
+import inspect
 import math
 import subprocess
 import sys
@@ -28,7 +29,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.distributions import Normal
 
-from betavae_triton import BetaTCVAELoss, beta_tcvae_loss, kl_normal_loss
+from betavae_triton import (
+    BetaTCVAELoss,
+    BetaVAELoss,
+    beta_tcvae_loss,
+    beta_vae_loss,
+    kl_normal_loss,
+)
+from reference import reference_reconstruction_loss
 from reference.beta_tcvae import (
     ESTIMATORS,
     reference_beta_tcvae_loss,
@@ -81,13 +89,15 @@ def _images(batch, dist, seed, dtype=torch.float64):
 
 
 def _check_loss(x, p, z, mu, second, weights, n, dist, estimator, backend, **options):
-    """Values of the five results and gradients of p, z, μ and σ against the oracle."""
+    """Values of the five results and gradients of p, z, μ and σ against the oracle (with
+    validation off: some weights are negative, to show each one's sign in the gradients)."""
     rtol_value, rtol_grad = RTOL.get(z.dtype, RTOL_16)
     logits, logvar = options.get("p_is_logits", False), options.get("q_is_logvar", False)
     leaves = [t.clone().requires_grad_() for t in (p, z, mu, second)]
     got = beta_tcvae_loss(
-        x, leaves[0], *leaves[1:], *weights, n, dist, estimator, backend=backend, **options
-    )
+        x, leaves[0], *leaves[1:], *weights, n, dist, estimator, backend=backend,
+        validate_args=False, **options,
+    )  # fmt: skip
     ref_leaves = [t.detach().double().requires_grad_() for t in (p, z, mu, second)]
     want = reference_beta_tcvae_loss(
         x.double(), *ref_leaves, *weights, n, dist, estimator, logvar, logits
@@ -251,7 +261,9 @@ def test_module_outputs_and_weights(backend):
     give the numbers' loss and leave the dtypes alone."""
     x, p = _images(8, "bernoulli", seed=11, dtype=torch.float32)
     z, mu, sigma = _latents(8, 4, seed=11, dtype=torch.float32)
-    loss_fn = BetaTCVAELoss(0.5, 4.0, 2.0, dataset_size=80, backend=backend)
+    loss_fn = BetaTCVAELoss(
+        0.5, 4.0, 2.0, dataset_size=80, default_dist="bernoulli", backend=backend
+    )
     out = loss_fn(x, p, Normal(mu, sigma), z)
     assert sorted(out) == ["dw_kl_loss", "kl_loss", "loss", "mi_loss", "rec_loss", "tc_loss"]
     want = reference_beta_tcvae_loss(x, p, z, mu, sigma, 0.5, 4.0, 2.0, 80, "bernoulli", "mss")
@@ -283,10 +295,13 @@ def test_the_two_backends_agree_with_the_published_code_weights():
         (dict(z=torch.randn(5, 3, 1)), ValueError, r"shape \(B, D\)"),
         (dict(mu=torch.randn(5, 2)), ValueError, "does not broadcast"),
         (dict(sigma=torch.rand(4, 3) + 0.1), ValueError, "does not broadcast"),
+        (dict(z=torch.randn(5, 1), sigma=torch.rand(5, 1) + 0.1), ValueError, "broadcast to z"),
+        (dict(mu=torch.randn(2, 5, 3)), ValueError, "does not broadcast to z"),
         (dict(sigma=torch.zeros(5, 3)), ValueError, "must be positive"),
         (dict(estimator="mss2"), ValueError, "estimator"),
         (dict(dataset_size=None), TypeError, "dataset_size"),
         (dict(dataset_size=100.0), TypeError, "dataset_size"),
+        (dict(dataset_size="100"), TypeError, "must be an integer"),
         (dict(z=torch.randint(0, 2, (5, 3))), TypeError, "floating-point"),
     ],
 )
@@ -351,3 +366,24 @@ def test_module_rejects_bad_options():
         BetaTCVAELoss()
     with pytest.raises(ValueError, match="estimator"):
         BetaTCVAELoss(dataset_size=10, estimator="MSS")
+
+
+@BACKENDS
+def test_default_decoder_distribution_is_the_beta_vaes(backend):
+    """``BetaTCVAELoss`` and ``beta_tcvae_loss`` read a tensor p as ``BetaVAELoss`` and nidl
+    do: the mean of a Normal (their default used to be "bernoulli", so that swapping one
+    class for the other raised on Gaussian data and silently turned MSE into cross-entropy
+    on [0, 1] data). Both data: the β-TCVAE's rec_loss is the β-VAE's, the float64 MSE."""
+    assert BetaTCVAELoss(dataset_size=10).default_dist == BetaVAELoss().default_dist == "normal"
+    dist_default = inspect.signature(beta_tcvae_loss).parameters["dist"].default
+    assert dist_default == inspect.signature(beta_vae_loss).parameters["dist"].default
+    z, mu, sigma = _latents(6, 3, seed=13)
+    q = Normal(mu, sigma)
+    gaussian = torch.randn(6, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for x, p in (_images(6, "bernoulli", seed=13), (gaussian, gaussian.flip(0))):
+        want = reference_reconstruction_loss(p, x, "normal")
+        tcvae = BetaTCVAELoss(dataset_size=60, backend=backend)(x, p, q, z)["rec_loss"]
+        vae = BetaVAELoss(backend=backend)(x, p, q)["rec_loss"]
+        functional = beta_tcvae_loss(x, p, z, mu, sigma, dataset_size=60, backend=backend)[1]
+        for got in (tcvae, vae, functional):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -66,7 +66,7 @@ def bernoulli_nll(p, x):
 
     d/dp = (p − x) / max(p(1 − p), 1e-12), as ``binary_cross_entropy``'s backward;
     d/dx = max(log(1 − p), −100) − max(log p, −100). A p outside [0, 1] gives NaN through
-    the logs; an x outside [0, 1] is made NaN here (CONTRACT section 5: NaN, not a number
+    the logs; an x outside [0, 1] is made NaN here (the README's "Bad input": NaN, not a number
     extrapolated from the formula).
     """
     log_p = clamped_log(p)

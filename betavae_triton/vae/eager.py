@@ -20,7 +20,7 @@ class _BernoulliNLL(torch.autograd.Function):
     element, with PyTorch's gradient.
 
     ``F.binary_cross_entropy`` computes the same, but raises (CPU) or asserts on the device
-    (CUDA) when p leaves [0, 1] or is NaN; the contract asks for NaN there instead.
+    (CUDA) when p leaves [0, 1] or is NaN; the README ("Bad input") promises NaN there.
     """
 
     @staticmethod
@@ -87,7 +87,7 @@ class _BernoulliLogitsNLL(torch.autograd.Function):
 
 
 def _nan_outside_unit_interval(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """NaN where a Bernoulli target leaves [0, 1] (CONTRACT section 5): one read-only
+    """NaN where a Bernoulli target leaves [0, 1] (the README's "Bad input"): one read-only
     pass over x, no host sync."""
     lo, hi = torch.aminmax(x)
     return torch.where((lo < 0) | (hi > 1), torch.nan, loss)
