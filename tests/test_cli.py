@@ -28,6 +28,7 @@ PERF_MAINS = sorted(
 # (what a user types, how runpy runs it, what it runs)
 ENTRY_POINTS = [
     ("python -m betavae_triton.demo", "module", "betavae_triton.demo"),
+    ("python -m betavae_triton.demo.study", "module", "betavae_triton.demo.study"),
     *((f"python -m perf.{name}", "module", f"perf.{name}") for name in PERF_MAINS),
     ("python tests/fuzz.py", "path", "tests/fuzz.py"),
     ("python tests/mutants.py", "path", "tests/mutants.py"),

@@ -149,6 +149,29 @@ def test_defaults():
     assert not parse_config(["--no-compile"]).compile
 
 
+def test_estimator_option_reaches_the_loss():
+    assert parse_config(["--loss", "btcvae", "--device", "cpu"]).estimator == "mss"
+    config = parse_config(["--loss", "btcvae", "--estimator", "mws", "--device", "cpu"])
+    assert config.estimator == "mws"
+    assert _make_train_loss(config, DistInfo()).estimator == "mws"
+
+
+def test_loss_defaults_apply_to_their_loss_and_yield_to_the_command_line(monkeypatch):
+    """``LOSS_DEFAULTS`` (the study's chosen settings) change the defaults of their loss
+    alone, an option given wins, and the help's epilog names them."""
+    from betavae_triton.demo.train import LOSS_DEFAULTS
+
+    monkeypatch.setitem(LOSS_DEFAULTS, "btcvae", {"batch_size": 256, "kl_warmup": 500})
+    config = parse_config(["--loss", "btcvae", "--device", "cpu"])
+    assert (config.batch_size, config.kl_warmup) == (256, 500)
+    config = parse_config(["--loss", "btcvae", "--batch-size", "32", "--device", "cpu"])
+    assert (config.batch_size, config.kl_warmup) == (32, 500)
+    config = parse_config(["--device", "cpu"])
+    assert (config.batch_size, config.kl_warmup) == (DemoConfig().batch_size, 0)
+    epilog = " ".join(build_parser().epilog.split())
+    assert "--loss btcvae: --batch-size 256, --kl-warmup 500" in epilog
+
+
 @pytest.mark.parametrize("loss", ["betavae", "btcvae"])
 def test_both_losses_read_the_binary_sprites_as_bernoulli(loss):
     """The demo names its decoder distribution (bernoulli by default) for both losses: the
@@ -468,6 +491,39 @@ def test_btcvae_run_records_mi_tc_and_dw_kl(tmp_path, capsys):
     run = _check_outputs(out, world_size=1, compiled=True, loss="btcvae")
     assert run["params_identical_across_ranks"] is None
     assert graphs == 1, f"the loss step compiled {graphs} times"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_quiet_run_without_figures_writes_run_json_and_probes_the_tc(tmp_path, capsys):
+    """What a study's run asks for: no figures, nothing printed, the held-out
+    reconstruction and the TC probe (sizes below n_eval; the bias against the large-batch
+    estimate) in run.json."""
+    from betavae_triton.demo import run
+
+    out = tmp_path / "out"
+    config = DemoConfig(
+        device="cpu", steps=STEPS, loss="btcvae", estimator="mws", batch_size=16,
+        latent_dim=LATENT, channels=CHANNELS, n_train=256, n_eval=256, lr=1e-2,
+        compile=False, out=out, figures=False, quiet=True, tc_probe=(64, 16, 256, 1000),
+    )  # fmt: skip
+    summary = run(config)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "training" not in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["files"] == [str(out / "run.json")]
+    assert saved["args"]["tc_probe"] == [64, 16, 256, 1000] and saved["args"]["estimator"] == "mws"
+    assert saved["tcvae"]["estimator"] == "mws"
+    assert np.isfinite(saved["eval_rec_loss"]) and saved["eval_rec_loss"] > 0
+    probe = saved["tc_probe"]
+    assert probe == summary["tc_probe"]
+    assert (probe["estimator"], probe["dataset_size"], probe["large_batch"]) == ("mws", 256, 256)
+    assert set(probe["large"]) == {"mi", "tc", "dw_kl"}
+    assert [b["batch_size"] for b in probe["batches"]] == [16, 64]  # 256 and 1000 skipped
+    for b in probe["batches"]:
+        assert b["chunks"] == 256 // b["batch_size"]
+        assert all(np.isfinite(b[k]) for k in ("mi", "tc", "dw_kl"))
+        assert b["tc_bias"] == pytest.approx(b["tc"] - probe["large"]["tc"], abs=1e-12)
 
 
 def test_model_hands_the_loss_the_sample_it_decoded():

@@ -6,7 +6,9 @@ Run it with ``python -m betavae_triton.demo`` (``--help`` lists the options), or
 
 Modules: :mod:`.sprites` (the data), :mod:`.model` (the convolutional VAE), :mod:`.train`
 (the loop, DDP, evaluation), :mod:`.mig` (the disentanglement score), :mod:`.plots` (the
-figures) and :mod:`.__main__` (the command line).
+figures), :mod:`.__main__` (the command line) and :mod:`.study` (``python -m
+betavae_triton.demo.study``: both losses over a grid of batch sizes, warm-ups and
+estimators, chosen on some seeds and reported on others).
 """
 
 from .train import DemoConfig, run

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import torch
 
-from .train import LOSSES, DemoConfig, default_device, distributed_info, run
+from .train import (
+    ESTIMATORS,
+    LOSS_DEFAULTS,
+    LOSSES,
+    DemoConfig,
+    default_device,
+    distributed_info,
+    run,
+)
 
 DISTS = ("bernoulli", "normal", "laplace")
 
@@ -87,9 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     -------
     parser : argparse.ArgumentParser
         Its defaults are those of :class:`betavae_triton.demo.DemoConfig`, except
-        ``--device``, which defaults to ``cuda`` when available.
+        ``--device``, which defaults to ``cuda`` when available; :func:`parse_config`
+        replaces some of them with ``--loss btcvae`` (see the epilog,
+        :data:`betavae_triton.demo.train.LOSS_DEFAULTS`).
     """
     d = DemoConfig()
+    changed = {  # per loss, the defaults that differ from the beta-VAE's
+        loss: {k: v for k, v in over.items() if getattr(d, k) != v}
+        for loss, over in LOSS_DEFAULTS.items()
+    }
+    per_loss = "; ".join(
+        f"--loss {loss}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in over.items())
+        for loss, over in changed.items()
+        if over
+    )
     parser = argparse.ArgumentParser(
         prog="python -m betavae_triton.demo",
         description=(
@@ -99,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
             "disentanglement score. "
             "Under torchrun it trains with DistributedDataParallel."
         ),
+        epilog=(
+            "The defaults shown are the beta-VAE's; these options default otherwise with "
+            f"another loss (an option given wins): {per_loss}."
+        )
+        if per_loss
+        else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -117,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         "beta * tc + dw_kl (the KL split into index-code mutual information, total "
         "correlation and dimension-wise KL; dataset_size the training sprites of all "
         "ranks; under torchrun the posteriors of the global batch)",
+    )
+    parser.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default=d.estimator,
+        help="--loss btcvae: the minibatch estimator of q(z), mss (stratified sampling) or "
+        "mws (weighted sampling)",
     )
     parser.add_argument(
         "--beta",
@@ -196,6 +228,9 @@ def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if LOSS_DEFAULTS[args.loss]:  # the loss's own defaults; what the command line gave wins
+        parser.set_defaults(**LOSS_DEFAULTS[args.loss])
+        args = parser.parse_args(argv)
     if args.batch_size > args.n_train:
         parser.error(
             f"--batch-size {args.batch_size} exceeds --n-train {args.n_train} sprites per rank"

@@ -10,8 +10,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-__all__ = ["plot_kl_per_dim", "plot_loss_curves", "plot_reconstructions", "plot_traversals"]
+__all__ = [
+    "plot_kl_per_dim",
+    "plot_loss_curves",
+    "plot_mig_vs_batch",
+    "plot_reconstructions",
+    "plot_tc_bias",
+    "plot_traversals",
+]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -225,4 +233,86 @@ def plot_loss_curves(
     suffix = f" (faint: every step; solid: mean of {window})" if window > 1 else ""
     fig.suptitle("Training curves" + suffix)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _spread_lines(
+    ax: plt.Axes, series: dict[str, Sequence[tuple[float, Sequence[float]]]], marker: str = "o"
+) -> None:
+    """One line per label through the medians, a bar over each interquartile range, on a
+    base-2 logarithmic x axis labelled with plain numbers."""
+    for label, points in series.items():
+        if not points:
+            continue
+        xs = np.array([x for x, _ in points], dtype=float)
+        q = np.array([np.percentile(np.asarray(ys, dtype=float), [25, 50, 75]) for _, ys in points])
+        line = ax.plot(xs, q[:, 1], marker=marker, label=label)[0]
+        ax.errorbar(
+            xs, q[:, 1], yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]], fmt="none",
+            ecolor=line.get_color(), capsize=3, lw=1,
+        )  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 64, 256, not 2^6, 2^8
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_mig_vs_batch(
+    series: dict[str, Sequence[tuple[float, Sequence[float]]]], path: Path, title: str
+) -> Path:
+    """MIG against the training batch size: median over seeds, interquartile bars.
+
+    Parameters
+    ----------
+    series : dict of str to sequence of (float, sequence of float)
+        One line per label (a loss): ``(batch size, the MIG of each seed)`` pairs, in
+        increasing batch size.
+    path : pathlib.Path
+        Where to write the PNG.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _spread_lines(ax, series)
+    ax.set_xlabel("batch size (equal images seen)")
+    ax.set_ylabel("MIG (median, bars: interquartile range)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_tc_bias(
+    series: dict[str, Sequence[tuple[float, Sequence[float]]]], path: Path, title: str
+) -> Path:
+    """The minibatch estimate of the total correlation minus the large-batch estimate of
+    the same model's q(z), against the minibatch size.
+
+    Parameters
+    ----------
+    series : dict of str to sequence of (float, sequence of float)
+        One line per label: ``(batch size, the bias of each run, nats)`` pairs.
+    path : pathlib.Path
+        Where to write the PNG.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _spread_lines(ax, series, marker="s")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xlabel("minibatch size of the estimate")
+    ax.set_ylabel("TC bias, nats (median, bars: IQR)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

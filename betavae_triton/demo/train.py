@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import betavae_triton
-from betavae_triton import BetaTCVAELoss, BetaVAELoss
+from betavae_triton import BetaTCVAELoss, BetaVAELoss, kl_decomposition
 
 from . import plots
 from .mig import entropy, mig
@@ -48,7 +48,9 @@ from .model import ConvVAE
 from .sprites import FACTOR_NAMES, Sprites, make_sprites
 
 __all__ = [
+    "ESTIMATORS",
     "LOSSES",
+    "LOSS_DEFAULTS",
     "DemoConfig",
     "DistInfo",
     "default_device",
@@ -59,6 +61,8 @@ __all__ = [
 
 # --loss: the beta-VAE (rec + beta * KL) or the beta-TCVAE (rec + mi + beta * tc + dw_kl).
 LOSSES = ("betavae", "btcvae")
+# --estimator: the beta-TCVAE's minibatch estimator of q(z) (stratified or weighted sampling).
+ESTIMATORS = ("mss", "mws")
 LOSS_KEYS = ("loss", "rec_loss", "kl_loss")
 # What BetaTCVAELoss adds: the three terms its KL splits into (the KL itself is logged).
 TCVAE_KEYS = ("mi_loss", "tc_loss", "dw_kl_loss")
@@ -96,6 +100,10 @@ class DemoConfig:
         ``"btcvae"``: :class:`betavae_triton.BetaTCVAELoss`, rec + mi + beta * tc +
         dw_kl (alpha = gamma = 1), its ``dataset_size`` the number of training sprites
         over all ranks, with ``gather=True`` under DDP.
+    estimator : str
+        With ``loss="btcvae"``, the minibatch estimator of q(z): ``"mss"`` (minibatch
+        stratified sampling) or ``"mws"`` (minibatch weighted sampling); also the
+        estimator of the ``tc_probe``.
     beta : float
         KL weight of the beta-VAE loss; with ``loss="btcvae"``, the weight of the total
         correlation.
@@ -130,6 +138,17 @@ class DemoConfig:
         If given, each rank saves its final parameters and a checksum of its data shard
         to ``<check_params>.rank<r>.pt``, so that a test can check that every rank ends
         with identical parameters trained on different data.
+    figures : bool
+        Draw the four figures (``False``: ``run.json`` alone, as a study's runs do).
+    quiet : bool
+        No progress bar and no printed summary.
+    tc_probe : tuple of int
+        Batch sizes at which to measure, after training, the bias of the minibatch
+        estimate of the total correlation: the held-out sprites' posteriors, one sample
+        each, are split into chunks of each size and the mean of the chunks' estimates is
+        compared with the estimate over all of them at once (``n_eval`` sprites, through
+        :func:`betavae_triton.kl_decomposition`). Sizes of ``n_eval`` or more are skipped;
+        empty (the default): no probe.
     """
 
     device: str = field(default_factory=default_device)
@@ -139,6 +158,7 @@ class DemoConfig:
     # varies a lot from run to run at this budget: see the README for the default run's.
     steps: int = 2000
     loss: str = "betavae"
+    estimator: str = "mss"
     beta: float = 6.0
     dist: str = "bernoulli"
     batch_size: int = 64
@@ -153,6 +173,26 @@ class DemoConfig:
     channels: int = 32
     log_every: int = 10
     check_params: Path | None = None
+    figures: bool = True
+    quiet: bool = False
+    tc_probe: tuple[int, ...] = ()
+
+
+# What the command line's defaults become with --loss L, where they differ from DemoConfig's
+# (the beta-VAE's): the beta-TCVAE's defaults follow the configuration that the study
+# (python -m betavae_triton.demo.study) chose, "chosen" in its study.json; an option
+# given on the command line wins. Until that study has run these are DemoConfig's own.
+LOSS_DEFAULTS: dict[str, dict[str, object]] = {
+    "betavae": {},
+    "btcvae": {
+        "steps": 2000,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "beta": 6.0,
+        "kl_warmup": 0,
+        "estimator": "mss",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -256,6 +296,7 @@ def _make_train_loss(config: DemoConfig, info: DistInfo) -> BetaVAELoss:
         beta=config.beta,
         gamma=1.0,
         dataset_size=config.n_train * info.world_size,
+        estimator=config.estimator,
         default_dist=config.dist,
         backend="auto",
         gather=info.distributed,
@@ -379,22 +420,87 @@ def _evaluate(
     Returns
     -------
     evaluation : dict of str to numpy.ndarray
-        ``"mu"``, the posterior means, shape ``(len(data), latent_dim)`` (what the MIG
-        reads), and ``"kl_per_dim"``, shape ``(latent_dim,)``: the loss's batch-mean KL of
-        each latent, averaged over the batches weighted by their sizes, i.e. the mean over
-        all of ``data``. The decoder reads the posterior mean (no sampling); the KL does not
-        depend on it.
+        ``"mu"`` and ``"scale"``, the posterior means (what the MIG reads) and standard
+        deviations, shape ``(len(data), latent_dim)`` each; ``"kl_per_dim"``, shape
+        ``(latent_dim,)``: the loss's batch-mean KL of each latent, averaged over the
+        batches weighted by their sizes, i.e. the mean over all of ``data``; and
+        ``"rec_loss"``, 0-d: the reconstruction loss per image, averaged likewise. The
+        decoder reads the posterior mean (no sampling); the KL does not depend on it.
     """
-    mus = []
+    mus, scales = [], []
     kl_sum = torch.zeros(model.latent_dim, dtype=torch.float64)
+    rec_sum = 0.0
     for start in range(0, len(data), 512):
         x = data.batch(slice(start, start + 512)).to(device)
         mu, scale = model.encode(x)
         p = _decoder_distribution(model.decode_logits(mu), dist_name)
         out = loss_fn(x, p, Normal(mu, scale, validate_args=False))
         kl_sum += out["kl_per_dim"].double().cpu() * x.shape[0]
+        rec_sum += float(out["rec_loss"]) * x.shape[0]
         mus.append(mu.float().cpu())
-    return {"mu": torch.cat(mus).numpy(), "kl_per_dim": (kl_sum / len(data)).numpy()}
+        scales.append(scale.float().cpu())
+    return {
+        "mu": torch.cat(mus).numpy(),
+        "scale": torch.cat(scales).numpy(),
+        "kl_per_dim": (kl_sum / len(data)).numpy(),
+        "rec_loss": np.asarray(rec_sum / len(data)),
+    }
+
+
+@torch.no_grad()
+def _tc_probe(
+    mu: np.ndarray,
+    scale: np.ndarray,
+    batch_sizes: tuple[int, ...],
+    dataset_size: int,
+    estimator: str,
+    seed: int,
+    device: torch.device,
+) -> dict:
+    """The minibatch estimates of mi, tc and dw_kl at several batch sizes against the
+    estimate over the whole evaluation set: the bias of the small-batch estimates.
+
+    One sample ``z ~ q(z|x)`` per held-out sprite (seeded) is scored by
+    :func:`betavae_triton.kl_decomposition` against the posteriors of its chunk: for each
+    size ``b`` in ``batch_sizes`` (below ``len(mu)``), the chunks of ``b`` consecutive
+    sprites (remainder dropped) and the mean of their estimates; and once against all
+    ``len(mu)`` posteriors, the large-batch estimate, whose own bias is the smallest.
+    float64 on the CPU (cheap there), float32 on CUDA; O(B·D) memory either way.
+
+    Returns
+    -------
+    probe : dict
+        ``estimator``, ``dataset_size``, ``large_batch`` (``len(mu)``), ``large``
+        (``{"mi", "tc", "dw_kl"}``, nats) and ``batches``: one dict per probed size,
+        ``batch_size``, ``chunks``, the chunk means ``mi``, ``tc``, ``dw_kl``, and
+        ``tc_bias`` = ``tc`` minus the large-batch ``tc``.
+    """
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    loc = torch.from_numpy(mu).to(device, dtype)
+    sd = torch.from_numpy(scale).to(device, dtype)
+    noise = torch.randn(loc.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    z = loc + sd * noise.to(device)
+    names = ("mi", "tc", "dw_kl")
+
+    def terms(sl: slice) -> torch.Tensor:
+        return torch.stack(kl_decomposition(z[sl], loc[sl], sd[sl], dataset_size, estimator))
+
+    n = loc.shape[0]
+    large = dict(zip(names, terms(slice(0, n)).tolist(), strict=True))
+    batches = []
+    for b in sorted({b for b in batch_sizes if 2 <= b < n}):
+        chunks = [terms(slice(s, s + b)) for s in range(0, n - b + 1, b)]
+        mean = dict(zip(names, torch.stack(chunks).mean(dim=0).tolist(), strict=True))
+        batches.append(
+            {"batch_size": b, "chunks": len(chunks), **mean, "tc_bias": mean["tc"] - large["tc"]}
+        )
+    return {
+        "estimator": estimator,
+        "dataset_size": dataset_size,
+        "large_batch": n,
+        "large": large,
+        "batches": batches,
+    }
 
 
 @torch.no_grad()
@@ -460,9 +566,11 @@ def run(config: DemoConfig, info: DistInfo | None = None) -> dict:
         are ``loss``, ``rec_loss`` and ``kl_loss``; with ``loss="btcvae"`` also
         ``mi_loss``, ``tc_loss`` and ``dw_kl_loss``, and a ``tcvae`` entry holds the
         loss's ``alpha``, ``gamma``, ``dataset_size``, ``estimator`` and ``gather``. Rank 0
-        alone evaluates, writes the files and adds ``mig``, ``mig_per_factor``,
-        ``factor_entropy``, ``mutual_information`` (nats, one dict per latent),
-        ``kl_per_dim``, ``active_dims`` and ``files``.
+        alone evaluates, writes the files and adds ``eval_rec_loss`` (the reconstruction
+        loss of the held-out sprites at their posterior means, per image), with
+        ``config.tc_probe`` a ``tc_probe`` (see :class:`DemoConfig`), ``mig``,
+        ``mig_per_factor``, ``factor_entropy``, ``mutual_information`` (nats, one dict per
+        latent), ``kl_per_dim``, ``active_dims`` and ``files``.
     """
     t_start = time.perf_counter()
     info = distributed_info() if info is None else info
@@ -528,7 +636,12 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     )
 
     history = torch.zeros(config.steps, len(keys), device=device)
-    bar = tqdm(total=config.steps, desc="training", disable=not info.main, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.steps,
+        desc="training",
+        disable=config.quiet or not info.main,
+        dynamic_ncols=True,
+    )
     step_times: list[float] = []
     t_train = time.perf_counter()
     for step in range(config.steps):
@@ -650,21 +763,37 @@ def _report(
     ]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = _figures(
-        model,
-        eval_data,
-        ev["mu"],
-        kl_per_dim,
-        summary["curves"],
-        config.beta,
-        out,
-        device,
-        notes,
-        config.kl_warmup,
-        config.loss,
-    )
+    files = []
+    if config.figures:
+        files = _figures(
+            model,
+            eval_data,
+            ev["mu"],
+            kl_per_dim,
+            summary["curves"],
+            config.beta,
+            out,
+            device,
+            notes,
+            config.kl_warmup,
+            config.loss,
+        )
+    report: dict = {}
+    if config.tc_probe:
+        dataset_size = config.n_train * summary["world_size"]
+        report["tc_probe"] = _tc_probe(
+            ev["mu"],
+            ev["scale"],
+            config.tc_probe,
+            dataset_size,
+            config.estimator,
+            config.seed,
+            device,
+        )
     eval_s = time.perf_counter() - t0
     report = {
+        "eval_rec_loss": float(ev["rec_loss"]),
+        **report,
         "mig": score,
         "mig_per_factor": dict(zip(FACTOR_NAMES, per_factor.tolist(), strict=True)),
         "factor_entropy": dict(zip(FACTOR_NAMES, h.tolist(), strict=True)),
@@ -676,7 +805,12 @@ def _report(
     timings = summary["timings"]
     timings["eval_s"] = eval_s
     timings["total_s"] = time.perf_counter() - t_start
-    (out / "run.json").write_text(json.dumps({**summary, **report}, indent=2) + "\n")
+    # Written whole, then renamed: a run.json that exists is complete.
+    partial = out / "run.json.partial"
+    partial.write_text(json.dumps({**summary, **report}, indent=2) + "\n")
+    partial.replace(out / "run.json")
+    if config.quiet:
+        return report
 
     final = summary["final_mean"]
     sps = timings["steps_per_s"]

@@ -1,0 +1,281 @@
+"""Tests of the study (``python -m betavae_triton.demo.study``): its ``--quick`` mode end to
+end (records, ``study.json``, ``study.md``, the PNGs, the resume and ``--report-only``),
+and its parts (the grid, the run keys, the seeds, the selection rule) on records made up
+in the test. No test asserts a MIG value: the quick runs are far too short to mean one.
+
+The quick study is four tiny eager runs, a few seconds on one CPU core.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from betavae_triton.demo.study import (
+    FILES,
+    PRESETS,
+    Budget,
+    GridPoint,
+    Study,
+    _seeds,
+    build_parser,
+    demo_config,
+    main,
+    make_grid,
+    parse_study,
+    run_key,
+    selection,
+)
+from betavae_triton.demo.train import LOSS_DEFAULTS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RECORD_KEYS = {
+    "key", "point", "seed", "budget", "steps", "kl_warmup", "images_seen", "wall_s",
+    "threads", "mig", "mig_per_factor", "active_dims", "kl_per_dim", "eval_rec_loss",
+    "tc_probe", "final_mean", "timings", "curve_steps", "curves",
+}  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the tiny in-process runs (as tests/test_demo.py does)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
+
+
+def _check_record(key: str, record: dict) -> None:
+    assert RECORD_KEYS <= set(record), RECORD_KEYS - set(record)
+    assert record["key"] == key
+    point = GridPoint(**record["point"])
+    assert key == run_key(point, record["seed"], Budget(**_budget(record["budget"])))
+    assert (record["steps"], record["images_seen"], record["kl_warmup"]) == (12, 192, 0)
+    assert ("tcvae" in record) is (point.loss == "btcvae")
+    assert math.isfinite(record["mig"]) and math.isfinite(record["eval_rec_loss"])
+    assert record["eval_rec_loss"] > 0 and 0 <= record["active_dims"] <= 4
+    assert record["wall_s"] > 0 and record["curve_steps"] == list(range(1, 13))
+    assert all(len(c) == 12 for c in record["curves"].values())
+    probe = record["tc_probe"]
+    assert probe["large_batch"] == 256 and probe["estimator"] == point.estimator
+    assert [b["batch_size"] for b in probe["batches"]] == [16, 64]
+    for b in probe["batches"]:
+        assert b["chunks"] == 256 // b["batch_size"]
+        assert b["tc_bias"] == pytest.approx(b["tc"] - probe["large"]["tc"], abs=1e-12)
+
+
+def _budget(saved: dict) -> dict:
+    return {**saved, "tc_probe": tuple(saved["tc_probe"])}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_quick_study_writes_records_and_report_and_resumes(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "select: 2 runs, 0 already done, 2 to run" in printed
+    assert "heldout: 2 runs, 0 already done, 2 to run" in printed
+    assert "ran 4 new runs" in printed
+
+    # One record per run, named by its key; no scratch folder or partial file left.
+    records = _records(out)
+    assert len(records) == 4
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(f"{k}.json" for k in records)
+    for key, record in records.items():
+        _check_record(key, record)
+    by_run = {(r["point"]["loss"], r["seed"]): r for r in records.values()}
+    assert set(by_run) == {(loss, s) for loss in ("betavae", "btcvae") for s in (0, 1)}
+
+    # study.json: the protocol, the selection, one chosen setting and held-out row per loss,
+    # their numbers those of the records.
+    study = json.loads((out / "study.json").read_text())
+    assert study["protocol"]["seeds_select"] == [0] and study["protocol"]["seeds_heldout"] == [1]
+    assert study["records"] == 4
+    assert set(study["chosen"]) == {"betavae", "btcvae"}
+    for loss, chosen in study["chosen"].items():
+        assert set(chosen) == set(LOSS_DEFAULTS["btcvae"]), "pastable into LOSS_DEFAULTS"
+        assert chosen == {
+            "steps": 12,
+            "batch_size": 16,
+            "lr": 1e-2,
+            "beta": 6.0,
+            "kl_warmup": 0,
+            "estimator": "mss",
+        }, loss
+    for row in study["select"]:
+        run = by_run[(row["loss"], 0)]
+        assert row["runs"] == 1 and row["mig"]["median"] == run["mig"]
+        assert row["eval_rec_loss"]["median"] == run["eval_rec_loss"]
+    for loss, held in study["heldout"].items():
+        run = by_run[(loss, 1)]
+        assert held["runs"] == 1 and held["seeds"] == [1] and held["images_seen"] == 192
+        for field in ("mig", "active_dims", "eval_rec_loss"):
+            assert held[field]["median"] == held[field]["q25"] == run[field]
+        assert held["wall_s"]["median"] == run["wall_s"]
+    for loss, entries in study["tc_bias"].items():
+        assert [e["batch_size"] for e in entries] == [16, 64], loss
+        biases = [b["tc_bias"] for r in records.values() for b in r["tc_probe"]["batches"]]
+        for e in entries:
+            assert e["tc_bias"]["n"] == 2  # both seeds of the loss
+            assert min(biases) <= e["tc_bias"]["median"] <= max(biases)
+
+    # study.md: the three tables, a row per loss in each of the first two.
+    md = (out / "study.md").read_text()
+    assert md.count("| loss | batch | β | warm-up | estimator | runs | MIG |") == 2
+    assert "| loss | minibatch | runs | TC bias |" in md
+    assert md.count("| betavae | 16 | 6 | 0 | — | 1 |") == 2
+    assert md.count("| btcvae | 16 | 6 | 0 | mss | 1 |") == 2
+    for name in ("mig_vs_batch.png", "tc_bias.png"):
+        blob = (out / name).read_bytes()
+        assert blob.startswith(PNG_MAGIC) and len(blob) > 5_000, name
+        assert f"({name})" in md
+
+    # A rerun trains nothing and leaves every record as it was.
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    assert main(["--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "select: 2 runs, 2 already done, 0 to run" in printed
+    assert "heldout: 2 runs, 2 already done, 0 to run" in printed
+    assert "ran 0 new runs" in printed
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == mtimes
+
+    # --report-only rebuilds the report from the records alone.
+    for name in FILES:
+        (out / name).unlink()
+    assert main(["--quick", "--out", str(out), "--report-only"]) == 0
+    assert "ran 0 new runs" in capsys.readouterr().out
+    assert all((out / name).is_file() for name in FILES)
+    assert json.loads((out / "study.json").read_text())["chosen"] == study["chosen"]
+
+
+def test_heldout_before_selection_is_an_error(tmp_path, capsys):
+    assert main(["--quick", "--out", str(tmp_path), "--phase", "heldout"]) == 1
+    assert "run --phase select first" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_paper_grid_varies_the_estimator_of_the_btcvae_alone():
+    grid = make_grid(("betavae", "btcvae"), **PRESETS["paper"])
+    beta_vae = [p for p in grid if p.loss == "betavae"]
+    tcvae = [p for p in grid if p.loss == "btcvae"]
+    assert len(beta_vae) == 3 * 1 * 2 and {p.estimator for p in beta_vae} == {"mss"}
+    assert len(tcvae) == 3 * 1 * 2 * 2 and {p.estimator for p in tcvae} == {"mss", "mws"}
+    assert len(set(grid)) == len(grid)
+
+
+def test_run_keys_name_the_run_and_change_with_anything_that_defines_it():
+    point, budget = GridPoint("btcvae", 256, 6.0, 0.25, "mws"), Budget()
+    key = run_key(point, 3, budget)
+    assert key.startswith("btcvae_b256_beta6_w0.25_mws_s3_")
+    assert run_key(GridPoint("btcvae", 256, 6.0, 0.25, "mws"), 3, Budget()) == key
+    others = {
+        run_key(point, 4, budget),
+        run_key(GridPoint("btcvae", 256, 6.0, 0.25, "mss"), 3, budget),
+        run_key(point, 3, Budget(images=budget.images + 1)),
+        run_key(point, 3, Budget(compile=False)),
+    }
+    assert key not in others and len(others) == 4
+
+
+def test_demo_config_spends_the_same_images_at_every_batch_size():
+    budget = Budget(images=128_000, tc_probe=(16, 64))
+    for batch, steps in ((64, 2000), (256, 500), (1024, 125)):
+        config = demo_config(GridPoint("btcvae", batch, 6.0, 0.25, "mws"), 7, budget, Path("x"))
+        assert (config.steps, config.batch_size, config.kl_warmup) == (steps, batch, steps // 4)
+        assert config.seed == 7 and config.estimator == "mws" and config.device == "cpu"
+        assert not config.figures and config.quiet
+        assert config.tc_probe == tuple(sorted({16, 64, batch}))
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [("0-4", (0, 1, 2, 3, 4)), ("5,7", (5, 7)), ("0-2,8,1", (0, 1, 2, 8)), ("3", (3,))],
+)
+def test_seed_lists(text, seeds):
+    assert _seeds(text) == seeds
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--seeds-select", "0-4", "--seeds-heldout", "4-9"],  # shared seed
+        ["--seeds-select", "a-b"],
+        ["--warmups", "1.0"],
+        ["--batch-sizes", "1"],
+    ],
+)
+def test_bad_study_arguments_are_argparse_errors(argv):
+    with pytest.raises(SystemExit) as exc:
+        parse_study(argv)
+    assert exc.value.code == 2
+
+
+def test_selection_takes_the_best_median_over_complete_points(tmp_path):
+    """Records made up here: per loss, the point whose median MIG over the selection seeds
+    is largest wins, a point missing a seed cannot, a tie goes to the first in grid order,
+    and held-out seeds' records do not count."""
+    grid = (
+        GridPoint("betavae", 64, 6.0, 0.0, "mss"),
+        GridPoint("betavae", 256, 6.0, 0.0, "mss"),
+        GridPoint("betavae", 1024, 6.0, 0.0, "mss"),
+        GridPoint("btcvae", 64, 6.0, 0.0, "mss"),
+        GridPoint("btcvae", 64, 6.0, 0.0, "mws"),
+    )
+    study = Study(grid, (0, 1, 2), (5,), Budget(), tmp_path)
+    migs = {
+        grid[0]: [0.9, 0.1, 0.2],  # mean 0.40, median 0.2
+        grid[1]: [0.3, 0.3, 0.25],  # median 0.3: the best complete betavae point
+        grid[2]: [0.8, 0.8],  # best, but seed 2 missing
+        grid[3]: [0.1, 0.5, 0.4],  # median 0.4
+        grid[4]: [0.4, 0.4, 0.0],  # median 0.4 too: the tie goes to grid[3]
+    }
+    records = {}
+    for point, values in migs.items():
+        for seed, value in enumerate(values):
+            records[run_key(point, seed, study.budget)] = {
+                "mig": value, "active_dims": 3, "eval_rec_loss": 100.0,
+            }  # fmt: skip
+    records[run_key(grid[0], 5, study.budget)] = {"mig": 1.0, "active_dims": 3, "eval_rec_loss": 1}
+    rows, chosen = selection(study, records)
+    assert chosen == {"betavae": grid[1], "btcvae": grid[3]}
+    assert [r["runs"] for r in rows] == [3, 3, 2, 3, 3]
+    for row, values in zip(rows, migs.values(), strict=True):
+        assert row["mig"]["median"] == pytest.approx(np.median(values))
+        assert row["mig"]["q25"] == pytest.approx(np.percentile(values, 25))
+
+
+def test_command_line_grid_is_the_preset_with_the_axes_given_replaced():
+    study, args = parse_study([])
+    assert study.grid == make_grid(("betavae", "btcvae"), **PRESETS["paper"])
+    assert (study.seeds_select, study.seeds_heldout) == ((0, 1, 2, 3, 4), tuple(range(5, 15)))
+    assert study.budget == Budget() and study.out == Path("perf/out/study")
+    assert args.phase == "all" and not args.report_only
+    study, _ = parse_study(["--grid", "small", "--losses", "btcvae"])
+    assert study.grid == make_grid(("btcvae",), **PRESETS["small"])
+    study, _ = parse_study(["--batch-sizes", "32", "128", "--estimators", "mws"])
+    assert {(p.loss, p.batch_size, p.estimator) for p in study.grid} == {
+        (loss, b, "mss" if loss == "betavae" else "mws")
+        for loss in ("betavae", "btcvae")
+        for b in (32, 128)
+    }
+    assert {p.warmup for p in study.grid} == set(PRESETS["paper"]["warmups"])
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_study(["--help"])
+    assert exc.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: python -m betavae_triton.demo.study")
+    parser = build_parser()
+    assert parser.description.endswith(".")
+    assert [a.dest for a in parser._actions if not a.help] == []
