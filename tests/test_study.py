@@ -163,6 +163,26 @@ def test_heldout_before_selection_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_shards_split_each_phase_and_heldout_waits_for_the_whole_selection(tmp_path, capsys):
+    """Two shards run disjoint halves of the quick selection; the held-out phase refuses
+    to start on half a selection, then its shards run the chosen points' seeds."""
+    quick = ["--quick", "--out", str(tmp_path)]
+    assert main([*quick, "--phase", "select", "--shard", "0/2"]) == 0
+    assert len(_records(tmp_path)) == 1
+    assert main([*quick, "--phase", "heldout", "--shard", "0/2"]) == 1
+    assert "the selection is unfinished (1 of 2 runs" in capsys.readouterr().err
+    assert main([*quick, "--phase", "select", "--shard", "1/2"]) == 0
+    first = set(_records(tmp_path))
+    assert len(first) == 2 and {k.split("_")[0] for k in first} == {"betavae", "btcvae"}
+    for k in (0, 1):
+        assert main([*quick, "--phase", "heldout", "--shard", f"{k}/2"]) == 0
+    records = _records(tmp_path)
+    assert len(records) == 4 and {r["seed"] for k, r in records.items() if k not in first} == {1}
+    assert main([*quick]) == 0
+    assert "ran 0 new runs" in capsys.readouterr().out
+
+
 def test_paper_grid_varies_the_estimator_of_the_btcvae_alone():
     grid = make_grid(("betavae", "btcvae"), **PRESETS["paper"])
     beta_vae = [p for p in grid if p.loss == "betavae"]
@@ -211,6 +231,9 @@ def test_seed_lists(text, seeds):
         ["--seeds-select", "a-b"],
         ["--warmups", "1.0"],
         ["--batch-sizes", "1"],
+        ["--shard", "2/2", "--phase", "select"],
+        ["--shard", "0-2", "--phase", "select"],
+        ["--shard", "0/2"],  # phase all: the held-out shards would start on half a selection
     ],
 )
 def test_bad_study_arguments_are_argparse_errors(argv):

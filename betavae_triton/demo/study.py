@@ -405,8 +405,18 @@ def _specs(study: Study, phase: str, chosen: dict[str, GridPoint]) -> list[tuple
     return [(chosen[loss], s) for loss in chosen for s in study.seeds_heldout]
 
 
-def run_phase(study: Study, phase: str) -> int:
+def run_phase(study: Study, phase: str, shard: tuple[int, int] = (0, 1)) -> int:
     """Run every run of ``phase`` that has no record yet, with a progress bar over runs.
+
+    Parameters
+    ----------
+    study : Study
+        The grid, seeds, budget and folder.
+    phase : {"select", "heldout"}
+        The selection's grid on its seeds, or the chosen points on the held-out seeds.
+    shard : tuple of int, default=(0, 1)
+        ``(k, n)``: run only the phase's runs ``k, k + n, k + 2n, ...`` (those without a
+        record), so that ``n`` processes given ``k = 0 .. n - 1`` share a phase.
 
     Returns
     -------
@@ -416,17 +426,27 @@ def run_phase(study: Study, phase: str) -> int:
     Raises
     ------
     RuntimeError
-        For ``heldout`` when no loss has a complete selection yet.
+        For ``heldout`` while any selection run has no record: a point is chosen only
+        from the whole selection.
     """
-    chosen = selection(study, load_records(study.runs_dir))[1]
-    if phase == "heldout" and not chosen:
-        raise RuntimeError("no loss has finished its selection: run --phase select first")
-    specs = _specs(study, phase, chosen)
     done = load_records(study.runs_dir)
-    pending = [(p, s) for p, s in specs if run_key(p, s, study.budget) not in done]
+    if phase == "heldout":
+        wanted = [run_key(p, s, study.budget) for p, s in _specs(study, "select", {})]
+        missing = sum(key not in done for key in wanted)
+        if missing:
+            raise RuntimeError(
+                f"the selection is unfinished ({missing} of {len(wanted)} runs have no "
+                "record): run --phase select first"
+            )
+    chosen = selection(study, done)[1]
+    specs = _specs(study, phase, chosen)
+    k, n = shard
+    mine = specs[k::n]  # of the whole phase, not of what is pending: the same at any time
+    pending = [(p, s) for p, s in mine if run_key(p, s, study.budget) not in done]
     print(
-        f"{phase}: {len(specs)} runs, {len(specs) - len(pending)} already done, "
-        f"{len(pending)} to run",
+        f"{phase}: {len(specs)} runs"
+        + (f", {len(mine)} in shard {k}/{n}" if n > 1 else "")
+        + f", {len(mine) - len(pending)} already done, {len(pending)} to run",
         flush=True,
     )
     study.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -655,7 +675,13 @@ def write_report(study: Study) -> dict:
     return report
 
 
-def run_study(study: Study, phase: str = "all", *, report_only: bool = False) -> dict:
+def run_study(
+    study: Study,
+    phase: str = "all",
+    *,
+    report_only: bool = False,
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
     """Run the phases asked for (skipping finished runs), then write the report.
 
     Parameters
@@ -666,6 +692,8 @@ def run_study(study: Study, phase: str = "all", *, report_only: bool = False) ->
         ``all``: the selection, then the held-out runs of the points it chose.
     report_only : bool, default=False
         Train nothing: rebuild the report from the records.
+    shard : tuple of int, default=(0, 1)
+        ``(k, n)``: this process's share of each phase's runs (see :func:`run_phase`).
 
     Returns
     -------
@@ -675,7 +703,7 @@ def run_study(study: Study, phase: str = "all", *, report_only: bool = False) ->
     ran = 0
     if not report_only:
         for name in ("select", "heldout") if phase == "all" else (phase,):
-            ran += run_phase(study, name)
+            ran += run_phase(study, name, shard)
     report = write_report(study)
     print(f"ran {ran} new runs; wrote {', '.join(FILES)} to {study.out.resolve()}", flush=True)
     return {**report, "ran": ran}
@@ -695,6 +723,18 @@ def _seeds(text: str) -> tuple[int, ...]:
     if not seeds or min(seeds) < 0:
         raise argparse.ArgumentTypeError(f"expected non-negative seeds, got {text!r}")
     return tuple(dict.fromkeys(seeds))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (``0 <= K < N``) as ``(K, N)``."""
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return shard
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -731,6 +771,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: rebuild the report"
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="K/N",
+        help="run every N-th run of the phase, from the K-th (0-based): N processes "
+        "with K = 0..N-1 and one --out share a phase; needs --phase select or heldout",
     )
     parser.add_argument(
         "--quick",
@@ -843,6 +891,11 @@ def parse_study(argv: Sequence[str] | None = None) -> tuple[Study, argparse.Name
             compile=args.compile,
             device=args.device,
         )
+    if args.shard[1] > 1 and args.phase == "all" and not args.report_only:
+        parser.error(
+            "--shard needs --phase select or heldout (the shards of the selection "
+            "must all finish before the held-out runs start)"
+        )
     if set(seeds_select) & set(seeds_heldout):
         parser.error("--seeds-select and --seeds-heldout must not share a seed")
     if any(not 0 <= w < 1 for w in axes["warmups"]):
@@ -860,7 +913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study from the command line; 0 on success."""
     study, args = parse_study(argv)
     try:
-        run_study(study, args.phase, report_only=args.report_only)
+        run_study(study, args.phase, report_only=args.report_only, shard=args.shard)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
