@@ -19,6 +19,8 @@ import torch
 from betavae_triton.demo.study import (
     FILES,
     PRESETS,
+    README_BEGIN,
+    README_END,
     Budget,
     GridPoint,
     Study,
@@ -28,8 +30,10 @@ from betavae_triton.demo.study import (
     main,
     make_grid,
     parse_study,
+    readme_block,
     run_key,
     selection,
+    splice_readme,
 )
 from betavae_triton.demo.train import LOSS_DEFAULTS
 
@@ -181,6 +185,27 @@ def test_shards_split_each_phase_and_heldout_waits_for_the_whole_selection(tmp_p
     assert len(records) == 4 and {r["seed"] for k, r in records.items() if k not in first} == {1}
     assert main([*quick]) == 0
     assert "ran 0 new runs" in capsys.readouterr().out
+
+
+def test_readme_block_is_study_md_with_headings_down_and_pictures_relinked(tmp_path):
+    out = tmp_path / "perf" / "results" / "study"
+    out.mkdir(parents=True)
+    study_md = "# Title\n\ntext\n\n## Held-out\n\n| a |\n\n![MIG](mig_vs_batch.png)\n"
+    (out / "study.md").write_text(study_md)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Top\n\nbefore\n{README_BEGIN}\nstale\n{README_END}\nafter\n")
+    study = Study((), (0,), (1,), Budget(), out)
+    splice_readme(readme, study)
+    expected = "text\n\n#### Held-out\n\n| a |\n\n![MIG](perf/results/study/mig_vs_batch.png)\n"
+    assert readme_block(study_md, out, readme) == expected
+    assert readme.read_text() == (
+        f"# Top\n\nbefore\n{README_BEGIN}\n{expected}{README_END}\nafter\n"
+    )
+    splice_readme(readme, study)  # idempotent
+    assert readme.read_text().count("#### Held-out") == 1
+    readme.write_text("no block here\n")
+    with pytest.raises(RuntimeError, match="has no block"):
+        splice_readme(readme, study)
 
 
 def test_paper_grid_varies_the_estimator_of_the_btcvae_alone():

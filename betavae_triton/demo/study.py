@@ -30,6 +30,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import re
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
@@ -43,7 +45,17 @@ from tqdm import tqdm
 from . import plots
 from .train import ESTIMATORS, LOSS_DEFAULTS, LOSSES, DemoConfig, DistInfo, run
 
-__all__ = ["PRESETS", "Budget", "GridPoint", "Study", "main", "parse_study", "run_study"]
+__all__ = [
+    "PRESETS",
+    "Budget",
+    "GridPoint",
+    "Study",
+    "main",
+    "parse_study",
+    "readme_block",
+    "run_study",
+    "splice_readme",
+]
 
 # --grid: the default grid ("paper": batch size, warm-up and estimator, the levers that the
 # paper and the demo's first runs point at) and a smaller one for a tighter budget.
@@ -83,6 +95,10 @@ TC_PROBE = (16, 64, 256, 1024)
 # Curves kept in a record: at most this many points, evenly spaced over the steps.
 CURVE_POINTS = 250
 FILES = ("study.json", "study.md", "mig_vs_batch.png", "tc_bias.png")
+# --readme: the block of a markdown file that holds study.md (its title dropped, its
+# headings two levels down, its pictures' paths made relative to that file).
+README_BEGIN = "<!-- study.md begins: python -m betavae_triton.demo.study --readme FILE -->"
+README_END = "<!-- study.md ends -->"
 
 
 @dataclass(frozen=True)
@@ -675,12 +691,58 @@ def write_report(study: Study) -> dict:
     return report
 
 
+def readme_block(study_md: str, out: Path, readme: Path) -> str:
+    """``study.md`` as the block of ``readme`` that holds it.
+
+    Parameters
+    ----------
+    study_md : str
+        The text of ``study.md``.
+    out : Path
+        The study's folder (where the pictures are).
+    readme : Path
+        The markdown file the block goes into.
+
+    Returns
+    -------
+    block : str
+        ``study_md`` without its title, with ``##`` headings made ``####`` and every
+        relative ``.png`` link made relative to ``readme``'s folder.
+    """
+    rel = Path(os.path.relpath(out.resolve(), readme.resolve().parent)).as_posix()
+    lines = []
+    for line in study_md.splitlines()[1:]:
+        if line.startswith("#"):
+            line = "##" + line
+        line = re.sub(r"\]\((?![a-z]+:|/)([^)]+\.png)\)", lambda m: f"]({rel}/{m[1]})", line)
+        lines.append(line)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def splice_readme(readme: Path, study: Study) -> None:
+    """Replace the block of ``readme`` between :data:`README_BEGIN` and :data:`README_END`
+    with the study's ``study.md`` (see :func:`readme_block`).
+
+    Raises
+    ------
+    RuntimeError
+        If ``readme`` has no such block.
+    """
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise RuntimeError(f"{readme} has no block {README_BEGIN} … {README_END} to fill")
+    block = readme_block((study.out / FILES[1]).read_text(), study.out, readme)
+    readme.write_text(f"{text[: begin + len(README_BEGIN)]}\n{block}{text[end:]}")
+
+
 def run_study(
     study: Study,
     phase: str = "all",
     *,
     report_only: bool = False,
     shard: tuple[int, int] = (0, 1),
+    readme: Path | None = None,
 ) -> dict:
     """Run the phases asked for (skipping finished runs), then write the report.
 
@@ -694,6 +756,8 @@ def run_study(
         Train nothing: rebuild the report from the records.
     shard : tuple of int, default=(0, 1)
         ``(k, n)``: this process's share of each phase's runs (see :func:`run_phase`).
+    readme : Path, optional
+        A markdown file whose study block (:func:`splice_readme`) gets the new report.
 
     Returns
     -------
@@ -706,6 +770,9 @@ def run_study(
             ran += run_phase(study, name, shard)
     report = write_report(study)
     print(f"ran {ran} new runs; wrote {', '.join(FILES)} to {study.out.resolve()}", flush=True)
+    if readme is not None:
+        splice_readme(readme, study)
+        print(f"wrote study.md into {readme}", flush=True)
     return {**report, "ran": ran}
 
 
@@ -771,6 +838,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--report-only", action="store_true", help="train nothing: rebuild the report"
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        metavar="FILE",
+        help="also write study.md into FILE, between its lines "
+        f"{README_BEGIN!r} and {README_END!r}",
     )
     parser.add_argument(
         "--shard",
@@ -913,7 +987,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study from the command line; 0 on success."""
     study, args = parse_study(argv)
     try:
-        run_study(study, args.phase, report_only=args.report_only, shard=args.shard)
+        run_study(
+            study,
+            args.phase,
+            report_only=args.report_only,
+            shard=args.shard,
+            readme=args.readme,
+        )
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
