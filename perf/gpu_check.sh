@@ -12,7 +12,8 @@
 #    timeout; the `gpu`-marked tests run (conftest selects them where CUDA is present).
 # 3. A benchmark subset: `python -m perf.bench --quick --workloads W`, one run per workload
 #    so that a timeout loses one workload only; the pseudo-workload `btcvae` runs
-#    `python -m perf.btcvae --quick` at B 1024, 4096 and D 32, 128 (β-TCVAE's kernels
+#    `python -m perf.btcvae --quick` at B 256, 1024, 4096 and D 32, 128 (β-TCVAE's kernels,
+#    the split grid that fills the GPU at B = 256 included,
 #    against the B×B×D formula, time and peak memory).
 # 4. Every step's stdout+stderr, JUnit XML per test file and a summary table (status, exit
 #    code, seconds, pytest counts per step) go under one folder, ${OUT:-perf/out/gpu}; the
@@ -342,7 +343,7 @@ for workload in $BENCH_WORKLOADS; do
         continue
     fi
     if [ "$workload" = btcvae ]; then  # β-TCVAE's terms against the B×B×D formula
-        run_step "$name" "$left" "$PY" -m perf.btcvae --quick --no-progress --batch 1024 4096 \
+        run_step "$name" "$left" "$PY" -m perf.btcvae --quick --no-progress --batch 256 1024 4096 \
             --latent 32 128 --out "$OUT_DIR/bench/$tag"
     else
         run_step "$name" "$left" "$PY" -m perf.bench --quick --no-progress \
