@@ -104,9 +104,21 @@ def test_c_kernels_in_float64_agree_with_the_oracle_to_1e_12(estimator):
     """The C kernels' float64 exponential is accurate to about an ulp (minibatch.c): the
     terms and gradients agree with the oracle to 1e-12, a thousand times tighter than the
     property test's 1e-9, at log-densities spread over ±20 nats (spread 4)."""
-    assert _tcvae_cpu.unavailable_reason(torch.float64) is None, "no C compiler here"
+    built = _tcvae_cpu.kernels(torch.float64) is not None
+    assert built, f"no C kernels here: {_tcvae_cpu.unavailable_reason(torch.float64)}"
     z, mu, sigma = _inputs(48, 6, seed=11, spread=4.0)
     _check(z, mu, sigma, 10_000, estimator, False, 64, 1e-12, 1e-12)
+
+
+def test_the_reason_the_c_kernels_are_off_is_that_of_the_latest_call(monkeypatch):
+    """Switched off, then on again: the reason goes with the switch (it once stayed, and
+    a test that read it after the "eager-torch" runs failed)."""
+    monkeypatch.setenv(_tcvae_cpu.ENV_SWITCH, "0")
+    assert _tcvae_cpu.kernels(torch.float32) is None
+    assert _tcvae_cpu.unavailable_reason(torch.float32) == f"{_tcvae_cpu.ENV_SWITCH}=0"
+    monkeypatch.delenv(_tcvae_cpu.ENV_SWITCH)
+    assert _tcvae_cpu.kernels(torch.float32) is not None
+    assert _tcvae_cpu.unavailable_reason(torch.float32) is None
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

@@ -129,6 +129,7 @@ def kernels(dtype: torch.dtype):
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         _UNAVAILABLE[dtype] = str(err)
         return None
+    _UNAVAILABLE.pop(dtype, None)  # a reason of an earlier call (the switch was set) is stale
     suffix = "f64" if double else "f32"
     return (
         getattr(lib, f"minibatch_log_densities_fwd_{suffix}"),
@@ -137,8 +138,8 @@ def kernels(dtype: torch.dtype):
 
 
 def unavailable_reason(dtype: torch.dtype = torch.float32) -> str | None:
-    """Why :func:`kernels` returned None for ``dtype`` (None if it did not, or was not
-    asked)."""
+    """Why :func:`kernels` returned None for ``dtype`` at its latest call (None if it did
+    not, or was not asked)."""
     return _UNAVAILABLE.get(dtype)
 
 
