@@ -26,9 +26,12 @@ from betavae_triton.demo.study import (
     Study,
     _seeds,
     build_parser,
+    build_report,
     demo_config,
+    load_records,
     main,
     make_grid,
+    markdown,
     parse_study,
     readme_block,
     run_key,
@@ -327,3 +330,50 @@ def test_help_documents_every_option(capsys):
     parser = build_parser()
     assert parser.description.endswith(".")
     assert [a.dest for a in parser._actions if not a.help] == []
+
+
+# ---- the study behind the README (perf/results/study, committed) -------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "perf" / "results" / "study"
+
+
+def _committed_study() -> tuple[Study, dict]:
+    report = json.loads((COMMITTED / "study.json").read_text())
+    protocol = report["protocol"]
+    study = Study(
+        tuple(GridPoint(**p) for p in protocol["grid"]),
+        tuple(protocol["seeds_select"]),
+        tuple(protocol["seeds_heldout"]),
+        Budget(**_budget(protocol["budget"])),
+        COMMITTED,
+    )
+    return study, report
+
+
+def test_committed_study_report_is_what_its_records_give():
+    """study.md and study.json's tables are rebuilt from the committed run records, here:
+    no number in them was edited by hand."""
+    study, report = _committed_study()
+    records = load_records(study.runs_dir)
+    rebuilt = build_report(study, records)
+    for field in ("select", "chosen", "heldout", "tc_bias", "records"):
+        assert rebuilt[field] == report[field], field
+    assert markdown(study, rebuilt) == (COMMITTED / "study.md").read_text()
+    assert report["records"] == len(study.grid) * len(study.seeds_select) + len(
+        report["chosen"]
+    ) * len(study.seeds_heldout), "every run of both phases has its record"
+
+
+def test_readme_holds_the_committed_study_md():
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = text[text.index(README_BEGIN) + len(README_BEGIN) + 1 : text.index(README_END)]
+    assert block == readme_block((COMMITTED / "study.md").read_text(), COMMITTED, readme)
+    for picture in FILES[2:]:
+        assert (COMMITTED / picture).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_demo_defaults_are_the_studys_choice_for_the_btcvae():
+    _, report = _committed_study()
+    assert LOSS_DEFAULTS["btcvae"] == report["chosen"]["btcvae"]
