@@ -9,6 +9,8 @@ float64.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from _helpers import (
@@ -153,8 +155,8 @@ def test_confident_logits_are_exact_in_float32(backend, reduction):
             [reconstruction_loss(li, xi, "bernoulli", backend, p_is_logits=True) for li, xi in rows]
         )
     (grad,) = torch.autograd.grad(loss.sum(), [lg])
-    # The exact float64 values, written out: the reference's log-probability cancels
-    # (30 + 9.4e-14) − 30 in float64 and is itself 1 % off at l = 30.
+    # The exact float64 values, written out (torch's own Bernoulli.log_prob cancels
+    # (30 + 9.4e-14) − 30 in float64 and is 1 % off at l = 30; the reference does not).
     lg64, x64 = logits.double(), x.double()
     want_loss = lg64.clamp_min(0) - x64 * lg64 + torch.log1p(torch.exp(-lg64.abs()))
     want_grad = (1 - x64) * torch.sigmoid(lg64) - x64 * torch.sigmoid(-lg64)
@@ -337,3 +339,24 @@ def test_bernoulli_cross_entropy_near_certainty_is_not_cancelled(backend, dtype)
                                          reduction="none")  # fmt: skip
     assert float(want[0]) > 0
     torch.testing.assert_close(rec.cpu().double(), want.to(dtype).double(), rtol=4 * eps, atol=0.0)
+
+
+@BACKENDS
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fuzz_found_float64_logit_tail_is_not_cancelled(backend, dtype):
+    """The input ``make fuzz`` found (test_logits_and_logvar_match_reference, float64):
+    logit −29.0464 with x = 0 (and +29.0464 with x = 1). The loss is softplus(−|l|) =
+    log1p(e^−29.0464) ≈ 2.428e-13; the reference once took it from torch's
+    ``Bernoulli.log_prob``, which forms (1 − x)·l + max(−l, 0) + log1p(…) and cancels to
+    2.416e-13. Both the oracle and each backend must give the tail to a few roundings."""
+    logits = torch.tensor([[-29.0464], [29.0464], [-29.0464]], dtype=dtype, device=DEVICE)
+    x = torch.tensor([[0.0], [1.0], [0.25]], dtype=dtype, device=DEVICE)
+    tail = math.log1p(math.exp(-float(logits[1])))  # the logit as stored in dtype
+    want = reference_reconstruction_loss(logits.cpu().double(), x.cpu().double(), "bernoulli",
+                                         p_is_logits=True, reduction="none")  # fmt: skip
+    f64 = torch.finfo(torch.float64).eps
+    for got in (float(want[0]), float(want[1])):
+        assert abs(got - tail) <= 4 * f64 * tail, (got, tail)
+    eps = torch.finfo(dtype).eps
+    rec = reconstruction_loss(logits, x, "bernoulli", backend, p_is_logits=True, reduction="none")
+    torch.testing.assert_close(rec.cpu().double(), want, rtol=4 * eps, atol=0.0)
