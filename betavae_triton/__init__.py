@@ -11,12 +11,16 @@ from . import functional
 from ._dispatch import triton_available
 from .functional import *  # noqa: F403  (the functional core: functional.__all__)
 from .loss import BetaTCVAELoss, BetaVAELoss, CapacityBetaVAELoss
+from .tcvae.cpu import CpuKernels, NativeBuildWarning, tcvae_cpu_kernels
 
 __all__ = [
     "BetaTCVAELoss",
     "BetaVAELoss",
     "CapacityBetaVAELoss",
+    "CpuKernels",
+    "NativeBuildWarning",
     *functional.__all__,
+    "tcvae_cpu_kernels",
     "triton_available",
 ]
 __version__ = "0.1.0"

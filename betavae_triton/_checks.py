@@ -19,10 +19,13 @@ import torch
 from torch.distributions import Distribution
 
 from ._constants import ESTIMATOR_CODES
+from ._dispatch import autograd_transform
 
 DISTRIBUTIONS = ("normal", "laplace", "bernoulli")
 REDUCTIONS = ("mean", "none")
 ESTIMATORS = tuple(ESTIMATOR_CODES)
+# dataset_size reaches the operators as a 64-bit integer: it must lie below this.
+DATASET_SIZE_LIMIT = 2**63
 
 
 def check_dist(dist: str) -> str:
@@ -131,9 +134,13 @@ def validation_enabled(validate_args: bool | None) -> bool:
 
 def value_checks_run(validate_args: bool | None, t: torch.Tensor) -> bool:
     """Whether the checks that read the values of ``t`` run: validation on, in eager mode
-    (not inside ``torch.compile``), not during a CUDA-graph capture, not on ``meta``
-    tensors. On a GPU each such check is a host synchronisation."""
+    (not inside ``torch.compile``, nor under a ``torch.func`` transform, where a branch
+    on values cannot be taken, as torch's own losses skip theirs), not during a
+    CUDA-graph capture, not on ``meta`` tensors. On a GPU each such check is a host
+    synchronisation."""
     if not validation_enabled(validate_args) or torch.compiler.is_compiling():
+        return False
+    if autograd_transform() is not None:
         return False
     if t.device.type == "meta":
         return False
@@ -195,20 +202,32 @@ def check_dataset_size(dataset_size: object) -> int:
     ------
     TypeError
         If ``dataset_size`` is None, a bool or not integral (a float, say).
+    ValueError
+        If ``dataset_size`` is :data:`DATASET_SIZE_LIMIT` (2**63) or more: the operators
+        take it as a 64-bit integer.
     """
     if dataset_size is None:
         raise TypeError("β-TCVAE needs dataset_size: the number of training samples")
-    if isinstance(dataset_size, (int, torch.SymInt)) and not isinstance(dataset_size, bool):
+    if isinstance(dataset_size, torch.SymInt):
         return dataset_size
-    try:
-        if isinstance(dataset_size, bool):
-            raise TypeError
-        return operator.index(dataset_size)
-    except TypeError:
-        raise TypeError(
-            "dataset_size must be an integer (an int, a NumPy integer or any integral type), "
-            f"got {dataset_size!r}"
-        ) from None
+    if isinstance(dataset_size, int) and not isinstance(dataset_size, bool):
+        size = dataset_size
+    else:
+        try:
+            if isinstance(dataset_size, bool):
+                raise TypeError
+            size = operator.index(dataset_size)
+        except TypeError:
+            raise TypeError(
+                "dataset_size must be an integer (an int, a NumPy integer or any integral "
+                f"type), got {dataset_size!r}"
+            ) from None
+    if size >= DATASET_SIZE_LIMIT:
+        raise ValueError(
+            f"dataset_size must be below 2**63 (a 64-bit integer), got {size}: it is the "
+            "number of samples in the training set"
+        )
+    return size
 
 
 def check_tcvae_inputs(

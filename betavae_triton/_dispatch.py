@@ -12,6 +12,12 @@ import importlib.util
 import os
 
 import torch
+import torch.autograd.forward_ad as fwAD
+
+# Private classes, needed to tell that autograd's backward is being traced (by
+# AOTAutograd's fake and functional tensors) rather than run.
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 BACKENDS = ("auto", "triton", "eager")
 ENV_VAR = "BETAVAE_TRITON_BACKEND"
@@ -56,7 +62,45 @@ def interpreter_launch(kernel):
     return kernel
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def autograd_transform(*tensors: torch.Tensor | None) -> str | None:
+    """The autograd feature active around this call that only plain PyTorch autograd
+    serves, in words, or None: a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``,
+    ``jvp``, ``hessian`` …), or forward-mode AD with a tangent on one of ``tensors``.
+
+    The operators (:mod:`.vae.ops`, :mod:`.tcvae.ops`) are ``torch.library`` custom ops,
+    whose autograd torch runs for reverse mode only: torch.func cannot enter them, and
+    forward-mode AD would treat their outputs as constants. Inside ``torch.compile`` the
+    answer is None (the compiled graph has no transform of ours to serve).
+    """
+    if torch.compiler.is_compiling():
+        return None
+    if torch._C._are_functorch_transforms_active():
+        return "a torch.func transform (grad, vmap, jacrev, jvp, hessian, ...)"
+    if fwAD._current_level >= 0 and any(
+        t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors
+    ):
+        return "forward-mode AD (torch.autograd.forward_ad, torch.func.jvp)"
+    return None
+
+
+def backward_is_traced(t: torch.Tensor) -> bool:
+    """Whether autograd's backward is being traced (torch.compile, export, opcheck)
+    rather than run, judged from a saved tensor."""
+    return (
+        torch.compiler.is_compiling()
+        or isinstance(t, FunctionalTensor)
+        or isinstance(t, FakeTensor)
+    )
+
+
+def create_graph_requested(saved: torch.Tensor) -> bool:
+    """Whether a backward pass runs with ``create_graph=True`` (a second derivative is
+    being built: grad mode is on inside it), judged in eager mode (traced backward
+    passes are AOTAutograd's, which refuses double backward itself)."""
+    return torch.is_grad_enabled() and not backward_is_traced(saved)
+
+
+def resolve_backend(backend: str, device: torch.device, transform: str | None = None) -> str:
     """Turn a requested backend into the one that runs: ``"triton"`` or ``"eager"``.
 
     Parameters
@@ -65,6 +109,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         The requested backend.
     device : torch.device
         Where the tensors live.
+    transform : str or None, default=None
+        The autograd transform active around the call (:func:`autograd_transform`):
+        ``"auto"`` then picks the eager backend, and ``"triton"`` raises.
 
     Returns
     -------
@@ -74,14 +121,22 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     Raises
     ------
     RuntimeError
-        If ``"triton"`` is asked for where the kernels cannot run.
+        If ``"triton"`` is asked for where the kernels cannot run, or under an autograd
+        transform that they do not serve.
     """
     check_backend(backend)
     on_gpu = device.type == "cuda"
     if backend == "eager":
         return "eager"
     if backend == "auto":
-        return "triton" if on_gpu and triton_available() else "eager"
+        return "triton" if on_gpu and triton_available() and transform is None else "eager"
+    if transform is not None:
+        raise RuntimeError(
+            f"backend='triton' cannot run under {transform}: its kernels are torch.library "
+            "operators, which torch differentiates in reverse mode only. Use "
+            "backend='eager' (or 'auto', which picks it under such a transform): plain "
+            "PyTorch, differentiable in every mode."
+        )
     if not triton_available():
         raise RuntimeError(
             "backend='triton' needs the `triton` package, which is not importable here; "

@@ -442,6 +442,38 @@ def beta_tcvae_loss(
     .. [1] Ricky T. Q. Chen et al., "Isolating Sources of Disentanglement in Variational
        Autoencoders", NeurIPS 2018.
     """
+    return _beta_tcvae_terms(
+        x, p, z, q_loc, q_scale, alpha, beta, gamma, dataset_size, dist, estimator,
+        q_is_logvar, backend, validate_args=validate_args, p_is_logits=p_is_logits,
+        p_scale=p_scale, gather=gather, group=group,
+    )[:5]  # fmt: skip
+
+
+def _beta_tcvae_terms(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    z: torch.Tensor,
+    q_loc: torch.Tensor,
+    q_scale: torch.Tensor,
+    alpha: float | torch.Tensor,
+    beta: float | torch.Tensor,
+    gamma: float | torch.Tensor,
+    dataset_size: int | None,
+    dist: str,
+    estimator: str,
+    q_is_logvar: bool,
+    backend: str | None,
+    *,
+    validate_args: bool | None,
+    p_is_logits: bool,
+    p_scale: torch.Tensor | None,
+    gather: bool,
+    group: object | None,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`beta_tcvae_loss`'s results and, sixth, the plain KL of the posterior from
+    N(0, 1) for logging (no gradient): the reconstruction and that KL come from one call
+    of the β-VAE path (one launch set on the Triton backend), the decomposition from the
+    pairwise operator. What :class:`~betavae_triton.BetaTCVAELoss` calls."""
     for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         check_weight(name, weight, validate_args)
     _, world_size = world(gather, group)
@@ -449,20 +481,20 @@ def beta_tcvae_loss(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
     )
     check_same_device(x, z)
-    rec = reconstruction_loss(
-        p,
-        x,
-        dist,
-        backend,
+    # The reconstruction's checks (σ was checked above: no second sync for it).
+    kind, _ = check_loss_inputs(
+        x, p, None, None, dist=dist, p_is_logits=p_is_logits, p_scale=p_scale,
         validate_args=validate_args,
-        p_is_logits=p_is_logits,
-        p_scale=p_scale,
-    )
+    )  # fmt: skip
+    _, rec, kl, _ = beta_vae_terms(
+        x, p, q_loc.detach(), q_scale.detach(), backend, p_scale=p_scale, beta=0.0, dist=kind,
+        q_is_logvar=q_is_logvar,
+    )  # fmt: skip
     mi, tc, dw_kl = minibatch_terms(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group
     )
     loss = rec + _weigh(alpha, mi) + _weigh(beta, tc) + _weigh(gamma, dw_kl)
-    return loss, rec, mi, tc, dw_kl
+    return loss, rec, mi, tc, dw_kl, kl
 
 
 def kl_decomposition(

@@ -13,7 +13,154 @@ from ._dispatch import check_backend, default_backend
 __all__ = ["BetaTCVAELoss", "BetaVAELoss", "CapacityBetaVAELoss"]
 
 
-class BetaVAELoss(nn.Module):
+class _VAELossModule(nn.Module):
+    """What the three loss modules share, as siblings: reading the decoder ``p`` and the
+    posterior ``q`` as nidl reads them (a distribution object or a tensor of
+    ``default_dist``), the backend, argument validation, the decoder's scale for
+    ``full_nll``, and nidl's helper methods (:meth:`reconstruction_loss`,
+    :meth:`kl_normal_loss`, ``_parse_distribution``). Each subclass holds only the
+    options it honours.
+    """
+
+    def __init__(
+        self,
+        default_dist: str,
+        *,
+        backend: str | None,
+        validate_args: bool | None,
+        full_nll: bool = False,
+    ) -> None:
+        super().__init__()
+        self.default_dist = check_dist(default_dist)
+        self.backend = check_backend(backend) if backend is not None else default_backend()
+        self.validate_args = validate_args
+        self.full_nll = bool(full_nll)
+
+    def _term_reduction(self) -> str:
+        """The reduction of :meth:`reconstruction_loss` and :meth:`kl_normal_loss`: the
+        batch mean, unless the module has a ``reduction`` option."""
+        return "mean"
+
+    def _decoder_parameter(self, p: object) -> tuple[torch.Tensor, str, bool]:
+        """The tensor the reconstruction loss reads from ``p``, its distribution, and
+        whether that tensor holds bernoulli logits."""
+        if isinstance(p, Bernoulli):
+            # A Bernoulli built from logits keeps them as its parameter: the loss is then
+            # computed from the logits, exactly (sigmoid(logits) is never formed).
+            logits = vars(p).get("logits")
+            if logits is not None and p._param is logits:
+                return logits, "bernoulli", True
+            return p.probs, "bernoulli", False
+        if isinstance(p, Normal):
+            return p.loc, "normal", False
+        if isinstance(p, Laplace):
+            return p.loc, "laplace", False
+        if isinstance(p, torch.Tensor):
+            return p, self.default_dist, False
+        raise TypeError(
+            "Decoder distribution must be a torch.distributions Normal, Laplace or Bernoulli, "
+            f"or a torch.Tensor, got {type(p).__name__}"
+        )
+
+    def _decoder_scale(self, p: object) -> torch.Tensor | None:
+        """``p.scale`` with ``full_nll`` (None otherwise, or for a Bernoulli)."""
+        if not self.full_nll or isinstance(p, Bernoulli):
+            return None
+        if isinstance(p, (Normal, Laplace)):
+            return p.scale
+        raise TypeError(
+            "full_nll=True reads the decoder's scale: pass p as a torch.distributions "
+            f"Normal or Laplace, not a {type(p).__name__}"
+        )
+
+    @staticmethod
+    def _posterior(q: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(q, Normal):
+            raise TypeError(
+                f"the posterior q must be a torch.distributions.Normal, got {type(q).__name__}"
+            )
+        return q.loc, q.scale
+
+    def reconstruction_loss(self, p: Distribution | torch.Tensor, data: torch.Tensor):
+        """Per-image reconstruction loss for a batch (a negative log-likelihood).
+
+        Bernoulli gives the binary cross-entropy, Normal the squared error and Laplace the
+        absolute error, summed over pixels and channels and averaged over the batch.
+
+        Parameters
+        ----------
+        p : torch.distributions.Distribution or torch.Tensor
+            Probabilistic decoder, or a tensor read as in :meth:`forward`.
+        data : torch.Tensor
+            The observed data.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Per-image reconstruction loss (normalised per batch, not per pixel or channel).
+        """
+        param, dist, logits = self._decoder_parameter(p)
+        return F.reconstruction_loss(
+            param,
+            data,
+            dist,
+            self.backend,
+            validate_args=self.validate_args,
+            p_is_logits=logits,
+            reduction=self._term_reduction(),
+            p_scale=self._decoder_scale(p),
+        )
+
+    def kl_normal_loss(self, q: Normal) -> torch.Tensor:
+        """KL divergence of a diagonal Normal posterior from the unit Normal.
+
+        Parameters
+        ----------
+        q : torch.distributions.Normal
+            Probabilistic encoder (the estimated posterior).
+
+        Returns
+        -------
+        kl : torch.Tensor
+            Summed over latent dimensions, averaged over the batch.
+        """
+        loc, scale = self._posterior(q)
+        return F.kl_normal_loss(
+            loc,
+            scale,
+            self.backend,
+            reduction=self._term_reduction(),
+            validate_args=self.validate_args,
+        )
+
+    def _parse_distribution(self, p: Distribution | torch.Tensor) -> Distribution:
+        """Return ``p`` as a distribution, building ``default_dist`` around a tensor.
+
+        Parameters
+        ----------
+        p : torch.distributions.Distribution or torch.Tensor
+            The decoder output.
+
+        Returns
+        -------
+        p : torch.distributions.Distribution
+            ``p`` itself if it is a supported distribution, else the ``default_dist``
+            around it (unit scale for normal and laplace).
+        """
+        if isinstance(p, (Bernoulli, Normal, Laplace)):
+            return p
+        if isinstance(p, torch.Tensor):
+            if self.default_dist == "normal":
+                return Normal(p, torch.ones_like(p), validate_args=self.validate_args)
+            if self.default_dist == "laplace":
+                return Laplace(p, torch.ones_like(p), validate_args=self.validate_args)
+            return Bernoulli(probs=p, validate_args=self.validate_args)
+        raise TypeError(
+            f"Decoder distribution must be `torch.distributions` or `torch.Tensor`, got {type(p)}"
+        )
+
+
+class BetaVAELoss(_VAELossModule):
     r"""Compute the Beta-VAE loss [1]_: a drop-in for ``nidl.losses.beta_vae.BetaVAELoss``.
 
     .. math::
@@ -91,17 +238,15 @@ class BetaVAELoss(nn.Module):
         kl_per_dim: bool = False,
         full_nll: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            default_dist, backend=backend, validate_args=validate_args, full_nll=full_nll
+        )
         check_weight("beta", beta, validate_args=False)  # the type (values: at each call)
         self.beta = beta
-        self.default_dist = check_dist(default_dist)
-        self.backend = check_backend(backend) if backend is not None else default_backend()
-        self.validate_args = validate_args
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         self.reduction = reduction
         self.kl_per_dim = bool(kl_per_dim)
-        self.full_nll = bool(full_nll)
 
     def extra_repr(self) -> str:
         extra = "" if self.reduction == "mean" else f", reduction={self.reduction!r}"
@@ -111,45 +256,8 @@ class BetaVAELoss(nn.Module):
             f"beta={self.beta}, default_dist={self.default_dist!r}, backend={self.backend!r}{extra}"
         )
 
-    def _decoder_parameter(self, p: object) -> tuple[torch.Tensor, str, bool]:
-        """The tensor the reconstruction loss reads from ``p``, its distribution, and
-        whether that tensor holds bernoulli logits."""
-        if isinstance(p, Bernoulli):
-            # A Bernoulli built from logits keeps them as its parameter: the loss is then
-            # computed from the logits, exactly (sigmoid(logits) is never formed).
-            logits = vars(p).get("logits")
-            if logits is not None and p._param is logits:
-                return logits, "bernoulli", True
-            return p.probs, "bernoulli", False
-        if isinstance(p, Normal):
-            return p.loc, "normal", False
-        if isinstance(p, Laplace):
-            return p.loc, "laplace", False
-        if isinstance(p, torch.Tensor):
-            return p, self.default_dist, False
-        raise TypeError(
-            "Decoder distribution must be a torch.distributions Normal, Laplace or Bernoulli, "
-            f"or a torch.Tensor, got {type(p).__name__}"
-        )
-
-    def _decoder_scale(self, p: object) -> torch.Tensor | None:
-        """``p.scale`` with ``full_nll`` (None otherwise, or for a Bernoulli)."""
-        if not self.full_nll or isinstance(p, Bernoulli):
-            return None
-        if isinstance(p, (Normal, Laplace)):
-            return p.scale
-        raise TypeError(
-            "full_nll=True reads the decoder's scale: pass p as a torch.distributions "
-            f"Normal or Laplace, not a {type(p).__name__}"
-        )
-
-    @staticmethod
-    def _posterior(q: object) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(q, Normal):
-            raise TypeError(
-                f"the posterior q must be a torch.distributions.Normal, got {type(q).__name__}"
-            )
-        return q.loc, q.scale
+    def _term_reduction(self) -> str:
+        return self.reduction
 
     def forward(self, x: torch.Tensor, p: Distribution | torch.Tensor, q: Normal) -> dict:
         """Compute the loss.
@@ -193,82 +301,8 @@ class BetaVAELoss(nn.Module):
             out["kl_per_dim"] = kl_dims[0]
         return out
 
-    def reconstruction_loss(self, p: Distribution | torch.Tensor, data: torch.Tensor):
-        """Per-image reconstruction loss for a batch (a negative log-likelihood).
 
-        Bernoulli gives the binary cross-entropy, Normal the squared error and Laplace the
-        absolute error, summed over pixels and channels and averaged over the batch.
-
-        Parameters
-        ----------
-        p : torch.distributions.Distribution or torch.Tensor
-            Probabilistic decoder, or a tensor read as in :meth:`forward`.
-        data : torch.Tensor
-            The observed data.
-
-        Returns
-        -------
-        loss : torch.Tensor
-            Per-image reconstruction loss (normalised per batch, not per pixel or channel).
-        """
-        param, dist, logits = self._decoder_parameter(p)
-        return F.reconstruction_loss(
-            param,
-            data,
-            dist,
-            self.backend,
-            validate_args=self.validate_args,
-            p_is_logits=logits,
-            reduction=self.reduction,
-            p_scale=self._decoder_scale(p),
-        )
-
-    def kl_normal_loss(self, q: Normal) -> torch.Tensor:
-        """KL divergence of a diagonal Normal posterior from the unit Normal.
-
-        Parameters
-        ----------
-        q : torch.distributions.Normal
-            Probabilistic encoder (the estimated posterior).
-
-        Returns
-        -------
-        kl : torch.Tensor
-            Summed over latent dimensions, averaged over the batch.
-        """
-        loc, scale = self._posterior(q)
-        return F.kl_normal_loss(
-            loc, scale, self.backend, reduction=self.reduction, validate_args=self.validate_args
-        )
-
-    def _parse_distribution(self, p: Distribution | torch.Tensor) -> Distribution:
-        """Return ``p`` as a distribution, building ``default_dist`` around a tensor.
-
-        Parameters
-        ----------
-        p : torch.distributions.Distribution or torch.Tensor
-            The decoder output.
-
-        Returns
-        -------
-        p : torch.distributions.Distribution
-            ``p`` itself if it is a supported distribution, else the ``default_dist``
-            around it (unit scale for normal and laplace).
-        """
-        if isinstance(p, (Bernoulli, Normal, Laplace)):
-            return p
-        if isinstance(p, torch.Tensor):
-            if self.default_dist == "normal":
-                return Normal(p, torch.ones_like(p), validate_args=self.validate_args)
-            if self.default_dist == "laplace":
-                return Laplace(p, torch.ones_like(p), validate_args=self.validate_args)
-            return Bernoulli(probs=p, validate_args=self.validate_args)
-        raise TypeError(
-            f"Decoder distribution must be `torch.distributions` or `torch.Tensor`, got {type(p)}"
-        )
-
-
-class CapacityBetaVAELoss(BetaVAELoss):
+class CapacityBetaVAELoss(_VAELossModule):
     r"""Capacity-controlled beta-VAE loss [1]_: rec + γ·|KL − C|, C annealed linearly.
 
     .. math::
@@ -335,7 +369,7 @@ class CapacityBetaVAELoss(BetaVAELoss):
         backend: str | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        super().__init__(0.0, default_dist, backend=backend, validate_args=validate_args)
+        super().__init__(default_dist, backend=backend, validate_args=validate_args)
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
         for name, weight in (("gamma", gamma), ("c_min", c_min), ("c_max", c_max)):
@@ -397,12 +431,11 @@ class CapacityBetaVAELoss(BetaVAELoss):
         return {"rec_loss": rec, "kl_loss": kl, "loss": loss, "capacity": capacity}
 
 
-class BetaTCVAELoss(BetaVAELoss):
+class BetaTCVAELoss(_VAELossModule):
     r"""Compute the β-TCVAE loss [1]_: the KL term decomposed, total correlation weighted.
 
     A tensor ``p`` is read as the mean of a Normal decoder (MSE) unless ``default_dist``
-    says otherwise, as :class:`BetaVAELoss` (and nidl) read it. In version 0.1.0 the default
-    was ``"bernoulli"``: pass ``default_dist="bernoulli"`` to keep that reading.
+    says otherwise, as :class:`BetaVAELoss` (and nidl) read it.
 
     .. math::
         L = L_{rec} + \alpha\, I(z; x) + \beta\, TC(z) + \gamma \sum_d KL(q(z_d) \| p(z_d))
@@ -477,18 +510,18 @@ class BetaTCVAELoss(BetaVAELoss):
         full_nll: bool = False,
     ) -> None:
         super().__init__(
-            beta, default_dist, backend=backend, validate_args=validate_args, full_nll=full_nll
+            default_dist, backend=backend, validate_args=validate_args, full_nll=full_nll
         )
         if dataset_size is None:
             raise TypeError("BetaTCVAELoss needs dataset_size: the number of training samples")
         dataset_size = check_dataset_size(dataset_size)
-        for name, weight in (("alpha", alpha), ("gamma", gamma)):
+        for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
             check_weight(name, weight, validate_args=False)  # the type (values: at each call)
         if dataset_size < 2:
             raise ValueError(f"dataset_size must be at least 2, got {dataset_size}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        self.alpha, self.gamma = alpha, gamma
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.dataset_size, self.estimator = dataset_size, estimator
         self.gather = bool(gather)
 
@@ -523,7 +556,7 @@ class BetaTCVAELoss(BetaVAELoss):
         """
         param, dist, logits = self._decoder_parameter(p)
         loc, scale = self._posterior(q)
-        loss, rec, mi, tc, dw_kl = F.beta_tcvae_loss(
+        loss, rec, mi, tc, dw_kl, kl = F._beta_tcvae_terms(
             x,
             param,
             z,
@@ -535,14 +568,14 @@ class BetaTCVAELoss(BetaVAELoss):
             self.dataset_size,
             dist,
             self.estimator,
-            backend=self.backend,
+            False,
+            self.backend,
             validate_args=self.validate_args,
             p_is_logits=logits,
             p_scale=self._decoder_scale(p),
             gather=self.gather,
+            group=None,
         )
-        with torch.no_grad():  # σ was checked above: no second sync
-            kl = F.kl_normal_loss(loc, scale, self.backend, validate_args=False)
         return {
             "loss": loss,
             "rec_loss": rec,

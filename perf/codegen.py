@@ -16,12 +16,16 @@ triton; no GPU):
    alignment and divisibility as Triton's JIT would specialize them, constexprs,
    ``num_warps``) is compiled ahead of time with ``triton.compile`` for ``sm_90a`` (and
    ``sm_80``); registers, spills and shared memory come from the cubin
-   (``cuobjdump --dump-resource-usage``), the 128-bit global loads and stores from the PTX.
+   (``cuobjdump --dump-resource-usage``), the 128-bit global loads and stores from the PTX,
+   and, in the innermost loop, the width of each global load and the exponentials.
 3. **Report.** Per specialization: registers, spill bytes, 128-bit loads/stores (and
    whether the layout allows them), resident blocks per SM and occupancy on an H100, and
-   whether the persistent grid fits in one wave. Per workload: the launches of one forward
-   + backward, the bytes they must move and the time that takes at the H100's 3.35 TB/s.
-   A text table and JSON go to ``--out``.
+   whether the persistent grid fits in one wave; for β-TCVAE's pairwise kernels, the
+   loads of their walk over the other index (the posteriors μ, 1/σ, c in the forward and
+   dL/dz; the samples in dL/dμ) and whether the posteriors' are as wide as the layout
+   allows (:func:`posterior_load_bits`), and the exponentials an iteration. Per workload:
+   the launches of one forward + backward, the bytes they must move and the time that
+   takes at the H100's 3.35 TB/s. A text table and JSON go to ``--out``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from betavae_triton.tools import KernelLaunch
 H100_SMS = tools.H100.sm_count
 H100_BANDWIDTH = 3.35e12  # bytes/s, HBM3 (SXM)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+# --out: the repository's perf/out/, from whatever folder it runs (as perf.bench's).
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 DTYPES = {
     torch.float32: "fp32",
     torch.float16: "fp16",
@@ -155,9 +161,11 @@ def cases(quick: bool = False) -> list[Case]:
             Case("fp64-bernoulli-per-sample", small, (4, 6), "bernoulli", torch.float64,
                  per_sample=True),
         ]  # fmt: skip
-    sizes = [(b, d) for b in TC_BATCHES for d in TC_LATENTS] + [(4096, 256)]
+    # Past the grid: 256 latents (16 warps), and 24 (rows aligned to 4 values, not 16).
+    sizes = [(b, d) for b in TC_BATCHES for d in TC_LATENTS] + [(4096, 256), (1024, 24)]
     if quick:
-        sizes = [(256, 10), (256, 32), (1024, 32), (16384, 10), (4096, 128)]
+        sizes = [(256, 10), (256, 32), (1024, 32), (16384, 10), (4096, 128), (4096, 256)]
+        sizes.append((1024, 24))
     tcvae = [Case(f"btcvae-{b}x{d}", (b, d), (b, d), tcvae=True) for b, d in sizes]
     tcvae.append(Case("btcvae-fp64", (256, 10), (256, 10), dtype=torch.float64, tcvae=True))
     return named + options + tcvae
@@ -249,6 +257,8 @@ class Compiled:
     stores_128: int
     stores_narrow: int
     compile_s: float
+    loop_load_bits: list[int] = field(default_factory=list)  # innermost loop, in order
+    loop_exps: int = 0  # exponentials an iteration of the innermost loop
 
 
 _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -268,6 +278,33 @@ def count_accesses(ptx: str) -> dict[str, int]:
     for kind, suffix in _ACCESS.findall(ptx):
         counts[kind + ("128" if _vector_bits(suffix) == 128 else "")] += 1
     return counts
+
+
+_LOOP_HEADER = re.compile(r"^(\$L__BB\d+_\d+):.*Inner Loop Header", re.M)
+_LOOP_EXIT = re.compile(r"^\$L__BB\d+_\d+:.*(crit_edge|loopexit)", re.M)
+
+
+def innermost_loop(ptx: str) -> str:
+    """The PTX of the first innermost loop, as LLVM marks it: from its header (with the
+    blocks that the preheader jumps over, a rotated loop's latch) to its exit block; ""
+    where there is no loop."""
+    header = _LOOP_HEADER.search(ptx)
+    if header is None:
+        return ""
+    entry = list(re.finditer(r"bra\.uni\s+" + re.escape(header.group(1)) + ";", ptx))
+    entry = [m for m in entry if m.end() <= header.start()]
+    start = entry[-1].end() if entry else header.start()
+    exit_ = _LOOP_EXIT.search(ptx, header.end())
+    return ptx[start : exit_.start() if exit_ else len(ptx)]
+
+
+def loop_facts(ptx: str) -> tuple[list[int], int]:
+    """``(bits of each global load, exponentials)`` in the innermost loop of a PTX listing:
+    ``ex2.approx`` for float32 (``tl.exp``), libdevice's inlined ``__nv_exp`` for float64."""
+    body = innermost_loop(ptx)
+    bits = [_vector_bits(suffix) for kind, suffix in _ACCESS.findall(body) if kind == "ld"]
+    exps = len(re.findall(r"\bex2\.approx", body)) + len(re.findall(r"%__nv_exp\.exit", body))
+    return bits, exps
 
 
 def resources(cubin: bytes) -> tuple[int, int, int]:
@@ -294,13 +331,19 @@ _KERNELS = {
     "_minibatch_grad_z": "betavae_triton.kernels.total_correlation",
     "_minibatch_grad_posterior": "betavae_triton.kernels.total_correlation",
     "_merge_split_log_sum_exps": "betavae_triton.kernels.total_correlation",
+    "_posterior_constants": "betavae_triton.kernels.total_correlation",
 }
-# β-TCVAE's kernels do O(B²·D) arithmetic on O(B·D) data, which stays in the cache: the
-# width of their loads does not matter, their registers and spills do, and their grids
-# (row blocks × splits) must fill a wave.
+# β-TCVAE's kernels do O(B²·D) arithmetic on O(B·D) data, which stays in the cache: their
+# registers and spills matter, their grids (row blocks × splits) must fill a wave, and the
+# loads of their inner loop (one per pair of a block and a posterior) must not cost more
+# instructions than the layout needs (:func:`posterior_load_bits`).
 _COMPUTE_BOUND = ("_minibatch_log_densities_fwd", "_minibatch_grad_z", "_minibatch_grad_posterior")
+# The pairwise kernels whose inner loop walks the posteriors (μ, 1/σ, c a step).
+_POSTERIOR_WALKS = ("_minibatch_log_densities_fwd", "_minibatch_grad_z")
 # Grids of row blocks (not persistent): the pairwise kernels and the merge of their splits.
 _ROW_BLOCKS = (*_COMPUTE_BOUND, "_merge_split_log_sum_exps")
+# Grids sized by the data, not by the SMs.
+_NOT_PERSISTENT = (*_ROW_BLOCKS, "_posterior_constants")
 #: The β-TCVAE workloads whose grids the report shows (B, D), and the latents at which
 #: every pairwise grid must fill one wave (B ≥ 256).
 TC_BATCHES = (256, 1024, 4096, 16384)
@@ -322,9 +365,10 @@ def compile_spec(spec: Spec, arch: int) -> Compiled:
     elapsed = time.perf_counter() - start
     regs, spill, shared = resources(kernel.asm["cubin"])
     counts = count_accesses(kernel.asm["ptx"])
+    loop_bits, loop_exps = loop_facts(kernel.asm["ptx"])
     return Compiled(
         arch, regs, spill, max(shared, kernel.metadata.shared), counts["ld128"], counts["ld"],
-        counts["st128"], counts["st"], elapsed,
+        counts["st128"], counts["st"], elapsed, loop_bits, loop_exps,
     )  # fmt: skip
 
 
@@ -348,7 +392,25 @@ def vectors_allowed(spec: Spec) -> bool:
         return False
     if spec.kernel == "_rescale_grad_inplace":
         return True
+    if spec.kernel == "_posterior_constants":  # masked by n_elements: whole vectors if aligned
+        return "n_elements" in spec.divisible
     return spec.one_row or "row_len" in spec.divisible
+
+
+def posterior_load_bits(spec: Spec) -> int | None:
+    """The width the layout allows for each posterior load (μ, 1/σ, c) in the walk of the
+    forward and dL/dz kernels over the posteriors (None for other kernels): the values of a
+    tile row that one thread holds (BLOCK_I·BLOCK_D over the program's threads, at most
+    BLOCK_D), as many as a row's start is aligned for (``ROW_ALIGN``, with the pointers
+    16-byte aligned), at most 128 bits."""
+    if spec.kernel not in _POSTERIOR_WALKS:
+        return None
+    c, types = dict(spec.constexprs), dict(spec.signature)
+    bits = {"*fp32": 32, "*fp64": 64}[types["mu_ptr"]]
+    per_thread = max(1, min(c["BLOCK_D"], c["BLOCK_I"] * c["BLOCK_D"] // (32 * spec.num_warps)))
+    pointers = ("mu_ptr", "inv_sigma_ptr", "c_ptr")
+    aligned = c["ROW_ALIGN"] if all(name in spec.divisible for name in pointers) else 1
+    return bits * min(per_thread, aligned, 128 // bits)
 
 
 def data_accesses(spec: Spec) -> tuple[int, int]:
@@ -376,6 +438,8 @@ class Row:
     arch: dict[int, dict] = field(default_factory=dict)
     vectors_allowed: bool = False
     vectors_ok: bool = True
+    posterior_bits: int | None = None  # what the layout allows (β-TCVAE's posterior walks)
+    posterior_ok: bool = True
     programs_per_sm: int = 0
     resident_blocks: int = 0
     occupancy: float = 0.0
@@ -416,12 +480,16 @@ def analyse(case_list: list[Case], archs: tuple[int, ...]) -> tuple[dict, dict, 
                 if arch == archs[0]:
                     row.vectors_allowed = vectors_allowed(spec)
                     row.vectors_ok = check(spec, compiled)
+                    row.posterior_bits = posterior_load_bits(spec)
+                    if row.posterior_bits is not None:
+                        loads = compiled.loop_load_bits
+                        row.posterior_ok = bool(loads) and min(loads) >= row.posterior_bits
                     blocks, occ = occupancy(compiled, spec.num_warps)
                     row.resident_blocks, row.occupancy = blocks, occ
                     element = _element_size(spec)
                     # The largest grid the launcher makes: programs per SM × SMs.
                     per_sm = tools.persistent_programs_per_sm(element) if element else 1
-                    if spec.kernel in _ROW_BLOCKS:  # a grid of row blocks (× splits)
+                    if spec.kernel in _NOT_PERSISTENT:  # blocks of rows (× splits)
                         per_sm = -(-math.prod(launch.grid) // H100_SMS)
                         row.persistent = False
                     row.programs_per_sm = per_sm
@@ -458,7 +526,7 @@ def tc_grid_summary(case: Case, launches: list[KernelLaunch], rows: list[Row]) -
 def _element_size(spec: Spec) -> int | None:
     sizes = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
     first = next((t for n, t in spec.signature if t.startswith("*")), None)
-    if spec.kernel == "_finalize_loss" or spec.kernel in _ROW_BLOCKS or not first:
+    if spec.kernel == "_finalize_loss" or spec.kernel in _NOT_PERSISTENT or not first:
         return None
     return sizes.get(first[1:])
 
@@ -497,6 +565,36 @@ def tc_table(tc_grids: dict[str, list[dict]]) -> str:
                 f"{name:<18} {g['kernel']:<30} {grid:>12} {g['programs_per_sm']:>8.1f} "
                 f"{g['resident_blocks']:>6} {g['wave_fill']:>6.2f}"
             )
+    return "\n".join(lines)
+
+
+def _load_widths(bits: list[int]) -> str:
+    """Loads by width: ``3x128``, ``2x32+3x64`` (``-`` for none)."""
+    counts = {b: bits.count(b) for b in sorted(set(bits))}
+    return "+".join(f"{n}x{b}" for b, n in counts.items()) or "-"
+
+
+def tc_loop_table(rows: dict[str, Row], arch: int) -> str:
+    """β-TCVAE's pairwise kernels: per specialization, registers, blocks per SM, the
+    global loads of an iteration of the inner loop by width, the width the layout allows
+    for the posteriors' (the forward and dL/dz; ``-`` for dL/dμ, whose loop loads
+    samples), and the exponentials an iteration."""
+    lines = [
+        f"β-TCVAE inner loops (sm_{arch}{'a' if arch == 90 else ''}): loads an iteration by "
+        "width (bits), the posterior width the layout allows, exponentials an iteration",
+        f"{'specialization':<120} {'regs':>4} {'blk/SM':>6} {'loop loads':>14} {'allowed':>7} "
+        f"{'ok':>3} {'exp':>4}",
+    ]
+    for label, row in sorted(rows.items()):
+        if not label.startswith(_COMPUTE_BOUND):
+            continue
+        a = row.arch[arch]
+        allowed = "-" if row.posterior_bits is None else str(row.posterior_bits)
+        ok = "-" if row.posterior_bits is None else ("ok" if row.posterior_ok else "NO")
+        lines.append(
+            f"{label[:120]:<120} {a['registers']:>4} {row.resident_blocks:>6} "
+            f"{_load_widths(a['loop_load_bits']):>14} {allowed:>7} {ok:>3} {a['loop_exps']:>4}"
+        )
     return "\n".join(lines)
 
 
@@ -544,12 +642,14 @@ def summary(rows: dict[str, Row], archs: tuple[int, ...], tc_grids: dict) -> str
     arch_names = ", ".join(f"sm_{a}{'a' if a == 90 else ''}" for a in archs)
     must = [g for launches in tc_grids.values() for g in launches if g["must_fill"]]
     filled = len(must) - len(tc_unfilled(tc_grids))
+    walks = [r for r in rows.values() if r.posterior_bits is not None]
     return (
         f"codegen: {len(rows)} specializations compiled for {arch_names}; {spilling} spill; "
         f"128-bit data access in {vector_ok} of {len(allowed)} where the layout allows; "
         f"{waves} of {len(persistent)} persistent grids in one wave on an H100; "
         f"β-TCVAE: {filled} of {len(must)} pairwise grids at B >= 256, D in "
-        f"{'/'.join(map(str, TC_FILL_LATENTS))} fill one wave"
+        f"{'/'.join(map(str, TC_FILL_LATENTS))} fill one wave, posterior loads as wide as "
+        f"the layout allows in {sum(r.posterior_ok for r in walks)} of {len(walks)}"
     )
 
 
@@ -570,13 +670,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("perf/out"),
-        help="folder for codegen.txt and codegen.json (default: perf/out/)",
+        default=DEFAULT_OUT,
+        help="folder for codegen.txt and codegen.json (default: the repository's perf/out/)",
     )
     args = parser.parse_args(argv)
     archs = tuple(args.arch)
     rows, workloads, tc_grids = analyse(cases(args.quick), archs)
     text = table(rows, workloads, archs) + "\n\n" + tc_table(tc_grids)
+    text += "\n\n" + tc_loop_table(rows, archs[0])
     text += "\n\n" + summary(rows, archs, tc_grids)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -591,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "codegen.json").write_text(json.dumps(data, indent=1, default=str))
     failed = [r for r in rows.values() if not r.vectors_ok or (r.persistent and not r.one_wave)]
+    failed += [r for r in rows.values() if not r.posterior_ok]
     failed += [r for r in rows.values() if any(r.arch[a]["spill_bytes"] for a in archs)]
     return 1 if failed or tc_unfilled(tc_grids) else 0
 

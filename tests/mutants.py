@@ -39,6 +39,9 @@ TB = "tests/test_triton_backend.py::"
 TC = "tests/test_tcvae_api.py::"
 WG = "tests/test_weight_gradients.py::"
 BAD = "tests/test_bad_input.py::"
+AM = "tests/test_autograd_modes.py::"
+STUDY = "tests/test_study.py::"
+MIG = "tests/test_mig.py::"
 MUTANTS = (
     Mutant(
         "capacity-c-min",
@@ -152,7 +155,7 @@ MUTANTS = (
         "logits-eager-aten",
         "eager logits loss back to ATen's float32 binary_cross_entropy_with_logits",
         "betavae_triton/vae/eager.py",
-        "        return _nan_outside_unit_interval(_BernoulliLogitsNLL.apply(p, x).sum(), x)",
+        "        return _nan_outside_unit_interval(logits_nll.apply(p, x).sum(), x)",
         "        return F.binary_cross_entropy_with_logits(p, x, reduction='sum')",
         (EX + "test_confident_logits_are_exact_in_float32",),
     ),
@@ -382,10 +385,10 @@ MUTANTS = (
         "dataset-size-int-only",
         "dataset_size must be a Python int (np.int64 refused)",
         "betavae_triton/_checks.py",
-        "        return operator.index(dataset_size)",
-        "        if not isinstance(dataset_size, int):\n"
-        "            raise TypeError\n"
-        "        return dataset_size",
+        "            size = operator.index(dataset_size)",
+        "            if not isinstance(dataset_size, int):\n"
+        "                raise TypeError\n"
+        "            size = dataset_size",
         (BAD + "test_dataset_size_is_any_integral_number",),
     ),
     Mutant(
@@ -500,6 +503,167 @@ MUTANTS = (
         "return z.new_empty(z.shape[:1]), torch.empty_like(z)",
         "return torch.empty_like(z), torch.empty_like(z)",
         ("tests/test_tcvae_compile.py::test_cpu_operators_pass_opcheck",),
+    ),
+    Mutant(
+        "c-lse-minus-inf-max",
+        "the C kernels' log-sum-exp shifts by a row's running maximum when it is −inf",
+        "betavae_triton/tcvae/minibatch.c",
+        "REAL shift = (m == -INFINITY) ? 0 : m;",
+        "REAL shift = m;",
+        (
+            "tests/test_native_build.py::"
+            "test_c_log_sum_exp_where_every_pair_of_a_dimension_is_minus_inf",
+        ),
+    ),
+    Mutant(
+        "native-key-no-source",
+        "the native cache key no longer covers the kernel source (a stale library after an "
+        "upgrade)",
+        "betavae_triton/tcvae/cpu.py",
+        "                SOURCE.read_text(),\n",
+        "",
+        ("tests/test_native_build.py::test_the_cache_key_covers_the_kernel_source",),
+    ),
+    # The study's protocol, the MIG, the demo's extra and dataset_size (issue 31)
+    Mutant(
+        "study-choice-scored-on-all-seeds",
+        "the choice scores each grid point by its median MIG over every seed, held-out too",
+        "betavae_triton/demo/study.py",
+        '            score = row["mig"]["median"]',
+        '            score = float(np.median([r["mig"] for r in _runs_of(study, point, '
+        "(*study.seeds_select, *study.seeds_heldout), records)]))",
+        (STUDY + "test_heldout_records_never_change_the_choice",),
+    ),
+    Mutant(
+        "study-select-by-label",
+        "the selection takes every record of a grid point by its label, held-out seeds' too",
+        "betavae_triton/demo/study.py",
+        "        runs = _runs_of(study, point, study.seeds_select, records)",
+        '        runs = [r for k, r in records.items() if k.startswith(point.label() + "_s")]',
+        (STUDY + "test_heldout_records_never_change_the_choice",),
+    ),
+    Mutant(
+        "study-figure-all-seeds",
+        "mig_vs_batch.png's selection curves take the held-out seeds' MIGs too",
+        "betavae_triton/demo/study.py",
+        '            migs = [r["mig"] for r in _runs_of(study, p, study.seeds_select, records)]',
+        '            migs = [r["mig"] for r in _runs_of(study, p, (*study.seeds_select, '
+        "*study.seeds_heldout), records)]",
+        (STUDY + "test_heldout_records_enter_no_selection_figure_or_table",),
+    ),
+    Mutant(
+        "study-heldout-images-nominal",
+        "the held-out table gives the budget's images, not those its runs saw",
+        "betavae_triton/demo/study.py",
+        '            "images_seen": study.budget.steps(point.batch_size) * point.batch_size,',
+        '            "images_seen": study.budget.images,',
+        (STUDY + "test_heldout_runs_see_as_many_images_as_their_points_selection_runs",),
+    ),
+    Mutant(
+        "study-steps-rounded",
+        "a run's steps rounded to the nearest, so that it may see more images than the budget",
+        "betavae_triton/demo/study.py",
+        "        return max(1, self.images // batch_size)",
+        "        return max(1, round(self.images / batch_size))",
+        (STUDY + "test_heldout_runs_see_as_many_images_as_their_points_selection_runs",),
+    ),
+    Mutant(
+        "mig-entropy-empty-levels",
+        "the factor entropy sums over empty levels too (0 · log 0 = NaN drops the factor)",
+        "betavae_triton/demo/mig.py",
+        "    p = counts[counts > 0] / counts.sum()",
+        "    p = counts / counts.sum()",
+        (MIG + "test_a_factor_with_empty_levels_has_the_entropy_of_its_observed_levels",),
+    ),
+    Mutant(
+        "mig-normalised-by-levels",
+        "the MIG divides a factor's gap by the log of its number of levels, empty ones too",
+        "betavae_triton/demo/mig.py",
+        "        h = entropy(factors[:, k])",
+        "        h = float(np.log(factors[:, k].max() + 1))",
+        (MIG + "test_a_factor_with_empty_levels_has_the_entropy_of_its_observed_levels",),
+    ),
+    Mutant(
+        "demo-extra-without-numpy",
+        "the demo's commands forget that numpy is an extra (a raw traceback without it)",
+        "betavae_triton/demo/_extras.py",
+        'DEMO_EXTRAS = ("matplotlib", "numpy", "tqdm")',
+        'DEMO_EXTRAS = ("matplotlib", "tqdm")',
+        ("tests/test_cli.py::test_without_the_demo_extra_the_commands_exit_naming_it",),
+    ),
+    Mutant(
+        "dataset-size-beyond-int64",
+        "dataset_size = 2**63 let through to the operator's 64-bit argument",
+        "betavae_triton/_checks.py",
+        "    if size >= DATASET_SIZE_LIMIT:",
+        "    if size > DATASET_SIZE_LIMIT:",
+        (BAD + "test_a_dataset_size_beyond_64_bits_is_a_value_error",),
+    ),
+    # Every derivative a user can ask for, and the idioms around it (issue 31)
+    Mutant(
+        "triton-second-derivative-silent",
+        "the Triton backend's backward answers create_graph=True (zeros for the second order)",
+        "betavae_triton/vae/autograd.py",
+        "    if create_graph_requested(rec_grads):\n        raise RuntimeError(SECOND_DERIVATIVES)",
+        "    if False:\n        raise RuntimeError(SECOND_DERIVATIVES)",
+        (AM + "test_triton_second_derivatives_are_refused_not_zero",),
+    ),
+    Mutant(
+        "tc-double-backward-first-order",
+        "β-TCVAE's backward ignores create_graph=True (no graph through the pairwise terms)",
+        "betavae_triton/tcvae/ops.py",
+        "        if create_graph_requested(z):",
+        "        if False:",
+        (AM + "test_beta_tcvae_second_derivatives_match_reference",),
+    ),
+    Mutant(
+        "transform-unseen",
+        "forward-mode AD is not detected: the operators' outputs are constants to it",
+        "betavae_triton/_dispatch.py",
+        "    if fwAD._current_level >= 0 and any(",
+        "    if fwAD._current_level >= 99 and any(",
+        (AM + "test_beta_tcvae_forward_mode_matches_reference",),
+    ),
+    Mutant(
+        "unwritten-gradient-silent",
+        "an exported call asked for a gradient it did not write returns None",
+        "betavae_triton/vae/autograd.py",
+        "    _check_written(ctx, saved.flags)\n",
+        "\n",
+        (AM + "test_exported_triton_call_without_the_gradient_it_was_traced_for_refuses_clearly",),
+    ),
+    Mutant(
+        "logits-nll-in-place",
+        "the eager logits cross-entropy writes in place on exp's output (export's backward fails)",
+        "betavae_triton/vae/eager.py",
+        "        tail = torch.log1p(torch.exp(-torch.abs(logits)))",
+        "        tail = torch.abs(logits).neg_().exp_().log1p_()",
+        (AM + "test_export_save_load_and_backward",),
+    ),
+    Mutant(
+        "in-place-backward-for-direct-callers",
+        "the backward rescales in place the buffers a direct caller of the operator keeps",
+        "betavae_triton/vae/autograd.py",
+        "    in_place = saved.flags.in_place_backward and not saved.flags.per_sample",
+        "    in_place = not saved.flags.per_sample",
+        ("tests/test_compile.py::test_opcheck[dtype0-normal]",),
+    ),
+    Mutant(
+        "gather-minimum-batch-local",
+        "β-TCVAE's minimum batch is checked on the rank's batch, not the global one",
+        "betavae_triton/_checks.py",
+        "    batch = z.shape[0] * world_size",
+        "    batch = z.shape[0]",
+        (BAD + "test_the_minimum_batch_counts_the_global_batch_under_gather",),
+    ),
+    Mutant(
+        "tc-reconstruction-validation-default",
+        "β-TCVAE's reconstruction follows the global validation default, not validate_args",
+        "betavae_triton/functional.py",
+        "        validate_args=validate_args,\n        p_is_logits=p_is_logits,\n"
+        "        p_scale=p_scale,\n    )\n    mi, tc, dw_kl",
+        "        p_is_logits=p_is_logits,\n        p_scale=p_scale,\n    )\n    mi, tc, dw_kl",
+        (BAD + "test_beta_tcvae_reconstruction_honours_validate_args",),
     ),
 )
 

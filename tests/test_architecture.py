@@ -158,3 +158,47 @@ def test_shared_constants_are_defined_once(constant):
                 if constant in targets and not wraps:
                     places.append(str(path.relative_to(PACKAGE_DIR)))
     assert places == ["_constants.py"]
+
+
+def _autograd_sites() -> dict[str, list[str]]:
+    """Per module: each place that defines an autograd (an ``autograd.Function``
+    subclass, a ``register_autograd`` call), by name."""
+    found: dict[str, list[str]] = {}
+    for path in PACKAGE_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(base).endswith("autograd.Function") for base in node.bases
+            ):
+                found.setdefault(str(path.relative_to(PACKAGE_DIR)), []).append(node.name)
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith(
+                "register_autograd"
+            ):
+                found.setdefault(str(path.relative_to(PACKAGE_DIR)), []).append("register")
+    return found
+
+
+def test_each_operator_has_one_autograd():
+    """The operators' autograd is registered on them (once per ops module: a loop over an
+    operator's forms), and no ``autograd.Function`` wraps them a second time: the only
+    Functions are the eager backend's elementwise losses, which call no operator."""
+    found = _autograd_sites()
+    assert found.pop("vae/ops.py") == ["register"]
+    assert found.pop("tcvae/ops.py") == ["register"]
+    assert set(found) == {"vae/eager.py"}, found
+    eager_source = (PACKAGE_DIR / "vae" / "eager.py").read_text()
+    assert "torch.ops" not in eager_source and "from .ops" not in eager_source
+
+
+def test_the_loss_modules_are_siblings_over_one_base():
+    """Each module derives from the shared base alone, so none inherits an option it
+    does not honour (β-TCVAE has no ``reduction``; the capacity loss has no β)."""
+    from betavae_triton import BetaTCVAELoss, BetaVAELoss, CapacityBetaVAELoss
+    from betavae_triton.loss import _VAELossModule
+
+    for cls in (BetaVAELoss, CapacityBetaVAELoss, BetaTCVAELoss):
+        assert cls.__bases__ == (_VAELossModule,), cls
+    tc = BetaTCVAELoss(dataset_size=10)
+    assert not hasattr(tc, "reduction") and not hasattr(tc, "kl_per_dim")
+    assert not hasattr(CapacityBetaVAELoss(), "beta")
+    with pytest.raises(TypeError, match="reduction"):
+        BetaTCVAELoss(dataset_size=10, reduction="none")

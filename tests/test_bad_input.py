@@ -4,10 +4,10 @@ Every path that reads a posterior scale σ (``beta_vae_loss``, ``kl_normal_loss`
 ``capacity_beta_vae_loss``, ``beta_tcvae_loss``, ``kl_decomposition`` and the modules)
 raises the same ``ValueError`` for σ ≤ 0 with validation on; every loss weight (β; α, γ;
 the capacity C and its γ) is refused when it is negative or NaN (with validation on) and
-when it is no number at all (always); ``dataset_size`` is any integral number; the
-dataset size is compared with the *global* batch; a posterior that broadcasts with z but
-not to z's shape is refused by name. Without validation the values go through and give
-what the formulas give (NaN, inf, a negative weight's loss).
+when it is no number at all (always); ``dataset_size`` is any integral number below
+2**63 (issue 31); the dataset size is compared with the *global* batch; a posterior that
+broadcasts with z but not to z's shape is refused by name. Without validation the values
+go through and give what the formulas give (NaN, inf, a negative weight's loss).
 """
 
 from __future__ import annotations
@@ -287,6 +287,23 @@ def test_a_dataset_size_that_is_no_integer_is_a_type_error(size):
         BetaTCVAELoss(dataset_size=size)
 
 
+@pytest.mark.parametrize("size", [2**63, 10**20, np.uint64(2**63)])
+def test_a_dataset_size_beyond_64_bits_is_a_value_error(size):
+    """``dataset_size=10**20`` used to pass the checks and then fail in the operator with
+    "Expected a value of type 'int' … found type 'int'"; it is refused by name on every
+    path, and the largest 64-bit size still goes through."""
+    x, p, z, mu, sigma = _inputs()
+    for call in (
+        lambda: beta_tcvae_loss(x, p, z, mu, sigma, dataset_size=size),
+        lambda: kl_decomposition(z, mu, sigma, size),
+        lambda: BetaTCVAELoss(dataset_size=size),
+    ):
+        with pytest.raises(ValueError, match=r"dataset_size must be below 2\*\*63"):
+            call()
+    largest = beta_tcvae_loss(x, p, z, mu, sigma, dataset_size=2**63 - 1)
+    assert all(torch.isfinite(t).all() for t in largest)
+
+
 def test_a_changing_dataset_size_compiles_at_most_twice():
     """An int N that changes between calls of a compiled step is a symbolic int there:
     accepting any integral type must not specialise it (``operator.index`` would)."""
@@ -324,6 +341,38 @@ def test_dataset_size_is_compared_with_the_global_batch(monkeypatch):
     ):
         with pytest.raises(ValueError, match=r"smaller than the batch \(10\)"):
             call()
+
+
+def test_the_minimum_batch_counts_the_global_batch_under_gather(monkeypatch):
+    """Two ranks of one sample each hold a global batch of 2, enough for the estimators:
+    the check passes it (and refuses the same batch of 1 on one process), and the public
+    path gets past the check to the all-gather, which asks for a process group."""
+    _, _, z, mu, sigma = _inputs()
+    one = (z[:1], mu[:1], sigma[:1])
+    assert check_tcvae_inputs(*one, 10, "mss", False, True, world_size=2) == 10
+    with pytest.raises(ValueError, match="at least 2 samples, got 1"):
+        check_tcvae_inputs(*one, 10, "mss", False, True, world_size=1)
+    monkeypatch.setattr(functional_module, "world", lambda gather, group: (1, 2))
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        kl_decomposition(*one, 10, gather=True)
+
+
+@BACKENDS
+def test_beta_tcvae_reconstruction_honours_validate_args(backend, restore_validation):
+    """The reconstruction term follows the call's ``validate_args``, not the global default:
+    a Bernoulli target outside [0, 1] raises when asked to validate and gives NaN when
+    asked not to, whichever way torch.distributions' default points."""
+    x, p, z, mu, sigma = _inputs()
+    x = x.abs().clamp(max=1.0)
+    x[0, 0] = 1.5
+    p = torch.sigmoid(p)
+    args = (x, p, z, mu, sigma, 1.0, 6.0, 1.0, N, "bernoulli")
+    torch.distributions.Distribution.set_default_validate_args(True)
+    rec = beta_tcvae_loss(*args, backend=backend, validate_args=False)[1]
+    assert torch.isnan(rec)
+    torch.distributions.Distribution.set_default_validate_args(False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        beta_tcvae_loss(*args, backend=backend, validate_args=True)
 
 
 # ---- a posterior that broadcasts with z, not to it (item 8) ---------------------------------

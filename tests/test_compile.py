@@ -15,7 +15,7 @@ from torch.distributions import Bernoulli, Laplace, Normal
 
 import betavae_triton.vae.ops  # noqa: F401  (registers the operators)
 from betavae_triton import BetaVAELoss, CapacityBetaVAELoss, beta_vae_loss
-from betavae_triton.vae.call import LossCall
+from betavae_triton.vae.call import LOSS_FWD_SCHEMA, LossCall, LossOutputs
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ("eager", "triton")
@@ -227,6 +227,29 @@ def test_compiled_optimizer_step_trains_a_vae(backend):
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
 
 
+# The operator's schema, as an exported program records it. Changing it is changing the
+# operator: update this string on purpose (and the CHANGELOG), never by accident.
+PINNED_LOSS_FWD_SCHEMA = (
+    "(Tensor? x, Tensor? p, Tensor? q_loc, Tensor? q_scale, Tensor? p_scale, "
+    "Tensor? beta_tensor, float beta, str dist, bool q_is_logvar, bool per_sample, "
+    "bool kl_per_dim, bool need_grad_x, bool need_grad_p, bool need_grad_q, "
+    "bool need_grad_p_scale, bool in_place_backward=False) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def test_loss_fwd_schema_is_written_out_and_stable():
+    """Both forms of the operator have the pinned schema, whose arguments are LossCall's
+    fields and whose results are LossOutputs' (a field added to the bundle without
+    changing the schema fails here, not in a user's exported program)."""
+    assert LOSS_FWD_SCHEMA == PINNED_LOSS_FWD_SCHEMA
+    for op in (torch.ops.betavae_triton.loss_fwd, torch.ops.betavae_triton.loss_fwd_cpu):
+        schema = op.default._schema
+        assert str(schema).split("::", 1)[1] == op.default._opname + LOSS_FWD_SCHEMA
+        assert tuple(a.name for a in schema.arguments) == LossCall._fields
+        assert len(schema.returns) == len(LossOutputs._fields)
+
+
 @pytest.mark.parametrize("dist", [*DISTS, "bernoulli_logits"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_opcheck(dist, dtype):
@@ -247,9 +270,13 @@ def test_opcheck(dist, dtype):
     for op in ops:
         for need in ((True, False, True), (True, True, True), (False, False, False)):
             need_grad_p, need_grad_x, need_grad_q = need
+            # Inputs that require grad where the call writes their gradient (asking for
+            # one it did not write raises: test_autograd_modes.py).
+            wanted = (need_grad_x, need_grad_p, need_grad_q, need_grad_q)
+            call_args = [t.detach().requires_grad_(w) for t, w in zip(args, wanted, strict=True)]
             for per_sample, kl_per_dim in ((False, False), (True, True)):
                 call = LossCall(
-                    *args,
+                    *call_args,
                     p_scale=None,
                     beta_tensor=None,
                     beta=0.5,
@@ -268,6 +295,7 @@ def test_opcheck(dist, dtype):
                     torch.library.opcheck(op, tuple(call._replace(beta_tensor=beta, beta=0.0)))
                 if dist in ("normal", "laplace"):
                     for s in scales:
+                        s = s.detach().requires_grad_(need_grad_p)
                         full = call._replace(p_scale=s, need_grad_p_scale=need_grad_p)
                         torch.library.opcheck(op, tuple(full))
     grads = torch.rand(50, dtype=dtype, device=DEVICE), torch.rand(10, dtype=dtype, device=DEVICE)

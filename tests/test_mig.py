@@ -197,3 +197,26 @@ def test_a_constant_factor_is_left_out_of_the_mean():
     score, per_factor, _ = mig(codes, factors)
     assert np.isnan(per_factor[1])
     assert score == pytest.approx(per_factor[0]) and score == pytest.approx(1.0, abs=1e-12)
+
+
+def test_a_factor_with_empty_levels_has_the_entropy_of_its_observed_levels():
+    """A factor of 3 levels whose sample holds only 0 and 2 (level 1 empty, as a small
+    evaluation set can leave it): its entropy is that of the levels it takes, log 2 for
+    two equally frequent ones (an empty level weighs 0, never 0 · log 0 = NaN, and the
+    number of levels enters nowhere), and a latent that copies it scores 1 for it."""
+    rng = np.random.default_rng(8)
+    # Every pair of (0 or 2, 0 or 1 or 2) 500 times, shuffled: the second factor, of full
+    # levels, is independent of the first in the sample itself (their MI is 0).
+    factors = rng.permutation(np.stack([np.repeat([0, 2], 1500), np.tile([0, 1, 2], 1000)], 1))
+    skipping, full = factors[:, 0], factors[:, 1]
+    assert set(np.unique(skipping)) == {0, 2}
+    assert mutual_information(skipping, full) == pytest.approx(0.0, abs=1e-12)
+    assert entropy(skipping) == pytest.approx(np.log(2), rel=1e-12)
+    assert entropy(skipping) == pytest.approx(_contingency_mi(skipping, skipping), rel=1e-12)
+    assert mutual_information(skipping, skipping) == pytest.approx(np.log(2), rel=1e-12)
+
+    codes = np.stack([skipping.astype(float), full.astype(float), np.zeros(3000)], axis=1)
+    score, per_factor, _ = mig(codes, factors)
+    np.testing.assert_allclose(per_factor, [1.0, 1.0], rtol=0, atol=1e-12)
+    assert score == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(per_factor, _dlib_mig(codes, factors)[1], rtol=1e-10, atol=1e-12)

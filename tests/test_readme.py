@@ -168,3 +168,26 @@ def test_fenced_blocks_parses_markdown(markdown: str, expected: list[tuple]) -> 
 def test_an_unclosed_fence_is_an_error() -> None:
     with pytest.raises(ValueError, match="line 2 is never closed"):
         fenced_blocks("text\n```python\nx = 1\n")
+
+
+def test_the_demo_section_lists_every_option_of_the_demo() -> None:
+    """The option list beside ``make demo ARGS=...`` in "The demo" names every option of
+    ``python -m betavae_triton.demo --help`` (``--lr`` was missing; issue 31)."""
+    from betavae_triton.demo.__main__ import build_parser
+
+    demo = [
+        block.source
+        for block in fenced_blocks(README.read_text(encoding="utf-8"))
+        if block.section == "The demo" and "make demo ARGS=" in block.source
+    ]
+    assert len(demo) == 1, demo
+    missing = [
+        action.option_strings
+        for action in build_parser()._actions
+        if "--help" not in action.option_strings
+        and not any(
+            re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", demo[0])
+            for option in action.option_strings
+        )
+    ]
+    assert missing == [], f"options of the demo that the README does not list: {missing}"

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import betavae_triton.demo.study as study_module
+from betavae_triton.demo import DemoConfig
 from betavae_triton.demo.study import (
     FILES,
     PRESETS,
@@ -308,7 +311,7 @@ def test_command_line_grid_is_the_preset_with_the_axes_given_replaced():
     study, args = parse_study([])
     assert study.grid == make_grid(("betavae", "btcvae"), **PRESETS["paper"])
     assert (study.seeds_select, study.seeds_heldout) == ((0, 1, 2, 3, 4), tuple(range(5, 15)))
-    assert study.budget == Budget() and study.out == Path("perf/out/study")
+    assert study.budget == Budget() and study.out == Path("demo-output/study")
     assert args.phase == "all" and not args.report_only
     study, _ = parse_study(["--grid", "small", "--losses", "btcvae"])
     assert study.grid == make_grid(("btcvae",), **PRESETS["small"])
@@ -377,3 +380,147 @@ def test_readme_holds_the_committed_study_md():
 def test_demo_defaults_are_the_studys_choice_for_the_btcvae():
     _, report = _committed_study()
     assert LOSS_DEFAULTS["btcvae"] == report["chosen"]["btcvae"]
+
+
+# ---- the protocol: what the held-out seeds may touch (issue 31) ----------------------------
+
+PROTOCOL_GRID = (
+    GridPoint("betavae", 64, 6.0, 0.0, "mss"),
+    GridPoint("betavae", 256, 6.0, 0.0, "mss"),
+    GridPoint("btcvae", 64, 6.0, 0.0, "mss"),
+    GridPoint("btcvae", 256, 6.0, 0.0, "mss"),
+)
+# MIG by grid point over the selection seeds 0-2: the β-VAE's best is batch 256, the
+# β-TCVAE's batch 64.
+SELECT_MIGS = {
+    PROTOCOL_GRID[0]: (0.10, 0.20, 0.15),
+    PROTOCOL_GRID[1]: (0.30, 0.25, 0.35),
+    PROTOCOL_GRID[2]: (0.40, 0.30, 0.20),
+    PROTOCOL_GRID[3]: (0.05, 0.10, 0.00),
+}
+
+
+def _made_up(point: GridPoint, seed: int, mig: float, budget: Budget) -> tuple[str, dict]:
+    """A record as run_one writes it, with the fields the report reads."""
+    steps = budget.steps(point.batch_size)
+    return run_key(point, seed, budget), {
+        "point": asdict(point), "seed": seed, "steps": steps,
+        "images_seen": steps * point.batch_size, "mig": mig, "active_dims": 3 + seed,
+        "eval_rec_loss": 100.0 - 10 * mig, "wall_s": 10.0 + seed,
+    }  # fmt: skip
+
+
+def _protocol_study(tmp_path: Path) -> tuple[Study, dict[str, dict], dict[str, dict]]:
+    """A study with selection seeds 0-2 and held-out seeds 3-5, its selection records,
+    and held-out records of every grid point whose MIG would overturn the choice if it
+    counted: 0 for each loss's chosen point, 1 for every other (as if another study's
+    held-out runs, or those of another choice, shared the folder)."""
+    study = Study(PROTOCOL_GRID, (0, 1, 2), (3, 4, 5), Budget(images=128_000), tmp_path)
+    select = dict(
+        _made_up(p, s, mig, study.budget)
+        for p, migs in SELECT_MIGS.items()
+        for s, mig in enumerate(migs)
+    )
+    chosen = {PROTOCOL_GRID[1], PROTOCOL_GRID[2]}
+    heldout = dict(
+        _made_up(p, s, 0.0 if p in chosen else 1.0, study.budget)
+        for p in PROTOCOL_GRID
+        for s in study.seeds_heldout
+    )
+    return study, select, heldout
+
+
+def test_heldout_records_never_change_the_choice(tmp_path):
+    """The choice is made on the selection seeds alone: held-out records, however good
+    or bad, change neither the chosen point of either loss nor the selection rows that
+    the choice reads."""
+    study, select, heldout = _protocol_study(tmp_path)
+    rows, chosen = selection(study, select)
+    assert chosen == {"betavae": PROTOCOL_GRID[1], "btcvae": PROTOCOL_GRID[2]}
+    assert [r["runs"] for r in rows] == [3, 3, 3, 3]
+    assert selection(study, {**select, **heldout}) == (rows, chosen)
+    report = build_report(study, {**select, **heldout})
+    assert report["chosen"] == build_report(study, select)["chosen"]
+    assert report["chosen"]["btcvae"]["batch_size"] == 64
+
+
+def test_heldout_records_enter_no_selection_figure_or_table(tmp_path, monkeypatch):
+    """The selection's statistics, its table in study.md and its curves in
+    mig_vs_batch.png come from the selection seeds alone; the held-out seeds appear only
+    in the held-out row and curve of each loss's chosen point."""
+    study, select, heldout = _protocol_study(tmp_path)
+    records = {**select, **heldout}
+    report = build_report(study, records)
+    assert report["select"] == build_report(study, select)["select"]
+    for row, migs in zip(report["select"], SELECT_MIGS.values(), strict=True):
+        assert row["runs"] == 3 and row["mig"]["median"] == pytest.approx(np.median(migs))
+
+    def section(md: str) -> str:  # the selection's table in study.md
+        return md[md.index("## Selection") : md.index("## Bias")]
+
+    assert section(markdown(study, report)) == section(markdown(study, build_report(study, select)))
+    for loss, point in (("betavae", PROTOCOL_GRID[1]), ("btcvae", PROTOCOL_GRID[2])):
+        held = report["heldout"][loss]
+        assert held["runs"] == 3 and held["seeds"] == [3, 4, 5] and held["mig"]["median"] == 0
+        assert (held["batch_size"], held["estimator"]) == (point.batch_size, point.estimator)
+
+    drawn: dict[str, dict] = {}
+    monkeypatch.setattr(
+        study_module.plots, "plot_mig_vs_batch", lambda series, path, title: drawn.update(series)
+    )
+    monkeypatch.setattr(study_module.plots, "plot_tc_bias", lambda series, path, title: None)
+    study_module._figures(study, report, records)
+    assert drawn == {
+        "betavae: best setting per batch size": [
+            (64, list(SELECT_MIGS[PROTOCOL_GRID[0]])),
+            (256, list(SELECT_MIGS[PROTOCOL_GRID[1]])),
+        ],
+        "btcvae: best setting per batch size": [
+            (64, list(SELECT_MIGS[PROTOCOL_GRID[2]])),
+            (256, list(SELECT_MIGS[PROTOCOL_GRID[3]])),
+        ],
+        "betavae: chosen, held-out seeds": [(256, [0.0, 0.0, 0.0])],
+        "btcvae: chosen, held-out seeds": [(64, [0.0, 0.0, 0.0])],
+    }
+
+
+def test_heldout_runs_see_as_many_images_as_their_points_selection_runs(tmp_path, monkeypatch):
+    """Both phases through run_study, with the demo's training replaced by a stand-in
+    that records each run's settings: every run sees ``images // batch`` steps of its
+    batch (at most the budget, less by under one batch), a held-out run exactly the
+    images of its point's selection runs, and the held-out table says so. The budget
+    (1000 images) is no multiple of the batch sizes (16: 992 images, 48: 960)."""
+    configs: list[DemoConfig] = []
+
+    def train(config: DemoConfig, dist: object) -> dict:
+        configs.append(config)
+        mig = 0.5 if config.batch_size == 48 else 0.1
+        return {
+            "curves": {"loss": [1.0] * config.steps}, "timings": {"total_s": 1.0},
+            "torch_version": torch.__version__, "mig": mig + config.seed / 100,
+            "active_dims": 2, "eval_rec_loss": 50.0,
+        }  # fmt: skip
+
+    monkeypatch.setattr(study_module, "run", train)
+    for figure in ("plot_mig_vs_batch", "plot_tc_bias"):  # (not what this test is about)
+        monkeypatch.setattr(study_module.plots, figure, lambda series, path, title: None)
+    budget = Budget(images=1000, compile=False, tc_probe=())
+    grid = make_grid(("betavae", "btcvae"), (16, 48), (6.0,), (0.0,), ("mss",))
+    study = Study(grid, (0, 1), (2, 3, 4), budget, tmp_path)
+    report = study_module.run_study(study)
+    assert report["ran"] == len(configs) == 4 * 2 + 2 * 3
+
+    seen = {(c.loss, c.batch_size, c.seed): c.steps * c.batch_size for c in configs}
+    for (_, batch, _), images in seen.items():
+        assert images == budget.steps(batch) * batch == {16: 992, 48: 960}[batch]
+        assert budget.images - batch < images <= budget.images
+    records = load_records(study.runs_dir)
+    for record in records.values():
+        point = record["point"]
+        assert record["images_seen"] == seen[(point["loss"], point["batch_size"], record["seed"])]
+        assert record["images_seen"] == record["steps"] * point["batch_size"]
+    for loss, held in report["heldout"].items():
+        assert held["batch_size"] == 48 and held["seeds"] == [2, 3, 4]
+        selected = {seen[(loss, 48, s)] for s in study.seeds_select}
+        heldout = {seen[(loss, 48, s)] for s in study.seeds_heldout}
+        assert heldout == selected == {held["images_seen"]} == {960}

@@ -2,9 +2,10 @@
 
 The compiled loss has no graph break (``fullgraph=True``), weights that change every step
 (numbers or 0-d tensors) compile at most twice, compiled values and gradients are the
-eager ones; the four operators (``tc_log_densities`` and its backward, Triton and CPU)
-pass ``opcheck`` (schema, fake tensors, autograd registration) with the interpreter and,
-for the CPU operators, without it.
+eager ones; the two operators (``tc_log_densities`` and ``tc_log_densities_eager``, with
+their backwards) pass ``opcheck`` (schema, fake tensors, autograd registration), the eager
+one's Triton form (``interpreted=True``) with the interpreter and without it; their
+schemas are the written-out ones.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.distributions import Normal
 
 from betavae_triton import BetaTCVAELoss, beta_tcvae_loss
 from betavae_triton._dispatch import interpreter_enabled
+from betavae_triton.tcvae.call import BACKWARD_SCHEMA, FORWARD_SCHEMA, PairwiseCall, PairwiseSaved
 
 BACKENDS = pytest.mark.parametrize("backend", ["eager", "triton"])
 
@@ -72,7 +74,7 @@ def _opcheck_both(fwd, bwd):
         torch.library.opcheck(fwd, (*leaves, *args[3:]))
         log_qz, log_prod = fwd(*args)
         g = (torch.linspace(-1, 1, log_qz.numel()).double(), torch.ones_like(log_prod))
-        torch.library.opcheck(bwd, (*args[:3], log_qz, log_prod, *g, *args[3:]))
+        torch.library.opcheck(bwd, (*args, log_qz, log_prod, *g))
 
 
 def test_triton_operators_pass_opcheck():
@@ -82,11 +84,37 @@ def test_triton_operators_pass_opcheck():
 
 @pytest.mark.parametrize("interpret", ["1", "0"])
 def test_cpu_operators_pass_opcheck(monkeypatch, interpret):
-    """With the interpreter (the kernels) and without (the eager path inside the op)."""
+    """The Triton backend's CPU form (``interpreted=True``): with the interpreter (the
+    kernels) and without (the eager path inside the op)."""
     monkeypatch.setenv("TRITON_INTERPRET", interpret)
     assert interpreter_enabled() == (interpret == "1")
     ops = torch.ops.betavae_triton
-    _opcheck_both(ops.tc_log_densities_cpu.default, ops.tc_log_densities_backward_cpu.default)
+    for rows, offset in ((slice(None), 0), (slice(3, 6), 3)):
+        args = _op_args(rows=rows, offset=offset)
+        leaves = tuple(t.clone().requires_grad_() for t in args[:3])
+        torch.library.opcheck(ops.tc_log_densities_eager.default, (*leaves, *args[3:], True))
+        log_qz, log_prod = ops.tc_log_densities_eager(*args, True)
+        g = (torch.linspace(-1, 1, log_qz.numel()).double(), torch.ones_like(log_prod))
+        bwd = ops.tc_log_densities_eager_backward.default
+        torch.library.opcheck(bwd, (*args, log_qz, log_prod, *g, True))
+
+
+def test_the_operators_schemas_are_written_out_and_agree():
+    """Both forms of each operator have the schema of tcvae/call.py, whose leading
+    arguments are PairwiseCall's fields and the backward's next ones PairwiseSaved's."""
+    ops = torch.ops.betavae_triton
+    for name, schema in (
+        ("tc_log_densities", FORWARD_SCHEMA),
+        ("tc_log_densities_eager", FORWARD_SCHEMA),
+        ("tc_log_densities_backward", BACKWARD_SCHEMA),
+        ("tc_log_densities_eager_backward", BACKWARD_SCHEMA),
+    ):
+        op = getattr(ops, name).default
+        assert str(op._schema) == f"betavae_triton::{name}{schema}"
+        names = tuple(a.name for a in op._schema.arguments)
+        assert names[:6] == PairwiseCall._fields
+        if "backward" in name:
+            assert names[6:10] == PairwiseSaved._fields
 
 
 def test_eager_operators_pass_opcheck():

@@ -9,8 +9,29 @@ Modules: :mod:`.sprites` (the data), :mod:`.model` (the convolutional VAE), :mod
 figures), :mod:`.__main__` (the command line) and :mod:`.study` (``python -m
 betavae_triton.demo.study``: both losses over a grid of batch sizes, warm-ups and
 estimators, chosen on some seeds and reported on others).
+
+The demo needs the ``demo`` extra (numpy, matplotlib, tqdm: ``pip install
+"betavae-triton[demo]"``). Importing this package does not: :class:`DemoConfig` and
+:func:`run` are loaded on first use, so that the commands can say what is missing
+(:mod:`._extras`).
 """
 
-from .train import DemoConfig, run
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._extras import demo_extras
+
+if TYPE_CHECKING:
+    from .train import DemoConfig, run
 
 __all__ = ["DemoConfig", "run"]
+
+
+def __getattr__(name: str) -> object:
+    """:class:`DemoConfig` and :func:`run`, from :mod:`.train` on first use (PEP 562)."""
+    if name in __all__:
+        with demo_extras(f"{__name__}.{name}", entry_point=False):
+            from . import train
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

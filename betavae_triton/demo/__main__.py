@@ -7,6 +7,9 @@ Trains a small convolutional beta-VAE on 64x64 sprites generated in-process, wit
 ``run.json`` to ``--out`` and prints the MIG disentanglement score. Under
 ``torchrun --nproc-per-node N -m betavae_triton.demo`` it trains with
 DistributedDataParallel, one data shard per rank.
+
+Without the ``demo`` extra (numpy, matplotlib, tqdm) the command exits with status 1 and
+a message naming it (``pip install "betavae-triton[demo]"``), ``--help`` included.
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ from pathlib import Path
 
 import torch
 
-from .train import (
-    ESTIMATORS,
-    LOSS_DEFAULTS,
-    LOSSES,
-    DemoConfig,
-    default_device,
-    distributed_info,
-    run,
-)
+from ._extras import demo_extras
+
+with demo_extras("python -m betavae_triton.demo", entry_point=__name__ == "__main__"):
+    from .train import (
+        ESTIMATORS,
+        LOSS_DEFAULTS,
+        LOSSES,
+        DemoConfig,
+        default_device,
+        distributed_info,
+        run,
+    )
 
 DISTS = ("bernoulli", "normal", "laplace")
 

@@ -12,7 +12,8 @@ minibatch estimator of q(z) (``mss`` or ``mws``). The protocol:
    looked at during the selection: median and interquartile range of the MIG, active
    units, reconstruction, with images seen and wall time.
 
-Each finished run is one JSON record, ``<out>/runs/<key>.json``, its key readable and
+Each finished run is one JSON record, ``<out>/runs/<key>.json`` (``--out``: by default
+``demo-output/study`` in the current folder, beside the demo's output), its key readable and
 ending in a hash of everything that defines the run (grid point, seed, budget); a rerun
 skips the runs whose record exists, so an interrupted study resumes where it stopped.
 From the records it writes ``study.json`` and ``study.md`` (one table each way, with a
@@ -38,12 +39,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from . import plots
-from .train import ESTIMATORS, LOSS_DEFAULTS, LOSSES, DemoConfig, DistInfo, run
+from ._extras import demo_extras
+
+with demo_extras("python -m betavae_triton.demo.study", entry_point=__name__ == "__main__"):
+    import numpy as np
+    from tqdm import tqdm
+
+    from . import plots
+    from .train import ESTIMATORS, LOSS_DEFAULTS, LOSSES, DemoConfig, DistInfo, run
 
 __all__ = [
     "PRESETS",
@@ -95,6 +100,8 @@ TC_PROBE = (16, 64, 256, 1024)
 # Curves kept in a record: at most this many points, evenly spaced over the steps.
 CURVE_POINTS = 250
 FILES = ("study.json", "study.md", "mig_vs_batch.png", "tc_bias.png")
+# --out: beside the demo's own output (DemoConfig.out), relative to the current folder.
+DEFAULT_OUT = Path("demo-output") / "study"
 # --readme: the block of a markdown file that holds study.md (its title dropped, its
 # headings two levels down, its pictures' paths made relative to that file).
 README_BEGIN = "<!-- study.md begins: python -m betavae_triton.demo.study --readme FILE -->"
@@ -827,7 +834,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("perf/out/study"), help="the study's folder"
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="the study's folder (the default lies beside the demo's own output, in the "
+        "current folder; the README's study is in perf/results/study)",
     )
     parser.add_argument(
         "--phase",

@@ -4,31 +4,41 @@ The C kernels (the Triton kernels' algorithm, vectorised over the posteriors j) 
 compiled at first use with the machine's C compiler (``$CC``, else ``gcc`` or ``cc``;
 ``-O3 -march=native -fopenmp``, no fast-math) into a cache folder
 (``$BETAVAE_TRITON_CACHE_DIR``, else ``$XDG_CACHE_HOME/betavae_triton`` or
-``~/.cache/betavae_triton``), keyed by the source, the compiler, the flags and the CPU, and
-loaded with ``ctypes``. They run on torch's own OpenMP threads (the library links the
-``libgomp.so.1`` that torch has loaded): the rows are split into
-``torch.get_num_threads()`` ranges, and the backward pass's sums over the rows are partial
-sums per range, added in range order, so that results are the same bit for bit run after
-run at a given thread count.
+``~/.cache/betavae_triton``), keyed by the source, the compiler (path and version), the
+flags and what ``-march=native`` resolves to (the options the compiler's driver passes on
+for it, ``cc -### -march=native``; where it does not say, the CPU's model and feature
+flags from ``/proc/cpuinfo``), and loaded with ``ctypes``. They run on torch's own OpenMP
+threads (the library links the ``libgomp.so.1`` that torch has loaded): the rows are
+split into ``torch.get_num_threads()`` ranges, and the backward pass's sums over the rows
+are partial sums per range, added in range order, so that results are the same bit for
+bit run after run at a given thread count.
 
-Where no compiler works (or ``BETAVAE_TRITON_NATIVE=0``), :func:`kernels` returns None
-and the eager backend runs the chunked torch algorithm of :mod:`.eager` instead, with
-the reason in :func:`unavailable_reason`.
+The compiler is asked once per process (its version and its ``-march=native``), each
+library (float32, float64) is built or loaded once per process, and a failure is
+remembered for the rest of the process: no call after the first runs a subprocess. Where
+no compiler works (or the cache folder cannot be written), :func:`kernels` returns None,
+the eager backend runs the chunked torch algorithm of :mod:`.eager` instead, and a
+:class:`NativeBuildWarning` says why, once per process; ``BETAVAE_TRITON_NATIVE=0``
+chooses the torch algorithm on purpose (read at every call, no warning).
+:func:`tcvae_cpu_kernels` says which runs, and why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -37,13 +47,79 @@ from .._constants import ESTIMATOR_CODES, HALF_LOG_2PI, MWS
 Tensor = torch.Tensor
 SOURCE = Path(__file__).with_name("minibatch.c")
 FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-std=c11")
+# The builds tried in turn: with -march=native and OpenMP, else without either where the
+# compiler refuses it.
+VARIANTS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
 ENV_SWITCH = "BETAVAE_TRITON_NATIVE"
+CACHE_ENV = "BETAVAE_TRITON_CACHE_DIR"
+# /proc/cpuinfo lines that tell a CPU's generation and instruction sets, on any
+# architecture: x86 ("model name", "flags"), ARM ("CPU implementer", "CPU part",
+# "Features"), RISC-V ("isa", "uarch"), POWER ("cpu"), s390 ("features").
+CPUINFO_KEYS = (
+    "model name",
+    "flags",
+    "features",
+    "cpu implementer",
+    "cpu architecture",
+    "cpu variant",
+    "cpu part",
+    "cpu model",
+    "isa",
+    "uarch",
+    "cpu",
+)
+
+
+class NativeBuildWarning(RuntimeWarning):
+    """The β-TCVAE C kernels could not be built or loaded: the eager backend runs the
+    slower chunked torch algorithm on the CPU instead (warned once per process)."""
+
+
+class CpuKernels(NamedTuple):
+    """Which implementation computes β-TCVAE's minibatch log-densities on a CPU.
+
+    Attributes
+    ----------
+    path : {"c", "torch"}
+        ``"c"``: the C kernels of ``tcvae/minibatch.c``, compiled for this machine;
+        ``"torch"``: the chunked torch algorithm (6–8× slower on a CPU).
+    reason : str or None
+        Why the torch algorithm runs (None where the C kernels do): no C compiler, a
+        failed build, a cache folder that cannot be written, ``BETAVAE_TRITON_NATIVE=0``,
+        or a dtype the kernels do not cover.
+    library : pathlib.Path or None
+        The compiled library in use (None on the torch path).
+    """
+
+    path: Literal["c", "torch"]
+    reason: str | None
+    library: Path | None
+
+
+class _Toolchain(NamedTuple):
+    compiler: str  # the compiler's absolute path
+    version: str  # what `compiler --version` printed
+    target: str  # what -march=native stands for here (or the CPU's signature)
+
+
+class _Native(NamedTuple):
+    path: Path
+    fwd: Callable[..., None]  # the C forward
+    bwd: Callable[..., None]  # the C backward
+
+
+# Per process: the reason of each dtype's latest call (None where the kernels ran), each
+# compiler's toolchain (or why it failed), each library (float64 or not) once loaded (or
+# why it failed), and whether the warning was given.
 _UNAVAILABLE: dict[torch.dtype, str] = {}
+_TOOLCHAINS: dict[str, _Toolchain | str] = {}
+_LIBRARIES: dict[bool, _Native | str] = {}
+_WARNED: set[str] = set()
 
 
 def _cache_dir() -> Path:
-    if os.environ.get("BETAVAE_TRITON_CACHE_DIR"):
-        return Path(os.environ["BETAVAE_TRITON_CACHE_DIR"])
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "betavae_triton"
 
@@ -55,26 +131,101 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_signature() -> str:
-    """What -march=native depends on: the machine and its CPU's model and flags."""
-    text = ""
-    with contextlib.suppress(OSError):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        text = "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
-    return f"{platform.machine()}\n{text}"
+def _cpu_signature(cpuinfo: str | None = None) -> str:
+    """The machine and its CPU's model and feature flags (the ``/proc/cpuinfo`` lines of
+    :data:`CPUINFO_KEYS`, on every architecture): the fallback for :func:`_native_target`."""
+    if cpuinfo is None:
+        cpuinfo = ""
+        with contextlib.suppress(OSError):
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+    lines = set()
+    for line in cpuinfo.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() in CPUINFO_KEYS:
+            lines.add(f"{name.strip().lower()}: {' '.join(sorted(value.split()))}")
+    return "\n".join([platform.machine(), *sorted(lines)])
+
+
+def _native_target(compiler: str) -> str | None:
+    """What ``-march=native`` resolves to for ``compiler``: the target options its driver
+    passes to the compiler proper (``cc -### -march=native``: gcc's ``-march=znver3
+    -mavx2 … --param l1-cache-size=…``, clang's ``-target-cpu``/``-target-feature``), or
+    None where the compiler does not say (or leaves ``native`` unresolved)."""
+    cmd = [compiler, "-###", "-march=native", "-x", "c", "-c", os.devnull]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    kept: list[str] = []
+    for line in (done.stderr + done.stdout).splitlines():
+        try:
+            tokens = shlex.split(line)
+        except ValueError:
+            tokens = [t.strip("\"'") for t in line.split()]
+        take_next = False
+        for token in tokens:
+            if take_next:
+                kept.append(token)
+                take_next = False
+            elif token in ("-target-cpu", "-target-feature", "-tune-cpu", "--param"):
+                kept.append(token)
+                take_next = True
+            elif token.startswith("-m"):
+                kept.append(token)
+    if not kept or any("native" in token for token in kept):
+        return None
+    return " ".join(kept)
+
+
+def _toolchain() -> _Toolchain:
+    """The compiler, its version and its ``-march=native``: asked once per process per
+    compiler (a failure too). Raises RuntimeError where no compiler is found."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    known = _TOOLCHAINS.get(compiler)
+    if known is None:
+        try:
+            done = subprocess.run(
+                [compiler, "--version"], capture_output=True, text=True, timeout=60
+            )
+            version = f"{done.returncode}\n{done.stdout}"
+            target = _native_target(compiler) or _cpu_signature()
+            known = _Toolchain(compiler, version, target)
+        except (OSError, subprocess.SubprocessError) as err:
+            known = f"{compiler} does not run: {err}"
+        _TOOLCHAINS[compiler] = known
+    if isinstance(known, str):
+        raise RuntimeError(known)
+    return known
+
+
+def _library_path(double: bool, tools: _Toolchain) -> Path:
+    """The cache file of the float64 (``double``) or float32 library: named by a hash of
+    the source, the compiler, the flags and the target, so that a change of any of them
+    (an upgrade, another CPU sharing the home folder) builds a library of its own."""
+    key = hashlib.sha256(
+        "\0".join(
+            (
+                SOURCE.read_text(),
+                tools.compiler,
+                tools.version,
+                " ".join(FLAGS),
+                repr(VARIANTS),
+                tools.target,
+            )
+        ).encode()
+    ).hexdigest()[:24]
+    return _cache_dir() / f"minibatch_{'f64' if double else 'f32'}_{key}.so"
 
 
 def _build(compiler: str, double: bool, out: Path) -> None:
-    """Compile the kernels for float (``double`` False) or double into ``out``: with
-    ``-march=native`` and OpenMP, or without either where the compiler refuses it."""
+    """Compile the kernels for float (``double`` False) or double into ``out``: the
+    first of :data:`VARIANTS` the compiler accepts."""
     define = f"-DREAL_IS_DOUBLE={int(double)}"
-    options = (
-        ("-march=native", "-fopenmp"),
-        ("-fopenmp",),
-        ("-march=native",),
-        (),
-    )
-    for arch in options:
+    for arch in VARIANTS:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             target = Path(tmp) / out.name
             cmd = [compiler, *FLAGS, *arch, define, str(SOURCE), "-o", str(target), "-lm"]
@@ -86,21 +237,16 @@ def _build(compiler: str, double: bool, out: Path) -> None:
     raise RuntimeError(f"{compiler} failed: {error}")
 
 
-@functools.cache
-def _load(double: bool) -> ctypes.CDLL:
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(
-        "\0".join(
-            (SOURCE.read_text(), compiler, version, " ".join(FLAGS), _cpu_signature())
-        ).encode()
-    ).hexdigest()[:24]
-    path = _cache_dir() / f"minibatch_{'f64' if double else 'f32'}_{key}.so"
+def _load(double: bool) -> _Native:
+    """Build (where the cache lacks it) and load one library; raises on failure."""
+    tools = _toolchain()
+    path = _library_path(double, tools)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _build(compiler, double, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RuntimeError(f"the cache folder {path.parent} cannot be created: {err}") from err
+        _build(tools.compiler, double, path)
     lib = ctypes.CDLL(str(path))
     real = ctypes.c_double if double else ctypes.c_float
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -111,36 +257,94 @@ def _load(double: bool) -> ctypes.CDLL:
     bwd = getattr(lib, f"minibatch_log_densities_bwd_{suffix}")
     bwd.argtypes = [p] * 11 + [i32] + [i64] * 4 + [i32, real, real, real]
     bwd.restype = None
-    return lib
+    return _Native(path, fwd, bwd)
+
+
+def _native(dtype: torch.dtype) -> _Native | str:
+    """The loaded kernels for ``dtype``, or why there are none (the switch read now; the
+    build tried once per process, its outcome kept)."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"{ENV_SWITCH}=0"
+    if dtype not in (torch.float32, torch.float64):
+        return f"no kernels for {dtype}"
+    double = dtype == torch.float64
+    known = _LIBRARIES.get(double)
+    if known is None:
+        try:
+            known = _load(double)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            known = str(err) or type(err).__name__
+        _LIBRARIES[double] = known
+    return known
+
+
+def _warn(dtype: torch.dtype, reason: str) -> None:
+    """Say once per process that the build failed, why, and what to do."""
+    if "build" in _WARNED:
+        return
+    _WARNED.add("build")
+    warnings.warn(
+        f"betavae_triton: the β-TCVAE C kernels for {dtype} are unavailable ({reason}); "
+        "the eager backend runs the chunked torch algorithm on the CPU instead, 6-8x "
+        "slower. To fix: install a C compiler (gcc or clang) or point CC to one; set "
+        f"{CACHE_ENV} to a writable folder; or set {ENV_SWITCH}=0 to choose the torch "
+        "algorithm and silence this warning. betavae_triton.tcvae_cpu_kernels() tells "
+        "which runs.",
+        NativeBuildWarning,
+        stacklevel=3,
+    )
 
 
 def kernels(dtype: torch.dtype):
     """``(fwd, bwd)`` C functions for ``dtype`` (float32 or float64), or None where they
-    cannot be built here (the reason: :func:`unavailable_reason`)."""
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        _UNAVAILABLE[dtype] = f"{ENV_SWITCH}=0"
-        return None
-    if dtype not in (torch.float32, torch.float64):
-        _UNAVAILABLE[dtype] = f"no kernels for {dtype}"
-        return None
-    double = dtype == torch.float64
-    try:
-        lib = _load(double)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        _UNAVAILABLE[dtype] = str(err)
+    cannot be built here (the reason: :func:`unavailable_reason`; a failed build warns
+    once per process)."""
+    native = _native(dtype)
+    if isinstance(native, str):
+        _UNAVAILABLE[dtype] = native
+        if dtype in (torch.float32, torch.float64) and native != f"{ENV_SWITCH}=0":
+            _warn(dtype, native)
         return None
     _UNAVAILABLE.pop(dtype, None)  # a reason of an earlier call (the switch was set) is stale
-    suffix = "f64" if double else "f32"
-    return (
-        getattr(lib, f"minibatch_log_densities_fwd_{suffix}"),
-        getattr(lib, f"minibatch_log_densities_bwd_{suffix}"),
-    )
+    return native.fwd, native.bwd
 
 
 def unavailable_reason(dtype: torch.dtype = torch.float32) -> str | None:
     """Why :func:`kernels` returned None for ``dtype`` at its latest call (None if it did
     not, or was not asked)."""
     return _UNAVAILABLE.get(dtype)
+
+
+def tcvae_cpu_kernels(dtype: torch.dtype = torch.float32) -> CpuKernels:
+    """Which implementation of β-TCVAE's minibatch log-densities runs on the CPU.
+
+    The eager backend (every β-TCVAE loss on CPU tensors) runs C kernels compiled at first
+    use for this machine, or, where they cannot be built, a chunked torch algorithm 6–8×
+    slower. This answers for the current settings: it builds or loads the kernels if no
+    call did yet in this process (a few seconds, once), and reads ``BETAVAE_TRITON_NATIVE``
+    now. It does not warn (the loss warns once, with :class:`NativeBuildWarning`).
+
+    Parameters
+    ----------
+    dtype : torch.dtype, default=torch.float32
+        The dtype of the tensors (the kernels exist for float32 and float64).
+
+    Returns
+    -------
+    CpuKernels
+        ``(path, reason, library)``: ``"c"`` with the compiled library's path, or
+        ``"torch"`` with the reason.
+
+    Examples
+    --------
+    >>> import betavae_triton
+    >>> betavae_triton.tcvae_cpu_kernels().path in ("c", "torch")
+    True
+    """
+    native = _native(dtype)
+    if isinstance(native, str):
+        return CpuKernels("torch", native, None)
+    return CpuKernels("c", None, native.path)
 
 
 def estimator_constants(batch: int, dataset_size: int, estimator: str) -> tuple[int, ...]:

@@ -1,27 +1,36 @@
 """β-TCVAE's minibatch log-densities as ``torch.library`` operators, with one autograd.
 
-Three operators under the ``betavae_triton`` namespace compute
+Two operators under the ``betavae_triton`` namespace compute
 
     (log q(z_i), log q(z_id)) = tc_log_densities(z, mu, log_sigma, row_offset,
                                                   dataset_size, estimator)
 
 for the samples z (rows ``row_offset`` … of the batch) against every posterior (μ, log σ),
 by online log-sum-exps in O(B·D) memory, and each has a ``*_backward`` operator that
-recomputes the gradients to z, μ and log σ from the saved log-sum-exps:
+recomputes the gradients to z, μ and log σ from the saved log-sum-exps. Their first six
+arguments are the fields of :class:`.call.PairwiseCall`; the backward's next four those of
+:class:`.call.PairwiseSaved`; the schemas are written out in :mod:`.call`.
 
 ``tc_log_densities``
     the Triton backend: a ``torch.library.triton_op`` whose kernels (:mod:`.launch`) are
-    launched through ``wrap_triton`` on CUDA, so inductor sees them; on CPU tensors it
-    forwards to ``tc_log_densities_cpu``;
-``tc_log_densities_cpu``
-    the kernels under Triton's interpreter, else the eager algorithm (opaque);
+    launched through ``wrap_triton`` on CUDA, so that inductor sees them. On CPU tensors
+    it calls ``tc_log_densities_eager(..., interpreted=True)``.
 ``tc_log_densities_eager``
-    the eager backend: the chunked algorithm of :mod:`.eager` on any device, opaque to
-    ``torch.compile`` (which would otherwise unroll its walk over the chunks).
+    the eager backend on any device: the C kernels of :mod:`.cpu` on a CPU, the chunked
+    torch algorithm of :mod:`.eager` elsewhere (and where no C compiler works), opaque
+    to ``torch.compile`` (which would otherwise unroll the walk over the chunks). With
+    ``interpreted=True``: the Triton kernels under Triton's interpreter (the eager
+    algorithm without it), the Triton backend's CPU form. That form cannot be a CPU
+    kernel registered on the ``triton_op`` (``register_kernel("cpu")``): it runs in eager
+    mode, but dynamo and inductor decompose a ``triton_op`` into its body whatever the
+    device, and the body's ``wrap_triton`` launch then asks Triton for a GPU driver.
 
-All three share one autograd (:func:`_setup_context`, :func:`_backward_with`). Importing
-this module registers them (``betavae_triton.tcvae`` does on import); the Triton ones run
-only where Triton is importable.
+One autograd (:func:`_setup_context`, :func:`_backward`) is registered on both; it answers
+second derivatives (``create_graph=True``) through :mod:`.formula`. ``torch.func``
+transforms and forward-mode AD never reach the operators (:func:`.terms.minibatch_terms`
+runs the formula under them). Importing this module registers the operators
+(``betavae_triton.tcvae`` does on import); the Triton one only where Triton is
+importable.
 """
 
 from __future__ import annotations
@@ -29,8 +38,15 @@ from __future__ import annotations
 import torch
 from torch.library import custom_op, register_autograd, triton_op, wrap_triton
 
-from .._dispatch import interpreter_enabled, interpreter_launch, triton_available
+from .._dispatch import (
+    create_graph_requested,
+    interpreter_enabled,
+    interpreter_launch,
+    triton_available,
+)
 from . import cpu, eager
+from .call import BACKWARD_SCHEMA, FORWARD_SCHEMA, PairwiseCall, PairwiseSaved
+from .formula import formula_log_densities
 
 if triton_available():
     from .launch import launch_log_densities_bwd, launch_log_densities_fwd
@@ -38,15 +54,7 @@ if triton_available():
 Tensor = torch.Tensor
 
 
-def _fake_log_densities(z, mu, log_sigma, row_offset, dataset_size, estimator):
-    return z.new_empty(z.shape[:1]), torch.empty_like(z)
-
-
-def _fake_backward(z, mu, log_sigma, *rest):
-    return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(log_sigma)
-
-
-# ---- the eager backend -------------------------------------------------------------------
+# ---- the implementations, on one call ------------------------------------------------------
 
 
 def _native(z: Tensor):
@@ -54,99 +62,54 @@ def _native(z: Tensor):
     return cpu.kernels(z.dtype) if z.device.type == "cpu" else None
 
 
-def _eager_fwd(z, mu, log_sigma, row_offset, dataset_size, estimator):
-    """The eager backend's forward: the C kernels on a CPU, the chunked torch algorithm
-    elsewhere (and where no C compiler works)."""
-    args = (z.contiguous(), mu.contiguous(), log_sigma.contiguous())
-    native = _native(z)
+def _forward(call: PairwiseCall, interpreted: bool) -> tuple[Tensor, Tensor]:
+    """``(log q(z_i), log q(z_id))`` of ``call``: the interpreted Triton kernels, the C
+    kernels, or the chunked torch algorithm (see the module docstring)."""
+    call = call.contiguous()
+    if interpreted and interpreter_enabled():
+        return launch_log_densities_fwd(interpreter_launch, *call)
+    native = _native(call.z)
     if native is not None:
-        return cpu.log_densities_fwd(native[0], *args, row_offset, dataset_size, estimator)
-    return eager.log_densities_fwd(*args, row_offset, dataset_size, estimator)
+        return cpu.log_densities_fwd(native[0], *call)
+    return eager.log_densities_fwd(*call)
 
 
-def _eager_bwd(z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, *options):
-    """The eager backend's backward, on the same implementation as :func:`_eager_fwd`."""
-    tensors = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod)
-    args = tuple(t.contiguous() for t in tensors)
-    native = _native(z)
+def _backward_impl(
+    call: PairwiseCall, saved: PairwiseSaved, interpreted: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of ``call``'s z, μ and log σ, on the implementation of :func:`_forward`."""
+    call, saved = call.contiguous(), saved.contiguous()
+    args = (call.z, call.mu, call.log_sigma, *saved, *call[3:])
+    if interpreted and interpreter_enabled():
+        return launch_log_densities_bwd(interpreter_launch, *args)
+    native = _native(call.z)
     if native is not None:
-        return cpu.log_densities_bwd(native[1], *args, *options)
-    return eager.log_densities_bwd(*args, *options)
+        return cpu.log_densities_bwd(native[1], *args)
+    return eager.log_densities_bwd(*args)
 
 
-@custom_op("betavae_triton::tc_log_densities_eager", mutates_args=())
-def tc_log_densities_eager(
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor]:
-    """``(log q(z_i), log q(z_id))`` on any device: :func:`_eager_fwd`."""
-    return _eager_fwd(z, mu, log_sigma, row_offset, dataset_size, estimator)
+# ---- the operators ------------------------------------------------------------------------
 
 
-@custom_op("betavae_triton::tc_log_densities_eager_backward", mutates_args=())
-def tc_log_densities_eager_backward(
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    log_qz: Tensor,
-    log_prod: Tensor,
-    g_qz: Tensor,
-    g_prod: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The gradients of :func:`tc_log_densities_eager`'s inputs, recomputed."""
-    args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
-    return _eager_bwd(*args, estimator)
+@custom_op("betavae_triton::tc_log_densities_eager", mutates_args=(), schema=FORWARD_SCHEMA)
+def tc_log_densities_eager(*args):
+    """``(log q(z_i), log q(z_id))`` on any device; see the module docstring."""
+    *fields, interpreted = args if len(args) == 7 else (*args, False)
+    return _forward(PairwiseCall(*fields), interpreted)
 
 
-# ---- the Triton backend on CPU tensors (the interpreter, or the eager algorithm) ---------
+@custom_op(
+    "betavae_triton::tc_log_densities_eager_backward", mutates_args=(), schema=BACKWARD_SCHEMA
+)
+def tc_log_densities_eager_backward(*args):
+    """The gradients of :func:`tc_log_densities_eager`'s z, μ and log σ, recomputed."""
+    *fields, interpreted = args if len(args) == 11 else (*args, False)
+    return _backward_impl(PairwiseCall(*fields[:6]), PairwiseSaved(*fields[6:]), interpreted)
 
 
-@custom_op("betavae_triton::tc_log_densities_cpu", mutates_args=())
-def tc_log_densities_cpu(
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor]:
-    """:func:`tc_log_densities` on CPU tensors."""
-    args = (z, mu, log_sigma, row_offset, dataset_size, estimator)
-    if interpreter_enabled():
-        return launch_log_densities_fwd(interpreter_launch, *args)
-    return _eager_fwd(*args)
-
-
-@custom_op("betavae_triton::tc_log_densities_backward_cpu", mutates_args=())
-def tc_log_densities_backward_cpu(
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    log_qz: Tensor,
-    log_prod: Tensor,
-    g_qz: Tensor,
-    g_prod: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`tc_log_densities_backward` on CPU tensors."""
-    args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
-    if interpreter_enabled():
-        return launch_log_densities_bwd(interpreter_launch, *args, estimator)
-    return _eager_bwd(*args, estimator)
-
-
-# ---- the Triton backend ------------------------------------------------------------------
-
-
+# torch infers a triton_op's schema from its signature (it takes no schema= argument):
+# the parameters are those of FORWARD_SCHEMA / BACKWARD_SCHEMA, written out here
+# (tests/test_tcvae_compile.py checks that the schemas agree).
 @triton_op("betavae_triton::tc_log_densities", mutates_args=())
 def tc_log_densities(
     z: Tensor,
@@ -155,14 +118,15 @@ def tc_log_densities(
     row_offset: int,
     dataset_size: int,
     estimator: str,
+    interpreted: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """β-TCVAE's ``(log q(z_i), log q(z_id))``; see the module docstring."""
-    z, mu, log_sigma = (t.contiguous() for t in (z, mu, log_sigma))
-    args = (z, mu, log_sigma, row_offset, dataset_size, estimator)
+    """β-TCVAE's ``(log q(z_i), log q(z_id))`` by the Triton kernels; see the module
+    docstring (``interpreted`` is implied on CPU tensors)."""
+    call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator).contiguous()
     if z.device.type == "cpu":
-        return tc_log_densities_cpu(*args)
+        return tc_log_densities_eager(*call, True)
     with torch.cuda.device(z.device):
-        return launch_log_densities_fwd(wrap_triton, *args)
+        return launch_log_densities_fwd(wrap_triton, *call)
 
 
 @triton_op("betavae_triton::tc_log_densities_backward", mutates_args=())
@@ -170,60 +134,86 @@ def tc_log_densities_backward(
     z: Tensor,
     mu: Tensor,
     log_sigma: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
     log_qz: Tensor,
     log_prod: Tensor,
     g_qz: Tensor,
     g_prod: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
+    interpreted: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The gradients of :func:`tc_log_densities`' inputs; see the module docstring."""
-    tensors = (t.contiguous() for t in (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod))
-    z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod = tensors
-    args = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod, row_offset, dataset_size)
+    """The gradients of :func:`tc_log_densities`' z, μ and log σ; see the module docstring."""
+    call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator).contiguous()
+    saved = PairwiseSaved(log_qz, log_prod, g_qz, g_prod).contiguous()
     if z.device.type == "cpu":
-        return tc_log_densities_backward_cpu(*args, estimator)
+        return tc_log_densities_eager_backward(*call, *saved, True)
     with torch.cuda.device(z.device):
-        return launch_log_densities_bwd(wrap_triton, *args, estimator)
+        args = (call.z, call.mu, call.log_sigma, *saved, *call[3:])
+        return launch_log_densities_bwd(wrap_triton, *args)
 
 
-# ---- one autograd for all three ----------------------------------------------------------
+@tc_log_densities_eager.register_fake
+def _fake_forward(z, mu, log_sigma, *options):
+    return z.new_empty(z.shape[:1]), torch.empty_like(z)
+
+
+@tc_log_densities_eager_backward.register_fake
+def _fake_backward(z, mu, log_sigma, *rest):
+    return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(log_sigma)
+
+
+# ---- one autograd for both ---------------------------------------------------------------
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    """Save the inputs and the log-sum-exps; the options are the operator's last three
-    arguments."""
-    z, mu, log_sigma, *options = inputs
-    ctx.save_for_backward(z, mu, log_sigma, *output)
-    ctx.options = options
+    """Save the call and the log-sum-exps."""
+    call = PairwiseCall(*inputs[:6])
+    ctx.save_for_backward(call.z, call.mu, call.log_sigma, *output)
+    ctx.options = tuple(call[3:])
+    ctx.interpreted = bool(inputs[6]) if len(inputs) > 6 else False
 
 
-def _backward_with(backward_op):
-    """The autograd backward of a pairwise operator whose gradients ``backward_op``
-    recomputes (incoming gradients that autograd left undefined count as zeros)."""
+def _second_order_gradients(call: PairwiseCall, g_qz, g_prod) -> tuple[Tensor | None, ...]:
+    """The gradients of z, μ and log σ as a graph (``create_graph=True``): recomputed by
+    :func:`.formula.formula_log_densities`, which autograd differentiates again. O(B²·D)
+    memory, as any second derivative of the pairwise terms built by autograd."""
+    with torch.enable_grad():
+        inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in call[:3]]
+        outputs = formula_log_densities(*inputs, *call[3:])
+        pairs = [(o, g) for o, g in zip(outputs, (g_qz, g_prod), strict=True) if g is not None]
+        return torch.autograd.grad(
+            [o for o, _ in pairs],
+            inputs,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
 
-    def backward(ctx, g_qz, g_prod):
-        z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
-        g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz.contiguous()
-        g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod.contiguous()
-        saved = (z, mu, log_sigma, log_qz, log_prod, g_qz, g_prod)
-        return (*backward_op(*saved, *ctx.options), None, None, None)
 
-    return backward
+def _backward(ctx, g_qz, g_prod):
+    """The gradients of z, μ and log σ (incoming gradients that autograd left undefined
+    count as zeros): recomputed by the operator's backward, or, with
+    ``create_graph=True``, by :func:`_second_order_gradients`."""
+    z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
+    call = PairwiseCall(z, mu, log_sigma, *ctx.options)
+    none = (None,) * (len(ctx.needs_input_grad) - 3)
+    if create_graph_requested(z):
+        return (*_second_order_gradients(call, g_qz, g_prod), *none)
+    g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz
+    g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod
+    saved = PairwiseSaved(log_qz, log_prod, g_qz, g_prod)
+    backward_op = tc_log_densities_backward if ctx.is_triton else tc_log_densities_eager_backward
+    return (*backward_op(*call, *saved, ctx.interpreted), *none)
 
 
-# The custom operators' outputs for fake tensors (a triton_op's own body serves as its).
-for _forward, _backward in (
-    (tc_log_densities_eager, tc_log_densities_eager_backward),
-    (tc_log_densities_cpu, tc_log_densities_backward_cpu),
-):
-    _forward.register_fake(_fake_log_densities)
-    _backward.register_fake(_fake_backward)
+def _setup_with(is_triton: bool):
+    def setup_context(ctx, inputs, output) -> None:
+        _setup_context(ctx, inputs, output)
+        ctx.is_triton = is_triton
 
-for _forward, _backward in (
-    (tc_log_densities_eager, tc_log_densities_eager_backward),
-    (tc_log_densities_cpu, tc_log_densities_backward_cpu),
-    (tc_log_densities, tc_log_densities_backward),
-):
-    register_autograd(_forward, _backward_with(_backward), setup_context=_setup_context)
+    return setup_context
+
+
+for _operator, _is_triton in ((tc_log_densities, True), (tc_log_densities_eager, False)):
+    register_autograd(_operator, _backward, setup_context=_setup_with(_is_triton))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from .._constants import HALF_LOG_2PI
-from .._dispatch import requested_backend, resolve_backend
+from .._dispatch import autograd_transform, requested_backend, resolve_backend
+from .formula import formula_log_densities
 from .ops import tc_log_densities, tc_log_densities_eager
 
 Tensor = torch.Tensor
@@ -63,7 +64,9 @@ def minibatch_terms(
     log q(z) − log Π q(z) and log Π q(z) − log p(z), in float64 for float64 inputs and
     float32 otherwise, differentiable in z, q_loc and q_scale, on the backend that
     ``backend`` ("auto", "triton", "eager", or None for the default) picks for z's
-    device."""
+    device. Under a torch.func transform or forward-mode AD, which the operators do not
+    serve, the eager backend computes the pairwise terms by :mod:`.formula` (plain
+    autograd)."""
     dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     z = z.to(dtype)
     mu = q_loc.to(dtype).expand_as(z)
@@ -76,10 +79,14 @@ def minibatch_terms(
         mu_all, log_sigma_all = both.split(z.shape[1], dim=1)
         row_offset = rank * z.shape[0]
     pairs = (t.contiguous() for t in (z, mu_all, log_sigma_all))
-    args = (*pairs, row_offset, dataset_size)
-    triton = resolve_backend(requested_backend(backend), z.device) == "triton"
-    pairwise = tc_log_densities if triton else tc_log_densities_eager
-    log_qz, log_prod = pairwise(*args, estimator)
+    args = (*pairs, row_offset, dataset_size, estimator)
+    transform = autograd_transform(z, q_loc, q_scale)
+    triton = resolve_backend(requested_backend(backend), z.device, transform) == "triton"
+    if transform is not None:  # torch.func, forward-mode AD: plain autograd's formula
+        log_qz, log_prod = formula_log_densities(*args)
+    else:
+        pairwise = tc_log_densities if triton else tc_log_densities_eager
+        log_qz, log_prod = pairwise(*args)
     scaled = (z - mu) * torch.exp(-log_sigma)
     log_qz_x = (-HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)
     log_pz = (-HALF_LOG_2PI - 0.5 * z * z).sum(1)

@@ -5,26 +5,22 @@ derivative; the backward pass only multiplies them by the factor that the incomi
 gradients make, ``g_term + w·g_loss`` (:func:`grad_factor`; w is 1 for the
 reconstruction and β for the KL), and shapes them like the inputs (:class:`SavedCall`).
 
-Two autograd paths share that logic, both registered or defined in :mod:`.ops`:
-
-- :func:`op_setup_context` / :func:`op_backward`, registered on the operators themselves
-  (for anyone who calls them directly, ``opcheck`` included): the buffers are outputs the
-  caller can see, so the factor is applied out of place;
-- ``ops.FusedBetaVAELoss``, what the package calls: the buffers never leave it, so in
-  eager mode the factor is applied in place by ``betavae_triton::rescale_grads_`` (one
-  launch per buffer, no traffic at all when the factor is 1).
+One autograd, :func:`setup_context` and :func:`backward`, registered by :mod:`.ops` on
+both forms of the operator (``loss_fwd`` and ``loss_fwd_cpu``): in eager mode, for the
+package's calls (``in_place_backward``), it applies the factor in place through
+``betavae_triton::rescale_grads_`` (one launch per buffer, no traffic at all when the
+factor is 1); traced, or for a caller that keeps the buffers, out of place. It refuses
+``create_graph=True`` (second derivatives) with an error that names the eager backend;
+``torch.func`` transforms and forward-mode AD never reach it (the package runs the eager
+backend under them: :func:`betavae_triton._dispatch.autograd_transform`).
 """
 
 from __future__ import annotations
 
 import torch
 
-# Private classes, needed to tell that autograd's backward is being traced (by
-# AOTAutograd's fake and functional tensors) rather than run.
-from torch._subclasses.fake_tensor import FakeTensor
-from torch._subclasses.functional_tensor import FunctionalTensor
-
 from .._constants import NO_P_SCALE, P_SCALE_PER_ELEMENT
+from .._dispatch import backward_is_traced, create_graph_requested
 from .call import (
     LaunchPlan,
     LossCall,
@@ -179,30 +175,85 @@ class SavedCall:
         return call_gradients(**grads)
 
 
-# ---- the operators' own autograd ------------------------------------------------------
+# ---- the operators' one autograd ----------------------------------------------------
+
+BACKWARD_TWICE = (
+    "betavae_triton's Triton backend writes the gradient during the forward pass and "
+    "rescales it in place in the backward pass, so it cannot backpropagate through the "
+    "same loss twice (retain_graph=True). Compute the loss again, or use backend='eager'."
+)
+SECOND_DERIVATIVES = (
+    "betavae_triton's Triton backend does not compute second derivatives: its backward "
+    "pass reuses the gradient that the forward pass wrote, which is not itself "
+    "differentiable, so create_graph=True (a Hessian, a Hessian-vector product, a "
+    "gradient penalty) would get zeros for the second-order terms. Use backend='eager' "
+    "for this loss: plain PyTorch autograd, differentiable to any order."
+)
 
 
-def op_setup_context(ctx, inputs, output) -> None:
+UNWRITTEN_GRADIENT = (
+    "a gradient of {name} is asked for, but this call of betavae_triton::loss_fwd was "
+    "made with need_grad_{flag}=False, so its forward pass did not write it: a program "
+    "exported (torch.export) with example inputs that did not require grad keeps that "
+    "choice. Export with example inputs that require grad where the program will need "
+    "their gradients."
+)
+
+
+def _check_written(ctx, flags: LossCall) -> None:
+    """Raise where autograd asks for the gradient of an input whose ``need_grad_*`` flag
+    was False (only a program traced with other requires_grad flags can: an export)."""
+    # (Shorter than the fields where the dispatcher dropped trailing default arguments.)
+    needs = dict(zip(LossCall._fields, ctx.needs_input_grad, strict=False))
+    for name, flag in (
+        ("x", "x"),
+        ("p", "p"),
+        ("q_loc", "q"),
+        ("q_scale", "q"),
+        ("p_scale", "p_scale"),
+    ):
+        if needs[name] and not getattr(flags, f"need_grad_{flag}"):
+            raise RuntimeError(UNWRITTEN_GRADIENT.format(name=name, flag=flag))
+
+
+def setup_context(ctx, inputs, output) -> None:
+    """Save what :func:`backward` needs: the plan, the gradient buffers, β's tensor."""
     call, out = LossCall(*inputs), LossOutputs(*output)
     ctx.mark_non_differentiable(out.rec_grads, out.kl_grads, out.kl_per_dim, out.p_scale_grads)
+    ctx.set_materialize_grads(False)  # a term no gradient reached: None, not zeros
     SavedCall(call).save(ctx, call, out)
+    ctx.consumed = False
 
 
-def op_backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+def backward(ctx, *grads: Tensor | None, rescale_in_place) -> tuple[Tensor | None, ...]:
+    """The gradients of a ``loss_fwd`` call's inputs: the saved buffers times the factor
+    the incoming gradients make, shaped like the inputs.
+
+    In eager mode, for a call made with ``in_place_backward`` (the package's: it discards
+    the buffers), the factor is applied in place by ``rescale_in_place`` (the
+    ``rescale_grads_`` operator: one launch per buffer, no traffic when the factor is 1),
+    so that backward runs once. Otherwise, traced (torch.compile, export) and for
+    per-sample losses it is applied out of place (under compile inductor fuses it into
+    whatever consumes the gradient next). ``create_graph=True`` is
+    refused: the buffers are constants to autograd.
+    """
+    if ctx.consumed:
+        raise RuntimeError(BACKWARD_TWICE)
     g, saved = LossOutputs(*grads), ctx.saved
     rec_grads, kl_grads, p_scale_grads, beta_tensor, kl = ctx.saved_tensors
+    if create_graph_requested(rec_grads):
+        raise RuntimeError(SECOND_DERIVATIVES)
+    _check_written(ctx, saved.flags)
     weight = beta_tensor if beta_tensor is not None else saved.flags.beta
     p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g.loss, g.rec)
-    rec_parts, kl_parts = saved.rescaled(rec_grads, kl_grads, g.loss, g.rec, g.kl, weight)
+    in_place = saved.flags.in_place_backward and not saved.flags.per_sample
+    if backward_is_traced(rec_grads) or not in_place:
+        rec_parts, kl_parts = saved.rescaled(rec_grads, kl_grads, g.loss, g.rec, g.kl, weight)
+    else:
+        ctx.consumed = True
+        rescale_in_place(rec_grads, kl_grads, g.rec, g.kl, g.loss, beta_tensor, saved.flags.beta)
+        rec_parts, kl_parts = saved.parts(rec_grads, kl_grads)
+    rec_live = g.rec is not None or g.loss is not None
+    kl_live = g.kl is not None or g.loss is not None
     beta_grad = saved.beta_grad(g.loss, kl)
-    return saved.input_grads(rec_parts, kl_parts, p_scale_grads, beta_grad=beta_grad)
-
-
-def backward_is_traced(t: Tensor) -> bool:
-    """Whether autograd's backward is being traced (torch.compile, export, opcheck)
-    rather than run, judged from a saved tensor."""
-    return (
-        torch.compiler.is_compiling()
-        or isinstance(t, FunctionalTensor)
-        or isinstance(t, FakeTensor)
-    )
+    return saved.input_grads(rec_parts, kl_parts, p_scale_grads, rec_live, kl_live, beta_grad)

@@ -2,8 +2,8 @@
 
 - :class:`LossCall`: the tensors and options of one call, immutable, built once where the
   public API meets the backends. Its fields, in order, are the arguments of the
-  ``betavae_triton::loss_fwd`` operator, whose schema is inferred from them
-  (:func:`flat_signature`); nowhere else is that argument list spelled out.
+  ``betavae_triton::loss_fwd`` operator, whose schema :data:`LOSS_FWD_SCHEMA` writes out
+  (a Python-side bundle; the schema is the operator's stable contract).
 - :class:`LossOutputs`: what that operator returns.
 - :class:`LaunchPlan`: every size, memory order, mode and dtype that follows from a call,
   computed once by :func:`plan_call`; the launches, the output allocation and the
@@ -17,10 +17,7 @@ A term that a call does not compute is absent in one way only: its tensors are N
 
 from __future__ import annotations
 
-import inspect
 import math
-import typing
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -65,6 +62,7 @@ class LossCall(NamedTuple):
     need_grad_p: bool
     need_grad_q: bool
     need_grad_p_scale: bool
+    in_place_backward: bool = False
 
     @property
     def weight(self) -> Tensor | float:
@@ -95,16 +93,16 @@ class LossOutputs(NamedTuple):
     p_scale_grads: Tensor
 
 
-def flat_signature(fn: Callable) -> Callable:
-    """Give ``fn(*flat)`` the signature ``(x, p, ..., need_grad_p_scale) -> LossOutputs``:
-    one annotated parameter per :class:`LossCall` field, so that ``torch.library`` infers
-    the operator's schema from the bundle instead of an argument list spelled out again."""
-    hints = typing.get_type_hints(LossCall, {"Tensor": Tensor})
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter(name, kind, annotation=hints[name]) for name in LossCall._fields]
-    returns = tuple[(Tensor,) * len(LossOutputs._fields)]
-    fn.__signature__ = inspect.Signature(params, return_annotation=returns)
-    return fn
+# The schema of ``betavae_triton::loss_fwd`` (and ``loss_fwd_cpu``), written out: an
+# exported program names these arguments, so a change here is a change of the operator
+# (tests/test_compile.py pins the string and checks it against the two bundles).
+LOSS_FWD_SCHEMA = (
+    "(Tensor? x, Tensor? p, Tensor? q_loc, Tensor? q_scale, Tensor? p_scale, "
+    "Tensor? beta_tensor, float beta, str dist, bool q_is_logvar, bool per_sample, "
+    "bool kl_per_dim, bool need_grad_x, bool need_grad_p, bool need_grad_q, "
+    "bool need_grad_p_scale, bool in_place_backward=False) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
 
 
 def call_gradients(**grads: Tensor | None) -> tuple[Tensor | None, ...]:

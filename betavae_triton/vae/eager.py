@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .._constants import BCE_GRAD_EPS, BCE_LOG_FLOOR, HALF_LOG_2PI, LOG_2
+from .._dispatch import autograd_transform
 from .call import LossCall, accumulation_dtype
 
 
@@ -21,7 +22,11 @@ class _BernoulliNLL(torch.autograd.Function):
 
     ``F.binary_cross_entropy`` computes the same, but raises (CPU) or asserts on the device
     (CUDA) when p leaves [0, 1] or is NaN; the README ("Bad input") promises NaN there.
+    Reverse mode and ``torch.func`` transforms (``vmap`` by the generated rule); forward
+    mode in :class:`_BernoulliNLLForward`.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(p: torch.Tensor, x: torch.Tensor, reduce: bool) -> torch.Tensor:
@@ -40,20 +45,25 @@ class _BernoulliNLL(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        p, x, _ = inputs
+        p, x, reduce = inputs
         ctx.save_for_backward(p, x)
+        ctx.save_for_forward(p, x)
+        ctx.reduce = reduce
+
+    @staticmethod
+    def derivatives(p: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """dℓ/dp = (p − x) / max(p(1 − p), 1e-12), as binary_cross_entropy's backward
+        (whose 1e-12 is a float32 constant even in float64), and dℓ/dx."""
+        d_p = (p - x) / (p * (1 - p)).clamp_min(BCE_GRAD_EPS)
+        d_x = torch.log1p(-p).clamp_min(BCE_LOG_FLOOR) - torch.log(p).clamp_min(BCE_LOG_FLOOR)
+        return d_p, d_x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         p, x = ctx.saved_tensors
-        grad_p = grad_x = None
-        if ctx.needs_input_grad[0]:
-            # (p − x) / max(p(1 − p), 1e-12), as binary_cross_entropy's backward, whose
-            # 1e-12 is a float32 constant even in float64.
-            grad_p = grad * (p - x) / (p * (1 - p)).clamp_min(BCE_GRAD_EPS)
-        if ctx.needs_input_grad[1]:
-            log_1mp = torch.log1p(-p).clamp_min(BCE_LOG_FLOOR)
-            grad_x = grad * (log_1mp - torch.log(p).clamp_min(BCE_LOG_FLOOR))
+        d_p, d_x = _BernoulliNLL.derivatives(p, x)
+        grad_p = grad * d_p if ctx.needs_input_grad[0] else None
+        grad_x = grad * d_x if ctx.needs_input_grad[1] else None
         return grad_p, grad_x, None
 
 
@@ -63,27 +73,76 @@ class _BernoulliLogitsNLL(torch.autograd.Function):
 
     ``F.binary_cross_entropy_with_logits`` computes ``log(1 + e^−|l|)`` in a way that
     loses the small tail in float32 (at l = −15, x = 0 it returns 0 instead of 3.1e-7);
-    the kernels and the README promise the exact value.
+    the kernels and the README promise the exact value. Reverse mode and ``torch.func``
+    transforms; forward mode in :class:`_BernoulliLogitsNLLForward`.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        tail = torch.abs(logits).neg_().exp_().log1p_()
-        return torch.clamp_min(logits, 0.0).sub_(x * logits).add_(tail)
+        # Out of place: an exported program replays these ops under autograd, which
+        # saves exp's output for its backward (an in-place log1p_ would overwrite it).
+        tail = torch.log1p(torch.exp(-torch.abs(logits)))
+        return torch.clamp_min(logits, 0.0) - x * logits + tail
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def derivatives(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """dℓ/dl = σ(l) − x as (1 − x)·σ(l) − x·σ(−l) (no cancellation where σ(l) rounds
+        to 1), and dℓ/dx = −l."""
+        return (1 - x) * torch.sigmoid(logits) - x * torch.sigmoid(-logits), -logits
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         logits, x = ctx.saved_tensors
-        grad_logits = None
-        if ctx.needs_input_grad[0]:
-            # σ(l) − x as (1 − x)·σ(l) − x·σ(−l): no cancellation where σ(l) rounds to 1.
-            grad_logits = grad * ((1 - x) * torch.sigmoid(logits) - x * torch.sigmoid(-logits))
-        grad_x = -grad * logits if ctx.needs_input_grad[1] else None
+        d_logits, d_x = _BernoulliLogitsNLL.derivatives(logits, x)
+        grad_logits = grad * d_logits if ctx.needs_input_grad[0] else None
+        grad_x = grad * d_x if ctx.needs_input_grad[1] else None
         return grad_logits, grad_x
+
+
+# Forward-mode AD: the same functions with a jvp, taken only when forward-mode AD or a
+# torch.func transform is active (autograd_transform), because dynamo cannot trace an
+# autograd.Function that defines one (a graph break under torch.compile).
+
+
+class _BernoulliNLLForward(_BernoulliNLL):
+    """:class:`_BernoulliNLL` with its JVP."""
+
+    @staticmethod
+    def jvp(ctx, t_p, t_x, _):
+        p, x = ctx.saved_tensors
+        return _tangent(_BernoulliNLL.derivatives(p, x), (t_p, t_x), ctx.reduce)
+
+
+class _BernoulliLogitsNLLForward(_BernoulliLogitsNLL):
+    """:class:`_BernoulliLogitsNLL` with its JVP."""
+
+    @staticmethod
+    def jvp(ctx, t_logits, t_x):
+        logits, x = ctx.saved_tensors
+        return _tangent(_BernoulliLogitsNLL.derivatives(logits, x), (t_logits, t_x), False)
+
+
+def _bernoulli_functions(p: torch.Tensor, x: torch.Tensor):
+    """``(probabilities' NLL, logits' NLL)``: the forward-mode pair under an autograd
+    transform, the plain pair otherwise."""
+    if autograd_transform(p, x) is not None:
+        return _BernoulliNLLForward, _BernoulliLogitsNLLForward
+    return _BernoulliNLL, _BernoulliLogitsNLL
+
+
+def _tangent(derivatives, tangents, reduce: bool) -> torch.Tensor:
+    """Σ_k dℓ/dinput_k · tangent_k per element (summed with ``reduce``): the JVP of an
+    elementwise loss (a missing tangent counts as zero)."""
+    terms = [d * t for d, t in zip(derivatives, tangents, strict=True) if t is not None]
+    out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    return out.sum() if reduce else out
 
 
 def _nan_outside_unit_interval(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +170,10 @@ def reconstruction_sum(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Ten
         return F.mse_loss(p, x, reduction="sum")
     if dist == "laplace":
         return F.l1_loss(p, x, reduction="sum")
+    probs_nll, logits_nll = _bernoulli_functions(p, x)
     if dist == "bernoulli_logits":
-        return _nan_outside_unit_interval(_BernoulliLogitsNLL.apply(p, x).sum(), x)
-    return _BernoulliNLL.apply(p, x, True)
+        return _nan_outside_unit_interval(logits_nll.apply(p, x).sum(), x)
+    return probs_nll.apply(p, x, True)
 
 
 def reconstruction_rows(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Tensor:
@@ -125,10 +185,10 @@ def reconstruction_rows(p: torch.Tensor, x: torch.Tensor, dist: str) -> torch.Te
     elif dist == "laplace":
         loss = F.l1_loss(p, x, reduction="none")
     elif dist == "bernoulli_logits":
-        loss = _BernoulliLogitsNLL.apply(p, x)
+        loss = _bernoulli_functions(p, x)[1].apply(p, x)
         loss = torch.where((x < 0) | (x > 1), torch.nan, loss)
     else:
-        loss = _BernoulliNLL.apply(p, x, False)
+        loss = _bernoulli_functions(p, x)[0].apply(p, x, False)
     return loss.reshape(x.shape[0], -1).sum(1)
 
 

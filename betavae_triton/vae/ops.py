@@ -1,34 +1,46 @@
 """The β-VAE loss's Triton backend as ``torch.library`` operators, and what calls them.
 
-Two operators under the ``betavae_triton`` namespace:
+Three operators under the ``betavae_triton`` namespace, each with a written-out schema
+(an exported program depends on it; ``tests/test_compile.py`` pins it):
 
-``loss_fwd(x, p, q_loc, q_scale, p_scale, beta, dist, ...)``
-    one argument per field of :class:`~betavae_triton.vae.call.LossCall` (the schema is
-    inferred from it); returns the fields of :class:`~betavae_triton.vae.call.LossOutputs`:
-    loss, rec and kl, plus the flat buffers of the gradients the backward pass will need,
-    written in the same pass over memory as the loss (forward + backward reads p and x
-    once).
+``loss_fwd(x, p, q_loc, q_scale, p_scale, beta_tensor, beta, dist, ...)``
+    one argument per field of :class:`~betavae_triton.vae.call.LossCall`, in order
+    (:data:`~betavae_triton.vae.call.LOSS_FWD_SCHEMA`); returns the fields of
+    :class:`~betavae_triton.vae.call.LossOutputs`: loss, rec and kl, plus the flat
+    buffers of the gradients the backward pass will need, written in the same pass over
+    memory as the loss (forward + backward reads p and x once). On CUDA a
+    ``torch.library.triton_op``, whose kernels are launched through ``wrap_triton``
+    (:mod:`.launch`), so that inductor sees and schedules them.
+``loss_fwd_cpu``
+    the same schema and outputs on CPU tensors (:mod:`.cpu`: the kernels under Triton's
+    interpreter, else torch ops), opaque to ``torch.compile``. It exists because torch
+    does not permit the simpler form: a CPU kernel registered on the ``triton_op``
+    (``loss_fwd.register_kernel("cpu")``) runs in eager mode, but dynamo and inductor
+    decompose a ``triton_op`` into its body whatever the device, and that body's
+    ``wrap_triton`` launch then asks Triton for a GPU driver and fails on a CPU tensor.
+    ``loss_fwd`` forwards CPU tensors to it.
 ``rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, beta)``
-    the backward pass: multiplies those buffers in place by the factor the incoming
-    gradients make, read on the device (no host sync; no memory traffic when it is 1).
+    the backward pass's work: multiplies those buffers in place by the factor the
+    incoming gradients make, read on the device (no host sync; no memory traffic when it
+    is 1); ``rescale_grads_cpu_`` on CPU tensors, for the same reason.
 
-On CUDA both are ``torch.library.triton_op``\\ s whose kernels are launched through
-``wrap_triton`` (:mod:`.launch`), so inductor sees and schedules them. On the CPU they
-forward to opaque ``*_cpu`` operators (:mod:`.cpu`). Their autograd
-(:func:`~.autograd.op_backward`) is registered here, and so is the fake implementation.
-
-:func:`triton_terms` is the backend's entry point: it calls ``loss_fwd`` through
-:class:`FusedBetaVAELoss`, whose backward rescales the buffers in place. Importing this
-module registers the operators (``betavae_triton.vae`` does on import).
+One autograd (:func:`.autograd.setup_context`, :func:`.autograd.backward`) is registered
+on both forms of ``loss_fwd``, and the package calls the operator itself
+(:func:`triton_terms`): no ``autograd.Function`` of its own. It refuses second
+derivatives with a clear error; torch.func transforms and forward-mode AD run the eager
+backend instead (the dispatcher sees to it). Importing this module registers the
+operators (``betavae_triton.vae`` does on import).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.library import custom_op, register_autograd, triton_op, wrap_triton
 
-from .autograd import SavedCall, backward_is_traced, op_backward, op_setup_context
-from .call import LossCall, LossOutputs, flat_signature, plan_call
+from .autograd import backward, setup_context
+from .call import LOSS_FWD_SCHEMA, LossCall, LossOutputs, plan_call
 from .cpu import cpu_loss_fwd, cpu_rescale_grads_
 from .launch import allocate_outputs, launch_loss_fwd, launch_rescale_grad_
 
@@ -40,8 +52,7 @@ def _fake_loss_fwd(*flat):
     return tuple(allocate_outputs(call, plan_call(call)))
 
 
-@custom_op("betavae_triton::loss_fwd_cpu", mutates_args=())
-@flat_signature
+@custom_op("betavae_triton::loss_fwd_cpu", mutates_args=(), schema=LOSS_FWD_SCHEMA)
 def loss_fwd_cpu(*flat):
     """``loss_fwd`` on CPU tensors (opaque: its body is not traced)."""
     return tuple(cpu_loss_fwd(LossCall(*flat)))
@@ -50,11 +61,34 @@ def loss_fwd_cpu(*flat):
 loss_fwd_cpu.register_fake(_fake_loss_fwd)
 
 
+# torch infers a triton_op's schema from its signature (it takes no schema= argument), so
+# the parameters are written out here, in LossCall's order; the test of LOSS_FWD_SCHEMA
+# checks that both forms of the operator have that schema.
 @triton_op("betavae_triton::loss_fwd", mutates_args=())
-@flat_signature
-def loss_fwd(*flat):
+def loss_fwd(
+    x: Tensor | None,
+    p: Tensor | None,
+    q_loc: Tensor | None,
+    q_scale: Tensor | None,
+    p_scale: Tensor | None,
+    beta_tensor: Tensor | None,
+    beta: float,
+    dist: str,
+    q_is_logvar: bool,
+    per_sample: bool,
+    kl_per_dim: bool,
+    need_grad_x: bool,
+    need_grad_p: bool,
+    need_grad_q: bool,
+    need_grad_p_scale: bool,
+    in_place_backward: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The loss terms and the gradient buffers; see the module docstring."""
-    call = LossCall(*flat)
+    call = LossCall(
+        x, p, q_loc, q_scale, p_scale, beta_tensor, beta, dist, q_is_logvar, per_sample,
+        kl_per_dim, need_grad_x, need_grad_p, need_grad_q, need_grad_p_scale,
+        in_place_backward,
+    )  # fmt: skip
     device = (call.x if call.x is not None else call.q_loc).device
     if device.type == "cpu":
         return tuple(loss_fwd_cpu(*call))
@@ -101,57 +135,13 @@ def rescale_grads_(
         launch_rescale_grad_(wrap_triton, kl_grads, g_kl, g_loss, weight)
 
 
-register_autograd("betavae_triton::loss_fwd", op_backward, setup_context=op_setup_context)
-register_autograd("betavae_triton::loss_fwd_cpu", op_backward, setup_context=op_setup_context)
-
-
-class FusedBetaVAELoss(torch.autograd.Function):
-    """``FusedBetaVAELoss.apply(*call)`` for a :class:`~betavae_triton.vae.call.LossCall`:
-    ``loss, rec, kl, kl_per_dim`` (the last one not differentiable).
-
-    The gradient buffers never leave this function, so the eager backward may rescale
-    them in place (one launch, no traffic when the factor is 1).
-    """
-
-    @staticmethod
-    def forward(ctx, *flat):
-        call = LossCall(*flat)
-        out = LossOutputs(*loss_fwd(*flat))
-        SavedCall(call).save(ctx, call, out)
-        ctx.mark_non_differentiable(out.kl_per_dim)
-        ctx.set_materialize_grads(False)
-        ctx.consumed = False
-        return out.loss, out.rec, out.kl, out.kl_per_dim
-
-    @staticmethod
-    def backward(ctx, g_loss, g_rec, g_kl, _g_kl_per_dim):
-        if ctx.consumed:
-            raise RuntimeError(
-                "betavae_triton's Triton backend writes the gradient during the forward pass "
-                "and rescales it in place in the backward pass, so it cannot backpropagate "
-                "through the same loss twice (retain_graph=True). Compute the loss again, "
-                "or use backend='eager'."
-            )
-        saved: SavedCall = ctx.saved
-        rec_grads, kl_grads, p_scale_grads, beta_tensor, kl = ctx.saved_tensors
-        weight = beta_tensor if beta_tensor is not None else saved.flags.beta
-        p_scale_grads = saved.rescaled_p_scale_grads(p_scale_grads, g_loss, g_rec)
-        if backward_is_traced(rec_grads) or saved.flags.per_sample:
-            # Under torch.compile / export (and for per-sample losses): out of place, so
-            # that inductor fuses the rescaling into whatever consumes the gradient next.
-            rec_parts, kl_parts = saved.rescaled(rec_grads, kl_grads, g_loss, g_rec, g_kl, weight)
-        else:
-            ctx.consumed = True
-            rescale_grads_(rec_grads, kl_grads, g_rec, g_kl, g_loss, beta_tensor, saved.flags.beta)
-            rec_parts, kl_parts = saved.parts(rec_grads, kl_grads)
-        rec_live = g_rec is not None or g_loss is not None
-        kl_live = g_kl is not None or g_loss is not None
-        beta_grad = saved.beta_grad(g_loss, kl)
-        return saved.input_grads(rec_parts, kl_parts, p_scale_grads, rec_live, kl_live, beta_grad)
+_backward = functools.partial(backward, rescale_in_place=rescale_grads_)
+for _name in ("betavae_triton::loss_fwd", "betavae_triton::loss_fwd_cpu"):
+    register_autograd(_name, _backward, setup_context=setup_context)
 
 
 def triton_terms(call: LossCall) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(loss, rec, kl, kl_per_dim)`` of ``call`` on the Triton backend (``kl_per_dim``
     None unless asked for). Three launches forward, at most two backward."""
-    loss, rec, kl, kl_per_dim = FusedBetaVAELoss.apply(*call)
-    return loss, rec, kl, kl_per_dim if call.kl_per_dim else None
+    out = LossOutputs(*loss_fwd(*call))
+    return out.loss, out.rec, out.kl, out.kl_per_dim if call.kl_per_dim else None

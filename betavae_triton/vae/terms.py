@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import loss_weight
-from .._dispatch import requested_backend, resolve_backend, triton_available
+from .._dispatch import autograd_transform, requested_backend, resolve_backend, triton_available
 from .call import LossCall
 from .eager import eager_terms
 
@@ -61,14 +61,18 @@ def loss_call(
         need_grad_p=_needs(p),
         need_grad_q=_needs(q_loc, q_scale),
         need_grad_p_scale=_needs(p_scale),
+        in_place_backward=True,  # the package never hands the gradient buffers out
     )
 
 
 def run_call(call: LossCall, backend: str | None) -> tuple[Tensor | None, ...]:
     """``(loss, rec, kl, kl_per_dim)`` of ``call`` on the backend that ``backend`` ("auto",
-    "triton", "eager", or None for the default) picks for its tensors' device."""
+    "triton", "eager", or None for the default) picks for its tensors' device: the eager
+    one under torch.func transforms and forward-mode AD, which the operators do not
+    serve."""
     device = (call.x if call.x is not None else call.q_loc).device
-    if resolve_backend(requested_backend(backend), device) == "eager":
+    transform = autograd_transform(call.x, call.p, call.q_loc, call.q_scale, call.p_scale)
+    if resolve_backend(requested_backend(backend), device, transform) == "eager":
         return eager_terms(call)
     if call.beta_tensor is None and torch.compiler.is_compiling():
         # The operator takes β as a float, on whose value a compiled graph would be

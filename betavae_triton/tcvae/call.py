@@ -1,0 +1,63 @@
+"""One call of β-TCVAE's pairwise log-densities, described once.
+
+- :class:`PairwiseCall`: the samples, the posteriors and the estimator of one call; its
+  fields, in order, are the first arguments of both operators of :mod:`.ops`, whose
+  schemas :data:`FORWARD_SCHEMA` and :data:`BACKWARD_SCHEMA` write out.
+- :class:`PairwiseSaved`: what the backward pass reads besides the call (the forward's
+  log-sum-exps and the incoming gradients).
+
+Every implementation (the Triton launchers, the C kernels, the chunked torch algorithm,
+the differentiable formula) is handed these bundles instead of the argument list.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+Tensor = torch.Tensor
+
+FORWARD_SCHEMA = (
+    "(Tensor z, Tensor mu, Tensor log_sigma, SymInt row_offset, SymInt dataset_size, "
+    "str estimator, bool interpreted=False) -> (Tensor, Tensor)"
+)
+BACKWARD_SCHEMA = (
+    "(Tensor z, Tensor mu, Tensor log_sigma, SymInt row_offset, SymInt dataset_size, "
+    "str estimator, Tensor log_qz, Tensor log_prod, Tensor g_qz, Tensor g_prod, "
+    "bool interpreted=False) -> (Tensor, Tensor, Tensor)"
+)
+
+
+class PairwiseCall(NamedTuple):
+    """The log-densities of the samples ``z`` (B_l, D) — rows ``row_offset`` … of a batch
+    of B — against every posterior (``mu``, ``log_sigma``), (B, D), with the importance
+    weights of ``estimator`` for a data set of ``dataset_size``. One dtype (float32, or
+    float64), contiguous."""
+
+    z: Tensor
+    mu: Tensor
+    log_sigma: Tensor
+    row_offset: int
+    dataset_size: int
+    estimator: str
+
+    def contiguous(self) -> PairwiseCall:
+        """The call with contiguous tensors (the implementations' layout)."""
+        return self._replace(
+            z=self.z.contiguous(), mu=self.mu.contiguous(), log_sigma=self.log_sigma.contiguous()
+        )
+
+
+class PairwiseSaved(NamedTuple):
+    """The backward pass's inputs besides the call: the forward's log q(z_i) (B_l,) and
+    log q(z_id) (B_l, D), and the incoming gradients of each (zeros where autograd gave
+    none)."""
+
+    log_qz: Tensor
+    log_prod: Tensor
+    g_qz: Tensor
+    g_prod: Tensor
+
+    def contiguous(self) -> PairwiseSaved:
+        return PairwiseSaved(*(t.contiguous() for t in self))

@@ -1,0 +1,45 @@
+"""β-TCVAE's minibatch log-densities as one differentiable formula in torch ops.
+
+    log q(z_i)    = LSE_j [Σ_d M_ijd + log w_ij]
+    log q(z_id)   = LSE_j [M_ijd + log w_ij],    M_ijd = log N(z_id; μ_jd, σ_jd)
+
+on the full (B_l, B, D) tensor of pairwise log-densities, with the estimator's weights of
+:class:`.eager.LogWeights` (the one definition the chunked path uses too). Memory is
+O(B_l·B·D), and autograd keeps it for the backward pass: this is not the training path.
+It serves what the operators cannot, because autograd differentiates it to any order and
+in every mode:
+
+- ``torch.func`` transforms and forward-mode AD (:func:`.terms.minibatch_terms` calls it
+  under them, on the eager backend);
+- second derivatives: the operators' backward pass, asked for a graph
+  (``create_graph=True``), recomputes its gradients from this formula (:mod:`.ops`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._constants import HALF_LOG_2PI
+from .eager import LogWeights
+
+Tensor = torch.Tensor
+
+
+def formula_log_densities(
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    row_offset: int,
+    dataset_size: int,
+    estimator: str,
+) -> tuple[Tensor, Tensor]:
+    """``(log q(z_i), log q(z_id))``, shapes (B_l,) and (B_l, D), for the samples ``z``
+    (rows ``row_offset`` … of the batch) against every posterior (μ, log σ), (B, D)."""
+    n_rows, batch = z.shape[0], mu.shape[0]
+    log_w = LogWeights(batch, dataset_size, estimator, row_offset, n_rows)
+    log_w = log_w.block(0, batch, z.dtype, z.device)  # (B_l, B)
+    t = (z[:, None, :] - mu[None, :, :]) * torch.exp(-log_sigma)[None, :, :]
+    pair = -0.5 * t * t - HALF_LOG_2PI - log_sigma[None, :, :]  # (B_l, B, D)
+    log_qz = torch.logsumexp(pair.sum(2) + log_w, dim=1)
+    log_prod = torch.logsumexp(pair + log_w[:, :, None], dim=1)
+    return log_qz, log_prod
