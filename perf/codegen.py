@@ -280,21 +280,26 @@ def count_accesses(ptx: str) -> dict[str, int]:
     return counts
 
 
-_LOOP_HEADER = re.compile(r"^(\$L__BB\d+_\d+):.*Inner Loop Header", re.M)
+_LABEL = re.compile(r"^(\$L__BB\d+_\d+):", re.M)
 _LOOP_EXIT = re.compile(r"^\$L__BB\d+_\d+:.*(crit_edge|loopexit)", re.M)
 
 
 def innermost_loop(ptx: str) -> str:
-    """The PTX of the first innermost loop, as LLVM marks it: from its header (with the
-    blocks that the preheader jumps over, a rotated loop's latch) to its exit block; ""
-    where there is no loop."""
-    header = _LOOP_HEADER.search(ptx)
-    if header is None:
+    """The PTX of the first innermost loop, as LLVM marks it: from its header (the label
+    that LLVM's ``Inner Loop Header`` comment follows, with the blocks that the preheader
+    jumps over: a rotated loop's latch) to its exit block; "" where there is no loop."""
+    marker = ptx.find("Inner Loop Header")
+    labels = list(_LABEL.finditer(ptx, 0, max(marker, 0)))
+    if marker < 0 or not labels:
         return ""
-    entry = list(re.finditer(r"bra\.uni\s+" + re.escape(header.group(1)) + ";", ptx))
-    entry = [m for m in entry if m.end() <= header.start()]
+    header = labels[-1]
+    entry = [
+        m
+        for m in re.finditer(r"bra\.uni\s+" + re.escape(header.group(1)) + ";", ptx)
+        if m.end() <= header.start()
+    ]
     start = entry[-1].end() if entry else header.start()
-    exit_ = _LOOP_EXIT.search(ptx, header.end())
+    exit_ = _LOOP_EXIT.search(ptx, marker)
     return ptx[start : exit_.start() if exit_ else len(ptx)]
 
 
@@ -582,7 +587,7 @@ def tc_loop_table(rows: dict[str, Row], arch: int) -> str:
     lines = [
         f"β-TCVAE inner loops (sm_{arch}{'a' if arch == 90 else ''}): loads an iteration by "
         "width (bits), the posterior width the layout allows, exponentials an iteration",
-        f"{'specialization':<120} {'regs':>4} {'blk/SM':>6} {'loop loads':>14} {'allowed':>7} "
+        f"{'specialization':<150} {'regs':>4} {'blk/SM':>6} {'loop loads':>14} {'allowed':>7} "
         f"{'ok':>3} {'exp':>4}",
     ]
     for label, row in sorted(rows.items()):
@@ -592,7 +597,7 @@ def tc_loop_table(rows: dict[str, Row], arch: int) -> str:
         allowed = "-" if row.posterior_bits is None else str(row.posterior_bits)
         ok = "-" if row.posterior_bits is None else ("ok" if row.posterior_ok else "NO")
         lines.append(
-            f"{label[:120]:<120} {a['registers']:>4} {row.resident_blocks:>6} "
+            f"{label[:150]:<150} {a['registers']:>4} {row.resident_blocks:>6} "
             f"{_load_widths(a['loop_load_bits']):>14} {allowed:>7} {ok:>3} {a['loop_exps']:>4}"
         )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from .beta_tcvae import (
     log_importance_weights,
     reference_beta_tcvae_loss,
     reference_beta_tcvae_terms,
+    reference_log_densities,
 )
 from .beta_vae import (
     DISTRIBUTIONS,
@@ -27,5 +28,6 @@ __all__ = [
     "reference_beta_tcvae_terms",
     "reference_beta_vae_loss",
     "reference_kl_normal_loss",
+    "reference_log_densities",
     "reference_reconstruction_loss",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "log_importance_weights",
     "reference_beta_tcvae_loss",
     "reference_beta_tcvae_terms",
+    "reference_log_densities",
 ]
 
 ESTIMATORS = ("mws", "mss", "mss-reference")
@@ -73,6 +74,37 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> t
     return -0.5 * math.log(2 * math.pi) - log_sigma - 0.5 * ((z - mu) * torch.exp(-log_sigma)) ** 2
 
 
+def reference_log_densities(
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    dataset_size: int,
+    estimator: str = "mss",
+    row_offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log q(z_i), log q(z_id))`` in float64, shapes (B_l,) and (B_l, D), from the full
+    (B_l, B, D) pairwise log-densities.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        Samples, shape (B_l, D): rows ``row_offset`` … of the batch.
+    mu, log_sigma : torch.Tensor
+        Every posterior of the batch, shape (B, D).
+    dataset_size, estimator
+        As for :func:`reference_beta_tcvae_terms`.
+    row_offset : int, default=0
+        The batch index of z's first row.
+    """
+    z, mu, log_sigma = (t.to(torch.float64) for t in (z, mu, log_sigma))
+    log_w = log_importance_weights(mu.shape[0], dataset_size, estimator).to(z.device)
+    log_w = log_w[row_offset : row_offset + z.shape[0]]
+    # pair[i, j, d] = log N(z_id; μ_jd, σ_jd)
+    pair = _log_normal(z[:, None, :], mu[None, :, :], log_sigma[None, :, :])
+    log_qz = torch.logsumexp(pair.sum(2) + log_w, dim=1)
+    return log_qz, torch.logsumexp(pair + log_w[:, :, None], dim=1)
+
+
 def reference_beta_tcvae_terms(
     z: torch.Tensor,
     q_loc: torch.Tensor,
@@ -101,13 +133,9 @@ def reference_beta_tcvae_terms(
     mu = q_loc.to(torch.float64).expand_as(z)
     second = q_scale.to(torch.float64).expand_as(z)
     log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
-    batch = z.shape[0]
-    log_w = log_importance_weights(batch, dataset_size, estimator).to(z.device)
-    # pair[i, j, d] = log N(z_id; μ_jd, σ_jd)
-    pair = _log_normal(z[:, None, :], mu[None, :, :], log_sigma[None, :, :])
+    log_qz, log_prod = reference_log_densities(z, mu, log_sigma, dataset_size, estimator)
     log_qz_x = _log_normal(z, mu, log_sigma).sum(1)
-    log_qz = torch.logsumexp(pair.sum(2) + log_w, dim=1)
-    log_prod_qz = torch.logsumexp(pair + log_w[:, :, None], dim=1).sum(1)
+    log_prod_qz = log_prod.sum(1)
     log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)).sum(1)
     mi = (log_qz_x - log_qz).mean()
     tc = (log_qz - log_prod_qz).mean()

@@ -246,9 +246,10 @@ MUTANTS = (
         "tc-row-offset-ignored",
         "the forward kernel weighs a rank's rows as if they were rows 0 … of the batch",
         "betavae_triton/kernels/total_correlation.py",
-        "pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])\n"
+        "pair, _ = _pair(z, mu[None, :], inv_sigma[None, :], c[None, :])\n"
         "        lw = log_weight(rows + row_offset,",
-        "pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])\n        lw = log_weight(rows,",
+        "pair, _ = _pair(z, mu[None, :], inv_sigma[None, :], c[None, :])\n"
+        "        lw = log_weight(rows,",
         ("tests/test_tcvae_eager.py::test_a_ranks_rows_against_the_whole_batch",),
     ),
     Mutant(
@@ -279,8 +280,8 @@ MUTANTS = (
         "tc-log-sigma-grad-sign",
         "the kernel's d log N/d log σ as (z − μ)²/σ² + 1 instead of − 1",
         "betavae_triton/kernels/total_correlation.py",
-        "grad_log_sigma += g * (diff * d_mu - 1.0)",
-        "grad_log_sigma += g * (diff * d_mu + 1.0)",
+        "grad_log_sigma += g * (t * t - 1.0)",
+        "grad_log_sigma += g * (t * t + 1.0)",
         (TC + "test_loss_and_gradients_match_the_reference",),
     ),
     Mutant(
@@ -289,7 +290,7 @@ MUTANTS = (
         "betavae_triton/tcvae/eager.py",
         "grad_z -= (g_t * inv_sigma[None, :, :]).sum(2)",
         "grad_z = -(g_t * inv_sigma[None, :, :]).sum(2)",
-        ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float64[eager-torch]",),
+        ("tests/test_tcvae_eager.py::test_the_chunked_algorithm_matches_the_oracle_in_any_chunks",),
     ),
     Mutant(
         "tc-mws-without-batch",
@@ -445,8 +446,8 @@ MUTANTS = (
         "tc-c-grad-z-sign",
         "the C backward writes +Σ G t/σ for dL/dz",
         "betavae_triton/tcvae/minibatch.c",
-        "            grad_z[i * latent + d] = -total;",
-        "            grad_z[i * latent + d] = total;",
+        "            grad_z[i * latent + d] = g_pz * zd - total;",
+        "            grad_z[i * latent + d] = g_pz * zd + total;",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
@@ -461,9 +462,9 @@ MUTANTS = (
     Mutant(
         "tc-c-first-range-only",
         "the posteriors' gradients keep the first thread range's partial sums only",
-        "betavae_triton/tcvae/cpu.py",
-        "        sums += partial[k]",
-        "        pass",
+        "betavae_triton/tcvae/minibatch.c",
+        "    for (int k = 1; k < parts; ++k) /* in part order */",
+        "    for (int k = 1; k < 1; ++k) /* in part order */",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
@@ -479,13 +480,17 @@ MUTANTS = (
         "each forward split starts one posterior late",
         "betavae_triton/kernels/total_correlation.py",
         "    for j in range(split * span, tl.minimum(split * span + span, batch)):\n"
-        "        mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)\n"
-        "        log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0)"
-        ".to(acc_ty)\n        pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])",
+        "        post = _row_offsets(j, dims, latent, ROW_ALIGN)\n"
+        "        mu = tl.load(mu_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)\n"
+        "        inv_sigma = tl.load(inv_sigma_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)\n"
+        "        c = tl.load(c_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)\n"
+        "        pair, _ = _pair(",
         "    for j in range(split * span + 1, tl.minimum(split * span + span, batch)):\n"
-        "        mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)\n"
-        "        log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0)"
-        ".to(acc_ty)\n        pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])",
+        "        post = _row_offsets(j, dims, latent, ROW_ALIGN)\n"
+        "        mu = tl.load(mu_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)\n"
+        "        inv_sigma = tl.load(inv_sigma_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)\n"
+        "        c = tl.load(c_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)\n"
+        "        pair, _ = _pair(",
         ("tests/test_tcvae_splits.py::test_split_plans_match_the_oracle",),
     ),
     Mutant(
@@ -612,8 +617,8 @@ MUTANTS = (
         "tc-double-backward-first-order",
         "β-TCVAE's backward ignores create_graph=True (no graph through the pairwise terms)",
         "betavae_triton/tcvae/ops.py",
-        "        if create_graph_requested(z):",
-        "        if False:",
+        "    if create_graph_requested(z):",
+        "    if False:",
         (AM + "test_beta_tcvae_second_derivatives_match_reference",),
     ),
     Mutant(
@@ -660,10 +665,35 @@ MUTANTS = (
         "tc-reconstruction-validation-default",
         "β-TCVAE's reconstruction follows the global validation default, not validate_args",
         "betavae_triton/functional.py",
-        "        validate_args=validate_args,\n        p_is_logits=p_is_logits,\n"
-        "        p_scale=p_scale,\n    )\n    mi, tc, dw_kl",
-        "        p_is_logits=p_is_logits,\n        p_scale=p_scale,\n    )\n    mi, tc, dw_kl",
+        "        x, p, None, None, dist=dist, p_is_logits=p_is_logits, p_scale=p_scale,\n"
+        "        validate_args=validate_args,\n    )",
+        "        x, p, None, None, dist=dist, p_is_logits=p_is_logits, p_scale=p_scale,\n    )",
         (BAD + "test_beta_tcvae_reconstruction_honours_validate_args",),
+    ),
+    # One operator call per β-TCVAE step: the terms inside the operators (issue 30)
+    Mutant(
+        "tc-c-own-share-dropped",
+        "the C backward leaves out the gradient of each sample's own log q(z_i|x_i)",
+        "betavae_triton/tcvae/minibatch.c",
+        "        s[i + row_offset] += g_own;",
+        "        (void)g_own;",
+        ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
+    ),
+    Mutant(
+        "tc-c-own-posterior-row",
+        "the C forward takes a rank's own posteriors from the batch's first rows",
+        "betavae_triton/tcvae/minibatch.c",
+        "        const int64_t own_j = i + row_offset;",
+        "        const int64_t own_j = i;",
+        ("tests/test_tcvae_gather.py::test_two_ranks_equal_one_process_on_the_concatenated_batch",),
+    ),
+    Mutant(
+        "tc-terms-own-rows",
+        "the terms read a rank's own posteriors from the batch's first rows (torch, Triton)",
+        "betavae_triton/tcvae/decomposition.py",
+        "    rows = slice(call.row_offset, call.row_offset + call.z.shape[0])\n    return",
+        "    rows = slice(0, call.z.shape[0])\n    return",
+        ("tests/test_tcvae_gather.py::test_two_ranks_equal_one_process_on_the_concatenated_batch",),
     ),
 )
 

@@ -202,3 +202,15 @@ def test_the_loss_modules_are_siblings_over_one_base():
     assert not hasattr(CapacityBetaVAELoss(), "beta")
     with pytest.raises(TypeError, match="reduction"):
         BetaTCVAELoss(dataset_size=10, reduction="none")
+
+
+def test_the_estimators_weights_are_defined_once():
+    """The log-weights' values come from tcvae/weights.py alone in Python (the C kernels and
+    the chunked path are handed them); the Triton kernels derive them in-kernel from the
+    same formulas, because a float argument reaches a kernel in float32."""
+    places = []
+    for path in PACKAGE_FILES:
+        source = path.read_text()
+        if "(n - m) / (n * m)" in source:
+            places.append(str(path.relative_to(PACKAGE_DIR)))
+    assert places == ["kernels/total_correlation.py", "tcvae/weights.py"], places

@@ -2,7 +2,8 @@
 specialization that the named workloads, an MNI volume and one call per dist and dtype
 launch compiles ahead of time for sm_90a, without spills, with 128-bit loads and stores
 of p, x and the gradients wherever the layout allows (the finalize excepted), and with
-registers that let the launcher's persistent grid fit in one wave on an H100."""
+registers that let the launcher's persistent grid fit in one wave on an H100; β-TCVAE's
+pairwise kernels load the posteriors as vectors wherever the layout allows."""
 
 from __future__ import annotations
 
@@ -87,6 +88,30 @@ def test_the_beta_tcvae_kernels_are_compiled_too(analysis):
         }, name
 
 
+def test_the_beta_tcvae_posterior_loads_are_vectors(analysis):
+    """The walk of the forward and dL/dz kernels over the posteriors loads μ, 1/σ and c as
+    wide as the tile's layout allows in every specialization, and 128 bits a load wherever
+    the rows are aligned for it: D a multiple of 16 (32, 128, and 256 latents, where 16
+    warps keep a row fewer than the program's threads), of 4 only (24 latents), and
+    float64 at 10 latents (rows of an even length). The kernels read the posteriors'
+    precomputed 1/σ and c: no exponential for σ an iteration."""
+    rows, _ = analysis
+    names = ("_minibatch_log_densities_fwd", "_minibatch_grad_z")
+    walks = [r for r in rows.values() if r.spec.startswith(names)]
+    assert walks and all(r.posterior_bits is not None for r in walks)
+    assert [r.spec for r in walks if not r.posterior_ok] == []
+    aligned = {"btcvae-256x32", "btcvae-4096x128", "btcvae-4096x256", "btcvae-1024x24"}
+    aligned |= {"btcvae-fp64"}
+    wide = [r for r in walks if aligned & set(r.cases)]
+    assert {case for r in wide for case in r.cases} >= aligned
+    assert {r.spec: r.arch[90]["loop_load_bits"] for r in wide if r.posterior_bits != 128} == {}
+    assert {
+        r.spec: r.arch[90]["loop_load_bits"]
+        for r in wide
+        if r.arch[90]["loop_load_bits"] != [128, 128, 128]
+    } == {}
+
+
 def test_the_beta_tcvae_grids_fill_one_wave(codegen_json):
     """At B ≥ 256 and D = 10 or 32, each pairwise kernel's grid (row blocks × splits of the
     batch) holds at least as many programs as 132 SMs hold of its compiled code at once;
@@ -106,6 +131,21 @@ def test_vector_width_reader():
 
     ptx = "ld.global.v4.b32 {%r1}, [%rd1];\nld.global.b16 %h1, [%rd2];\nst.global.v2.b64 [%rd3];"
     assert codegen.count_accesses(ptx) == {"ld128": 1, "ld": 1, "st128": 1, "st": 0}
+    # The innermost loop: its header's label, LLVM's comment, the exit block.
+    loop = "\n".join(
+        [
+            "ld.global.b32 %r0, [%rd0];",
+            "$L__BB0_2:                              // %.lr.ph",
+            "                                        // =>This Inner Loop Header: Depth=1",
+            "ld.global.v2.b32 {%r1, %r2}, [%rd1];",
+            "ex2.approx.f32 %r3, %r2;",
+            "@%p1 bra $L__BB0_2;",
+            "$L__BB0_3:                              // %._crit_edge",
+            "ld.global.v4.b32 {%r4, %r5, %r6, %r7}, [%rd2];",
+        ]
+    )
+    assert codegen.loop_facts(loop) == ([64], 1)
+    assert codegen.loop_facts(ptx) == ([], 0)
 
 
 def test_tools_plan_the_launches_for_a_described_gpu():
@@ -130,8 +170,8 @@ def test_tools_plan_the_launches_for_a_described_gpu():
     z = torch.empty(256, 10, device="meta")
     launches = {launch.kernel.__name__: launch for launch in tools.beta_tcvae_launches(z)}
     assert list(launches) == [
-        "_minibatch_log_densities_fwd", "_merge_split_log_sum_exps", "_minibatch_grad_z",
-        "_minibatch_grad_posterior",
+        "_posterior_constants", "_minibatch_log_densities_fwd", "_merge_split_log_sum_exps",
+        "_minibatch_grad_z", "_minibatch_grad_posterior",
     ]  # fmt: skip
     # 16 row blocks: the batch is split so that 132 SMs get a wave of programs.
     fwd = launches["_minibatch_log_densities_fwd"]

@@ -72,9 +72,11 @@ def _opcheck_both(fwd, bwd):
         args = _op_args(rows=rows, offset=offset)
         leaves = tuple(t.clone().requires_grad_() for t in args[:3])
         torch.library.opcheck(fwd, (*leaves, *args[3:]))
-        log_qz, log_prod = fwd(*args)
+        log_qz, log_prod, _ = fwd(*args)
         g = (torch.linspace(-1, 1, log_qz.numel()).double(), torch.ones_like(log_prod))
-        torch.library.opcheck(bwd, (*args, log_qz, log_prod, *g))
+        g_terms = torch.tensor([1.0, 6.0, 2.0], dtype=torch.float64)
+        torch.library.opcheck(bwd, (*args, log_qz, log_prod, *g, g_terms))
+        torch.library.opcheck(bwd, (*args, log_qz, log_prod, None, None, g_terms))
 
 
 def test_triton_operators_pass_opcheck():
@@ -93,10 +95,11 @@ def test_cpu_operators_pass_opcheck(monkeypatch, interpret):
         args = _op_args(rows=rows, offset=offset)
         leaves = tuple(t.clone().requires_grad_() for t in args[:3])
         torch.library.opcheck(ops.tc_log_densities_eager.default, (*leaves, *args[3:], True))
-        log_qz, log_prod = ops.tc_log_densities_eager(*args, True)
+        log_qz, log_prod, _ = ops.tc_log_densities_eager(*args, True)
         g = (torch.linspace(-1, 1, log_qz.numel()).double(), torch.ones_like(log_prod))
+        g_terms = torch.tensor([1.0, 6.0, 2.0], dtype=torch.float64)
         bwd = ops.tc_log_densities_eager_backward.default
-        torch.library.opcheck(bwd, (*args, log_qz, log_prod, *g, True))
+        torch.library.opcheck(bwd, (*args, log_qz, log_prod, *g, g_terms, True))
 
 
 def test_the_operators_schemas_are_written_out_and_agree():
@@ -114,7 +117,7 @@ def test_the_operators_schemas_are_written_out_and_agree():
         names = tuple(a.name for a in op._schema.arguments)
         assert names[:6] == PairwiseCall._fields
         if "backward" in name:
-            assert names[6:10] == PairwiseSaved._fields
+            assert names[6:11] == PairwiseSaved._fields
 
 
 def test_eager_operators_pass_opcheck():
@@ -122,15 +125,17 @@ def test_eager_operators_pass_opcheck():
     _opcheck_both(ops.tc_log_densities_eager.default, ops.tc_log_densities_eager_backward.default)
 
 
-def test_compiled_eager_path_keeps_the_walk_over_the_batch_out_of_the_graph(monkeypatch):
+def test_compiled_eager_path_keeps_the_walk_over_the_batch_out_of_the_graph():
     """The eager backend's chunked walk is one opaque operator in the compiled graph, not
-    unrolled into it (chunks of 2 posteriors: 20 steps here, 2048 at B = 4096, D = 128)."""
+    unrolled into it: at B = 40 and D = 13107 the walk takes chunks of 2 posteriors, 20
+    steps (2048 at B = 4096, D = 128), none of which is in the graph."""
     from betavae_triton.tcvae import eager as _tcvae_eager
 
-    monkeypatch.setattr(_tcvae_eager, "CHUNK", 2)
+    batch, latent = 40, 13107
+    assert _tcvae_eager.chunk_size(batch, batch, latent) == 2
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")
-    x, p, z, mu, sigma = _inputs(40, 3)
+    x, p, z, mu, sigma = _inputs(batch, latent)
     step = torch.compile(beta_tcvae_loss, backend=counter, fullgraph=True)
     step(x, p, z, mu, sigma, dataset_size=100, backend="eager")
     graph = counter.graphs[0]

@@ -7,8 +7,6 @@ batch, and the memory bound that is the point of the algorithm."""
 
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +15,7 @@ from hypothesis import strategies as st
 from betavae_triton.tcvae import cpu as _tcvae_cpu
 from betavae_triton.tcvae import eager as _tcvae_eager
 from betavae_triton.tcvae import terms as _tcvae
-from reference.beta_tcvae import ESTIMATORS, reference_beta_tcvae_terms
+from reference.beta_tcvae import ESTIMATORS, reference_beta_tcvae_terms, reference_log_densities
 
 
 def _inputs(batch, latent, seed, logvar=False, spread=1.0, dtype=torch.float64):
@@ -50,13 +48,8 @@ def _terms(z, mu, second, n, estimator, logvar=False, kernels=False):
     return _tcvae.minibatch_terms(z, mu, second, n, estimator, logvar, backend)
 
 
-def _check(z, mu, second, n, estimator, logvar, chunk, rtol, atol, kernels=False):
-    """Values and gradients against the oracle, the eager path in chunks of ``chunk``."""
-    with mock.patch.object(_tcvae_eager, "CHUNK", chunk):
-        _check_chunked(z, mu, second, n, estimator, logvar, rtol, atol, kernels)
-
-
-def _check_chunked(z, mu, second, n, estimator, logvar, rtol, atol, kernels):
+def _check(z, mu, second, n, estimator, logvar, rtol, atol, kernels=False):
+    """The terms and their gradients against the oracle's."""
     leaves = [t.clone().requires_grad_() for t in (z, mu, second)]
     terms = _terms(*leaves, n, estimator, logvar, kernels)
     ref_leaves = [t.detach().double().requires_grad_() for t in (z, mu, second)]
@@ -80,23 +73,64 @@ def _check_chunked(z, mu, second, n, estimator, logvar, rtol, atol, kernels):
     latent=st.integers(1, 8),
     estimator=st.sampled_from(ESTIMATORS),
     logvar=st.booleans(),
+    spread=st.sampled_from([0.1, 1.0, 4.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_the_oracle_in_float64(kernels, batch, latent, estimator, logvar, spread, seed):
+    """Values and the gradients w.r.t. z, μ and σ (or log σ²); log-variances up to ±12."""
+    z, mu, second = _inputs(batch, latent, seed, logvar, spread)
+    _check(z, mu, second, 10_000, estimator, logvar, 1e-9, 1e-9, kernels)
+
+
+@given(
+    batch=st.integers(2, 24),
+    latent=st.integers(1, 8),
+    estimator=st.sampled_from(ESTIMATORS),
     chunk=st.sampled_from([1, 3, 7, 64]),
     spread=st.sampled_from([0.1, 1.0, 4.0]),
     seed=st.integers(0, 2**16),
 )
-def test_matches_the_oracle_in_float64(
-    kernels, batch, latent, estimator, logvar, chunk, spread, seed
+def test_the_chunked_algorithm_matches_the_oracle_in_any_chunks(
+    batch, latent, estimator, chunk, spread, seed
 ):
-    """Values and the gradients w.r.t. z, μ and σ (or log σ²); log-variances up to ±12."""
-    z, mu, second = _inputs(batch, latent, seed, logvar, spread)
-    _check(z, mu, second, 10_000, estimator, logvar, chunk, 1e-9, 1e-9, kernels)
+    """The chunked torch algorithm (``tcvae/eager.py``) called with a chunk of its caller's
+    choosing (1 posterior, 3, 7, more than the batch): log q(z_i), log q(z_id) and their
+    gradients w.r.t. z, μ and log σ for incoming gradients of both signs, against the
+    oracle's (the public path takes the default chunk: :func:`chunk_size`)."""
+    z, mu, sigma = _inputs(batch, latent, seed, spread=spread)
+    log_sigma = sigma.log()
+    options = (0, 10_000, estimator)
+    values = _tcvae_eager.log_densities_fwd(z, mu, log_sigma, *options, chunk=chunk)
+    incoming = (
+        torch.linspace(-1.0, 2.0, batch, dtype=z.dtype),
+        torch.linspace(1.5, -0.5, batch * latent, dtype=z.dtype).view(batch, latent),
+    )
+    grads = _tcvae_eager.log_densities_bwd(
+        z, mu, log_sigma, *values, *incoming, *options, chunk=chunk
+    )
+    leaves = [t.clone().requires_grad_() for t in (z, mu, log_sigma)]
+    want = reference_log_densities(*leaves, 10_000, estimator)
+    want_grads = torch.autograd.grad(want, leaves, incoming)
+    for got, expected in zip((*values, *grads), (*want, *want_grads), strict=True):
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-9, atol=1e-9)
+
+
+def test_the_default_chunk_bounds_the_pairwise_blocks():
+    """:func:`chunk_size`: blocks of (B_l, D, chunk) within ``BLOCK_ELEMENTS`` values (at
+    least one posterior a step, at most the batch)."""
+    limit = _tcvae_eager.BLOCK_ELEMENTS
+    assert _tcvae_eager.chunk_size(40, 40, 4) == 40
+    assert _tcvae_eager.chunk_size(4096, 4096, 128) == 2
+    assert _tcvae_eager.chunk_size(4096, 4096, 4096) == 1
+    for n_rows, latent in ((4096, 128), (1000, 7), (13, 13107)):
+        assert n_rows * latent * _tcvae_eager.chunk_size(n_rows, 10**6, latent) <= limit
 
 
 @PATHS
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_matches_the_oracle_in_float32(kernels, estimator):
     z, mu, second = _inputs(12, 5, seed=7, dtype=torch.float32)
-    _check(z, mu, second, 500, estimator, False, 5, 1e-4, 1e-4, kernels)
+    _check(z, mu, second, 500, estimator, False, 1e-4, 1e-4, kernels)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -107,7 +141,7 @@ def test_c_kernels_in_float64_agree_with_the_oracle_to_1e_12(estimator):
     built = _tcvae_cpu.kernels(torch.float64) is not None
     assert built, f"no C kernels here: {_tcvae_cpu.unavailable_reason(torch.float64)}"
     z, mu, sigma = _inputs(48, 6, seed=11, spread=4.0)
-    _check(z, mu, sigma, 10_000, estimator, False, 64, 1e-12, 1e-12)
+    _check(z, mu, sigma, 10_000, estimator, False, 1e-12, 1e-12)
 
 
 def test_the_reason_the_c_kernels_are_off_is_that_of_the_latest_call(monkeypatch):
@@ -136,7 +170,7 @@ def test_ties_between_samples(kernels):
     """Identical samples and posteriors (ties in every log-sum-exp)."""
     z, mu, sigma = _inputs(6, 3, seed=8)
     z[3], mu[3], sigma[3] = z[1], mu[1], sigma[1]
-    _check(z, mu, sigma, 100, "mss", False, 4, 1e-10, 1e-10, kernels)
+    _check(z, mu, sigma, 100, "mss", False, 1e-10, 1e-10, kernels)
 
 
 def test_kernels_are_bitwise_deterministic():
@@ -154,7 +188,6 @@ def test_kernels_are_bitwise_deterministic():
 def test_never_holds_a_batch_by_batch_by_latent_tensor(monkeypatch):
     """Every pairwise block the chunked torch algorithm's forward and backward passes
     build holds B·chunk·D values at most (B = 40, chunk = 8: a fifth of B×B×D)."""
-    monkeypatch.setenv(_tcvae_cpu.ENV_SWITCH, "0")
     sizes = []
     inner = _tcvae_eager._pair_log_density
 
@@ -164,11 +197,12 @@ def test_never_holds_a_batch_by_batch_by_latent_tensor(monkeypatch):
         return pair, t
 
     monkeypatch.setattr(_tcvae_eager, "_pair_log_density", spy)
-    monkeypatch.setattr(_tcvae_eager, "CHUNK", 8)
     z, mu, sigma = _inputs(40, 4, seed=9)
-    leaves = [t.requires_grad_() for t in (z, mu, sigma)]
-    terms = _terms(*leaves, 1000, "mss")
-    torch.autograd.grad(sum(terms), leaves)
+    log_sigma = sigma.log()
+    options = (0, 1000, "mss")
+    values = _tcvae_eager.log_densities_fwd(z, mu, log_sigma, *options, chunk=8)
+    incoming = (torch.ones(40, dtype=z.dtype), torch.ones(40, 4, dtype=z.dtype))
+    _tcvae_eager.log_densities_bwd(z, mu, log_sigma, *values, *incoming, *options, chunk=8)
     assert sizes and max(sizes) == 40 * 8 * 4
     assert len(sizes) == 2 * 5  # five chunks, forward and backward
 
@@ -196,7 +230,7 @@ def test_a_ranks_rows_against_the_whole_batch(kernels, estimator):
 
     def run(rows, offset):
         leaves = [t.clone().requires_grad_() for t in (z, mu, log_sigma)]
-        log_qz, log_prod = op(leaves[0][rows], leaves[1], leaves[2], offset, 50, estimator)
+        log_qz, log_prod, _ = op(leaves[0][rows], leaves[1], leaves[2], offset, 50, estimator)
         g_qz = torch.linspace(-1, 2, 13, dtype=torch.float64)[rows]
         g_prod = torch.linspace(0.5, -3, 13 * 4, dtype=torch.float64).view(13, 4)[rows]
         grads = torch.autograd.grad((log_qz * g_qz).sum() + (log_prod * g_prod).sum(), leaves)
@@ -208,7 +242,7 @@ def test_a_ranks_rows_against_the_whole_batch(kernels, estimator):
     torch.testing.assert_close(part[1], whole[1][7:], rtol=1e-12, atol=1e-12)
     # The whole batch's gradients with incoming gradients zero outside rows 7 … 12:
     masked = [t.clone().requires_grad_() for t in (z, mu, log_sigma)]
-    log_qz, log_prod = op(*masked, 0, 50, estimator)
+    log_qz, log_prod, _ = op(*masked, 0, 50, estimator)
     keep = (torch.arange(13) >= 7).double()
     g_qz = torch.linspace(-1, 2, 13, dtype=torch.float64) * keep
     g_prod = torch.linspace(0.5, -3, 13 * 4, dtype=torch.float64).view(13, 4) * keep[:, None]

@@ -28,7 +28,10 @@ import betavae_triton.vae.cpu as cpu_ops
 import betavae_triton.vae.launch as launch
 import betavae_triton.vae.ops as ops
 from betavae_triton import beta_vae_loss, kl_normal_loss, reconstruction_loss
+from betavae_triton._checks import check_loss_inputs
+from betavae_triton._dispatch import interpreter_launch
 from betavae_triton.vae.layout import flatten, reconstruction_order
+from betavae_triton.vae.terms import loss_call
 from reference import reference_beta_vae_loss
 
 
@@ -298,23 +301,25 @@ def test_bitwise_deterministic(dist):
 
 @pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("with_grad", [True, False])
-def test_every_output_element_is_written(monkeypatch, dist, with_grad):
-    monkeypatch.setattr(launch, "POISON_OUTPUTS", True)
+def test_every_output_element_is_written(dist, with_grad):
+    """The forward's launches, on outputs that start as NaN (``poison``), leave none: the
+    kernels write every element of the terms and of each gradient (the gap between the
+    aligned parts of dL/dp and dL/dx included); rescaling the gradients by an incoming 3
+    (the backward kernel's write path) keeps them finite."""
     gen = torch.Generator().manual_seed(10)
     x, p = _data(dist, (2, 3, 1100), torch.float32, gen)
     mu, sigma = _posterior((2, 7), torch.float32, gen)
+    leaves = _leaves(x, p, mu, sigma) if with_grad else [x, p, mu, sigma]
+    kind, _ = check_loss_inputs(*leaves, dist=dist, validate_args=False)
+    call = loss_call(*leaves, beta=1.0, dist=kind)
+    out = launch.launch_loss_fwd(interpreter_launch, call, poison=True)
+    assert (out.rec_grads.numel() > 0) == with_grad
     if with_grad:
-        values, grads = run_ours(x, p, mu, sigma, 1.0, dist)
-        # A gradient scaled by 3 goes through the backward kernel's write path too.
-        leaves = _leaves(x, p, mu, sigma)
-        loss, _, _ = beta_vae_loss(*leaves, beta=1.0, dist=dist, backend="triton")
-        scaled = torch.autograd.grad(3 * loss, leaves)
-        tensors = list(values) + list(grads) + list(scaled)
-    else:
-        with torch.no_grad():
-            tensors = list(beta_vae_loss(x, p, mu, sigma, 1.0, dist, "triton"))
-    for t in tensors:
-        assert torch.isfinite(t).all()
+        three = torch.full((), 3.0, device=DEVICE)
+        launch.launch_rescale_grad_(interpreter_launch, out.rec_grads, three, None, 1.0)
+        launch.launch_rescale_grad_(interpreter_launch, out.kl_grads, three, None, 1.0)
+    for name, t in out._asdict().items():
+        assert torch.isfinite(t).all(), name
 
 
 def test_incoming_gradients_are_routed_to_each_term():
@@ -432,22 +437,27 @@ def test_both_data_gradients_start_16_byte_aligned(monkeypatch):
     assert kwargs["grad_x_ptr"].storage_offset() == 112
 
 
-def test_launches_plan_with_what_the_compiled_kernel_allows(monkeypatch):
+def test_launches_plan_with_what_the_compiled_kernel_allows():
     """On a GPU, a kernel that ran reports its registers and shared memory; the next
     launch of it plans no more programs per SM than an SM holds of it (here: 96 registers
-    a thread, 8 warps: 2 blocks on an H100, where the table says 4)."""
+    a thread, 8 warps: 2 blocks on an H100, where the table says 4). The measurements are
+    the process's cache (``_device.RESIDENT``, filled as kernels run, not a setting): the
+    test measures a kernel name of its own and takes its entry out again."""
 
     class Compiled:
         n_regs = 96
         metadata = type("Metadata", (), {"shared": 0, "num_warps": 8})()
 
     cuda = device.GPU(132, device.H100_SM, 0)  # what device.gpu_of(cuda:0) reads off an H100
-    monkeypatch.setattr(device, "RESIDENT", {})
+    key, other = ("test-measured-kernel",), ("test-unmeasured-kernel",)
     assert device.resident_blocks(96, 0, 8, device.H100_SM) == 2
-    assert launch.reduction_config(10**8, 4, cuda, ("k",))[2] == 4 * 132
-    device.note_compiled(Compiled(), cuda, (4, "k"))
-    assert launch.reduction_config(10**8, 4, cuda, ("k",))[2] == 2 * 132
-    assert launch.reduction_config(10**8, 4, cuda, ("other",))[2] == 4 * 132
+    assert launch.reduction_config(10**8, 4, cuda, key)[2] == 4 * 132
+    try:
+        device.note_compiled(Compiled(), cuda, (4, *key))
+        assert launch.reduction_config(10**8, 4, cuda, key)[2] == 2 * 132
+        assert launch.reduction_config(10**8, 4, cuda, other)[2] == 4 * 132
+    finally:
+        device.RESIDENT.pop((cuda.index, 4, *key), None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,7 +1,8 @@
 """β-TCVAE's minibatch log-densities: online log-sum-exps over the batch, never B×B×D.
 
-For samples z_i and posteriors (μ_j, σ_j), M_ijd = log N(z_id; μ_jd, σ_jd) and the
-estimator's log-weights log w_ij (:func:`log_weight`, computed in registers):
+For samples z_i and posteriors (μ_j, σ_j), M_ijd = log N(z_id; μ_jd, σ_jd) = c_jd − ½t²
+with t = (z_id − μ_jd)/σ_jd and c_jd = −½ log 2π − log σ_jd, and the estimator's
+log-weights log w_ij (:func:`log_weight`, computed in registers):
 
 - log q(z_i) = LSE_j [Σ_d M_ijd + log w_ij]
 - log Π_d q(z_id) = Σ_d LSE_j [M_ijd + log w_ij]   (stored per d; summed on the host)
@@ -15,8 +16,11 @@ takes a block of rows and one *split* of the other index (a range of ``span`` po
 forward and for dL/dz; a range of ``span`` samples i for dL/dμ and dL/d log σ), and writes
 partial results per split, which a second kernel (forward: :func:`_merge_split_log_sum_exps`)
 or a sum over the splits (backward) combines in a fixed order: deterministic, no atomics,
-O(splits·B·D) extra memory. Kernels:
+O(splits·B·D) extra memory. The pairwise kernels read each posterior as the C kernels of
+``tcvae/minibatch.c`` do: μ, 1/σ and c, the last two computed once per call by
+:func:`_posterior_constants` (no exponential per pair for σ). Kernels:
 
+- :func:`_posterior_constants`: 1/σ and c from log σ, elementwise;
 - :func:`_minibatch_log_densities_fwd`: per row block and split of j, the online
   log-sum-exps (maximum and rescaled sum) of the joint and of each marginal;
 - :func:`_merge_split_log_sum_exps`: per row block, those partials merged over the splits;
@@ -25,6 +29,12 @@ O(splits·B·D) extra memory. Kernels:
   and dL/d log σ.
 
 The backward kernels recompute M from the saved log-sum-exps.
+
+Rows of D values (z, the posteriors, the saved log-sum-exps and gradients) start at
+multiples of ``ROW_ALIGN`` elements, the largest power of two dividing D up to one 128-bit
+access: the launcher passes it, and :func:`_tile_offsets`, :func:`_row_offsets` and
+:func:`_dims_in` tell the compiler (whose own specialization knows only whether D is a
+multiple of 16), so that row loads are as wide as D and the tile's layout allow.
 """
 
 import triton
@@ -71,11 +81,33 @@ def estimator_constants(batch, dataset_size, ESTIMATOR: tl.constexpr, ACC_FP64: 
 
 
 @triton.jit
-def _pair(z, mu, log_sigma):
-    """log N(z; μ, σ) elementwise, and (z − μ)/σ² (the derivative in μ)."""
-    inv_var = tl.exp(-2.0 * log_sigma)
-    diff = z - mu
-    return -HALF_LOG_2PI - log_sigma - 0.5 * diff * diff * inv_var, diff * inv_var, diff
+def _tile_offsets(rows, dims, latent, ROW_ALIGN: tl.constexpr):
+    """Offsets of ``rows`` × ``dims`` in a row-major (·, D) array, each row starting at a
+    multiple of ``ROW_ALIGN`` elements (the launcher's promise: D is a multiple of it),
+    which the compiler is told."""
+    return tl.multiple_of(rows[:, None] * latent + dims[None, :], [1, ROW_ALIGN])
+
+
+@triton.jit
+def _row_offsets(row, dims, latent, ROW_ALIGN: tl.constexpr):
+    """Offsets of one row's ``dims`` in a row-major (·, D) array, as :func:`_tile_offsets`."""
+    return tl.multiple_of(row * latent + dims, ROW_ALIGN)
+
+
+@triton.jit
+def _dims_in(dims, latent, ROW_ALIGN: tl.constexpr):
+    """``dims < latent``, constant over aligned runs of ``ROW_ALIGN`` (D is a multiple of
+    it): a mask that lets the loads it guards stay vectors."""
+    return tl.max_constancy(dims < latent, ROW_ALIGN)
+
+
+@triton.jit
+def _pair(z, mu, inv_sigma, c):
+    """``(M, t)`` elementwise: M = log N(z; μ, σ) = c − ½t² and t = (z − μ)/σ, from the
+    posterior's 1/σ and c = −½ log 2π − log σ, in the float64 oracle's order (t, its
+    square, c minus half of it)."""
+    t = (z - mu) * inv_sigma
+    return c - 0.5 * t * t, t
 
 
 @triton.jit
@@ -105,10 +137,27 @@ def _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod, g_prod):
 
 
 @triton.jit
+def _posterior_constants(log_sigma_ptr, inv_sigma_ptr, c_ptr, n_elements, BLOCK: tl.constexpr):
+    """1/σ = e^(−log σ) and c = −½ log 2π − log σ of every posterior element (flat, in
+    log σ's dtype, the accumulation dtype): what the pairwise kernels read instead of
+    log σ, so that none takes an exponential per pair for σ.
+
+    Grid: cdiv(n_elements, BLOCK). Memory traffic: reads log σ once (B·D values), writes
+    1/σ and c once (2·B·D values).
+    """
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offsets < n_elements
+    log_sigma = tl.load(log_sigma_ptr + offsets, mask=ok, other=0.0)
+    tl.store(inv_sigma_ptr + offsets, tl.exp(-log_sigma), mask=ok)
+    tl.store(c_ptr + offsets, -log_sigma - HALF_LOG_2PI, mask=ok)
+
+
+@triton.jit
 def _minibatch_log_densities_fwd(
     z_ptr,
     mu_ptr,
-    log_sigma_ptr,
+    inv_sigma_ptr,
+    c_ptr,
     part_max_ptr,
     part_sum_ptr,
     n_rows,
@@ -119,6 +168,7 @@ def _minibatch_log_densities_fwd(
     span,
     ESTIMATOR: tl.constexpr,
     ACC_FP64: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -128,25 +178,27 @@ def _minibatch_log_densities_fwd(
     Grid: (cdiv(n_rows, BLOCK_I), splits). Writes, at [split, i, :], the running maximum
     and rescaled sum of each marginal d < D and, in column D, of the joint: partials of
     shape (splits, n_rows, D + 1); an empty split writes (−inf, 0). Memory traffic: reads
-    the block's z once and the split's posteriors once (from the cache); writes
-    2·BLOCK_I·(D + 1) values.
+    the block's z once and the split's posteriors (μ, 1/σ, c) once (from the cache);
+    writes 2·BLOCK_I·(D + 1) values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
     split = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
-    row_ok, dim_ok = rows < n_rows, dims < latent
-    tile = rows[:, None] * latent + dims[None, :]
+    row_ok, dim_ok = rows < n_rows, _dims_in(dims, latent, ROW_ALIGN)
+    tile = _tile_offsets(rows, dims, latent, ROW_ALIGN)
     z = tl.load(z_ptr + tile, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(acc_ty)
     max_q = tl.full([BLOCK_I], float("-inf"), acc_ty)
     sum_q = tl.zeros([BLOCK_I], acc_ty)
     max_p = tl.full([BLOCK_I, BLOCK_D], float("-inf"), acc_ty)
     sum_p = tl.zeros([BLOCK_I, BLOCK_D], acc_ty)
     for j in range(split * span, tl.minimum(split * span + span, batch)):
-        mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
-        log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
-        pair, _, _ = _pair(z, mu[None, :], log_sigma[None, :])
+        post = _row_offsets(j, dims, latent, ROW_ALIGN)
+        mu = tl.load(mu_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)
+        inv_sigma = tl.load(inv_sigma_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)
+        c = tl.load(c_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)
+        pair, _ = _pair(z, mu[None, :], inv_sigma[None, :], c[None, :])
         lw = log_weight(rows + row_offset, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         joint = tl.sum(tl.where(dim_ok[None, :], pair, 0.0), axis=1) + lw
         max_q, sum_q = _online_log_sum_exp(max_q, sum_q, joint)
@@ -210,7 +262,8 @@ def _merge_split_log_sum_exps(
 def _minibatch_grad_z(
     z_ptr,
     mu_ptr,
-    log_sigma_ptr,
+    inv_sigma_ptr,
+    c_ptr,
     log_qz_ptr,
     log_prod_ptr,
     g_qz_ptr,
@@ -224,12 +277,13 @@ def _minibatch_grad_z(
     span,
     ESTIMATOR: tl.constexpr,
     ACC_FP64: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """One split's share of dL/dz for a block of rows i: Σ_j G_ijd · ∂M_ijd/∂z_id over
-    the split's posteriors j, with G_ijd = g_qz_i · softmax_j(joint) + g_prod_id ·
-    softmax_j(marginal), recomputed.
+    """One split's share of dL/dz for a block of rows i: Σ_j G_ijd · ∂M_ijd/∂z_id =
+    −Σ_j G_ijd t_ijd / σ_jd over the split's posteriors j, with G_ijd = g_qz_i ·
+    softmax_j(joint) + g_prod_id · softmax_j(marginal), recomputed.
 
     Grid: (cdiv(n_rows, BLOCK_I), splits). Writes the share at [split, i, :] of partials
     (splits, n_rows, D), which the caller sums over the splits in order. Memory traffic:
@@ -241,8 +295,8 @@ def _minibatch_grad_z(
     split = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     dims = tl.arange(0, BLOCK_D)
-    row_ok, dim_ok = rows < n_rows, dims < latent
-    tile = rows[:, None] * latent + dims[None, :]
+    row_ok, dim_ok = rows < n_rows, _dims_in(dims, latent, ROW_ALIGN)
+    tile = _tile_offsets(rows, dims, latent, ROW_ALIGN)
     tile_ok = row_ok[:, None] & dim_ok[None, :]
     z = tl.load(z_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
     log_qz = tl.load(log_qz_ptr + rows, mask=row_ok, other=0.0).to(acc_ty)
@@ -251,12 +305,14 @@ def _minibatch_grad_z(
     g_prod = tl.load(g_prod_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
     grad = tl.zeros([BLOCK_I, BLOCK_D], acc_ty)
     for j in range(split * span, tl.minimum(split * span + span, batch)):
-        mu = tl.load(mu_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
-        log_sigma = tl.load(log_sigma_ptr + j * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
-        pair, d_mu, _ = _pair(z, mu[None, :], log_sigma[None, :])
+        post = _row_offsets(j, dims, latent, ROW_ALIGN)
+        mu = tl.load(mu_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)
+        inv_sigma = tl.load(inv_sigma_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)
+        c = tl.load(c_ptr + post, mask=dim_ok, other=0.0).to(acc_ty)
+        pair, t = _pair(z, mu[None, :], inv_sigma[None, :], c[None, :])
         lw = log_weight(rows + row_offset, j, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod, g_prod)
-        grad -= g * d_mu
+        grad -= g * t * inv_sigma[None, :]
     out = split * n_rows * latent + tile
     tl.store(part_grad_z_ptr + out, grad.to(part_grad_z_ptr.dtype.element_ty), mask=tile_ok)
 
@@ -265,7 +321,8 @@ def _minibatch_grad_z(
 def _minibatch_grad_posterior(
     z_ptr,
     mu_ptr,
-    log_sigma_ptr,
+    inv_sigma_ptr,
+    c_ptr,
     log_qz_ptr,
     log_prod_ptr,
     g_qz_ptr,
@@ -280,43 +337,47 @@ def _minibatch_grad_posterior(
     span,
     ESTIMATOR: tl.constexpr,
     ACC_FP64: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
     BLOCK_J: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """One split's shares of dL/dμ and dL/d log σ for a block of posteriors j:
-    Σ_i G_ijd · ∂M_ijd/∂(μ, log σ) over the split's samples i (rows of this rank, in
-    [split·span, (split + 1)·span)), recomputed.
+    """One split's shares of dL/dμ = Σ_i G_ijd t_ijd / σ_jd and dL/d log σ =
+    Σ_i G_ijd (t_ijd² − 1) for a block of posteriors j, over the split's samples i (rows
+    of this rank, in [split·span, (split + 1)·span)), recomputed; Σ_i G t is multiplied
+    by 1/σ once at the end.
 
     Grid: (cdiv(B, BLOCK_J), splits). Writes the shares at [split, j, :] of partials
     (splits, B, D), which the caller sums over the splits in order. Memory traffic: reads
-    the block's posteriors once and the split's samples with their saved log-sum-exps and
-    incoming gradients once (span·(2 + 3D) values, from the cache); writes 2·BLOCK_J·D
-    values.
+    the block's posteriors (μ, 1/σ, c) once and the split's samples with their saved
+    log-sum-exps and incoming gradients once (span·(2 + 3D) values, from the cache);
+    writes 2·BLOCK_J·D values.
     """
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     own, strat, rest = estimator_constants(batch, dataset_size, ESTIMATOR, ACC_FP64)
     split = tl.program_id(1)
     cols = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     dims = tl.arange(0, BLOCK_D)
-    col_ok, dim_ok = cols < batch, dims < latent
-    tile = cols[:, None] * latent + dims[None, :]
+    col_ok, dim_ok = cols < batch, _dims_in(dims, latent, ROW_ALIGN)
+    tile = _tile_offsets(cols, dims, latent, ROW_ALIGN)
     tile_ok = col_ok[:, None] & dim_ok[None, :]
     mu = tl.load(mu_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
-    log_sigma = tl.load(log_sigma_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
-    grad_mu = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
+    inv_sigma = tl.load(inv_sigma_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
+    c = tl.load(c_ptr + tile, mask=tile_ok, other=0.0).to(acc_ty)
+    sum_gt = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
     grad_log_sigma = tl.zeros([BLOCK_J, BLOCK_D], acc_ty)
     for i in range(split * span, tl.minimum(split * span + span, n_rows)):
-        z = tl.load(z_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
-        log_prod = tl.load(log_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
-        g_prod = tl.load(g_prod_ptr + i * latent + dims, mask=dim_ok, other=0.0).to(acc_ty)
+        row = _row_offsets(i, dims, latent, ROW_ALIGN)
+        z = tl.load(z_ptr + row, mask=dim_ok, other=0.0).to(acc_ty)
+        log_prod = tl.load(log_prod_ptr + row, mask=dim_ok, other=0.0).to(acc_ty)
+        g_prod = tl.load(g_prod_ptr + row, mask=dim_ok, other=0.0).to(acc_ty)
         log_qz = tl.load(log_qz_ptr + i).to(acc_ty)
         g_qz = tl.load(g_qz_ptr + i).to(acc_ty)
-        pair, d_mu, diff = _pair(z[None, :], mu, log_sigma)
+        pair, t = _pair(z[None, :], mu, inv_sigma, c)
         lw = log_weight(i + row_offset, cols, batch, own, strat, rest, ESTIMATOR).to(acc_ty)
         g = _gradient_weights(pair, lw, dim_ok, log_qz, g_qz, log_prod[None, :], g_prod[None, :])
-        grad_mu += g * d_mu
-        grad_log_sigma += g * (diff * d_mu - 1.0)
+        sum_gt += g * t
+        grad_log_sigma += g * (t * t - 1.0)
     out = split * batch * latent + tile
     grad_ty = part_grad_mu_ptr.dtype.element_ty
-    tl.store(part_grad_mu_ptr + out, grad_mu.to(grad_ty), mask=tile_ok)
+    tl.store(part_grad_mu_ptr + out, (sum_gt * inv_sigma).to(grad_ty), mask=tile_ok)
     tl.store(part_grad_log_sigma_ptr + out, grad_log_sigma.to(grad_ty), mask=tile_ok)

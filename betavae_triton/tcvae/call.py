@@ -6,6 +6,9 @@
 - :class:`PairwiseSaved`: what the backward pass reads besides the call (the forward's
   log-sum-exps and the incoming gradients).
 
+The operators return ``(log q(z_i), log q(z_id), [mi, tc, dw_kl])``: the pairwise
+log-densities and the three terms computed from them (:mod:`.decomposition`).
+
 Every implementation (the Triton launchers, the C kernels, the chunked torch algorithm,
 the differentiable formula) is handed these bundles instead of the argument list.
 """
@@ -20,12 +23,12 @@ Tensor = torch.Tensor
 
 FORWARD_SCHEMA = (
     "(Tensor z, Tensor mu, Tensor log_sigma, SymInt row_offset, SymInt dataset_size, "
-    "str estimator, bool interpreted=False) -> (Tensor, Tensor)"
+    "str estimator, bool interpreted=False) -> (Tensor, Tensor, Tensor)"
 )
 BACKWARD_SCHEMA = (
     "(Tensor z, Tensor mu, Tensor log_sigma, SymInt row_offset, SymInt dataset_size, "
-    "str estimator, Tensor log_qz, Tensor log_prod, Tensor g_qz, Tensor g_prod, "
-    "bool interpreted=False) -> (Tensor, Tensor, Tensor)"
+    "str estimator, Tensor log_qz, Tensor log_prod, Tensor? g_qz, Tensor? g_prod, "
+    "Tensor? g_terms, bool interpreted=False) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -51,13 +54,11 @@ class PairwiseCall(NamedTuple):
 
 class PairwiseSaved(NamedTuple):
     """The backward pass's inputs besides the call: the forward's log q(z_i) (B_l,) and
-    log q(z_id) (B_l, D), and the incoming gradients of each (zeros where autograd gave
-    none)."""
+    log q(z_id) (B_l, D), and the incoming gradients of those and of the three terms
+    ``[mi, tc, dw_kl]`` (None where autograd gave none)."""
 
     log_qz: Tensor
     log_prod: Tensor
-    g_qz: Tensor
-    g_prod: Tensor
-
-    def contiguous(self) -> PairwiseSaved:
-        return PairwiseSaved(*(t.contiguous() for t in self))
+    g_qz: Tensor | None
+    g_prod: Tensor | None
+    g_terms: Tensor | None

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shlex
@@ -42,11 +41,12 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from .._constants import ESTIMATOR_CODES, HALF_LOG_2PI, MWS
+from .call import PairwiseCall, PairwiseSaved
+from .weights import estimator_weights
 
 Tensor = torch.Tensor
 SOURCE = Path(__file__).with_name("minibatch.c")
-FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-std=c11")
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11")
 # The builds tried in turn: with -march=native and OpenMP, else without either where the
 # compiler refuses it.
 VARIANTS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
@@ -252,10 +252,10 @@ def _load(double: bool) -> _Native:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     suffix = "f64" if double else "f32"
     fwd = getattr(lib, f"minibatch_log_densities_fwd_{suffix}")
-    fwd.argtypes = [p] * 7 + [i32] + [i64] * 4 + [i32, real, real, real]
+    fwd.argtypes = [p] * 8 + [i32] + [i64] * 4 + [i32, real, real, real]
     fwd.restype = None
     bwd = getattr(lib, f"minibatch_log_densities_bwd_{suffix}")
-    bwd.argtypes = [p] * 11 + [i32] + [i64] * 4 + [i32, real, real, real]
+    bwd.argtypes = [p] * 13 + [i32] + [i64] * 4 + [i32] + [real] * 7
     bwd.restype = None
     return _Native(path, fwd, bwd)
 
@@ -347,82 +347,66 @@ def tcvae_cpu_kernels(dtype: torch.dtype = torch.float32) -> CpuKernels:
     return CpuKernels("c", None, native.path)
 
 
-def estimator_constants(batch: int, dataset_size: int, estimator: str) -> tuple[int, ...]:
-    """``(code, own, strat, rest)``: the log-weights of ``kernels/total_correlation.py``'s
-    ``estimator_constants``, in float64 (the C call rounds them to the data's dtype)."""
-    code = ESTIMATOR_CODES[estimator]
-    n, m = dataset_size, batch - 1
-    if code == MWS:
-        mws = -math.log(batch * n)
-        return code, mws, mws, mws
-    return code, -math.log(n), math.log((n - m) / (n * m)), -math.log(m)
-
-
 def _parts(rows: int) -> int:
     """Row ranges: one per torch thread (fewer for few rows)."""
     return max(1, min(torch.get_num_threads(), rows))
 
 
-def _posteriors(mu: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """μ, 1/σ and c = −½ log 2π − log σ, each transposed to (D, B), contiguous."""
-    inv = torch.exp(-log_sigma)
-    c = -HALF_LOG_2PI - log_sigma
-    return tuple(t.t().contiguous() for t in (mu, inv, c))
+def _pointer(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
-def log_densities_fwd(
-    fwd,
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor]:
-    """``(log q(z_i), log q(z_id))`` by the C forward kernel ``fwd``; inputs contiguous,
-    one dtype (float32 or float64), on the CPU."""
+def log_densities_fwd(fwd, call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log q(z_i), log q(z_id), [mi, tc, dw_kl])`` of ``call`` (contiguous, one dtype:
+    float32 or float64, on the CPU) by the C forward kernel ``fwd``: the terms from the
+    per-sample parts it sums per range of rows (in float64), added in range order."""
+    z = call.z
     n_rows, latent = z.shape
-    batch = mu.shape[0]
-    mu_t, inv_t, c_t = _posteriors(mu, log_sigma)
+    batch = call.mu.shape[0]
     log_qz = z.new_empty((n_rows,))
     log_prod = z.new_empty((n_rows, latent))
     parts = _parts(n_rows)
+    terms = torch.empty((parts, 3), dtype=torch.float64)
+    post_t = z.new_empty((3, latent, batch))
     scratch = z.new_empty((parts, 3, batch))
-    tensors = (z, mu_t, inv_t, c_t, log_qz, log_prod, scratch)
-    weights = estimator_constants(batch, dataset_size, estimator)
-    fwd(*(t.data_ptr() for t in tensors), parts, n_rows, row_offset, batch, latent, *weights)
-    return log_qz, log_prod
+    tensors = (z, call.mu, call.log_sigma, post_t, log_qz, log_prod, terms, scratch)
+    weights = estimator_weights(batch, call.dataset_size, call.estimator)
+    fwd(
+        *(t.data_ptr() for t in tensors), parts, n_rows, call.row_offset, batch, latent,
+        *weights,
+    )  # fmt: skip
+    total = terms[0] if parts == 1 else terms.sum(0)  # (a sum over parts in order)
+    return log_qz, log_prod, (total / n_rows).to(z.dtype)
 
 
 def log_densities_bwd(
-    bwd,
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    log_qz: Tensor,
-    log_prod: Tensor,
-    g_qz: Tensor,
-    g_prod: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
+    bwd, call: PairwiseCall, saved: PairwiseSaved
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dL/dz, dL/dμ, dL/d log σ)`` by the C backward kernel ``bwd``: dL/dz row by row,
-    the posteriors' gradients from partial sums over ranges of rows, added in range
-    order."""
+    the posteriors' gradients from partial sums over ranges of rows, added in range order;
+    the terms' incoming gradients ``saved.g_terms`` become constants of the kernel (their
+    shares of log q(z_i) and log q(z_id), and the samples' own parts)."""
+    z = call.z
     n_rows, latent = z.shape
-    batch = mu.shape[0]
-    mu_t, inv_t, c_t = _posteriors(mu, log_sigma)
+    batch = call.mu.shape[0]
+    add_qz = add_prod = g_own = g_pz = 0.0
+    if saved.g_terms is not None:
+        g_mi, g_tc, g_dw = (g / n_rows for g in saved.g_terms.tolist())
+        add_qz, add_prod, g_own, g_pz = g_tc - g_mi, g_dw - g_tc, g_mi, g_dw
     grad_z = torch.empty_like(z)
+    grad_mu = torch.empty_like(call.mu)
+    grad_log_sigma = torch.empty_like(call.log_sigma)
     parts = _parts(n_rows)
-    partial = z.new_zeros((parts, 2, latent, batch))
+    sums = z.new_zeros((parts, 2, latent, batch))
+    post_t = z.new_empty((3, latent, batch))
     scratch = z.new_empty((parts, 2, batch))
-    tensors = (z, mu_t, inv_t, c_t, log_qz, log_prod, g_qz, g_prod, grad_z, partial, scratch)
-    weights = estimator_constants(batch, dataset_size, estimator)
-    bwd(*(t.data_ptr() for t in tensors), parts, n_rows, row_offset, batch, latent, *weights)
-    sums = partial[0]
-    for k in range(1, parts):  # in range order
-        sums += partial[k]
-    grad_mu = (sums[0] * inv_t).t().contiguous()
-    grad_log_sigma = sums[1].t().contiguous()
+    pointers = (
+        z, call.mu, call.log_sigma, post_t, saved.log_qz, saved.log_prod, saved.g_qz,
+        saved.g_prod, grad_z, grad_mu, grad_log_sigma, sums, scratch,
+    )  # fmt: skip
+    weights = estimator_weights(batch, call.dataset_size, call.estimator)
+    bwd(
+        *(_pointer(t) for t in pointers), parts, n_rows, call.row_offset, batch, latent,
+        *weights, add_qz, add_prod, g_own, g_pz,
+    )  # fmt: skip
     return grad_z, grad_mu, grad_log_sigma

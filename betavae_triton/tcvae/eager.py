@@ -28,13 +28,12 @@ import math
 import torch
 
 from .._constants import HALF_LOG_2PI
+from .weights import estimator_weights
 
 Tensor = torch.Tensor
 # Each step of the walk over the posteriors builds (B_l, chunk, D) blocks of about this many
-# values (4 MiB in float32: a few such blocks live at once, in the cache of a large CPU);
-# CHUNK, when set, fixes the chunk instead (the tests use it).
+# values (4 MiB in float32: a few such blocks live at once, in the cache of a large CPU).
 BLOCK_ELEMENTS = 1 << 20
-CHUNK: int | None = None
 
 
 class LogWeights:
@@ -53,20 +52,16 @@ class LogWeights:
         row_offset: int = 0,
         n_rows: int | None = None,
     ) -> None:
-        n, m = dataset_size, batch - 1
         self.batch, self.estimator = batch, estimator
         self.row_offset = row_offset
         self.n_rows = batch if n_rows is None else n_rows
-        self.own = -math.log(n)
-        self.strat = math.log((n - m) / (n * m))
-        self.rest = -math.log(m)
-        self.mws = -math.log(batch * n)
+        _, self.own, self.strat, self.rest = estimator_weights(batch, dataset_size, estimator)
 
     def block(self, start: int, stop: int, dtype: torch.dtype, device) -> Tensor:
         """log w[rows, start:stop], shape (n_rows, stop − start)."""
         shape = (self.n_rows, stop - start)
         if self.estimator == "mws":
-            return torch.full(shape, self.mws, dtype=dtype, device=device)
+            return torch.full(shape, self.own, dtype=dtype, device=device)
         rows = torch.arange(self.row_offset, self.row_offset + self.n_rows, device=device)
         rows = rows[:, None]
         cols = torch.arange(start, stop, device=device)[None, :]
@@ -92,17 +87,18 @@ def _pair_log_density(z: Tensor, mu_t: Tensor, log_sigma_t: Tensor) -> tuple[Ten
 
 
 def chunk_size(n_rows: int, batch: int, latent: int) -> int:
-    """Posteriors per step: :data:`CHUNK`, or as many as keep a (n_rows, D, chunk) block
-    within :data:`BLOCK_ELEMENTS` values (at least 1, at most the batch)."""
-    if CHUNK is not None:
-        return CHUNK
+    """Posteriors per step: as many as keep a (n_rows, D, chunk) block within
+    :data:`BLOCK_ELEMENTS` values (at least 1, at most the batch)."""
     return max(1, min(batch, BLOCK_ELEMENTS // max(1, n_rows * latent)))
 
 
-def _chunks(log_w: LogWeights, z: Tensor, mu: Tensor, log_sigma: Tensor):
-    """``(start, stop, μ, log σ, log w)`` of each chunk of posteriors, μ and log σ
-    transposed, (D, C)."""
-    chunk = chunk_size(z.shape[0], mu.shape[0], z.shape[1])
+def _chunks(log_w: LogWeights, z: Tensor, mu: Tensor, log_sigma: Tensor, chunk: int | None):
+    """``(start, stop, μ, log σ, log w)`` of each chunk of ``chunk`` posteriors (default:
+    :func:`chunk_size`), μ and log σ transposed, (D, C)."""
+    if chunk is None:
+        chunk = chunk_size(z.shape[0], mu.shape[0], z.shape[1])
+    elif chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
     for start in range(0, mu.shape[0], chunk):
         stop = min(start + chunk, mu.shape[0])
         lw = log_w.block(start, stop, mu.dtype, mu.device)
@@ -117,16 +113,19 @@ def log_densities_fwd(
     row_offset: int,
     dataset_size: int,
     estimator: str,
+    *,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(log q(z_i), log q(z_id))``, shapes (B_l,) and (B_l, D), in the inputs' dtype:
-    online log-sum-exps over chunks of posteriors. No autograd."""
+    online log-sum-exps over chunks of ``chunk`` posteriors (default: :func:`chunk_size`).
+    No autograd."""
     n_rows, latent = z.shape
     log_w = LogWeights(mu.shape[0], dataset_size, estimator, row_offset, n_rows)
     run_max_q = torch.full((n_rows,), -math.inf, dtype=z.dtype, device=z.device)
     run_sum_q = torch.zeros((n_rows,), dtype=z.dtype, device=z.device)
     run_max_p = torch.full((n_rows, latent), -math.inf, dtype=z.dtype, device=z.device)
     run_sum_p = torch.zeros((n_rows, latent), dtype=z.dtype, device=z.device)
-    for _, _, mu_t, ls_t, lw in _chunks(log_w, z, mu, log_sigma):
+    for _, _, mu_t, ls_t, lw in _chunks(log_w, z, mu, log_sigma, chunk):
         pair, _ = _pair_log_density(z, mu_t, ls_t)  # (B_l, D, C)
         joint = pair.sum(1) + lw  # (B_l, C)
         new_max_q = torch.maximum(run_max_q, joint.amax(1))
@@ -154,14 +153,16 @@ def log_densities_bwd(
     row_offset: int,
     dataset_size: int,
     estimator: str,
+    *,
+    chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dL/dz, dL/dμ, dL/d log σ)``, recomputing each chunk from the saved log-sum-exps.
-    No autograd."""
+    """``(dL/dz, dL/dμ, dL/d log σ)``, recomputing each chunk of ``chunk`` posteriors
+    (default: :func:`chunk_size`) from the saved log-sum-exps. No autograd."""
     log_w = LogWeights(mu.shape[0], dataset_size, estimator, row_offset, z.shape[0])
     grad_z = torch.zeros_like(z)
     grad_mu = torch.zeros_like(mu)
     grad_log_sigma = torch.zeros_like(log_sigma)
-    for start, stop, mu_t, ls_t, lw in _chunks(log_w, z, mu, log_sigma):
+    for start, stop, mu_t, ls_t, lw in _chunks(log_w, z, mu, log_sigma, chunk):
         pair, t = _pair_log_density(z, mu_t, ls_t)  # (B_l, D, C)
         soft_q = torch.exp(pair.sum(1) + lw - log_qz[:, None])  # (B_l, C)
         # G = g_q · softmax_j(joint) + g_p · softmax_j(marginal), in place of M.

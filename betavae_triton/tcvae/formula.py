@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 
 from .._constants import HALF_LOG_2PI
+from . import decomposition
+from .call import PairwiseCall
 from .eager import LogWeights
 
 Tensor = torch.Tensor
@@ -43,3 +45,10 @@ def formula_log_densities(
     log_qz = torch.logsumexp(pair.sum(2) + log_w, dim=1)
     log_prod = torch.logsumexp(pair + log_w[:, :, None], dim=1)
     return log_qz, log_prod
+
+
+def formula_terms(call: PairwiseCall) -> Tensor:
+    """``[mi, tc, dw_kl]`` of ``call`` by :func:`formula_log_densities` and
+    :func:`.decomposition.terms`, differentiable by autograd in every mode."""
+    log_qz, log_prod = formula_log_densities(*call)
+    return decomposition.terms(call, log_qz, log_prod)

@@ -15,8 +15,15 @@
  *     dL/dμ_jd      =  Σ_i G_ijd t / σ_jd      (this file returns Σ_i G t; the caller
  *     dL/dlog σ_jd  =  Σ_i G_ijd (t² − 1)       multiplies by 1/σ once per (j, d))
  *
- * The posteriors come transposed, (D, B) with j contiguous, so that every inner loop
- * runs over j with unit stride and vectorises; each function handles the rows
+ * With the samples' own posteriors (j = row_offset + i) the forward also sums, over its
+ * rows, the per-sample parts of β-TCVAE's three terms (betavae_triton/tcvae/
+ * decomposition.py): log q(z_i|x_i) − log q(z_i), log q(z_i) − Σ_d log q(z_id) and
+ * Σ_d log q(z_id) − log p(z_i), in double; the backward adds the gradients of the first
+ * and last (g_own at j = own in G, g_pz · z to dL/dz) and takes the incoming gradients of
+ * the log-sum-exps as arrays (or none) plus a constant each (a term's share).
+ *
+ * The posteriors are transposed here, (D, B) with j contiguous (posteriors_t), so that
+ * every inner loop runs over j with unit stride and vectorises; each function handles the rows
  * [row_begin, row_end) and needs B values of scratch per array it names. No B×B (and no
  * B×B×D) array exists. Sums over j use LANES independent accumulators summed in a fixed
  * order at the end (vectorised without reassociating: the result does not depend on the
@@ -185,14 +192,30 @@ static REAL NAME(log_sum_exp_from)(const REAL *restrict x, int64_t n, REAL m) {
     return shift + (REAL)log((double)total);
 }
 
-/* Forward: log q(z_i) and log q(z_id) for the rows [row_begin, row_end).
+/* μ, 1/σ and c = −½ log 2π − log σ of every posterior, transposed to (D, B), from μ and
+ * log σ (B, D) row-major: what every row reads. */
+static void NAME(posteriors_t)(const REAL *restrict mu, const REAL *restrict log_sigma,
+                               REAL *restrict mu_t, REAL *restrict inv_t, REAL *restrict c_t,
+                               int64_t batch, int64_t latent) {
+    for (int64_t j = 0; j < batch; ++j)
+        for (int64_t d = 0; d < latent; ++d) {
+            const REAL ls = log_sigma[j * latent + d];
+            mu_t[d * batch + j] = mu[j * latent + d];
+            inv_t[d * batch + j] = (REAL)exp((double)-ls);
+            c_t[d * batch + j] = -HALF_LOG_2PI - ls;
+        }
+}
+
+/* Forward: log q(z_i) and log q(z_id) for the rows [row_begin, row_end), and the sums of
+ * the three terms' per-sample parts over them into terms[0..2]. 
  * Scratch: lw, s, x of B values each. */
 static void NAME(fwd_rows)(
     const REAL *restrict z, const REAL *restrict mu_t, const REAL *restrict inv_t,
     const REAL *restrict c_t, REAL *restrict log_qz, REAL *restrict log_prod,
-    REAL *restrict lw, REAL *restrict s, REAL *restrict x,
+    double *restrict terms, REAL *restrict lw, REAL *restrict s, REAL *restrict x,
     int64_t row_begin, int64_t row_end, int64_t row_offset, int64_t batch, int64_t latent,
     int estimator, REAL own, REAL strat, REAL rest) {
+    double sum_mi = 0, sum_tc = 0, sum_dw = 0;
     for (int64_t i = row_begin; i < row_end; ++i) {
         const REAL *z_row = z + i * latent;
         NAME(log_weight_row)(lw, i + row_offset, batch, estimator, own, strat, rest);
@@ -225,7 +248,22 @@ static void NAME(fwd_rows)(
         }
         for (int64_t j = 0; j < batch; ++j) s[j] += lw[j];
         log_qz[i] = NAME(log_sum_exp_from)(s, batch, NAME(max_of)(s, batch));
+        /* The per-sample parts: log q(z_i|x_i), log p(z_i), Σ_d log q(z_id). */
+        const int64_t own_j = i + row_offset;
+        REAL log_qz_x = 0, log_pz = 0, log_prod_sum = 0;
+        for (int64_t d = 0; d < latent; ++d) {
+            const REAL t = (z_row[d] - mu_t[d * batch + own_j]) * inv_t[d * batch + own_j];
+            log_qz_x += c_t[d * batch + own_j] - (REAL)0.5 * t * t;
+            log_pz += -HALF_LOG_2PI - (REAL)0.5 * z_row[d] * z_row[d];
+            log_prod_sum += log_prod[i * latent + d];
+        }
+        sum_mi += (double)log_qz_x - (double)log_qz[i];
+        sum_tc += (double)log_qz[i] - (double)log_prod_sum;
+        sum_dw += (double)log_prod_sum - (double)log_pz;
     }
+    terms[0] = sum_mi;
+    terms[1] = sum_tc;
+    terms[2] = sum_dw;
 }
 
 /* Backward: dL/dz for the rows [row_begin, row_end), and, added into the caller's (D, B)
@@ -237,15 +275,18 @@ static void NAME(bwd_rows)(
     const REAL *restrict g_qz, const REAL *restrict g_prod, REAL *restrict grad_z,
     REAL *restrict sum_gt, REAL *restrict sum_gtt, REAL *restrict lw, REAL *restrict s,
     int64_t row_begin, int64_t row_end, int64_t row_offset, int64_t batch, int64_t latent,
-    int estimator, REAL own, REAL strat, REAL rest) {
+    int estimator, REAL own, REAL strat, REAL rest, REAL add_qz, REAL add_prod, REAL g_own,
+    REAL g_pz) {
     for (int64_t i = row_begin; i < row_end; ++i) {
         const REAL *z_row = z + i * latent;
         NAME(log_weight_row)(lw, i + row_offset, batch, estimator, own, strat, rest);
         NAME(joint_row)(s, z_row, mu_t, inv_t, c_t, lw, batch, latent);
-        const REAL lq = log_qz[i], gq = g_qz[i];
+        const REAL lq = log_qz[i], gq = (g_qz ? g_qz[i] : 0) + add_qz;
         for (int64_t j = 0; j < batch; ++j) s[j] = gq * NAME(exp_nonpos)(s[j] - lq);
+        s[i + row_offset] += g_own; /* log q(z_i|x_i): its own posterior's share of G */
         for (int64_t d = 0; d < latent; ++d) {
-            const REAL zd = z_row[d], lp = log_prod[i * latent + d], gp = g_prod[i * latent + d];
+            const REAL zd = z_row[d], lp = log_prod[i * latent + d];
+            const REAL gp = (g_prod ? g_prod[i * latent + d] : 0) + add_prod;
             const REAL *restrict mu = mu_t + d * batch, *restrict inv = inv_t + d * batch;
         const REAL *restrict c = c_t + d * batch;
             REAL *restrict gt_d = sum_gt + d * batch, *restrict gtt_d = sum_gtt + d * batch;
@@ -273,7 +314,7 @@ static void NAME(bwd_rows)(
             }
             REAL total = 0;
             for (int l = 0; l < LANES; ++l) total += acc[l];
-            grad_z[i * latent + d] = -total;
+            grad_z[i * latent + d] = g_pz * zd - total; /* log p(z_i): −z_id per unit */
         }
     }
 }
@@ -290,32 +331,52 @@ static void NAME(bwd_rows)(
 #define FOR_EACH_PART(k, parts) for (int k = 0; k < (parts); ++k)
 #endif
 
-/* Forward over every row. Scratch: parts × 3 × B values. */
+/* Forward over every row: the posteriors transposed into post_t (3 × D × B: μ, 1/σ, c),
+ * then the rows by parts; part k's sums of the terms into terms + 3k. Scratch: parts ×
+ * 3 × B values. */
 void NAME(minibatch_log_densities_fwd)(
-    const REAL *z, const REAL *mu_t, const REAL *inv_t, const REAL *c_t, REAL *log_qz,
-    REAL *log_prod, REAL *scratch, int parts, int64_t n_rows, int64_t row_offset,
-    int64_t batch, int64_t latent, int estimator, REAL own, REAL strat, REAL rest) {
+    const REAL *z, const REAL *mu, const REAL *log_sigma, REAL *post_t, REAL *log_qz,
+    REAL *log_prod, double *terms, REAL *scratch, int parts, int64_t n_rows,
+    int64_t row_offset, int64_t batch, int64_t latent, int estimator, REAL own, REAL strat,
+    REAL rest) {
+    REAL *mu_t = post_t, *inv_t = post_t + latent * batch, *c_t = post_t + 2 * latent * batch;
+    NAME(posteriors_t)(mu, log_sigma, mu_t, inv_t, c_t, batch, latent);
     FOR_EACH_PART(k, parts) {
         REAL *lw = scratch + (int64_t)k * 3 * batch;
-        NAME(fwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, lw, lw + batch, lw + 2 * batch,
-                       n_rows * k / parts, n_rows * (k + 1) / parts, row_offset, batch, latent,
-                       estimator, own, strat, rest);
+        NAME(fwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, terms + 3 * k, lw, lw + batch,
+                       lw + 2 * batch, n_rows * k / parts, n_rows * (k + 1) / parts,
+                       row_offset, batch, latent, estimator, own, strat, rest);
     }
 }
 
 /* Backward over every row; part k adds into sums + k × 2 × D × B (Σ G t, then
- * Σ G (t² − 1)), which the caller zeroes. Scratch: parts × 2 × B values. */
+ * Σ G (t² − 1)), which the caller zeroes; then the parts' sums are added in part order
+ * and written as dL/dμ = Σ G t / σ and dL/dlog σ into grad_mu, grad_log_sigma (B, D).
+ * g_qz, g_prod may be NULL (no such incoming gradient); add_qz, add_prod are added to
+ * every one of theirs; g_own weighs each sample's own log q(z_i|x_i), g_pz its log p(z_i).
+ * Scratch: parts × 2 × B values, post_t as in the forward. */
 void NAME(minibatch_log_densities_bwd)(
-    const REAL *z, const REAL *mu_t, const REAL *inv_t, const REAL *c_t, const REAL *log_qz,
-    const REAL *log_prod, const REAL *g_qz, const REAL *g_prod, REAL *grad_z, REAL *sums,
-    REAL *scratch, int parts, int64_t n_rows, int64_t row_offset, int64_t batch,
-    int64_t latent, int estimator, REAL own, REAL strat, REAL rest) {
+    const REAL *z, const REAL *mu, const REAL *log_sigma, REAL *post_t, const REAL *log_qz,
+    const REAL *log_prod, const REAL *g_qz, const REAL *g_prod, REAL *grad_z, REAL *grad_mu,
+    REAL *grad_log_sigma, REAL *sums, REAL *scratch, int parts, int64_t n_rows,
+    int64_t row_offset, int64_t batch, int64_t latent, int estimator, REAL own, REAL strat,
+    REAL rest, REAL add_qz, REAL add_prod, REAL g_own, REAL g_pz) {
+    REAL *mu_t = post_t, *inv_t = post_t + latent * batch, *c_t = post_t + 2 * latent * batch;
+    NAME(posteriors_t)(mu, log_sigma, mu_t, inv_t, c_t, batch, latent);
     FOR_EACH_PART(k, parts) {
         REAL *lw = scratch + (int64_t)k * 2 * batch;
         REAL *gt = sums + (int64_t)k * 2 * latent * batch;
         NAME(bwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, g_qz, g_prod, grad_z, gt,
                        gt + latent * batch, lw, lw + batch, n_rows * k / parts,
                        n_rows * (k + 1) / parts, row_offset, batch, latent, estimator, own,
-                       strat, rest);
+                       strat, rest, add_qz, add_prod, g_own, g_pz);
     }
+    const int64_t size = 2 * latent * batch;
+    for (int k = 1; k < parts; ++k) /* in part order */
+        for (int64_t e = 0; e < size; ++e) sums[e] += sums[k * size + e];
+    for (int64_t j = 0; j < batch; ++j)
+        for (int64_t d = 0; d < latent; ++d) {
+            grad_mu[j * latent + d] = sums[d * batch + j] * inv_t[d * batch + j];
+            grad_log_sigma[j * latent + d] = sums[latent * batch + d * batch + j];
+        }
 }

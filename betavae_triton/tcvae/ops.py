@@ -2,14 +2,16 @@
 
 Two operators under the ``betavae_triton`` namespace compute
 
-    (log q(z_i), log q(z_id)) = tc_log_densities(z, mu, log_sigma, row_offset,
-                                                  dataset_size, estimator)
+    (log q(z_i), log q(z_id), [mi, tc, dw_kl]) = tc_log_densities(z, mu, log_sigma,
+                                                  row_offset, dataset_size, estimator)
 
-for the samples z (rows ``row_offset`` … of the batch) against every posterior (μ, log σ),
-by online log-sum-exps in O(B·D) memory, and each has a ``*_backward`` operator that
-recomputes the gradients to z, μ and log σ from the saved log-sum-exps. Their first six
-arguments are the fields of :class:`.call.PairwiseCall`; the backward's next four those of
-:class:`.call.PairwiseSaved`; the schemas are written out in :mod:`.call`.
+for the samples z (rows ``row_offset`` … of the batch) against every posterior (μ, log σ):
+the pairwise log-densities by online log-sum-exps in O(B·D) memory, and the three terms
+from them (:mod:`.decomposition`), so that a β-TCVAE step is one operator call forward and
+one backward. Each has a ``*_backward`` operator that recomputes the gradients to z, μ and
+log σ from the saved log-sum-exps. Their first six arguments are the fields of
+:class:`.call.PairwiseCall`; the backward's next five those of :class:`.call.PairwiseSaved`;
+the schemas are written out in :mod:`.call`.
 
 ``tc_log_densities``
     the Triton backend: a ``torch.library.triton_op`` whose kernels (:mod:`.launch`) are
@@ -39,12 +41,13 @@ import torch
 from torch.library import custom_op, register_autograd, triton_op, wrap_triton
 
 from .._dispatch import (
+    backward_is_traced,
     create_graph_requested,
     interpreter_enabled,
     interpreter_launch,
     triton_available,
 )
-from . import cpu, eager
+from . import cpu, decomposition, eager
 from .call import BACKWARD_SCHEMA, FORWARD_SCHEMA, PairwiseCall, PairwiseSaved
 from .formula import formula_log_densities
 
@@ -62,30 +65,40 @@ def _native(z: Tensor):
     return cpu.kernels(z.dtype) if z.device.type == "cpu" else None
 
 
-def _forward(call: PairwiseCall, interpreted: bool) -> tuple[Tensor, Tensor]:
-    """``(log q(z_i), log q(z_id))`` of ``call``: the interpreted Triton kernels, the C
-    kernels, or the chunked torch algorithm (see the module docstring)."""
+def _forward(call: PairwiseCall, interpreted: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The operators' outputs, ``(log q(z_i), log q(z_id), [mi, tc, dw_kl])``: by the
+    interpreted Triton kernels, the C kernels (which sum the terms' per-sample parts in
+    the same pass), or the chunked torch algorithm (see the module docstring)."""
     call = call.contiguous()
-    if interpreted and interpreter_enabled():
-        return launch_log_densities_fwd(interpreter_launch, *call)
-    native = _native(call.z)
+    native = None if interpreted and interpreter_enabled() else _native(call.z)
     if native is not None:
-        return cpu.log_densities_fwd(native[0], *call)
-    return eager.log_densities_fwd(*call)
+        return cpu.log_densities_fwd(native[0], call)
+    if interpreted and interpreter_enabled():
+        log_qz, log_prod = launch_log_densities_fwd(interpreter_launch, *call)
+    else:
+        log_qz, log_prod = eager.log_densities_fwd(*call)
+    return log_qz, log_prod, decomposition.terms(call, log_qz, log_prod)
 
 
 def _backward_impl(
     call: PairwiseCall, saved: PairwiseSaved, interpreted: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The gradients of ``call``'s z, μ and log σ, on the implementation of :func:`_forward`."""
-    call, saved = call.contiguous(), saved.contiguous()
-    args = (call.z, call.mu, call.log_sigma, *saved, *call[3:])
-    if interpreted and interpreter_enabled():
-        return launch_log_densities_bwd(interpreter_launch, *args)
-    native = _native(call.z)
+    """The gradients of ``call``'s z, μ and log σ, on the implementation of
+    :func:`_forward`, the samples' own parts included."""
+    call = call.contiguous()
+    saved = PairwiseSaved(*(None if t is None else t.contiguous() for t in saved))
+    native = None if interpreted and interpreter_enabled() else _native(call.z)
     if native is not None:
-        return cpu.log_densities_bwd(native[1], *args)
-    return eager.log_densities_bwd(*args)
+        return cpu.log_densities_bwd(native[1], call, saved)
+    g_qz, g_prod = decomposition.pairwise_gradients(call, saved.g_terms, saved.g_qz, saved.g_prod)
+    args = (call.z, call.mu, call.log_sigma, saved.log_qz, saved.log_prod, g_qz, g_prod)
+    if interpreted and interpreter_enabled():
+        grads = launch_log_densities_bwd(interpreter_launch, *args, *call[3:])
+    else:
+        grads = eager.log_densities_bwd(*args, *call[3:])
+    if saved.g_terms is not None:
+        decomposition.add_own_gradients(call, saved.g_terms, *grads)
+    return grads
 
 
 # ---- the operators ------------------------------------------------------------------------
@@ -93,7 +106,8 @@ def _backward_impl(
 
 @custom_op("betavae_triton::tc_log_densities_eager", mutates_args=(), schema=FORWARD_SCHEMA)
 def tc_log_densities_eager(*args):
-    """``(log q(z_i), log q(z_id))`` on any device; see the module docstring."""
+    """``(log q(z_i), log q(z_id), [mi, tc, dw_kl])`` on any device; see the module
+    docstring."""
     *fields, interpreted = args if len(args) == 7 else (*args, False)
     return _forward(PairwiseCall(*fields), interpreted)
 
@@ -103,7 +117,7 @@ def tc_log_densities_eager(*args):
 )
 def tc_log_densities_eager_backward(*args):
     """The gradients of :func:`tc_log_densities_eager`'s z, μ and log σ, recomputed."""
-    *fields, interpreted = args if len(args) == 11 else (*args, False)
+    *fields, interpreted = args if len(args) == 12 else (*args, False)
     return _backward_impl(PairwiseCall(*fields[:6]), PairwiseSaved(*fields[6:]), interpreted)
 
 
@@ -119,14 +133,15 @@ def tc_log_densities(
     dataset_size: int,
     estimator: str,
     interpreted: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """β-TCVAE's ``(log q(z_i), log q(z_id))`` by the Triton kernels; see the module
-    docstring (``interpreted`` is implied on CPU tensors)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """β-TCVAE's ``(log q(z_i), log q(z_id), [mi, tc, dw_kl])`` by the Triton kernels; see
+    the module docstring (``interpreted`` is implied on CPU tensors)."""
     call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator).contiguous()
     if z.device.type == "cpu":
         return tc_log_densities_eager(*call, True)
     with torch.cuda.device(z.device):
-        return launch_log_densities_fwd(wrap_triton, *call)
+        log_qz, log_prod = launch_log_densities_fwd(wrap_triton, *call)
+    return log_qz, log_prod, decomposition.terms(call, log_qz, log_prod)
 
 
 @triton_op("betavae_triton::tc_log_densities_backward", mutates_args=())
@@ -139,23 +154,30 @@ def tc_log_densities_backward(
     estimator: str,
     log_qz: Tensor,
     log_prod: Tensor,
-    g_qz: Tensor,
-    g_prod: Tensor,
+    g_qz: Tensor | None,
+    g_prod: Tensor | None,
+    g_terms: Tensor | None,
     interpreted: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of :func:`tc_log_densities`' z, μ and log σ; see the module docstring."""
-    call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator).contiguous()
-    saved = PairwiseSaved(log_qz, log_prod, g_qz, g_prod).contiguous()
+    call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator)
+    saved = PairwiseSaved(log_qz, log_prod, g_qz, g_prod, g_terms)
     if z.device.type == "cpu":
         return tc_log_densities_eager_backward(*call, *saved, True)
+    call = call.contiguous()
+    g_qz, g_prod = decomposition.pairwise_gradients(call, g_terms, g_qz, g_prod)
     with torch.cuda.device(z.device):
-        args = (call.z, call.mu, call.log_sigma, *saved, *call[3:])
-        return launch_log_densities_bwd(wrap_triton, *args)
+        args = (call.z, call.mu, call.log_sigma, log_qz.contiguous(), log_prod.contiguous())
+        grads = launch_log_densities_bwd(wrap_triton, *args, g_qz, g_prod, *call[3:])
+    if g_terms is not None:
+        grads = tuple(g.clone() for g in grads)  # (a triton_op's outputs: no aliasing)
+        decomposition.add_own_gradients(call, g_terms, *grads)
+    return grads
 
 
 @tc_log_densities_eager.register_fake
 def _fake_forward(z, mu, log_sigma, *options):
-    return z.new_empty(z.shape[:1]), torch.empty_like(z)
+    return z.new_empty(z.shape[:1]), torch.empty_like(z), z.new_empty((3,))
 
 
 @tc_log_densities_eager_backward.register_fake
@@ -169,19 +191,26 @@ def _fake_backward(z, mu, log_sigma, *rest):
 def _setup_context(ctx, inputs, output) -> None:
     """Save the call and the log-sum-exps."""
     call = PairwiseCall(*inputs[:6])
-    ctx.save_for_backward(call.z, call.mu, call.log_sigma, *output)
+    log_qz, log_prod, _ = output
+    ctx.save_for_backward(call.z, call.mu, call.log_sigma, log_qz, log_prod)
     ctx.options = tuple(call[3:])
     ctx.interpreted = bool(inputs[6]) if len(inputs) > 6 else False
+    ctx.set_materialize_grads(False)
 
 
-def _second_order_gradients(call: PairwiseCall, g_qz, g_prod) -> tuple[Tensor | None, ...]:
+def _second_order_gradients(call: PairwiseCall, g_qz, g_prod, g_terms) -> tuple[Tensor | None, ...]:
     """The gradients of z, μ and log σ as a graph (``create_graph=True``): recomputed by
-    :func:`.formula.formula_log_densities`, which autograd differentiates again. O(B²·D)
-    memory, as any second derivative of the pairwise terms built by autograd."""
+    :func:`.formula.formula_log_densities` and :func:`.decomposition.terms`, which autograd
+    differentiates again. O(B²·D) memory, as any second derivative of the pairwise terms
+    built by autograd."""
     with torch.enable_grad():
         inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in call[:3]]
-        outputs = formula_log_densities(*inputs, *call[3:])
-        pairs = [(o, g) for o, g in zip(outputs, (g_qz, g_prod), strict=True) if g is not None]
+        differentiable = call._replace(z=inputs[0], mu=inputs[1], log_sigma=inputs[2])
+        log_qz, log_prod = formula_log_densities(*differentiable)
+        outputs = (log_qz, log_prod, decomposition.terms(differentiable, log_qz, log_prod))
+        pairs = [
+            (o, g) for o, g in zip(outputs, (g_qz, g_prod, g_terms), strict=True) if g is not None
+        ]
         return torch.autograd.grad(
             [o for o, _ in pairs],
             inputs,
@@ -191,18 +220,23 @@ def _second_order_gradients(call: PairwiseCall, g_qz, g_prod) -> tuple[Tensor | 
         )
 
 
-def _backward(ctx, g_qz, g_prod):
-    """The gradients of z, μ and log σ (incoming gradients that autograd left undefined
-    count as zeros): recomputed by the operator's backward, or, with
-    ``create_graph=True``, by :func:`_second_order_gradients`."""
+def _backward(ctx, g_qz, g_prod, g_terms):
+    """The gradients of z, μ and log σ (incoming gradients that autograd left undefined:
+    None): recomputed by the operator's backward, or, with ``create_graph=True``, by
+    :func:`_second_order_gradients`."""
     z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
     call = PairwiseCall(z, mu, log_sigma, *ctx.options)
     none = (None,) * (len(ctx.needs_input_grad) - 3)
+    if g_qz is None and g_prod is None and g_terms is None:
+        return (None, None, None, *none)
     if create_graph_requested(z):
-        return (*_second_order_gradients(call, g_qz, g_prod), *none)
-    g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz
-    g_prod = torch.zeros_like(log_prod) if g_prod is None else g_prod
-    saved = PairwiseSaved(log_qz, log_prod, g_qz, g_prod)
+        return (*_second_order_gradients(call, g_qz, g_prod, g_terms), *none)
+    saved = PairwiseSaved(log_qz, log_prod, g_qz, g_prod, g_terms)
+    if not ctx.is_triton and not backward_is_traced(z):
+        # Run eagerly, the eager operator's backward is its implementation, called
+        # without a second trip through the dispatcher (traced, the operator is needed:
+        # the graph calls it).
+        return (*_backward_impl(call, saved, ctx.interpreted), *none)
     backward_op = tc_log_densities_backward if ctx.is_triton else tc_log_densities_eager_backward
     return (*backward_op(*call, *saved, ctx.interpreted), *none)
 

@@ -1,10 +1,11 @@
 """β-TCVAE's decomposition of the KL term on a backend: mi, tc and dw_kl.
 
-The pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), runs on the Triton
-operator (``betavae_triton::tc_log_densities``) or on the eager one
-(``betavae_triton::tc_log_densities_eager``), both in :mod:`.ops`, in O(B·D) and
-O(B·chunk·D) extra memory; the per-sample parts (log q(z|x),
-log p(z), the means) are a few torch ops on (B, D) tensors. With ``gather``, the
+The three terms come from one operator call (and one backward): the Triton operator
+(``betavae_triton::tc_log_densities``) or the eager one
+(``betavae_triton::tc_log_densities_eager``), both in :mod:`.ops`, which compute the
+pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), in O(B·D) and O(B·chunk·D)
+extra memory, and the per-sample parts (log q(z|x), log p(z), the means) from it. With
+``gather``, the
 posteriors of every rank are all-gathered (with autograd) and this rank's samples are
 scored against all of them: the rank's rows are rows ``rank · B`` … of the global batch.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .._constants import HALF_LOG_2PI
 from .._dispatch import autograd_transform, requested_backend, resolve_backend
-from .formula import formula_log_densities
+from .call import PairwiseCall
+from .formula import formula_terms
 from .ops import tc_log_densities, tc_log_densities_eager
 
 Tensor = torch.Tensor
@@ -78,21 +79,13 @@ def minibatch_terms(
         both = _all_gather(torch.cat((mu, log_sigma), dim=1), group)
         mu_all, log_sigma_all = both.split(z.shape[1], dim=1)
         row_offset = rank * z.shape[0]
-    pairs = (t.contiguous() for t in (z, mu_all, log_sigma_all))
-    args = (*pairs, row_offset, dataset_size, estimator)
+    call = PairwiseCall(z, mu_all, log_sigma_all, row_offset, dataset_size, estimator)
     transform = autograd_transform(z, q_loc, q_scale)
     triton = resolve_backend(requested_backend(backend), z.device, transform) == "triton"
     if transform is not None:  # torch.func, forward-mode AD: plain autograd's formula
-        log_qz, log_prod = formula_log_densities(*args)
+        terms = formula_terms(call)
     else:
-        pairwise = tc_log_densities if triton else tc_log_densities_eager
-        log_qz, log_prod = pairwise(*args)
-    scaled = (z - mu) * torch.exp(-log_sigma)
-    log_qz_x = (-HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)
-    log_pz = (-HALF_LOG_2PI - 0.5 * z * z).sum(1)
-    log_prod_qz = log_prod.sum(1)
-    return (
-        (log_qz_x - log_qz).mean(),
-        (log_qz - log_prod_qz).mean(),
-        (log_prod_qz - log_pz).mean(),
-    )
+        operator = tc_log_densities if triton else tc_log_densities_eager
+        terms = operator(*call.contiguous())[2]
+    mi, tc, dw_kl = terms.unbind()
+    return mi, tc, dw_kl

@@ -37,8 +37,6 @@ from .layout import flatten
 # Upper bound on the programs of a reduction, hence on the partials the finalize sums.
 MAX_PARTIALS = 1024
 _INT32_LIMIT = 2**31 - 1
-# Set by tests: fill every output with NaN before the kernels write it.
-POISON_OUTPUTS = False
 
 Launch = Callable[[Callable], Callable]
 
@@ -102,14 +100,23 @@ def _split_fp64(value: float) -> tuple[float, float]:
     return hi, _to_float32(value - hi) if math.isfinite(hi) else 0.0
 
 
-def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if POISON_OUTPUTS:
+def _empty(
+    shape: Sequence[int], dtype: torch.dtype, device: torch.device, poison: bool = False
+) -> torch.Tensor:
+    """An output buffer, unwritten; filled with NaN where ``poison`` (so that an element
+    no kernel writes shows)."""
+    if poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _grad_buffer(
-    parts: int, n: int, dtype: torch.dtype, device: torch.device, aligned: bool = True
+    parts: int,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    aligned: bool = True,
+    poison: bool = False,
 ) -> torch.Tensor:
     """A flat buffer for ``parts`` gradients of ``n`` elements, laid out as
     :func:`~betavae_triton.vae.call.grad_parts` says; the few elements of a gap between
@@ -117,17 +124,18 @@ def _grad_buffer(
     when there are two parts and ``n`` is not a multiple of 16 (zeroing an empty slice
     launches nothing)."""
     if parts == 0:
-        return _empty((0,), dtype, device)
+        return _empty((0,), dtype, device, poison)
     stride = part_stride(n, aligned)
-    buffer = _empty((stride * (parts - 1) + n,), dtype, device)
+    buffer = _empty((stride * (parts - 1) + n,), dtype, device, poison)
     for part in range(parts - 1):  # no branch on n: no guard under dynamic shapes
         buffer[part * stride + n : (part + 1) * stride].zero_()
     return buffer
 
 
-def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
-    """The operator's outputs, unwritten (see :class:`~betavae_triton.vae.call.LossOutputs`).
-    The fake (meta) implementation of the operator is this function."""
+def allocate_outputs(call: LossCall, plan: LaunchPlan, poison: bool = False) -> LossOutputs:
+    """The operator's outputs, unwritten (see :class:`~betavae_triton.vae.call.LossOutputs`);
+    filled with NaN where ``poison``. The fake (meta) implementation of the operator is this
+    function."""
     device, n, m = plan.device, plan.n, plan.m
     p_scale_grads_shape, p_scale_grads_dtype = (0,), plan.rec_dtype
     if call.need_grad_p_scale and plan.p_scale_mode == P_SCALE_PER_ELEMENT:
@@ -140,14 +148,16 @@ def allocate_outputs(call: LossCall, plan: LaunchPlan) -> LossOutputs:
     else:
         shapes = ((), (), ())
     rec_parts = int(call.need_grad_p) + int(call.need_grad_x)
+    kl_parts = 2 if call.need_grad_q else 0
+    kl_per_dim_shape = plan.q_shape[1:] if call.kl_per_dim else (0,)
     return LossOutputs(
-        loss=_empty(shapes[0], plan.loss_dtype, device),
-        rec=_empty(shapes[1], plan.rec_dtype, device),
-        kl=_empty(shapes[2], plan.kl_dtype, device),
-        rec_grads=_grad_buffer(rec_parts, n, plan.rec_grads_dtype, device),
-        kl_grads=_grad_buffer(2 if call.need_grad_q else 0, m, plan.kl_dtype, device, False),
-        kl_per_dim=_empty(plan.q_shape[1:] if call.kl_per_dim else (0,), plan.kl_dtype, device),
-        p_scale_grads=_empty(p_scale_grads_shape, p_scale_grads_dtype, device),
+        loss=_empty(shapes[0], plan.loss_dtype, device, poison),
+        rec=_empty(shapes[1], plan.rec_dtype, device, poison),
+        kl=_empty(shapes[2], plan.kl_dtype, device, poison),
+        rec_grads=_grad_buffer(rec_parts, n, plan.rec_grads_dtype, device, True, poison),
+        kl_grads=_grad_buffer(kl_parts, m, plan.kl_dtype, device, False, poison),
+        kl_per_dim=_empty(kl_per_dim_shape, plan.kl_dtype, device, poison),
+        p_scale_grads=_empty(p_scale_grads_shape, p_scale_grads_dtype, device, poison),
     )
 
 
@@ -293,15 +303,18 @@ def launch_finalize(
     )
 
 
-def launch_loss_fwd(launch: Launch, call: LossCall, gpu: GPU | None = None) -> LossOutputs:
+def launch_loss_fwd(
+    launch: Launch, call: LossCall, gpu: GPU | None = None, *, poison: bool = False
+) -> LossOutputs:
     """The loss terms and the gradient buffers of ``call``, in at most three launches:
     the reconstruction reduction, the KL reduction (each skipped when its term is absent)
     and the finalize. Forward + backward reads p and x once and writes each gradient once.
     Grids are sized for ``gpu`` (default: the GPU the tensors are on; none under the
-    interpreter)."""
+    interpreter). With ``poison``, every output starts as NaN (the tests' check that the
+    kernels write every element)."""
     plan = plan_call(call)
     gpu = gpu if gpu is not None else gpu_of(plan.device)
-    out = allocate_outputs(call, plan)
+    out = allocate_outputs(call, plan, poison)
     rec = launch_reconstruction(launch, call, plan, out, gpu)
     kl = launch_kl(launch, call, plan, out, gpu)
     launch_finalize(launch, call, plan, out, rec, kl)

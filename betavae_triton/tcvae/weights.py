@@ -1,0 +1,47 @@
+"""The estimators' importance weights, defined once.
+
+For rows i of a batch of B drawn from a data set of N, log w_ij weighs posterior j in
+the minibatch estimate log q(z_i) ≈ LSE_j [log q(z_i | x_j) + log w_ij]:
+
+- ``"mws"`` (minibatch weighted sampling): −log(B·N) everywhere;
+- ``"mss"`` (stratified, the paper's appendix): ``own`` = −log N on the diagonal,
+  ``strat`` = log((N − B + 1)/(N(B − 1))) at j = i + 1 mod B, ``rest`` = −log(B − 1)
+  elsewhere (each row sums to 1);
+- ``"mss-reference"`` (the authors' published matrix): ``own`` in column 0, ``strat`` in
+  column 1 and at row B − 2 of column 0, ``rest`` elsewhere.
+
+:func:`estimator_weights` gives the three values, in float64, to the C kernels (rounded
+to the data's dtype by the call) and to the chunked torch path (:class:`.eager.LogWeights`,
+which lays them out by those rules). The Triton kernels derive the same values in-kernel
+from the integer sizes (``kernels/total_correlation.py``'s ``estimator_constants``),
+because a float argument reaches a kernel in float32, too coarse for the float64 path;
+``tests/test_tcvae_eager.py`` holds every implementation to the float64 oracle's
+``reference.log_importance_weights``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .._constants import ESTIMATOR_CODES, MWS
+
+
+class EstimatorWeights(NamedTuple):
+    """An estimator's code (``_constants.ESTIMATOR_CODES``) and its three log-weights
+    (equal for ``"mws"``)."""
+
+    code: int
+    own: float
+    strat: float
+    rest: float
+
+
+def estimator_weights(batch: int, dataset_size: int, estimator: str) -> EstimatorWeights:
+    """The log-weights of ``estimator`` for a batch of ``batch`` from ``dataset_size``."""
+    code = ESTIMATOR_CODES[estimator]
+    n, m = dataset_size, batch - 1
+    if code == MWS:
+        mws = -math.log(batch * n)
+        return EstimatorWeights(code, mws, mws, mws)
+    return EstimatorWeights(code, -math.log(n), math.log((n - m) / (n * m)), -math.log(m))
