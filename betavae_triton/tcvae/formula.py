@@ -27,16 +27,10 @@ from .eager import LogWeights
 Tensor = torch.Tensor
 
 
-def formula_log_densities(
-    z: Tensor,
-    mu: Tensor,
-    log_sigma: Tensor,
-    row_offset: int,
-    dataset_size: int,
-    estimator: str,
-) -> tuple[Tensor, Tensor]:
-    """``(log q(z_i), log q(z_id))``, shapes (B_l,) and (B_l, D), for the samples ``z``
+def formula_log_densities(call: PairwiseCall) -> tuple[Tensor, Tensor]:
+    """``(log q(z_i), log q(z_id))``, shapes (B_l,) and (B_l, D), for the call's samples
     (rows ``row_offset`` … of the batch) against every posterior (μ, log σ), (B, D)."""
+    z, mu, log_sigma, row_offset, dataset_size, estimator = call
     n_rows, batch = z.shape[0], mu.shape[0]
     log_w = LogWeights(batch, dataset_size, estimator, row_offset, n_rows)
     log_w = log_w.block(0, batch, z.dtype, z.device)  # (B_l, B)
@@ -50,5 +44,5 @@ def formula_log_densities(
 def formula_terms(call: PairwiseCall) -> Tensor:
     """``[mi, tc, dw_kl]`` of ``call`` by :func:`formula_log_densities` and
     :func:`.decomposition.terms`, differentiable by autograd in every mode."""
-    log_qz, log_prod = formula_log_densities(*call)
+    log_qz, log_prod = formula_log_densities(call)
     return decomposition.terms(call, log_qz, log_prod)

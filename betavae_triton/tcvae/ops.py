@@ -206,7 +206,7 @@ def _second_order_gradients(call: PairwiseCall, g_qz, g_prod, g_terms) -> tuple[
     with torch.enable_grad():
         inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in call[:3]]
         differentiable = call._replace(z=inputs[0], mu=inputs[1], log_sigma=inputs[2])
-        log_qz, log_prod = formula_log_densities(*differentiable)
+        log_qz, log_prod = formula_log_densities(differentiable)
         outputs = (log_qz, log_prod, decomposition.terms(differentiable, log_qz, log_prod))
         pairs = [
             (o, g) for o, g in zip(outputs, (g_qz, g_prod, g_terms), strict=True) if g is not None
