@@ -68,6 +68,8 @@ def _operator_loss(x, p, mu, sigma, beta):
     Function): what an exported program, or a caller of ``torch.ops``, runs."""
     call = loss_call(x, p, mu, sigma, beta=beta, dist="normal")
     assert call.beta_tensor is not None and call.beta == 0.0  # β reaches the op as a tensor
+    # A caller of torch.ops keeps the operator's outputs: the backward scales out of place.
+    call = call._replace(in_place_backward=False)
     return LossOutputs(*torch.ops.betavae_triton.loss_fwd(*call)).loss
 
 
