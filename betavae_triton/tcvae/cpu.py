@@ -106,6 +106,8 @@ class _Native(NamedTuple):
     path: Path
     fwd: Callable[..., None]  # the C forward
     bwd: Callable[..., None]  # the C backward
+    fwd_workspace: Callable[[int, int, int], int]  # its workspace's bytes (parts, B, D)
+    bwd_workspace: Callable[[int, int, int], int]
 
 
 # Per process: the reason of each dtype's latest call (None where the kernels ran), each
@@ -252,12 +254,18 @@ def _load(double: bool) -> _Native:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     suffix = "f64" if double else "f32"
     fwd = getattr(lib, f"minibatch_log_densities_fwd_{suffix}")
-    fwd.argtypes = [p] * 8 + [i32] + [i64] * 4 + [i32, real, real, real]
+    fwd.argtypes = [p] * 7 + [i32] + [i64] * 4 + [i32, real, real, real]
     fwd.restype = None
     bwd = getattr(lib, f"minibatch_log_densities_bwd_{suffix}")
-    bwd.argtypes = [p] * 13 + [i32] + [i64] * 4 + [i32] + [real] * 7
+    bwd.argtypes = [p] * 11 + [i32] + [i64] * 4 + [i32] + [real] * 7
     bwd.restype = None
-    return _Native(path, fwd, bwd)
+    workspaces = []
+    for direction in ("fwd", "bwd"):
+        workspace = getattr(lib, f"minibatch_log_densities_{direction}_workspace_{suffix}")
+        workspace.argtypes = [i32, i64, i64]
+        workspace.restype = i64
+        workspaces.append(workspace)
+    return _Native(path, fwd, bwd, *workspaces)
 
 
 def _native(dtype: torch.dtype) -> _Native | str:
@@ -295,8 +303,8 @@ def _warn(dtype: torch.dtype, reason: str) -> None:
     )
 
 
-def kernels(dtype: torch.dtype):
-    """``(fwd, bwd)`` C functions for ``dtype`` (float32 or float64), or None where they
+def kernels(dtype: torch.dtype) -> _Native | None:
+    """The C functions for ``dtype`` (float32 or float64), or None where they
     cannot be built here (the reason: :func:`unavailable_reason`; a failed build warns
     once per process)."""
     native = _native(dtype)
@@ -306,7 +314,7 @@ def kernels(dtype: torch.dtype):
             _warn(dtype, native)
         return None
     _UNAVAILABLE.pop(dtype, None)  # a reason of an earlier call (the switch was set) is stale
-    return native.fwd, native.bwd
+    return native
 
 
 def unavailable_reason(dtype: torch.dtype = torch.float32) -> str | None:
@@ -356,34 +364,32 @@ def _pointer(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def log_densities_fwd(fwd, call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor]:
+def log_densities_fwd(native: _Native, call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor]:
     """``(log q(z_i), log q(z_id), [mi, tc, dw_kl])`` of ``call`` (contiguous, one dtype:
-    float32 or float64, on the CPU) by the C forward kernel ``fwd``: the terms from the
-    per-sample parts it sums per range of rows (in float64), added in range order."""
+    float32 or float64, on the CPU) by the C forward kernel: the terms from the per-sample
+    parts it sums per range of rows (in float64), added in range order, in one workspace
+    it carves itself."""
     z = call.z
     n_rows, latent = z.shape
     batch = call.mu.shape[0]
-    log_qz = z.new_empty((n_rows,))
-    log_prod = z.new_empty((n_rows, latent))
     parts = _parts(n_rows)
-    terms = torch.empty((parts, 3), dtype=torch.float64)
-    post_t = z.new_empty((3, latent, batch))
-    scratch = z.new_empty((parts, 3, batch))
-    tensors = (z, call.mu, call.log_sigma, post_t, log_qz, log_prod, terms, scratch)
+    log_qz, log_prod = z.new_empty((n_rows,)), z.new_empty((n_rows, latent))
+    terms = z.new_empty((3,))
+    work = torch.empty(native.fwd_workspace(parts, batch, latent), dtype=torch.uint8)
     weights = estimator_weights(batch, call.dataset_size, call.estimator)
-    fwd(
-        *(t.data_ptr() for t in tensors), parts, n_rows, call.row_offset, batch, latent,
-        *weights,
+    native.fwd(
+        z.data_ptr(), call.mu.data_ptr(), call.log_sigma.data_ptr(), log_qz.data_ptr(),
+        log_prod.data_ptr(), terms.data_ptr(), work.data_ptr(), parts, n_rows,
+        call.row_offset, batch, latent, *weights,
     )  # fmt: skip
-    total = terms[0] if parts == 1 else terms.sum(0)  # (a sum over parts in order)
-    return log_qz, log_prod, (total / n_rows).to(z.dtype)
+    return log_qz, log_prod, terms
 
 
 def log_densities_bwd(
-    bwd, call: PairwiseCall, saved: PairwiseSaved
+    native: _Native, call: PairwiseCall, saved: PairwiseSaved
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dL/dz, dL/dμ, dL/d log σ)`` by the C backward kernel ``bwd``: dL/dz row by row,
-    the posteriors' gradients from partial sums over ranges of rows, added in range order;
+    """``(dL/dz, dL/dμ, dL/d log σ)`` by the C backward kernel: dL/dz row by row, the
+    posteriors' gradients from partial sums over ranges of rows, added in range order;
     the terms' incoming gradients ``saved.g_terms`` become constants of the kernel (their
     shares of log q(z_i) and log q(z_id), and the samples' own parts)."""
     z = call.z
@@ -393,20 +399,16 @@ def log_densities_bwd(
     if saved.g_terms is not None:
         g_mi, g_tc, g_dw = (g / n_rows for g in saved.g_terms.tolist())
         add_qz, add_prod, g_own, g_pz = g_tc - g_mi, g_dw - g_tc, g_mi, g_dw
-    grad_z = torch.empty_like(z)
-    grad_mu = torch.empty_like(call.mu)
-    grad_log_sigma = torch.empty_like(call.log_sigma)
+    grads = (torch.empty_like(z), torch.empty_like(call.mu), torch.empty_like(call.log_sigma))
     parts = _parts(n_rows)
-    sums = z.new_zeros((parts, 2, latent, batch))
-    post_t = z.new_empty((3, latent, batch))
-    scratch = z.new_empty((parts, 2, batch))
+    work = torch.empty(native.bwd_workspace(parts, batch, latent), dtype=torch.uint8)
     pointers = (
-        z, call.mu, call.log_sigma, post_t, saved.log_qz, saved.log_prod, saved.g_qz,
-        saved.g_prod, grad_z, grad_mu, grad_log_sigma, sums, scratch,
+        z, call.mu, call.log_sigma, saved.log_qz, saved.log_prod, saved.g_qz, saved.g_prod,
+        *grads, work,
     )  # fmt: skip
     weights = estimator_weights(batch, call.dataset_size, call.estimator)
-    bwd(
+    native.bwd(
         *(_pointer(t) for t in pointers), parts, n_rows, call.row_offset, batch, latent,
         *weights, add_qz, add_prod, g_own, g_pz,
     )  # fmt: skip
-    return grad_z, grad_mu, grad_log_sigma
+    return grads

@@ -24,6 +24,7 @@ are registered in :mod:`.ops`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -51,21 +52,24 @@ class LogWeights:
         estimator: str,
         row_offset: int = 0,
         n_rows: int | None = None,
+        log: Callable[[float], float | Tensor] = math.log,
     ) -> None:
         self.batch, self.estimator = batch, estimator
         self.row_offset = row_offset
         self.n_rows = batch if n_rows is None else n_rows
-        _, self.own, self.strat, self.rest = estimator_weights(batch, dataset_size, estimator)
+        weights = estimator_weights(batch, dataset_size, estimator, log)
+        _, self.own, self.strat, self.rest = weights
 
     def block(self, start: int, stop: int, dtype: torch.dtype, device) -> Tensor:
         """log w[rows, start:stop], shape (n_rows, stop − start)."""
         shape = (self.n_rows, stop - start)
+        # (torch.as_tensor: the weights may be numbers or 0-d tensors, see __init__)
         if self.estimator == "mws":
-            return torch.full(shape, self.own, dtype=dtype, device=device)
+            return torch.as_tensor(self.own, dtype=dtype, device=device).expand(shape)
         rows = torch.arange(self.row_offset, self.row_offset + self.n_rows, device=device)
         rows = rows[:, None]
         cols = torch.arange(start, stop, device=device)[None, :]
-        w = torch.full(shape, self.rest, dtype=dtype, device=device)
+        w = torch.as_tensor(self.rest, dtype=dtype, device=device).expand(shape)
         if self.estimator == "mss":
             w = torch.where(cols == (rows + 1) % self.batch, self.strat, w)
             return torch.where(cols == rows, self.own, w)

@@ -23,6 +23,7 @@ from .._constants import HALF_LOG_2PI
 from . import decomposition
 from .call import PairwiseCall
 from .eager import LogWeights
+from .weights import tensor_log
 
 Tensor = torch.Tensor
 
@@ -32,7 +33,7 @@ def formula_log_densities(call: PairwiseCall) -> tuple[Tensor, Tensor]:
     (rows ``row_offset`` … of the batch) against every posterior (μ, log σ), (B, D)."""
     z, mu, log_sigma, row_offset, dataset_size, estimator = call
     n_rows, batch = z.shape[0], mu.shape[0]
-    log_w = LogWeights(batch, dataset_size, estimator, row_offset, n_rows)
+    log_w = LogWeights(batch, dataset_size, estimator, row_offset, n_rows, log=tensor_log)
     log_w = log_w.block(0, batch, z.dtype, z.device)  # (B_l, B)
     t = (z[:, None, :] - mu[None, :, :]) * torch.exp(-log_sigma)[None, :, :]
     pair = -0.5 * t * t - HALF_LOG_2PI - log_sigma[None, :, :]  # (B_l, B, D)

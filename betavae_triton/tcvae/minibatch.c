@@ -331,37 +331,65 @@ static void NAME(bwd_rows)(
 #define FOR_EACH_PART(k, parts) for (int k = 0; k < (parts); ++k)
 #endif
 
-/* Forward over every row: the posteriors transposed into post_t (3 × D × B: μ, 1/σ, c),
- * then the rows by parts; part k's sums of the terms into terms + 3k. Scratch: parts ×
- * 3 × B values. */
+/* Bytes before the REAL arrays of the forward's workspace: `parts` × 3 doubles, rounded up
+ * to a cache line so that the posteriors' transposes start aligned. */
+static int64_t NAME(terms_bytes)(int parts) { return ((int64_t)parts * 3 * 8 + 63) / 64 * 64; }
+
+/* Forward over every row: the posteriors transposed (3 × D × B: μ, 1/σ, c), then the rows
+ * by parts, part k summing its rows' terms; then the parts' sums added in part order and
+ * written as the means over the rows into terms (3). The workspace `work` (the caller's,
+ * uninitialised) holds the parts' sums, the transposes and parts × 3 × B scratch values:
+ * minibatch_log_densities_fwd_workspace bytes. */
+int64_t NAME(minibatch_log_densities_fwd_workspace)(int parts, int64_t batch, int64_t latent) {
+    return NAME(terms_bytes)(parts) + (int64_t)sizeof(REAL) * (3 * latent + parts * 3) * batch;
+}
+
 void NAME(minibatch_log_densities_fwd)(
-    const REAL *z, const REAL *mu, const REAL *log_sigma, REAL *post_t, REAL *log_qz,
-    REAL *log_prod, double *terms, REAL *scratch, int parts, int64_t n_rows,
-    int64_t row_offset, int64_t batch, int64_t latent, int estimator, REAL own, REAL strat,
-    REAL rest) {
-    REAL *mu_t = post_t, *inv_t = post_t + latent * batch, *c_t = post_t + 2 * latent * batch;
+    const REAL *z, const REAL *mu, const REAL *log_sigma, REAL *log_qz, REAL *log_prod,
+    REAL *terms, void *work, int parts, int64_t n_rows, int64_t row_offset, int64_t batch,
+    int64_t latent, int estimator, REAL own, REAL strat, REAL rest) {
+    double *part_terms = (double *)work;
+    REAL *mu_t = (REAL *)((char *)work + NAME(terms_bytes)(parts));
+    REAL *inv_t = mu_t + latent * batch, *c_t = mu_t + 2 * latent * batch;
+    REAL *scratch = mu_t + 3 * latent * batch;
     NAME(posteriors_t)(mu, log_sigma, mu_t, inv_t, c_t, batch, latent);
     FOR_EACH_PART(k, parts) {
         REAL *lw = scratch + (int64_t)k * 3 * batch;
-        NAME(fwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, terms + 3 * k, lw, lw + batch,
-                       lw + 2 * batch, n_rows * k / parts, n_rows * (k + 1) / parts,
-                       row_offset, batch, latent, estimator, own, strat, rest);
+        NAME(fwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, part_terms + 3 * k, lw,
+                       lw + batch, lw + 2 * batch, n_rows * k / parts,
+                       n_rows * (k + 1) / parts, row_offset, batch, latent, estimator, own,
+                       strat, rest);
+    }
+    for (int t = 0; t < 3; ++t) {
+        double total = part_terms[t];
+        for (int k = 1; k < parts; ++k) total += part_terms[3 * k + t]; /* in part order */
+        terms[t] = (REAL)(total / (double)n_rows);
     }
 }
 
-/* Backward over every row; part k adds into sums + k × 2 × D × B (Σ G t, then
- * Σ G (t² − 1)), which the caller zeroes; then the parts' sums are added in part order
- * and written as dL/dμ = Σ G t / σ and dL/dlog σ into grad_mu, grad_log_sigma (B, D).
+/* Backward over every row; part k adds into its partial sums (2 × D × B: Σ G t, then
+ * Σ G (t² − 1)), zeroed here; then the parts' sums are added in part order and written as
+ * dL/dμ = Σ G t / σ and dL/dlog σ into grad_mu, grad_log_sigma (B, D).
  * g_qz, g_prod may be NULL (no such incoming gradient); add_qz, add_prod are added to
  * every one of theirs; g_own weighs each sample's own log q(z_i|x_i), g_pz its log p(z_i).
- * Scratch: parts × 2 × B values, post_t as in the forward. */
+ * The workspace `work` (the caller's, uninitialised) holds the partial sums, the
+ * posteriors' transposes and parts × 2 × B scratch values:
+ * minibatch_log_densities_bwd_workspace bytes. */
+int64_t NAME(minibatch_log_densities_bwd_workspace)(int parts, int64_t batch, int64_t latent) {
+    return (int64_t)sizeof(REAL) * (parts * 2 * latent + 3 * latent + parts * 2) * batch;
+}
+
 void NAME(minibatch_log_densities_bwd)(
-    const REAL *z, const REAL *mu, const REAL *log_sigma, REAL *post_t, const REAL *log_qz,
+    const REAL *z, const REAL *mu, const REAL *log_sigma, const REAL *log_qz,
     const REAL *log_prod, const REAL *g_qz, const REAL *g_prod, REAL *grad_z, REAL *grad_mu,
-    REAL *grad_log_sigma, REAL *sums, REAL *scratch, int parts, int64_t n_rows,
-    int64_t row_offset, int64_t batch, int64_t latent, int estimator, REAL own, REAL strat,
-    REAL rest, REAL add_qz, REAL add_prod, REAL g_own, REAL g_pz) {
-    REAL *mu_t = post_t, *inv_t = post_t + latent * batch, *c_t = post_t + 2 * latent * batch;
+    REAL *grad_log_sigma, void *work, int parts, int64_t n_rows, int64_t row_offset,
+    int64_t batch, int64_t latent, int estimator, REAL own, REAL strat, REAL rest,
+    REAL add_qz, REAL add_prod, REAL g_own, REAL g_pz) {
+    const int64_t size = 2 * latent * batch;
+    REAL *sums = (REAL *)work, *mu_t = sums + parts * size;
+    REAL *inv_t = mu_t + latent * batch, *c_t = mu_t + 2 * latent * batch;
+    REAL *scratch = mu_t + 3 * latent * batch;
+    memset(sums, 0, sizeof(REAL) * (size_t)(parts * size));
     NAME(posteriors_t)(mu, log_sigma, mu_t, inv_t, c_t, batch, latent);
     FOR_EACH_PART(k, parts) {
         REAL *lw = scratch + (int64_t)k * 2 * batch;
@@ -371,7 +399,6 @@ void NAME(minibatch_log_densities_bwd)(
                        n_rows * (k + 1) / parts, row_offset, batch, latent, estimator, own,
                        strat, rest, add_qz, add_prod, g_own, g_pz);
     }
-    const int64_t size = 2 * latent * batch;
     for (int k = 1; k < parts; ++k) /* in part order */
         for (int64_t e = 0; e < size; ++e) sums[e] += sums[k * size + e];
     for (int64_t j = 0; j < batch; ++j)

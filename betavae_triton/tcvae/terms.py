@@ -4,10 +4,13 @@ The three terms come from one operator call (and one backward): the Triton opera
 (``betavae_triton::tc_log_densities``) or the eager one
 (``betavae_triton::tc_log_densities_eager``), both in :mod:`.ops`, which compute the
 pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), in O(B·D) and O(B·chunk·D)
-extra memory, and the per-sample parts (log q(z|x), log p(z), the means) from it. With
-``gather``, the
-posteriors of every rank are all-gathered (with autograd) and this rank's samples are
-scored against all of them: the rank's rows are rows ``rank · B`` … of the global batch.
+extra memory, and the per-sample parts (log q(z|x), log p(z), the means) from it. Run as
+it is (nothing traces it), the eager operator is applied without the dispatcher
+(:func:`.ops.tc_log_densities_eager_call`); inside ``torch.compile``, a batch whose
+B × B × D formula is small (:data:`FUSED`) is the formula, which inductor fuses. With
+``gather``, the posteriors of every rank are all-gathered (with autograd) and this rank's
+samples are scored against all of them: the rank's rows are rows ``rank · B`` … of the
+global batch.
 """
 
 from __future__ import annotations
@@ -17,9 +20,19 @@ import torch
 from .._dispatch import autograd_transform, requested_backend, resolve_backend
 from .call import PairwiseCall
 from .formula import formula_terms
-from .ops import tc_log_densities, tc_log_densities_eager
+from .ops import tc_log_densities, tc_log_densities_eager_call
 
 Tensor = torch.Tensor
+
+#: Inside ``torch.compile``, the eager backend hands inductor the B_l × B × D formula
+#: (:mod:`.formula`) instead of calling its operator when the formula has at most this
+#: many elements (512 KiB in float32): there inductor fuses it into the graph's kernels,
+#: and a custom operator's call (dispatch, argument defaults, AOTAutograd's wrappers)
+#: costs more than the whole computation. Measured on the 2-core CPU, B × D = 32 × 6 and
+#: 64 × 10 (2^13, 2^15.3 elements) run faster so, 128 × 16 (2^18) by the operator
+#: (``perf/RESULTS.md``). The Triton backend's operator is kernels in the graph (no such
+#: call), so it keeps them at every size.
+FUSED = 1 << 17
 
 
 def world(gather: bool, group=None) -> tuple[int, int]:
@@ -50,6 +63,14 @@ def _all_gather(t: Tensor, group) -> Tensor:
     return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
+def _fused(call: PairwiseCall, triton: bool) -> bool:
+    """Whether ``call``, on the eager backend inside ``torch.compile``, is small enough for
+    the formula (:data:`FUSED`)."""
+    return (
+        not triton and torch.compiler.is_compiling() and call.z.shape[0] * call.mu.numel() <= FUSED
+    )
+
+
 def minibatch_terms(
     z: Tensor,
     q_loc: Tensor,
@@ -70,8 +91,10 @@ def minibatch_terms(
     autograd)."""
     dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     z = z.to(dtype)
-    mu = q_loc.to(dtype).expand_as(z)
-    second = q_scale.to(dtype).expand_as(z)
+    mu, second = (t.to(dtype) for t in (q_loc, q_scale))
+    # (expanded only where they broadcast: an expand is a node for autograd to walk)
+    mu = mu if mu.shape == z.shape else mu.expand_as(z)
+    second = second if second.shape == z.shape else second.expand_as(z)
     log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
     rank, _ = world(gather, group)
     row_offset, mu_all, log_sigma_all = 0, mu, log_sigma
@@ -84,8 +107,14 @@ def minibatch_terms(
     triton = resolve_backend(requested_backend(backend), z.device, transform) == "triton"
     if transform is not None:  # torch.func, forward-mode AD: plain autograd's formula
         terms = formula_terms(call)
+    elif _fused(call, triton):
+        terms = formula_terms(call)  # fused by inductor: cheaper than an operator's call
     else:
-        operator = tc_log_densities if triton else tc_log_densities_eager
-        terms = operator(*call.contiguous())[2]
+        call = call.contiguous()
+        terms = (tc_log_densities(*call) if triton else tc_log_densities_eager_call(call))[2]
+    if torch.compiler.is_compiling():
+        # Three outputs that are views of one tensor cost AOTAutograd's runtime a replay
+        # of the views per call; copies fused into the graph cost nothing.
+        return tuple(t.clone() for t in terms.unbind())
     mi, tc, dw_kl = terms.unbind()
     return mi, tc, dw_kl

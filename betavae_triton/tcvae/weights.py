@@ -22,26 +22,41 @@ because a float argument reaches a kernel in float32, too coarse for the float64
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
+
 from .._constants import ESTIMATOR_CODES, MWS
+
+Tensor = torch.Tensor
 
 
 class EstimatorWeights(NamedTuple):
     """An estimator's code (``_constants.ESTIMATOR_CODES``) and its three log-weights
-    (equal for ``"mws"``)."""
+    (equal for ``"mws"``): numbers, or 0-d float64 tensors from :func:`tensor_log`."""
 
     code: int
-    own: float
-    strat: float
-    rest: float
+    own: float | Tensor
+    strat: float | Tensor
+    rest: float | Tensor
 
 
-def estimator_weights(batch: int, dataset_size: int, estimator: str) -> EstimatorWeights:
-    """The log-weights of ``estimator`` for a batch of ``batch`` from ``dataset_size``."""
+def tensor_log(value: float) -> Tensor:
+    """log ``value`` as a 0-d float64 tensor: inside ``torch.compile``, a data-set size that
+    changes between calls (a symbolic int) stays symbolic in it, where ``math.log`` would
+    specialise it (a recompile per size)."""
+    return torch.scalar_tensor(value, dtype=torch.float64).log()
+
+
+def estimator_weights(
+    batch: int, dataset_size: int, estimator: str, log: Callable[[float], float | Tensor] = math.log
+) -> EstimatorWeights:
+    """The log-weights of ``estimator`` for a batch of ``batch`` from ``dataset_size``, by
+    ``log`` (:func:`math.log`, or :func:`tensor_log` for the differentiable formula)."""
     code = ESTIMATOR_CODES[estimator]
     n, m = dataset_size, batch - 1
     if code == MWS:
-        mws = -math.log(batch * n)
+        mws = -log(batch * n)
         return EstimatorWeights(code, mws, mws, mws)
-    return EstimatorWeights(code, -math.log(n), math.log((n - m) / (n * m)), -math.log(m))
+    return EstimatorWeights(code, -log(n), log((n - m) / (n * m)), -log(m))
