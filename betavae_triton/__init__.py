@@ -8,7 +8,7 @@ so that an exported program that calls them loads as soon as the package is impo
 """
 
 from . import functional
-from ._dispatch import triton_available
+from ._dispatch import resolved_backend, triton_available
 from .functional import *  # noqa: F403  (the functional core: functional.__all__)
 from .loss import BetaTCVAELoss, BetaVAELoss, CapacityBetaVAELoss
 from .tcvae.cpu import CpuKernels, NativeBuildWarning, tcvae_cpu_kernels
@@ -20,6 +20,7 @@ __all__ = [
     "CpuKernels",
     "NativeBuildWarning",
     *functional.__all__,
+    "resolved_backend",
     "tcvae_cpu_kernels",
     "triton_available",
 ]

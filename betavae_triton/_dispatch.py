@@ -149,3 +149,41 @@ def resolve_backend(backend: str, device: torch.device, transform: str | None = 
             "triton is first imported to run the kernels under Triton's CPU interpreter."
         )
     return "triton"
+
+
+def resolved_backend(backend: str, device: torch.device | str) -> str:
+    """The implementation that a loss built with ``backend`` runs on ``device``'s tensors.
+
+    The README's "Backends" rule, for a caller that records what ran (a benchmark, the
+    demo's ``run.json``): ``"auto"`` is resolved as the losses resolve it, the Triton
+    kernels for CUDA tensors when ``triton`` is importable and the eager path otherwise;
+    ``"triton"`` and ``"eager"`` are returned as named. Whether the kernels can run there
+    is checked when the loss runs (``backend="triton"`` raises a ``RuntimeError`` then),
+    not here.
+
+    Parameters
+    ----------
+    backend : {"auto", "triton", "eager"}
+        The backend a loss was built with (its ``backend`` attribute).
+    device : torch.device or str
+        Where the loss's tensors live.
+
+    Returns
+    -------
+    name : {"triton", "eager"}
+        What computes the loss.
+
+    Raises
+    ------
+    ValueError
+        If ``backend`` names no backend.
+
+    Examples
+    --------
+    >>> import torch, betavae_triton
+    >>> betavae_triton.resolved_backend("auto", torch.device("cpu"))
+    'eager'
+    """
+    if check_backend(backend) != "auto":
+        return backend
+    return resolve_backend(backend, torch.device(device))

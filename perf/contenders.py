@@ -1,313 +1,115 @@
-"""The implementations the benchmark races, each as a step ``(x, p, mu, scale) -> loss``.
+"""A contender as a suite declares it, and the one rule that says why one cannot be timed here.
 
-Every contender receives the same call a training script makes: the data ``x``, the decoder
-output ``p`` as a tensor read by ``default_dist``, and the posterior ``Normal(mu, scale)``
-built inside the step.
-
-============== ================================================================================
-``triton``     ``betavae_triton.BetaVAELoss(backend="triton")`` (GPU only)
-``eager``      ``betavae_triton.BetaVAELoss(backend="eager")``
-``eager+compile`` ``torch.compile`` of a step calling the eager backend
-``nidl``       nidl 0.0.2's ``BetaVAELoss`` (``nidl/losses/beta_vae.py``), eager
-``compiled-ref`` ``torch.compile`` of the reference's plain maths in the workload's dtype
-============== ================================================================================
+A suite lists its contenders in table order, each with what builds its step, whether
+``torch.compile`` builds it (it is recompiled for each workload, and its first call
+compiles) and what it needs beyond torch: ``"triton"`` (the package's Triton kernels,
+timed on a GPU only) or the name of something found at run time (``"nidl"``).
+:func:`choose` keeps those that can be timed here and says why each other one cannot.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import importlib.util
-import subprocess
-import sys
-import types
-import zipfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
-from torch.distributions import Normal
 
-from betavae_triton import BetaVAELoss
-from perf.refmath import beta_vae_loss_same_dtype
-from perf.workloads import Workload
+from betavae_triton import triton_available
 
-__all__ = [
-    "BETA",
-    "CONTENDERS",
-    "NIDL_VERSION",
-    "NidlSource",
-    "Step",
-    "available_contenders",
-    "build_step",
-    "load_nidl",
-    "oracle_loss",
-]
+__all__ = ["TRITON_ON_CPU", "Contender", "choose", "names", "why_not_here"]
 
-#: Every contender, in table order.
-CONTENDERS = ("triton", "eager", "eager+compile", "nidl", "compiled-ref")
-#: Contenders that ``torch.compile`` builds (and recompiles for each workload).
-COMPILED = frozenset({"eager+compile", "compiled-ref"})
-BETA = 4.0
-NIDL_VERSION = "0.0.2"
-_NIDL_MODULE = "nidl/losses/beta_vae.py"
-_IN_PACKAGE = "losses/beta_vae.py"
-
-Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: Why the Triton kernels are not timed on a CPU (in the table's notes and the JSON).
+TRITON_ON_CPU = (
+    "not timed on a CPU. The Triton kernels run on CPU tensors only under the "
+    "interpreter (TRITON_INTERPRET=1), which executes them in numpy, block by block: "
+    "a correctness tool whose timings say nothing about the kernels' speed"
+)
 
 
-class NidlSource(NamedTuple):
-    """nidl's ``BetaVAELoss`` and where it came from.
-
-    Attributes
-    ----------
-    cls : type or None
-        The class, or None when nidl was not found (or left out).
-    origin : str
-        The file, wheel or package it was read from, or why it is missing.
-    version : str or None
-        nidl's version, when known.
-    """
-
-    cls: type | None
-    origin: str
-    version: str | None
-
-
-def _module_from_source(source: str, origin: str) -> types.ModuleType:
-    module = types.ModuleType("nidl_losses_beta_vae")
-    module.__file__ = origin
-    exec(compile(source, origin, "exec"), module.__dict__)
-    return module
-
-
-def _version_near(module_file: Path) -> str | None:
-    """nidl's version from the ``info.py`` of the package that holds ``losses/beta_vae.py``."""
-    info = module_file.parent.parent / "info.py"
-    with contextlib.suppress(OSError):
-        namespace: dict = {}
-        exec(compile(info.read_text(encoding="utf-8"), str(info), "exec"), namespace)
-        return str(namespace.get("__version__")) or None
-    return None
-
-
-def _from_wheel(path: Path) -> NidlSource:
-    with zipfile.ZipFile(path) as wheel:
-        source = wheel.read(_NIDL_MODULE).decode("utf-8")
-        metadata = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
-        version = None
-        if metadata is not None:
-            for line in wheel.read(metadata).decode("utf-8").splitlines():
-                if line.startswith("Version:"):
-                    version = line.split(":", 1)[1].strip()
-                    break
-    module = _module_from_source(source, f"{path}/{_NIDL_MODULE}")
-    return NidlSource(module.BetaVAELoss, str(path), version)
-
-
-def _from_path(path: Path) -> NidlSource:
-    """From a wheel, a ``beta_vae.py`` file, the ``nidl`` package folder or a folder that
-    holds it (a site-packages, an unpacked wheel)."""
-    if path.is_file() and path.suffix == ".whl":
-        return _from_wheel(path)
-    if path.is_dir():
-        for candidate in (path / _NIDL_MODULE, path / _IN_PACKAGE):
-            if candidate.is_file():
-                path = candidate
-                break
-        else:
-            raise FileNotFoundError(f"--nidl {path}: no {_NIDL_MODULE} in this folder")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--nidl {path}: no such file (a beta_vae.py, a nidl .whl or a folder holding "
-            f"{_NIDL_MODULE})"
-        )
-    module = _module_from_source(path.read_text(encoding="utf-8"), str(path))
-    return NidlSource(module.BetaVAELoss, str(path), _version_near(path.resolve()))
-
-
-def _installed() -> NidlSource:
-    """The installed ``nidl`` package's ``beta_vae.py``, read without running nidl's
-    ``__init__`` (which imports heavy dependencies the loss does not need)."""
-    spec = importlib.util.find_spec("nidl")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("no installed nidl package")
-    package = Path(next(iter(spec.submodule_search_locations)))
-    try:
-        version = importlib.metadata.version("nidl")
-    except importlib.metadata.PackageNotFoundError:
-        version = _version_near(package / _IN_PACKAGE)
-    source = _from_path(package / _IN_PACKAGE)
-    return NidlSource(source.cls, f"installed package ({source.origin})", version)
-
-
-def _download_nidl(cache: Path, timeout: float = 120.0) -> Path:
-    """``pip download nidl==0.0.2 --no-deps`` into ``cache``; the wheel's path."""
-    cached = sorted(cache.glob(f"nidl-{NIDL_VERSION}-*.whl"))
-    if cached:
-        return cached[0]
-    cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", f"nidl=={NIDL_VERSION}", "--no-deps"]
-    cmd += ["--only-binary", ":all:", "--timeout", "20", "--retries", "1", "-d", str(cache)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
-    cached = sorted(cache.glob(f"nidl-{NIDL_VERSION}-*.whl"))
-    if not cached:
-        raise FileNotFoundError(f"pip download left no nidl wheel in {cache}")
-    return cached[0]
-
-
-def load_nidl(path: str | None, cache: Path) -> NidlSource:
-    """Find nidl's ``BetaVAELoss``: nidl's own code, read at run time, never vendored.
-
-    ``path`` (``--nidl``) may be: a nidl ``.whl`` (read with :mod:`zipfile`, nothing
-    installed), nidl's ``beta_vae.py``, the ``nidl`` package folder or a folder holding it;
-    ``none`` to leave nidl out; ``download`` to ``pip download nidl==0.0.2 --no-deps``
-    into ``cache`` (once) and read that wheel. Without ``path``: the installed ``nidl``
-    package, else a wheel that ``download`` left in ``cache``; nothing is fetched.
-
-    Parameters
-    ----------
-    path : str or None
-        ``--nidl``'s value.
-    cache : pathlib.Path
-        Folder for the downloaded wheel.
-
-    Returns
-    -------
-    source : NidlSource
-        The class (None when not found), its origin (or why it is missing), its version.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` names nothing that holds nidl's loss.
-    """
-    if path is not None and path.lower() == "none":
-        return NidlSource(None, "left out (--nidl none)", None)
-    if path is not None and path.lower() == "download":
-        try:
-            return _from_wheel(_download_nidl(cache))
-        except Exception as err:
-            detail = getattr(err, "stderr", None) or str(err)
-            detail = " ".join(str(detail).split())[-300:]
-            return NidlSource(
-                None,
-                f"NOT FOUND: `pip download nidl=={NIDL_VERSION} --no-deps` failed "
-                f"({type(err).__name__}: {detail})",
-                None,
-            )
-    if path is not None:
-        return _from_path(Path(path).expanduser())
-    try:
-        return _installed()
-    except Exception as err:
-        installed_error = f"{type(err).__name__}: {err}"
-    cached = sorted(cache.glob(f"nidl-{NIDL_VERSION}-*.whl"))
-    if cached:
-        return _from_wheel(cached[0])
-    return NidlSource(
-        None,
-        f"NOT FOUND: no installed nidl ({installed_error}). Pass --nidl PATH (a nidl-"
-        f"{NIDL_VERSION}-*.whl, beta_vae.py or nidl folder) or --nidl download.",
-        None,
-    )
-
-
-def available_contenders(device: torch.device, nidl_cls: type | None) -> dict[str, str | None]:
-    """Which contenders can run on ``device``: name -> None, or the reason it cannot.
-
-    Parameters
-    ----------
-    device : torch.device
-        The benchmark's device.
-    nidl_cls : type or None
-        nidl's ``BetaVAELoss``, if found.
-
-    Returns
-    -------
-    status : dict
-        Every name of :data:`CONTENDERS`, mapped to None when it runs.
-    """
-    status: dict[str, str | None] = dict.fromkeys(CONTENDERS)
-    if device.type != "cuda":
-        status["triton"] = (
-            "CUDA only: on CPU the kernels run under TRITON_INTERPRET=1, meaningless for timing"
-        )
-    elif importlib.util.find_spec("triton") is None:
-        status["triton"] = "triton is not importable"
-    if nidl_cls is None:
-        status["nidl"] = "nidl's BetaVAELoss was not found (see --nidl)"
-    return status
-
-
-def _loss_module_step(loss_fn: Callable) -> Step:
-    def step(x, p, mu, scale):
-        return loss_fn(x, p, Normal(mu, scale))["loss"]
-
-    return step
-
-
-def _reference_step(dist: str) -> Step:
-    def step(x, p, mu, scale):
-        return beta_vae_loss_same_dtype(x, p, mu, scale, BETA, dist)[0]
-
-    return step
-
-
-def build_step(name: str, w: Workload, nidl_cls: type | None = None) -> Step:
-    """The contender ``name``'s step for workload ``w``.
-
-    Compiled contenders are wrapped in a fresh ``torch.compile(dynamic=False)``: callers
-    reset dynamo between workloads, so each workload compiles its own static graphs.
+@dataclass(frozen=True)
+class Contender:
+    """One implementation a suite races.
 
     Parameters
     ----------
     name : str
-        One of :data:`CONTENDERS`.
-    w : Workload
-        Supplies the decoder distribution.
-    nidl_cls : type or None, default=None
-        nidl's ``BetaVAELoss`` (needed for ``"nidl"``).
-
-    Returns
-    -------
-    step : callable
-        ``step(x, p, mu, scale) -> loss``, a scalar tensor.
+        Its name on the command line, in the table and in the JSON file.
+    build : callable
+        Builds the step the suite times (the suite says with what arguments).
+    compiled : bool, default=False
+        Whether ``torch.compile`` builds it.
+    needs : str or None, default=None
+        ``"triton"`` for the Triton kernels (a CUDA device and triton), or the name of
+        something found at run time (``"nidl"``), None for nothing beyond torch.
     """
-    if name in ("triton", "eager"):
-        return _loss_module_step(BetaVAELoss(BETA, w.dist, backend=name))
-    if name == "eager+compile":
-        step = _loss_module_step(BetaVAELoss(BETA, w.dist, backend="eager"))
-        return torch.compile(step, dynamic=False)
-    if name == "nidl":
-        if nidl_cls is None:
-            raise RuntimeError("nidl's BetaVAELoss was not loaded")
-        return _loss_module_step(nidl_cls(beta=BETA, default_dist=w.dist))
-    if name == "compiled-ref":
-        return torch.compile(_reference_step(w.dist), dynamic=False)
-    raise ValueError(f"unknown contender {name!r}; known: {', '.join(CONTENDERS)}")
+
+    name: str
+    build: Callable[..., Callable]
+    compiled: bool = False
+    needs: str | None = None
 
 
-def oracle_loss(w: Workload, x, p, mu, scale) -> float:
-    """The loss in float64, by ``reference/`` when it is importable, to check contenders.
+def names(contenders: Sequence[Contender]) -> tuple[str, ...]:
+    """The contenders' names, in table order."""
+    return tuple(c.name for c in contenders)
+
+
+def why_not_here(
+    contender: Contender, device: torch.device, missing: Mapping[str, str]
+) -> str | None:
+    """Why ``contender`` cannot be timed on ``device``; None when it can.
 
     Parameters
     ----------
-    w : Workload
-        Supplies the decoder distribution.
-    x, p, mu, scale : torch.Tensor
-        One input set.
+    contender : Contender
+        What it needs.
+    device : torch.device
+        The run's device.
+    missing : mapping of str to str
+        For each thing found at run time that is missing (``"nidl"``), why.
 
     Returns
     -------
-    loss : float
-        The float64 loss.
+    reason : str or None
+        The reason, as the table's notes and the JSON's ``dropped`` give it.
     """
-    args = [t.detach().double() for t in (x, p, mu, scale)]
-    try:
-        from reference import reference_beta_vae_loss
-    except ImportError:
-        reference_beta_vae_loss = beta_vae_loss_same_dtype
-    with torch.no_grad():
-        return float(reference_beta_vae_loss(*args, BETA, w.dist)[0])
+    if contender.needs == "triton":
+        if device.type != "cuda":
+            return TRITON_ON_CPU
+        if not triton_available():
+            return "triton is not importable"
+        return None
+    return missing.get(contender.needs or "")
+
+
+def choose(
+    contenders: Sequence[Contender],
+    wanted: Sequence[str] | None,
+    device: torch.device,
+    missing: Mapping[str, str] | None = None,
+) -> tuple[list[Contender], dict[str, str]]:
+    """The contenders to race, and why each other one asked for is left out.
+
+    Parameters
+    ----------
+    contenders : sequence of Contender
+        The suite's, in table order.
+    wanted : sequence of str or None
+        ``--contenders``; None asks for every one.
+    device : torch.device
+        The run's device.
+    missing : mapping of str to str or None, default=None
+        See :func:`why_not_here`.
+
+    Returns
+    -------
+    raced : list of Contender
+        Those asked for that can be timed here, in table order.
+    dropped : dict of str to str
+        Those asked for that cannot, by name (in the order asked), with the reason.
+    """
+    wanted = list(wanted or names(contenders))
+    by_name = {c.name: c for c in contenders}
+    reasons = {name: why_not_here(by_name[name], device, missing or {}) for name in wanted}
+    raced = [c for c in contenders if c.name in wanted and reasons[c.name] is None]
+    return raced, {name: why for name, why in reasons.items() if why is not None}

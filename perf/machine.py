@@ -1,19 +1,35 @@
-"""What a benchmark records about where it ran: the device, the versions, the commit, the
-load. Shared by every ``perf`` entry point (``bench``, ``btcvae``), so that their JSON
-documents describe a run the same way."""
+"""What a suite records about where it ran: the device, the versions, the commit, the load.
+Shared by every suite (``bench``, ``btcvae``), so that their JSON documents describe a run
+the same way (:func:`describe_run`, :func:`finish_run`)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 import platform
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
-__all__ = ["busy", "cpu_model", "device_name", "git_label", "git_state", "machine_load", "versions"]
+from perf.timing import Timing
+
+__all__ = [
+    "busy",
+    "cpu_model",
+    "describe_run",
+    "device_name",
+    "finish_run",
+    "git_label",
+    "git_state",
+    "machine_load",
+    "versions",
+    "warn_if_busy",
+]
 
 PERF_DIR = Path(__file__).resolve().parent
 
@@ -96,3 +112,71 @@ def busy(load: dict) -> str | None:
             f"{cpus} CPUs): CPU timings will be skewed by the other work"
         )
     return None
+
+
+def warn_if_busy(meta: dict, device: torch.device) -> str | None:
+    """Say :func:`busy`'s warning on stderr for a CPU run, from ``meta["load_before"]``.
+
+    Parameters
+    ----------
+    meta : dict
+        The run's ``meta`` (:func:`describe_run`).
+    device : torch.device
+        The run's device: a GPU's timings are not skewed by the CPUs' load.
+
+    Returns
+    -------
+    warning : str or None
+        The warning said, or None on a GPU or a quiet machine.
+    """
+    warning = busy(meta["load_before"]) if device.type == "cpu" else None
+    if warning:
+        print(f"!!!!!!!! {warning}", file=sys.stderr)
+    return warning
+
+
+def describe_run(device: torch.device, quick: bool) -> dict:
+    """The first fields of every suite's ``meta``: where and when it runs, what with.
+
+    Parameters
+    ----------
+    device : torch.device
+        The run's device.
+    quick : bool
+        ``--quick``.
+
+    Returns
+    -------
+    meta : dict
+        ``device``, ``device_type``, ``host``, ``date``, ``versions``, ``git``,
+        ``platform``, ``threads``, ``quick``, ``argv`` and ``load_before``.
+    """
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "host": socket.gethostname(),
+        "date": datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(),
+        "versions": versions(),
+        "git": git_state(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "quick": quick,
+        "argv": sys.argv[1:],
+        "load_before": machine_load(),
+    }
+
+
+def finish_run(meta: dict, timing: Timing, quiet_budget_s: float) -> None:
+    """Add the load after the run and the time spent waiting for quiet to ``meta``.
+
+    Parameters
+    ----------
+    meta : dict
+        The run's ``meta``, updated in place: ``load_after``, ``quiet_wait_s``.
+    timing : Timing
+        The run's budgets, as they are now.
+    quiet_budget_s : float
+        What was left of the quiet budget when the timed work began.
+    """
+    meta["load_after"] = machine_load()
+    meta["quiet_wait_s"] = quiet_budget_s - timing.quiet_budget_s

@@ -1,9 +1,10 @@
 """The reference's plain mathematics, in the inputs' own dtype, for ``compiled-ref``.
 
-``reference.reference_beta_vae_loss`` is the test oracle: it computes in float64 only. The
-benchmark's ``compiled-ref`` contender is ``torch.compile`` of the same plain statement of
-CONTRACT section 2 (``torch.nn.functional`` and ``torch.distributions``, like nidl) run in
-the workload's dtype, which is what a user who compiles the textbook code gets.
+``reference.reference_beta_vae_loss`` (``reference/beta_vae.py``) is the test oracle: it
+computes in float64 only. The β-VAE suite's ``compiled-ref`` contender is ``torch.compile``
+of the same plain statement of the loss (nidl's semantics, the README's "Semantics (nidl's,
+exactly)"; ``torch.nn.functional`` and ``torch.distributions``, like nidl) run in the
+workload's dtype, which is what a user who compiles the textbook code gets.
 """
 
 from __future__ import annotations

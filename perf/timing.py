@@ -31,6 +31,7 @@ __all__ = [
     "measure",
     "median_seconds",
     "rotation_count",
+    "timer_description",
     "wall_seconds",
 ]
 
@@ -362,3 +363,33 @@ def copy_bandwidth(device: torch.device, timing: Timing, nbytes: int | None = No
     dst.copy_(src)
     seconds = min(median_seconds(lambda: dst.copy_(src), device, timing) for _ in range(3))
     return 2 * nbytes / seconds
+
+
+def timer_description(device: torch.device, timing: Timing, rounds: int) -> str:
+    """What :func:`measure` does on ``device``, in words, for a run's ``meta`` and header.
+
+    Parameters
+    ----------
+    device : torch.device
+        The run's device.
+    timing : Timing
+        Its budgets (whether CPU measurements wait for quiet and are retried).
+    rounds : int
+        Interleaved rounds, the fastest median kept.
+
+    Returns
+    -------
+    description : str
+        The timer, its statistic, the rounds.
+    """
+    if device.type == "cuda":
+        text = "triton.testing.do_bench, median (L2 flushed between calls)"
+    else:
+        text = "torch.utils.benchmark.Timer.blocked_autorange, median"
+    text += f"; fastest median of {rounds} interleaved round(s)"
+    if device.type != "cuda" and timing.cpu_retries:
+        text += (
+            "; each measurement waits for other processes to leave the CPUs and is retried "
+            f"when they took > {timing.quiet_threshold} core meanwhile"
+        )
+    return text

@@ -1,7 +1,8 @@
-"""The benchmark's workloads (CONTRACT section 6) and their inputs.
+"""The β-VAE suite's kinds of workload (one input shape; a size sweep; the set a suite
+declares, with its ``--workloads`` names) and the input sets they are timed on.
 
-Named workloads are the shapes of real training batches; the sweep is a ladder of normal-dist
-inputs, 2^16 to 2^28 elements by factors of 4, shaped ``(8, N / 8)`` with 128 latents.
+``perf/bench.py`` declares the workloads themselves: named ones (the shapes of real training
+batches) and the sweep.
 """
 
 from __future__ import annotations
@@ -11,23 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = [
-    "MODES",
-    "NAMED",
-    "SWEEP_BATCH",
-    "SWEEP_LATENT",
-    "Workload",
-    "make_input_sets",
-    "quick_workloads",
-    "select_workloads",
-    "sweep_workloads",
-]
+__all__ = ["MODES", "Sweep", "Workload", "Workloads", "make_input_sets"]
 
 #: Forward alone (inputs do not require grad) and forward + backward.
 MODES = ("fwd", "fwd+bwd")
-
-SWEEP_BATCH = 8
-SWEEP_LATENT = 128
 
 
 @dataclass(frozen=True)
@@ -99,95 +87,110 @@ class Workload:
         }
 
 
-#: The named workloads: CONTRACT section 6, and issue 2's ``mri64``.
-NAMED: dict[str, Workload] = {
-    w.name: w
-    for w in (
-        Workload("sprites", (256, 1, 64, 64), "bernoulli", 10),
-        Workload("faces", (128, 3, 64, 64), "normal", 32),
-        Workload("mri", (8, 1, 128, 128, 128), "normal", 128),
-        Workload("mri-bf16", (8, 1, 128, 128, 128), "normal", 128, torch.bfloat16),
-        Workload("mri64", (8, 1, 64, 64, 64), "normal", 128),
-    )
-}
-
-
-def sweep_workloads(log2_min: int = 16, log2_max: int = 28, step: int = 2) -> list[Workload]:
-    """The size sweep: float32 normal-dist inputs of ``2^log2_min`` to ``2^log2_max`` elements.
+@dataclass(frozen=True)
+class Sweep:
+    """A ladder of sizes: float32 normal-dist inputs of ``2^log2_min`` to ``2^log2_max``
+    elements, shaped ``(batch, N / batch)``.
 
     Parameters
     ----------
+    batch : int
+        First dimension of every point.
+    latent : int
+        Latent dimensions.
     log2_min, log2_max : int
-        Smallest and largest sizes, as powers of two (inclusive).
+        Smallest and largest sizes, as powers of two (inclusive); a run may lower the
+        largest (``--sweep-max``).
     step : int, default=2
         Exponent step: 2 multiplies the size by 4 at each point.
-
-    Returns
-    -------
-    workloads : list of Workload
-        Named ``sweep-2^k``, shaped ``(8, 2^k / 8)``.
     """
-    return [
-        Workload(
-            f"sweep-2^{k}", (SWEEP_BATCH, 2**k // SWEEP_BATCH), "normal", SWEEP_LATENT, sweep=True
-        )
-        for k in range(log2_min, log2_max + 1, step)
-    ]
+
+    batch: int
+    latent: int
+    log2_min: int
+    log2_max: int
+    step: int = 2
+
+    def points(self, log2_min: int, log2_max: int) -> list[Workload]:
+        """The points from ``2^log2_min`` to ``2^log2_max`` elements, named ``sweep-2^k``."""
+        return [
+            Workload(f"sweep-2^{k}", (self.batch, 2**k // self.batch), "normal", self.latent,
+                     sweep=True)
+            for k in range(log2_min, log2_max + 1, self.step)
+        ]  # fmt: skip
 
 
-def quick_workloads() -> list[Workload]:
-    """``--quick``: sprites and faces at an eighth of their batch, and a 3-point sweep."""
-    return [
-        Workload("sprites", (32, 1, 64, 64), "bernoulli", 10),
-        Workload("faces", (16, 3, 64, 64), "normal", 32),
-        *sweep_workloads(16, 20),
-    ]
-
-
-def select_workloads(names: list[str] | None, quick: bool, sweep_max: int) -> list[Workload]:
-    """Resolve ``--workloads`` names into workloads.
+@dataclass(frozen=True)
+class Workloads:
+    """What a suite can run: named workloads, their ``--quick`` versions, a size sweep.
 
     Parameters
     ----------
-    names : list of str or None
-        Named workloads, ``sweep`` (every sweep point) or ``sweep-2^k`` names; None takes
-        the default set (every named workload and the sweep, or the quick subset).
-    quick : bool
-        Take the reduced ``--quick`` shapes.
-    sweep_max : int
-        Largest sweep size, as a power of two.
-
-    Returns
-    -------
-    workloads : list of Workload
-        In the order asked, without duplicates.
-
-    Raises
-    ------
-    ValueError
-        On an unknown name.
+    named : tuple of Workload
+        Every named workload, in the default order.
+    quick : tuple of Workload
+        ``--quick``'s named workloads (smaller versions of some of ``named``); the others
+        stay available by name.
+    sweep : Sweep
+        The size sweep.
+    quick_sweep_max : int
+        ``--quick``'s largest sweep size, as a power of two.
     """
-    pool = quick_workloads() if quick else [*NAMED.values(), *sweep_workloads(16, sweep_max)]
-    if quick:
-        # Named workloads that --quick does not shrink stay available by name.
-        pool += [w for w in NAMED.values() if w.name not in {q.name for q in pool}]
-    by_name = {w.name: w for w in pool}
-    if not names:
-        return quick_workloads() if quick else pool
-    chosen: list[Workload] = []
-    for name in names:
-        if name == "sweep":
-            group = [w for w in pool if w.sweep]
-        elif name in by_name:
-            group = [by_name[name]]
-        elif name.startswith("sweep-2^") and name.removeprefix("sweep-2^").isdigit():
-            k = int(name.removeprefix("sweep-2^"))
-            group = sweep_workloads(k, k)
-        else:
-            known = ", ".join([*by_name, "sweep"])
-            raise ValueError(f"unknown workload {name!r}; known: {known}")
-        chosen += [w for w in group if w not in chosen]
-    return chosen
+
+    named: tuple[Workload, ...]
+    quick: tuple[Workload, ...]
+    sweep: Sweep
+    quick_sweep_max: int
+
+    def defaults(self, quick: bool, sweep_max: int) -> list[Workload]:
+        """Every named workload then the sweep up to ``2^sweep_max``; with ``quick``, the
+        quick ones then the sweep up to ``2^quick_sweep_max``."""
+        if quick:
+            return [*self.quick, *self.sweep.points(self.sweep.log2_min, self.quick_sweep_max)]
+        return [*self.named, *self.sweep.points(self.sweep.log2_min, sweep_max)]
+
+    def select(self, names: list[str] | None, quick: bool, sweep_max: int) -> list[Workload]:
+        """Resolve ``--workloads`` names into workloads.
+
+        Parameters
+        ----------
+        names : list of str or None
+            Named workloads, ``sweep`` (every sweep point) or ``sweep-2^k`` names; None
+            takes :meth:`defaults`.
+        quick : bool
+            Take the reduced ``--quick`` shapes.
+        sweep_max : int
+            Largest sweep size, as a power of two.
+
+        Returns
+        -------
+        workloads : list of Workload
+            In the order asked, without duplicates.
+
+        Raises
+        ------
+        ValueError
+            On an unknown name.
+        """
+        pool = self.defaults(quick, sweep_max)
+        if not names:
+            return pool
+        pool += [w for w in self.named if w.name not in {q.name for q in pool}]
+        by_name = {w.name: w for w in pool}
+        chosen: list[Workload] = []
+        for name in names:
+            if name == "sweep":
+                group = [w for w in pool if w.sweep]
+            elif name in by_name:
+                group = [by_name[name]]
+            elif name.startswith("sweep-2^") and name.removeprefix("sweep-2^").isdigit():
+                k = int(name.removeprefix("sweep-2^"))
+                group = self.sweep.points(k, k)
+            else:
+                known = ", ".join([*by_name, "sweep"])
+                raise ValueError(f"unknown workload {name!r}; known: {known}")
+            chosen += [w for w in group if w not in chosen]
+        return chosen
 
 
 def _decoder_output(w: Workload, device: torch.device, gen: torch.Generator) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The float64 oracle: a plain statement of CONTRACT section 2, used only by the tests.
+"""The float64 oracle: a plain statement of the README's "Semantics (nidl's, exactly)",
+used only by the tests.
 
 It is written the way nidl writes the loss (``torch.distributions`` objects,
 ``torch.nn.functional`` losses with ``reduction="sum"``, ``kl_divergence``), computes in

@@ -1,4 +1,5 @@
-"""The beta-VAE loss of CONTRACT section 2, in float64, the plainest way PyTorch offers.
+"""The beta-VAE loss of the README's "Semantics (nidl's, exactly)", in float64, the
+plainest way PyTorch offers.
 
 Every input is cast to float64 first (autograd flows back through the cast, so gradients
 with respect to the caller's tensors come out in their own dtype), the decoder output is
@@ -41,11 +42,11 @@ def _decoder(p: torch.Tensor, dist: str) -> Distribution:
 
 
 def _bernoulli_nll_sum(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Σ −[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)] with the contract's gradients.
+    """Σ −[x·max(log p, −100) + (1 − x)·max(log(1 − p), −100)], differentiated as written.
 
     The value and the gradient with respect to ``probs`` are ``binary_cross_entropy``'s.
     Its gradient with respect to the target ignores the −100 clamp (it is ±inf where p is 0
-    or 1), whereas CONTRACT section 2 differentiates the clamped formula:
+    or 1), whereas the README's "Semantics" differentiates the clamped formula:
     d/dx = max(log(1 − p), −100) − max(log p, −100). So the target enters
     ``binary_cross_entropy`` detached, and a term whose value is exactly zero carries that
     gradient to ``x``.

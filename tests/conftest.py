@@ -124,9 +124,20 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 @pytest.fixture
 def restore_validation():
-    """Restore ``torch.distributions``' global validation default after the test."""
+    """Start the test with ``torch.distributions``' global validation default on, as a fresh
+    process has it, and put back the value it found afterwards.
+
+    A test that reads the default cannot assume it is on: the process's first
+    ``torch.compile`` (a README block, a compiled demo run, any test before) switches it off
+    for good. That is PyTorch's doing: ``torch.compile`` runs Dynamo's
+    ``TorchPatcher.patch()`` (``torch/_dynamo/eval_frame.py``, once per process), which
+    calls ``Distribution.set_default_validate_args(False)``. The value found is put back, not
+    the default on: Dynamo does not switch it off a second time, and later compiled
+    functions that build distributions rely on it being off.
+    """
     from torch.distributions import Distribution
 
     saved = Distribution._validate_args
+    Distribution.set_default_validate_args(True)
     yield
     Distribution.set_default_validate_args(saved)

@@ -430,8 +430,8 @@ MUTANTS = (
         "codegen-help-prog",
         "perf.codegen's usage line names codegen.py, not the command",
         "perf/codegen.py",
-        '        prog="python -m perf.codegen", description=__doc__.splitlines()[0]',
-        "        description=__doc__.splitlines()[0]",
+        '    return cli.parse("python -m perf.codegen", __doc__',
+        "    return cli.parse(None, __doc__",
         ("tests/test_cli.py::test_help_exits_0_and_names_the_command",),
     ),
     Mutant(
@@ -533,41 +533,41 @@ MUTANTS = (
     Mutant(
         "study-choice-scored-on-all-seeds",
         "the choice scores each grid point by its median MIG over every seed, held-out too",
-        "betavae_triton/demo/study.py",
+        "betavae_triton/demo/study_choice.py",
         '            score = row["mig"]["median"]',
-        '            score = float(np.median([r["mig"] for r in _runs_of(study, point, '
+        '            score = float(np.median([r["mig"] for r in runs_of(study, point, '
         "(*study.seeds_select, *study.seeds_heldout), records)]))",
         (STUDY + "test_heldout_records_never_change_the_choice",),
     ),
     Mutant(
         "study-select-by-label",
         "the selection takes every record of a grid point by its label, held-out seeds' too",
-        "betavae_triton/demo/study.py",
-        "        runs = _runs_of(study, point, study.seeds_select, records)",
+        "betavae_triton/demo/study_choice.py",
+        "        runs = runs_of(study, point, study.seeds_select, records)",
         '        runs = [r for k, r in records.items() if k.startswith(point.label() + "_s")]',
         (STUDY + "test_heldout_records_never_change_the_choice",),
     ),
     Mutant(
         "study-figure-all-seeds",
         "mig_vs_batch.png's selection curves take the held-out seeds' MIGs too",
-        "betavae_triton/demo/study.py",
-        '            migs = [r["mig"] for r in _runs_of(study, p, study.seeds_select, records)]',
-        '            migs = [r["mig"] for r in _runs_of(study, p, (*study.seeds_select, '
+        "betavae_triton/demo/study_report.py",
+        '            migs = [r["mig"] for r in runs_of(study, p, study.seeds_select, records)]',
+        '            migs = [r["mig"] for r in runs_of(study, p, (*study.seeds_select, '
         "*study.seeds_heldout), records)]",
         (STUDY + "test_heldout_records_enter_no_selection_figure_or_table",),
     ),
     Mutant(
         "study-heldout-images-nominal",
         "the held-out table gives the budget's images, not those its runs saw",
-        "betavae_triton/demo/study.py",
-        '            "images_seen": study.budget.steps(point.batch_size) * point.batch_size,',
-        '            "images_seen": study.budget.images,',
+        "betavae_triton/demo/study_choice.py",
+        '        "images_seen": study.budget.steps(point.batch_size) * point.batch_size,',
+        '        "images_seen": study.budget.images,',
         (STUDY + "test_heldout_runs_see_as_many_images_as_their_points_selection_runs",),
     ),
     Mutant(
         "study-steps-rounded",
         "a run's steps rounded to the nearest, so that it may see more images than the budget",
-        "betavae_triton/demo/study.py",
+        "betavae_triton/demo/study_grid.py",
         "        return max(1, self.images // batch_size)",
         "        return max(1, round(self.images / batch_size))",
         (STUDY + "test_heldout_runs_see_as_many_images_as_their_points_selection_runs",),
@@ -694,6 +694,55 @@ MUTANTS = (
         "    rows = slice(call.row_offset, call.row_offset + call.z.shape[0])\n    return",
         "    rows = slice(0, call.z.shape[0])\n    return",
         ("tests/test_tcvae_gather.py::test_two_ranks_equal_one_process_on_the_concatenated_batch",),
+    ),
+    Mutant(
+        "tc-untraced-under-a-mode",
+        "the eager β-TCVAE call skips its operator under a dispatch mode (make_fx, export)",
+        "betavae_triton/tcvae/ops.py",
+        "        and torch._C._len_torch_dispatch_stack() == 0\n",
+        "",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_untraced_eager_calls_skip_the_dispatcher_and_traced_ones_keep_the_operator",
+        ),
+    ),
+    Mutant(
+        "tc-compiled-never-fused",
+        "inside torch.compile the eager backend calls its operator at every size",
+        "betavae_triton/tcvae/terms.py",
+        "        and call.z.shape[0] * call.mu.numel() <= FUSED\n",
+        "        and call.z.shape[0] * call.mu.numel() <= 0\n",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond[16-4]",
+        ),
+    ),
+    Mutant(
+        "tc-compiled-outputs-views",
+        "the compiled terms are views of one tensor (AOTAutograd regenerates them per call)",
+        "betavae_triton/tcvae/terms.py",
+        "        return tuple(t.clone() for t in terms.unbind())",
+        "        return tuple(terms.unbind())",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond[64-40]",
+        ),
+    ),
+    Mutant(
+        "c-terms-sums-not-means",
+        "the C forward returns the terms' sums over the rows, not their means",
+        "betavae_triton/tcvae/minibatch.c",
+        "        terms[t] = (REAL)(total / (double)n_rows);",
+        "        terms[t] = (REAL)total;",
+        ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
+    ),
+    Mutant(
+        "c-terms-first-part-only",
+        "the C forward keeps the first range of rows' sums (threads > 1)",
+        "betavae_triton/tcvae/minibatch.c",
+        "total += part_terms[3 * k + t];",
+        "total += 0 * part_terms[3 * k + t];",
+        ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
 )
 

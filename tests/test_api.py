@@ -1,5 +1,6 @@
-"""Example tests for every API promise of CONTRACT sections 1 and 5 (and the backend switch
-of section 3). Values are compared with ``reference/`` in float64."""
+"""Example tests for every API promise of the README's "Usage", "Semantics (nidl's,
+exactly)" and "Bad input" (and the switch of its "Backends"). Values are compared with
+``reference/`` in float64."""
 
 from __future__ import annotations
 
@@ -355,7 +356,7 @@ def _bad_bernoulli(case: str):
 
 @BACKENDS
 @pytest.mark.parametrize("case", sorted(BAD_BERNOULLI))
-def test_bernoulli_out_of_range_is_a_value_error_when_validating(backend, case):
+def test_bernoulli_out_of_range_is_a_value_error_when_validating(backend, case, restore_validation):
     x, p, loc, scale = _bad_bernoulli(case)
     loss_fn = BetaVAELoss(default_dist="bernoulli", backend=backend)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -391,8 +392,26 @@ def test_bernoulli_out_of_range_is_nan_without_validation(backend, case, restore
 
 
 def test_validation_default_is_restored(restore_validation):
-    # Guards the fixture above: the global default is on unless a test turned it off.
+    # Guards the fixture: whatever ran before in this process (a test that turned the
+    # default off, a torch.compile), a test that asks for it starts with the default on.
     assert Distribution._validate_args
+
+
+def test_the_first_torch_compile_switches_the_validation_default_off():
+    """PyTorch's behaviour that the README's "Bad input" states, and the reason for the
+    fixture above: in a fresh process the default is on until the first ``torch.compile``."""
+    code = (
+        "import torch\n"
+        "from torch.distributions import Distribution\n"
+        "before = Distribution._validate_args\n"
+        "torch.compile(lambda t: t + 1)\n"
+        "print(before, Distribution._validate_args)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"]
 
 
 def _with_special(inputs: LossInputs, where: str, value: float) -> LossInputs:

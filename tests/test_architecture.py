@@ -8,6 +8,8 @@ privates, or an operator registered in a second place, fails here by name.
 from __future__ import annotations
 
 import ast
+import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,12 +181,19 @@ def _autograd_sites() -> dict[str, list[str]]:
 
 def test_each_operator_has_one_autograd():
     """The operators' autograd is registered on them (once per ops module: a loop over an
-    operator's forms), and no ``autograd.Function`` wraps them a second time: the only
-    Functions are the eager backend's elementwise losses, which call no operator."""
+    operator's forms), and no ``autograd.Function`` defines a second one: the eager
+    backend's elementwise losses call no operator, and β-TCVAE's untraced eager entry
+    (``_EagerPairwise``, the operator without the dispatcher) is made of the registered
+    functions themselves."""
+    from betavae_triton.tcvae import ops as tc_ops
+
     found = _autograd_sites()
     assert found.pop("vae/ops.py") == ["register"]
-    assert found.pop("tcvae/ops.py") == ["register"]
+    assert found.pop("tcvae/ops.py") == ["_EagerPairwise", "register"]
     assert set(found) == {"vae/eager.py"}, found
+    assert tc_ops._EagerPairwise.backward is tc_ops._backward
+    forward = inspect.getsource(tc_ops._EagerPairwise.forward)
+    assert "_forward(" in forward and "_setup_context(ctx" in forward, forward
     eager_source = (PACKAGE_DIR / "vae" / "eager.py").read_text()
     assert "torch.ops" not in eager_source and "from .ops" not in eager_source
 
@@ -214,3 +223,205 @@ def test_the_estimators_weights_are_defined_once():
         if "(n - m) / (n * m)" in source:
             places.append(str(path.relative_to(PACKAGE_DIR)))
     assert places == ["kernels/total_correlation.py", "tcvae/weights.py"], places
+
+
+# ---- the demo, the study and perf/: one idea per file, one helper per job ----------------
+
+DEMO_DIR = PACKAGE_DIR / "demo"
+#: The modules the rules below read: the demo's and the study's, and the benchmarks'.
+DEMO_PERF_FILES = sorted(DEMO_DIR.rglob("*.py")) + sorted(PERF_DIR.glob("*.py"))
+#: A function longer than this usually holds two ideas (shared/STYLE.md, "size").
+MAX_FUNCTION_LINES = 60
+#: What a perf suite (a module with a top-level ``def main``) may define besides its
+#: assignments: its entry point, its options and its cases, each short.
+SUITE_FUNCTIONS = {"main", "parse_args", "cases"}
+MAX_SUITE_FUNCTION_LINES = 12
+#: The one JSON writer (a ``.partial`` sibling renamed over the target) and the one place
+#: that says why Triton is not timed on a CPU.
+JSON_WRITER = DEMO_DIR / "files.py"
+TRITON_REASON = PERF_DIR / "contenders.py"
+#: A file of the repository named in a module's text.
+_REPO_PATH = re.compile(
+    r"\b(?:betavae_triton|perf|reference|tests|docs)/[\w/.-]*\w\.(?:py|md|c|sh)\b"
+)
+
+
+def _ids(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _lines(node: ast.AST) -> int:
+    return node.end_lineno - node.lineno + 1
+
+
+def _long_functions(source: str) -> list[str]:
+    """Every function (nested ones too) longer than :data:`MAX_FUNCTION_LINES`, from its
+    ``def`` line through the end of its body."""
+    return [
+        f"{node.name} (line {node.lineno}): {_lines(node)} lines"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and _lines(node) > MAX_FUNCTION_LINES
+    ]
+
+
+def _is_suite(source: str) -> bool:
+    return any(
+        isinstance(node, ast.FunctionDef) and node.name == "main" for node in ast.parse(source).body
+    )
+
+
+def _suite_violations(source: str) -> list[str]:
+    """What a suite holds beyond its docstring, imports, ``__name__``/``__package__``
+    guards, assignments and short ``main``/``parse_args``/``cases``."""
+    found = []
+    for i, node in enumerate(ast.parse(source).body):
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign)):
+            continue
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(node, ast.If) and {"__name__", "__package__"} & {
+            n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)
+        }:
+            continue
+        if (
+            isinstance(node, ast.FunctionDef)
+            and node.name in SUITE_FUNCTIONS
+            and _lines(node) <= MAX_SUITE_FUNCTION_LINES
+        ):
+            continue
+        found.append(f"{type(node).__name__} {getattr(node, 'name', '')} (line {node.lineno})")
+    return found
+
+
+def _docstring_nodes(tree: ast.AST) -> set[int]:
+    """The ``id`` of each docstring's constant in ``tree``."""
+    owners = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, owners)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+
+
+def _json_writes(source: str) -> list[str]:
+    """Where ``source`` writes a JSON file or renames a partial file itself: ``json.dump``,
+    ``write_text``/``write`` of ``json.dumps``, ``os.replace``/``os.rename``, or a
+    ``".partial"`` name (a docstring may mention one)."""
+    tree = ast.parse(source)
+    docstrings = _docstring_nodes(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            inner = {
+                ast.unparse(n.func)
+                for a in node.args
+                for n in ast.walk(a)
+                if isinstance(n, ast.Call)
+            }
+            if func in ("json.dump", "os.replace", "os.rename"):
+                found.append(f"{func}(...) (line {node.lineno})")
+            elif func.endswith((".write_text", ".write")) and "json.dumps" in inner:
+                found.append(f"{func}(json.dumps(...)) (line {node.lineno})")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if ".partial" in node.value and id(node) not in docstrings:
+                found.append(f"{node.value!r} (line {node.lineno})")
+    return found
+
+
+def _backend_rules(source: str) -> list[str]:
+    """Where ``source`` works out a backend itself: it imports ``triton``, asks
+    ``find_spec`` or calls ``triton_available``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] == "triton"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "triton":
+            found.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Call):
+            func = ast.unparse(node.func)
+            if func.endswith(("find_spec", "triton_available")):
+                found.append(f"{func}(...) (line {node.lineno})")
+    return found
+
+
+@pytest.mark.parametrize("path", DEMO_PERF_FILES, ids=_ids)
+def test_no_demo_or_perf_function_is_longer_than_a_screen(path):
+    assert _long_functions(path.read_text()) == [], (
+        f"split the functions of {_ids(path)} longer than {MAX_FUNCTION_LINES} lines"
+    )
+
+
+@pytest.mark.parametrize("path", DEMO_PERF_FILES, ids=_ids)
+def test_every_demo_and_perf_module_says_what_it_holds(path):
+    assert ast.get_docstring(ast.parse(path.read_text())), f"{_ids(path)} has no docstring"
+
+
+def test_perf_suites_declare_workloads_and_contenders_only():
+    """A suite (``perf/bench.py``, ``perf/btcvae.py``, ``perf/codegen.py``: a module with a
+    top-level ``def main``) names its workloads and contenders; the timing, the tables and
+    the files are the harness's (``perf/cli.py``, ``perf/race.py``, ...)."""
+    suites = {p.name: p.read_text() for p in PERF_DIR.glob("*.py") if _is_suite(p.read_text())}
+    assert {"bench.py", "btcvae.py", "codegen.py"} <= set(suites), sorted(suites)
+    found = {name: _suite_violations(source) for name, source in suites.items()}
+    assert {name: bad for name, bad in found.items() if bad} == {}
+
+
+def test_one_perf_module_says_why_triton_is_not_timed_on_a_cpu():
+    places = [p.name for p in sorted(PERF_DIR.glob("*.py")) if "TRITON_INTERPRET" in p.read_text()]
+    assert places == [TRITON_REASON.name]
+
+
+def test_one_json_writer_for_the_demo_the_study_and_perf():
+    """Every result file is written whole by ``betavae_triton/demo/files.py``'s
+    ``write_json``; no other module dumps JSON to a file or renames a partial one."""
+    found = {_ids(p): _json_writes(p.read_text()) for p in DEMO_PERF_FILES}
+    assert found.pop(_ids(JSON_WRITER)), "the writer itself is no longer found by the check"
+    assert {path: bad for path, bad in found.items() if bad} == {}
+
+
+def test_the_demo_records_the_packages_backend_rule():
+    """The demo records the backend by :func:`betavae_triton.resolved_backend`, the
+    package's own rule; it does not work one out again (``find_spec("triton")``)."""
+    demo = sorted(DEMO_DIR.rglob("*.py"))
+    found = {_ids(p): _backend_rules(p.read_text()) for p in demo}
+    assert {path: bad for path, bad in found.items() if bad} == {}
+    assert any("resolved_backend(" in p.read_text() for p in demo)
+
+
+@pytest.mark.parametrize(
+    ("check", "source", "expected"),
+    [
+        (_long_functions, "def f():\n" + "    x = 1\n" * 60, ["f (line 1): 61 lines"]),
+        (_long_functions, "def f():\n" + "    x = 1\n" * 59, []),
+        (_suite_violations, '"""Doc."""\nimport a\nX = 1\ndef cases():\n    pass\n', []),
+        (_suite_violations, "class Row:\n    pass\n", ["ClassDef Row (line 1)"]),
+        (_suite_violations, "def helper():\n    pass\n", ["FunctionDef helper (line 1)"]),
+        (_suite_violations, "if __name__ == '__main__':\n    main()\n", []),
+        (_json_writes, "p.write_text(json.dumps(d))", ["p.write_text(json.dumps(...)) (line 1)"]),
+        (_json_writes, "json.dump(d, f)", ["json.dump(...) (line 1)"]),
+        (_json_writes, 'q = out / "run.json.partial"', ["'run.json.partial' (line 1)"]),
+        (_json_writes, '"""Written to a ``.partial`` sibling."""\nprint(json.dumps(d))', []),
+        (
+            _backend_rules,
+            'importlib.util.find_spec("triton")',
+            ["importlib.util.find_spec(...) (line 1)"],
+        ),
+        (_backend_rules, "import triton.language as tl", ["import triton.language"]),
+        (_backend_rules, "resolved_backend('auto', device)", []),
+    ],
+)
+def test_the_demo_and_perf_checks_find_what_they_should(check, source, expected):
+    assert check(source) == expected
+
+
+@pytest.mark.parametrize("path", DEMO_PERF_FILES, ids=_ids)
+def test_demo_and_perf_name_only_files_that_exist(path):
+    """A file of the repository that a module's docstrings or comments name exists (the
+    split into one idea per file moved many)."""
+    missing = [name for name in _REPO_PATH.findall(path.read_text()) if not (ROOT / name).exists()]
+    assert missing == []

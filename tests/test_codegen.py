@@ -127,10 +127,10 @@ def test_vector_width_reader():
     """The PTX reader counts 128-bit accesses as such, and narrower ones apart."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from perf import codegen
+    from perf import specializations
 
     ptx = "ld.global.v4.b32 {%r1}, [%rd1];\nld.global.b16 %h1, [%rd2];\nst.global.v2.b64 [%rd3];"
-    assert codegen.count_accesses(ptx) == {"ld128": 1, "ld": 1, "st128": 1, "st": 0}
+    assert specializations.count_accesses(ptx) == {"ld128": 1, "ld": 1, "st128": 1, "st": 0}
     # The innermost loop: its header's label, LLVM's comment, the exit block.
     loop = "\n".join(
         [
@@ -144,8 +144,8 @@ def test_vector_width_reader():
             "ld.global.v4.b32 {%r4, %r5, %r6, %r7}, [%rd2];",
         ]
     )
-    assert codegen.loop_facts(loop) == ([64], 1)
-    assert codegen.loop_facts(ptx) == ([], 0)
+    assert specializations.loop_facts(loop) == ([64], 1)
+    assert specializations.loop_facts(ptx) == ([], 0)
 
 
 def test_tools_plan_the_launches_for_a_described_gpu():

@@ -1,4 +1,4 @@
-"""torch.compile, torch.export and torch.library.opcheck (CONTRACT section 4).
+"""torch.compile, torch.export and torch.library.opcheck (the README's "torch.compile").
 
 On a CPU the Triton backend runs under the interpreter inside an opaque custom operator;
 on a GPU the same tests trace the kernels through ``triton_op``. GPU-only tests carry the

@@ -20,23 +20,21 @@ import numpy as np
 import pytest
 import torch
 
+from betavae_triton import resolved_backend
 from betavae_triton.demo import DemoConfig
 from betavae_triton.demo.__main__ import build_parser, main, parse_config
+from betavae_triton.demo.config import LOSS_DEFAULTS, DistInfo, default_device
+from betavae_triton.demo.evaluate import evaluate
+from betavae_triton.demo.losses import decoder_distribution, make_loss, make_train_loss
 from betavae_triton.demo.mig import mig
 from betavae_triton.demo.model import ConvVAE
+from betavae_triton.demo.report import FIGURES
 from betavae_triton.demo.sprites import (
     FACTOR_NAMES,
     FACTOR_SIZES,
     IMAGE_SIZE,
     make_sprites,
     render,
-)
-from betavae_triton.demo.train import (
-    FIGURES,
-    DistInfo,
-    _make_train_loss,
-    default_device,
-    loss_backend,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,14 +151,12 @@ def test_estimator_option_reaches_the_loss():
     assert parse_config(["--loss", "btcvae", "--device", "cpu"]).estimator == "mss"
     config = parse_config(["--loss", "btcvae", "--estimator", "mws", "--device", "cpu"])
     assert config.estimator == "mws"
-    assert _make_train_loss(config, DistInfo()).estimator == "mws"
+    assert make_train_loss(config, DistInfo()).estimator == "mws"
 
 
 def test_loss_defaults_apply_to_their_loss_and_yield_to_the_command_line(monkeypatch):
     """``LOSS_DEFAULTS`` (the study's chosen settings) change the defaults of their loss
     alone, an option given wins, and the help's epilog names them."""
-    from betavae_triton.demo.train import LOSS_DEFAULTS
-
     monkeypatch.setitem(LOSS_DEFAULTS, "btcvae", {"batch_size": 256, "kl_warmup": 500})
     config = parse_config(["--loss", "btcvae", "--device", "cpu"])
     assert (config.batch_size, config.kl_warmup) == (256, 500)
@@ -178,7 +174,7 @@ def test_both_losses_read_the_binary_sprites_as_bernoulli(loss):
     change of BetaTCVAELoss's own default to "normal" (issue 24) leaves its runs as they
     were."""
     config = parse_config(["--loss", loss, "--device", "cpu"])
-    assert _make_train_loss(config, DistInfo()).default_dist == "bernoulli"
+    assert make_train_loss(config, DistInfo()).default_dist == "bernoulli"
 
 
 def test_compile_flag_help_states_its_default_plainly():
@@ -341,7 +337,7 @@ def test_demo_uses_only_the_public_api(path):
         # The public API, and the demo's own helpers, pass.
         ("from betavae_triton import BetaVAELoss, beta_vae_loss, kl_normal_loss", []),
         ("import betavae_triton\nv = betavae_triton.__version__", []),
-        ("from .train import _decoder_distribution\nfrom . import plots", []),
+        ("from .train import _batches\nfrom . import plots", []),
         ("from .mig import entropy\nimport torch._dynamo", []),
     ],
 )
@@ -356,10 +352,10 @@ def test_loss_backend_follows_the_documented_rule(requested, device):
 
     triton = importlib.util.find_spec("triton") is not None
     rule = {"auto": "triton" if device == "cuda" and triton else "eager"}
-    got = loss_backend(requested, torch.device(device))
+    got = resolved_backend(requested, torch.device(device))
     assert got == rule.get(requested, requested)
     with pytest.raises(ValueError, match="backend must be"):
-        loss_backend("fast", torch.device(device))
+        resolved_backend("fast", torch.device(device))
     try:
         resolved = resolve_backend(requested, torch.device(device))
     except RuntimeError:  # "triton" where it cannot run: the loss raises before run.json
@@ -370,15 +366,11 @@ def test_loss_backend_follows_the_documented_rule(requested, device):
 def test_evaluation_takes_the_kl_per_dimension_from_the_loss():
     """The held-out KL per latent is the loss's ``kl_per_dim``, averaged over batches of
     unequal size (512 + 88 sprites) as one mean over every sprite."""
-    from betavae_triton.demo.train import _evaluate, _make_loss
-
     torch.manual_seed(0)
     model = ConvVAE(LATENT, CHANNELS).eval()
     data = make_sprites(600, seed=5)
     config = DemoConfig(latent_dim=LATENT, channels=CHANNELS, device="cpu")
-    ev = _evaluate(
-        model, data, _make_loss(config, kl_per_dim=True), config.dist, torch.device("cpu")
-    )
+    ev = evaluate(model, data, make_loss(config, kl_per_dim=True), config.dist, torch.device("cpu"))
     with torch.no_grad():
         mu, scale = model.encode(data.batch(slice(0, len(data))))
     kl = (0.5 * (mu.double() ** 2 + scale.double() ** 2 - 1) - scale.double().log()).mean(0)
@@ -589,10 +581,9 @@ def test_bernoulli_decoder_hands_the_loss_its_logits():
     """The demo's decoder returns logits and the loss reads them as logits (the exact
     cross-entropy of issue 8), not sigmoid probabilities."""
     from betavae_triton import BetaVAELoss
-    from betavae_triton.demo.train import _decoder_distribution
 
     logits = torch.tensor([[[[-150.0, 0.5], [40.0, -2.0]]]])
     x = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
-    rec = BetaVAELoss().reconstruction_loss(_decoder_distribution(logits, "bernoulli"), x)
+    rec = BetaVAELoss().reconstruction_loss(decoder_distribution(logits, "bernoulli"), x)
     exact = (torch.logaddexp(torch.zeros_like(logits), logits) - x * logits).sum()
     torch.testing.assert_close(rec, exact)

@@ -125,7 +125,7 @@ def test_nidl_is_read_from_a_path_never_vendored(tmp_path: Path) -> None:
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from perf.contenders import load_nidl
+    from perf.nidl import load_nidl
 
     assert not list(ROOT.glob("perf/**/beta_vae.py")), "nidl's code must not be vendored"
     assert load_nidl("none", tmp_path).cls is None

@@ -18,30 +18,28 @@ import pytest
 import torch
 
 import betavae_triton.demo.study as study_module
-from betavae_triton.demo import DemoConfig
-from betavae_triton.demo.study import (
-    FILES,
+from betavae_triton.demo import DemoConfig, options, plots, study_report
+from betavae_triton.demo.config import LOSS_DEFAULTS
+from betavae_triton.demo.study import main
+from betavae_triton.demo.study_choice import build_report, load_records, selection
+from betavae_triton.demo.study_cli import build_parser, parse_study
+from betavae_triton.demo.study_grid import (
     PRESETS,
-    README_BEGIN,
-    README_END,
     Budget,
     GridPoint,
     Study,
-    _seeds,
-    build_parser,
-    build_report,
     demo_config,
-    load_records,
-    main,
     make_grid,
-    markdown,
-    parse_study,
-    readme_block,
     run_key,
-    selection,
+)
+from betavae_triton.demo.study_report import (
+    FILES,
+    README_BEGIN,
+    README_END,
+    markdown,
+    readme_block,
     splice_readme,
 )
-from betavae_triton.demo.train import LOSS_DEFAULTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RECORD_KEYS = {
@@ -252,7 +250,7 @@ def test_demo_config_spends_the_same_images_at_every_batch_size():
     [("0-4", (0, 1, 2, 3, 4)), ("5,7", (5, 7)), ("0-2,8,1", (0, 1, 2, 8)), ("3", (3,))],
 )
 def test_seed_lists(text, seeds):
-    assert _seeds(text) == seeds
+    assert options.seeds(text) == seeds
 
 
 @pytest.mark.parametrize(
@@ -466,10 +464,10 @@ def test_heldout_records_enter_no_selection_figure_or_table(tmp_path, monkeypatc
 
     drawn: dict[str, dict] = {}
     monkeypatch.setattr(
-        study_module.plots, "plot_mig_vs_batch", lambda series, path, title: drawn.update(series)
+        plots, "plot_mig_vs_batch", lambda series, path, title: drawn.update(series)
     )
-    monkeypatch.setattr(study_module.plots, "plot_tc_bias", lambda series, path, title: None)
-    study_module._figures(study, report, records)
+    monkeypatch.setattr(plots, "plot_tc_bias", lambda series, path, title: None)
+    study_report._figures(study, report, records)
     assert drawn == {
         "betavae: best setting per batch size": [
             (64, list(SELECT_MIGS[PROTOCOL_GRID[0]])),
@@ -503,7 +501,7 @@ def test_heldout_runs_see_as_many_images_as_their_points_selection_runs(tmp_path
 
     monkeypatch.setattr(study_module, "run", train)
     for figure in ("plot_mig_vs_batch", "plot_tc_bias"):  # (not what this test is about)
-        monkeypatch.setattr(study_module.plots, figure, lambda series, path, title: None)
+        monkeypatch.setattr(plots, figure, lambda series, path, title: None)
     budget = Budget(images=1000, compile=False, tc_probe=())
     grid = make_grid(("betavae", "btcvae"), (16, 48), (6.0,), (0.0,), ("mss",))
     study = Study(grid, (0, 1), (2, 3, 4), budget, tmp_path)

@@ -267,7 +267,7 @@ def test_the_c_kernels_hold_o_b_d_memory():
     """Forward + backward of the C kernels at B = 512, D = 16: the peak extra memory
     (every allocation by torch's allocator, summed in time order) is a few (B, D) arrays
     per thread, far from one B×B×D array (32 MiB in float64)."""
-    from perf.btcvae import peak_extra_bytes
+    from perf.memory import peak_extra_bytes
 
     z, mu, sigma = _inputs(512, 16, seed=3)
     leaves = [t.requires_grad_() for t in (z, mu, sigma)]

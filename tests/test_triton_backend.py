@@ -361,7 +361,7 @@ def test_backward_twice_is_refused_clearly():
 
 
 def test_launch_counts(monkeypatch):
-    # CONTRACT §6: at most 3 launches forward and 2 backward.
+    # The README's "Backends": at most 3 launches forward and 2 backward.
     spy = LaunchSpy(monkeypatch)
     launches = spy.launches
     gen = torch.Generator().manual_seed(14)

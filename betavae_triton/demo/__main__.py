@@ -15,83 +15,25 @@ a message naming it (``pip install "betavae-triton[demo]"``), ``--help`` include
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from ._extras import demo_extras
 
 with demo_extras("python -m betavae_triton.demo", entry_point=__name__ == "__main__"):
-    from .train import (
+    from .config import (
+        DISTS,
         ESTIMATORS,
         LOSS_DEFAULTS,
         LOSSES,
         DemoConfig,
         default_device,
         distributed_info,
-        run,
     )
+    from .options import add_shared, non_negative_float, non_negative_int, positive_int
+    from .train import run
 
-DISTS = ("bernoulli", "normal", "laplace")
-
-
-def _int(text: str, *, allow_zero: bool) -> int:
-    kind = "non-negative" if allow_zero else "positive"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise argparse.ArgumentTypeError(f"must be a {kind} integer, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _int(text, allow_zero=False)
-
-
-def _non_negative_int(text: str) -> int:
-    return _int(text, allow_zero=True)
-
-
-def _float(text: str, *, allow_zero: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value == value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise argparse.ArgumentTypeError(f"must be {kind}, got {value:g}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    return _float(text, allow_zero=True)
-
-
-def _positive_float(text: str) -> float:
-    return _float(text, allow_zero=False)
-
-
-def _device(text: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"must be 'cpu', 'cuda' or 'cuda:N', got {text!r}")
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} asked for, but torch.cuda.is_available() is False "
-                f"(torch {torch.__version__}); use --device cpu"
-            )
-        index = torch.device(text).index
-        if index is not None and index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    return text
+__all__ = ["build_parser", "main", "parse_config"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
         Its defaults are those of :class:`betavae_triton.demo.DemoConfig`, except
         ``--device``, which defaults to ``cuda`` when available; :func:`parse_config`
         replaces some of them with ``--loss btcvae`` (see the epilog,
-        :data:`betavae_triton.demo.train.LOSS_DEFAULTS`).
+        :data:`betavae_triton.demo.config.LOSS_DEFAULTS`). The options it shares with
+        the study are :mod:`.options`' (:data:`~.options.SHARED`).
     """
+    parser = argparse.ArgumentParser(
+        prog="python -m betavae_triton.demo",
+        description=(
+            "Train a small convolutional beta-VAE on procedural 64x64 sprites (shape, "
+            "scale, rotation, x, y) with betavae_triton.BetaVAELoss (or BetaTCVAELoss) in "
+            "a torch.compile'd step; write figures and run.json, print the MIG "
+            "disentanglement score. "
+            "Under torchrun it trains with DistributedDataParallel."
+        ),
+        epilog=_epilog(),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_run_options(parser, DemoConfig())
+    _add_advanced_options(parser.add_argument_group("advanced"), DemoConfig())
+    return parser
+
+
+def _epilog() -> str | None:
+    """Which defaults another loss changes (:data:`LOSS_DEFAULTS`), or None if none."""
     d = DemoConfig()
     changed = {  # per loss, the defaults that differ from the beta-VAE's
         loss: {k: v for k, v in over.items() if getattr(d, k) != v}
@@ -115,31 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         for loss, over in changed.items()
         if over
     )
-    parser = argparse.ArgumentParser(
-        prog="python -m betavae_triton.demo",
-        description=(
-            "Train a small convolutional beta-VAE on procedural 64x64 sprites (shape, "
-            "scale, rotation, x, y) with betavae_triton.BetaVAELoss (or BetaTCVAELoss) in "
-            "a torch.compile'd step; write figures and run.json, print the MIG "
-            "disentanglement score. "
-            "Under torchrun it trains with DistributedDataParallel."
-        ),
-        epilog=(
-            "The defaults shown are the beta-VAE's; these options default otherwise with "
-            f"another loss (an option given wins): {per_loss}."
-        )
-        if per_loss
-        else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    if not per_loss:
+        return None
+    return (
+        "The defaults shown are the beta-VAE's; these options default otherwise with "
+        f"another loss (an option given wins): {per_loss}."
     )
-    parser.add_argument(
-        "--device",
-        type=_device,
-        default=default_device(),
-        help="cpu, cuda or cuda:N; the default is cuda when present, else cpu. On CUDA the "
-        "loss runs its Triton kernels, on cpu its eager path, fused by torch.compile",
-    )
-    parser.add_argument("--steps", type=_positive_int, default=d.steps, help="training steps")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, d: DemoConfig) -> None:
+    """The options of the run itself: device, steps, loss, model, output, optimiser."""
+    add_shared(parser, "--device", "demo", default_device())
+    parser.add_argument("--steps", type=positive_int, default=d.steps, help="training steps")
     parser.add_argument(
         "--loss",
         choices=LOSSES,
@@ -158,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--beta",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=d.beta,
         help="KL weight (--loss btcvae: the total correlation's weight)",
     )
@@ -166,52 +115,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--dist", choices=DISTS, default=d.dist, help="decoder distribution (reconstruction loss)"
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=d.batch_size, help="images per step and rank"
+        "--batch-size", type=positive_int, default=d.batch_size, help="images per step and rank"
     )
-    parser.add_argument(
-        "--latent-dim", type=_positive_int, default=d.latent_dim, help="latent dimensions"
-    )
-    parser.add_argument("--out", type=Path, default=d.out, help="output folder")
-    parser.add_argument("--seed", type=_non_negative_int, default=d.seed, help="random seed")
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=d.compile,
-        help="run the loss step under torch.compile; --no-compile runs it eagerly",
-    )
-    parser.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate")
+    add_shared(parser, "--latent-dim", "demo", d.latent_dim)
+    add_shared(parser, "--out", "demo", d.out)
+    parser.add_argument("--seed", type=non_negative_int, default=d.seed, help="random seed")
+    add_shared(parser, "--compile", "demo", d.compile)
+    add_shared(parser, "--lr", "demo", d.lr)
     parser.add_argument(
         "--kl-warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=d.kl_warmup,
         metavar="STEPS",
         help="grow the KL's weight linearly from 0 to beta over the first STEPS steps "
         "(0: the plain beta-VAE loss throughout)",
     )
-    adv = parser.add_argument_group("advanced")
-    adv.add_argument(
-        "--n-train", type=_positive_int, default=d.n_train, help="training sprites per rank"
-    )
-    adv.add_argument(
-        "--n-eval", type=_positive_int, default=d.n_eval, help="held-out sprites for MIG and KL"
-    )
-    adv.add_argument(
-        "--channels", type=_positive_int, default=d.channels, help="convolution channels"
-    )
-    adv.add_argument(
+
+
+def _add_advanced_options(group: argparse._ArgumentGroup, d: DemoConfig) -> None:
+    """The options few runs change: data sizes, model width, logging, the DDP check."""
+    add_shared(group, "--n-train", "demo", d.n_train)
+    add_shared(group, "--n-eval", "demo", d.n_eval)
+    add_shared(group, "--channels", "demo", d.channels)
+    group.add_argument(
         "--log-every",
-        type=_positive_int,
+        type=positive_int,
         default=d.log_every,
         help="steps between progress-bar updates (each reads the losses back)",
     )
-    adv.add_argument(
+    group.add_argument(
         "--check-params",
         type=Path,
         default=None,
         metavar="PATH",
         help="each rank saves its final parameters and data checksum to PATH.rank<r>.pt",
     )
-    return parser
 
 
 def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:

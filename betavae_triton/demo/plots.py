@@ -166,6 +166,30 @@ def _plot_kl_terms(
     ax.set_title("KL and its terms")
 
 
+def _plot_loss(
+    ax: plt.Axes,
+    steps: np.ndarray,
+    curves: dict[str, Sequence[float]],
+    window: int,
+    objective: str,
+) -> None:
+    """The left panel of the training curves: the loss and the reconstruction loss."""
+    lines = (
+        ("loss", f"loss = {objective}", "tab:blue"),
+        ("rec_loss", "reconstruction", "tab:orange"),
+    )
+    for key, label, color in lines:
+        raw = np.asarray(curves[key])
+        ax.plot(steps, raw, color=color, lw=0.6, alpha=0.3)
+        ax.plot(steps[window - 1 :], _smooth(raw, window), color=color, lw=1.2, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("per image (summed over pixels)")
+    ax.set_title("Loss and reconstruction")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+
+
 def plot_loss_curves(
     steps: Sequence[int],
     curves: dict[str, Sequence[float]],
@@ -200,20 +224,7 @@ def plot_loss_curves(
     tcvae = "tc_loss" in curves
     fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.5))
     objective = f"rec + mi + {beta:g}·tc + dw_kl" if tcvae else f"rec + {beta:g}·KL"
-    lines = (
-        ("loss", f"loss = {objective}", "tab:blue"),
-        ("rec_loss", "reconstruction", "tab:orange"),
-    )
-    for key, label, color in lines:
-        raw = np.asarray(curves[key])
-        ax_loss.plot(steps, raw, color=color, lw=0.6, alpha=0.3)
-        ax_loss.plot(steps[window - 1 :], _smooth(raw, window), color=color, lw=1.2, label=label)
-    ax_loss.set_yscale("log")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("per image (summed over pixels)")
-    ax_loss.set_title("Loss and reconstruction")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3, which="both")
+    _plot_loss(ax_loss, steps, curves, window, objective)
     if tcvae:
         _plot_kl_terms(ax_kl, steps, curves, window)
     else:
