@@ -23,7 +23,7 @@ from ._dispatch import autograd_transform
 
 DISTRIBUTIONS = ("normal", "laplace", "bernoulli")
 REDUCTIONS = ("mean", "none")
-ESTIMATORS = tuple(ESTIMATOR_CODES)
+ESTIMATORS = tuple(name for name in ESTIMATOR_CODES if name != "mss-bank")  # a user's
 # dataset_size reaches the operators as a 64-bit integer: it must lie below this.
 DATASET_SIZE_LIMIT = 2**63
 
@@ -178,10 +178,10 @@ SCALE_MESSAGE = (
 
 
 def check_positive_scale(
-    q_scale: torch.Tensor, q_is_logvar: bool, validate_args: bool | None
+    q_scale: torch.Tensor, q_is_logvar: bool, validate_args: bool | None, name: str = "q.scale"
 ) -> None:
-    """Raise ``ValueError`` if a posterior scale σ is ≤ 0 (the same check, and message, for
-    every loss).
+    """Raise ``ValueError`` if a posterior scale σ (``name``) is ≤ 0 (the same check, and
+    message, for every loss).
 
     Only when :func:`value_checks_run` (validation on, eager mode: a host sync on a GPU);
     never for a log-variance (any real number is one). NaN is not ≤ 0: it propagates.
@@ -189,7 +189,7 @@ def check_positive_scale(
     if q_is_logvar or not value_checks_run(validate_args, q_scale):
         return
     if bool((q_scale <= 0).any()):
-        raise ValueError(SCALE_MESSAGE)
+        raise ValueError(SCALE_MESSAGE.replace("q.scale", name, 1))
 
 
 def check_dataset_size(dataset_size: object) -> int:
@@ -280,6 +280,63 @@ def check_tcvae_inputs(
             raise ValueError(f"{name} {tuple(t.shape)} does not broadcast to z {tuple(z.shape)}")
     check_positive_scale(q_scale, q_is_logvar, validate_args)
     return dataset_size
+
+
+def check_bank(
+    z: torch.Tensor,
+    bank_loc: torch.Tensor | None,
+    bank_scale: torch.Tensor | None,
+    dataset_size: int,
+    estimator: str,
+    q_is_logvar: bool,
+    validate_args: bool | None,
+    world_size: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Check β-TCVAE's bank of posteriors; return ``(bank_loc, bank_scale)``, or None
+    without a bank.
+
+    Raises
+    ------
+    TypeError
+        If one of the two is given without the other, or a bank tensor is not floating
+        point.
+    ValueError
+        If the bank is not (K, D) for z's D, its dtype or device differs from z's, the
+        estimator is not "mss", the global batch and the bank together exceed the data
+        set, or (with validation on, eager mode only: one host sync) a σ is not positive.
+    """
+    if bank_loc is None and bank_scale is None:
+        return None
+    if bank_loc is None or bank_scale is None:
+        raise TypeError("bank_loc and bank_scale go together: pass both, or neither")
+    names = ("bank_loc", "bank_scale")
+    for name, t in zip(names, (bank_loc, bank_scale), strict=True):
+        _check_float(name, t)
+        if t.dim() != 2 or t.shape[1] != z.shape[1] or t.shape != bank_loc.shape:
+            raise ValueError(
+                f"the bank must be two (K, D) tensors with z's D = {z.shape[1]}: got "
+                f"bank_loc {tuple(bank_loc.shape)} and bank_scale {tuple(bank_scale.shape)}"
+            )
+        if t.dtype != z.dtype:
+            raise ValueError(
+                f"{name} is {t.dtype} but z is {z.dtype}: keep the bank in the batch's dtype"
+            )
+        if t.device != z.device:
+            raise ValueError(f"{name} is on {t.device} but z is on {z.device}")
+    if estimator != "mss":
+        raise ValueError(
+            f"a bank of posteriors needs estimator 'mss' (its weights with a bank make the "
+            f"estimate exact when the batch and the bank hold the data set), got {estimator!r}"
+        )
+    global_batch = z.shape[0] * world_size
+    if global_batch + bank_loc.shape[0] > dataset_size:
+        raise ValueError(
+            f"the batch ({global_batch}) and the bank ({bank_loc.shape[0]}) hold more "
+            f"posteriors than the data set ({dataset_size}): the bank may hold at most "
+            f"N − B = {dataset_size - global_batch}"
+        )
+    check_positive_scale(bank_scale, q_is_logvar, validate_args, "bank_scale")
+    return bank_loc, bank_scale
 
 
 WEIGHT_TYPES = "a real number (int, float, a NumPy number) or a one-element tensor"

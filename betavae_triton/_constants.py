@@ -26,6 +26,8 @@ BCE_LOG_FLOOR = -100.0
 # ... and its backward divides by max(p(1 − p), 1e-12), a float32 constant even in float64.
 BCE_GRAD_EPS = 9.999999960041972e-13
 
-# β-TCVAE's estimators of q(z) from a minibatch (the kernels' ``ESTIMATOR`` constexpr).
-MWS, MSS, MSS_REFERENCE = 0, 1, 2
-ESTIMATOR_CODES = {"mws": MWS, "mss": MSS, "mss-reference": MSS_REFERENCE}
+# β-TCVAE's estimators of q(z) from a minibatch (the kernels' ``ESTIMATOR`` constexpr):
+# the three a user names, and "mss-bank", what "mss" becomes with a bank of posteriors
+# (tcvae/weights.py).
+MWS, MSS, MSS_REFERENCE, MSS_BANK = 0, 1, 2, 3
+ESTIMATOR_CODES = {"mws": MWS, "mss": MSS, "mss-reference": MSS_REFERENCE, "mss-bank": MSS_BANK}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import (
+    check_bank,
     check_loss_inputs,
     check_same_device,
     check_tcvae_inputs,
@@ -347,6 +348,8 @@ def beta_tcvae_loss(
     p_scale: torch.Tensor | None = None,
     gather: bool = False,
     group: object | None = None,
+    bank_loc: torch.Tensor | None = None,
+    bank_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     r"""Compute the β-TCVAE loss [1]_: the KL term split into index-code mutual information,
     total correlation and dimension-wise KL, each with its own weight.
@@ -416,6 +419,16 @@ def beta_tcvae_loss(
         local batch alone.
     group : torch.distributed.ProcessGroup or None, default=None
         The ranks to gather across (None: the default group).
+    bank_loc, bank_scale : torch.Tensor or None, default=None
+        A bank of K more posteriors, shape (K, D), read as ``q_loc`` and ``q_scale`` are
+        (``q_is_logvar`` included), in z's dtype and device: every sample is scored
+        against the (global) batch's posteriors and the bank's, so that the estimate of
+        q(z) no longer depends on the batch alone (:class:`~betavae_triton.BetaTCVAELoss`
+        with ``bank_size`` keeps one). No gradient reaches them. Estimator ``"mss"``
+        only, whose weights with a bank are 1/N for a sample's own posterior and
+        (N − 1)/(N(T − 1)) for each of the T − 1 others (T = B + K): when the batch and
+        the bank hold every posterior of the data set (T = N), log q(z) and log q(z_d)
+        are exact (the derivation: ``betavae_triton/tcvae/weights.py``). B + K ≤ N.
 
     Returns
     -------
@@ -431,8 +444,9 @@ def beta_tcvae_loss(
     ValueError
         If z is not (B, D), the batch holds fewer than 2 samples or more than
         ``dataset_size``, μ or σ does not broadcast to z, σ ≤ 0 or a negative or NaN
-        weight with validation on, an unknown estimator, or as :func:`beta_vae_loss`
-        raises.
+        weight with validation on, an unknown estimator, a bank that is not (K, D) in
+        z's dtype and device, with an estimator other than "mss" or larger than N − B,
+        or as :func:`beta_vae_loss` raises.
     RuntimeError
         If ``gather=True`` without an initialised process group, or as
         :func:`beta_vae_loss` raises.
@@ -445,7 +459,7 @@ def beta_tcvae_loss(
     return _beta_tcvae_terms(
         x, p, z, q_loc, q_scale, alpha, beta, gamma, dataset_size, dist, estimator,
         q_is_logvar, backend, validate_args=validate_args, p_is_logits=p_is_logits,
-        p_scale=p_scale, gather=gather, group=group,
+        p_scale=p_scale, gather=gather, group=group, bank_loc=bank_loc, bank_scale=bank_scale,
     )[:5]  # fmt: skip
 
 
@@ -469,6 +483,8 @@ def _beta_tcvae_terms(
     p_scale: torch.Tensor | None,
     gather: bool,
     group: object | None,
+    bank_loc: torch.Tensor | None = None,
+    bank_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`beta_tcvae_loss`'s results and, sixth, the plain KL of the posterior from
     N(0, 1) for logging (no gradient): the reconstruction and that KL come from one call
@@ -479,6 +495,9 @@ def _beta_tcvae_terms(
     _, world_size = world(gather, group)
     dataset_size = check_tcvae_inputs(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
+    )
+    bank = check_bank(
+        z, bank_loc, bank_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
     )
     check_same_device(x, z)
     # The reconstruction's checks (σ was checked above: no second sync for it).
@@ -491,7 +510,7 @@ def _beta_tcvae_terms(
         q_is_logvar=q_is_logvar,
     )  # fmt: skip
     mi, tc, dw_kl = minibatch_terms(
-        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group
+        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group, bank
     )
     loss = rec + _weigh(alpha, mi) + _weigh(beta, tc) + _weigh(gamma, dw_kl)
     return loss, rec, mi, tc, dw_kl, kl
@@ -509,6 +528,8 @@ def kl_decomposition(
     validate_args: bool | None = None,
     gather: bool = False,
     group: object | None = None,
+    bank_loc: torch.Tensor | None = None,
+    bank_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""β-TCVAE's decomposition of the KL term alone: ``(mi, tc, dw_kl)`` [1]_.
 
@@ -523,7 +544,7 @@ def kl_decomposition(
     ----------
     z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend
         As in :func:`beta_tcvae_loss`.
-    validate_args, gather, group
+    validate_args, gather, group, bank_loc, bank_scale
         As in :func:`beta_tcvae_loss`.
 
     Returns
@@ -544,6 +565,9 @@ def kl_decomposition(
     dataset_size = check_tcvae_inputs(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
     )
+    bank = check_bank(
+        z, bank_loc, bank_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size
+    )
     return minibatch_terms(
-        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group
+        z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, gather, group, bank
     )

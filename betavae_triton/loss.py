@@ -9,8 +9,22 @@ from torch.distributions import Bernoulli, Distribution, Laplace, Normal
 from . import functional as F
 from ._checks import ESTIMATORS, REDUCTIONS, check_dataset_size, check_dist, check_weight
 from ._dispatch import check_backend, default_backend
+from .tcvae.bank import PosteriorBank
 
 __all__ = ["BetaTCVAELoss", "BetaVAELoss", "CapacityBetaVAELoss"]
+
+
+def _posterior_bank(size: int, latent_dim: int | None, estimator: str) -> PosteriorBank | None:
+    """:class:`BetaTCVAELoss`'s bank of ``size`` posteriors, None for 0; checked."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"bank_size must be an int ≥ 0 (0: no bank), got {size!r}")
+    if size == 0:
+        return None
+    if latent_dim is None:
+        raise ValueError("bank_size needs latent_dim: the posterior's dimensions D")
+    if estimator != "mss":
+        raise ValueError(f"a bank of posteriors needs estimator 'mss', got {estimator!r}")
+    return PosteriorBank(size, latent_dim)
 
 
 class _VAELossModule(nn.Module):
@@ -467,6 +481,19 @@ class BetaTCVAELoss(_VAELossModule):
         Under ``torch.distributed``: score each rank's samples against the posteriors of
         the global batch (all-gathered with autograd); see
         :func:`betavae_triton.beta_tcvae_loss`.
+    bank_size : int, default=0
+        K > 0: keep the last K posteriors of earlier calls in a bank (``self.bank``, a
+        :class:`~betavae_triton.tcvae.bank.PosteriorBank` whose buffers are in the
+        ``state_dict``) and score every sample against the batch's posteriors and the
+        bank's (``bank_loc``, ``bank_scale`` of :func:`betavae_triton.beta_tcvae_loss`):
+        the estimate of q(z) then rests on B + K posteriors instead of B. Each call in
+        training mode pushes its batch's detached posteriors after scoring it (the
+        global batch's with ``gather``: the same bank on every rank); the first push
+        fills the bank with copies of the batch, so that its shape never changes (under
+        ``torch.compile``: at most one more compile, at the first push, and no host
+        sync). Estimator "mss" only, and B + K ≤ ``dataset_size``.
+    latent_dim : int or None, default=None
+        D, the posterior's dimensions: required with ``bank_size`` (the bank's shape).
 
     Raises
     ------
@@ -474,8 +501,9 @@ class BetaTCVAELoss(_VAELossModule):
         If ``dataset_size`` is not an integer, or a weight neither a real number nor a
         tensor.
     ValueError
-        If ``estimator``, ``default_dist`` or ``backend`` is not supported, or
-        ``dataset_size`` < 2.
+        If ``estimator``, ``default_dist`` or ``backend`` is not supported,
+        ``dataset_size`` < 2, ``bank_size`` < 0, or a bank without ``latent_dim`` or
+        with an estimator other than "mss".
 
     References
     ----------
@@ -508,10 +536,13 @@ class BetaTCVAELoss(_VAELossModule):
         gather: bool = False,
         validate_args: bool | None = None,
         full_nll: bool = False,
+        bank_size: int = 0,
+        latent_dim: int | None = None,
     ) -> None:
         super().__init__(
             default_dist, backend=backend, validate_args=validate_args, full_nll=full_nll
         )
+        self.bank = _posterior_bank(bank_size, latent_dim, estimator)
         if dataset_size is None:
             raise TypeError("BetaTCVAELoss needs dataset_size: the number of training samples")
         dataset_size = check_dataset_size(dataset_size)
@@ -528,6 +559,7 @@ class BetaTCVAELoss(_VAELossModule):
     def extra_repr(self) -> str:
         extra = ", gather=True" if self.gather else ""
         extra += ", full_nll=True" if self.full_nll else ""
+        extra += f", bank_size={self.bank.size}" if self.bank is not None else ""
         return (
             f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
             f"dataset_size={self.dataset_size}, default_dist={self.default_dist!r}, "
@@ -537,7 +569,8 @@ class BetaTCVAELoss(_VAELossModule):
     def forward(
         self, x: torch.Tensor, p: Distribution | torch.Tensor, q: Normal, z: torch.Tensor
     ) -> dict:
-        """Compute the loss.
+        """Compute the loss (with a bank: against the bank too, then, in training mode,
+        push the batch's posteriors into it).
 
         Parameters
         ----------
@@ -556,6 +589,7 @@ class BetaTCVAELoss(_VAELossModule):
         """
         param, dist, logits = self._decoder_parameter(p)
         loc, scale = self._posterior(q)
+        bank = self.bank.contents(z) if self.bank is not None else None
         loss, rec, mi, tc, dw_kl, kl = F._beta_tcvae_terms(
             x,
             param,
@@ -575,7 +609,11 @@ class BetaTCVAELoss(_VAELossModule):
             p_scale=self._decoder_scale(p),
             gather=self.gather,
             group=None,
+            bank_loc=None if bank is None else bank[0],
+            bank_scale=None if bank is None else bank[1],
         )
+        if self.bank is not None and self.training:
+            self.bank.push(loc.expand_as(z), scale.expand_as(z), self.gather)
         return {
             "loss": loss,
             "rec_loss": rec,

@@ -22,8 +22,10 @@ each step's peak extra memory: the bytes it allocates beyond its inputs. Contend
 batch (``--global-batch``, default 16384 × 32) is also timed in one process and as
 ``gather=True`` over two gloo ranks, where no B×B×D formula fits in memory.
 The formula contenders are skipped, with their predicted peak, where it exceeds
-``--memory-cap``. Writes a table to the terminal and ``btcvae_<device>.json`` / ``.txt``
-under ``--out`` (default ``perf/out/``). Also runs as ``python perf/btcvae.py``.
+``--memory-cap``. Then ours with a bank of K earlier posteriors (``--bank``, default K = 0
+… 65536 at B = 64, D = 10; :mod:`perf.bank`). Writes a table to the terminal and
+``btcvae_<device>.json`` / ``.txt`` under ``--out`` (default ``perf/out/``). Also runs as
+``python perf/btcvae.py``.
 
 Peak extra memory is counted by :mod:`perf.memory` (the CUDA allocator's statistics on a
 GPU, torch's allocation events under the profiler on a CPU), which also checks its own
@@ -68,6 +70,10 @@ SUITE = TcvaeSuite(
     global_batch=(16384, 32),
     gather_ranks=2,
     memory_target=(4096, 128, 64 * 2**20),
+    # A bank of K earlier posteriors at B = 64, D = 10 (what the study trains with).
+    bank_case=(64, 10),
+    bank_sizes=(0, 1024, 4096, 16384, 65536),
+    bank_target_bytes=64 * 2**20,
     cpu_memory_cap_gib=8.0,
     gpu_memory_cap_share=0.6,
 )
@@ -118,6 +124,14 @@ OPTIONS = (
         f"{SUITE.global_batch[0]} {SUITE.global_batch[1]}, not with --quick; 0 0: none)",
     ),
     cli.option("--no-progress", action="store_true", help="no progress lines"),
+    cli.option(
+        "--bank",
+        type=int,
+        nargs="*",
+        metavar="K",
+        help=f"bank sizes timed at B, D = {SUITE.bank_case[0]}, {SUITE.bank_case[1]} "
+        f"(default: {' '.join(map(str, SUITE.bank_sizes))}, none with --quick; no K: none)",
+    ),
 )
 
 

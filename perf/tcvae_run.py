@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from perf import cli, machine
+from perf.bank import bank_axis, format_bank
 from perf.contenders import Contender, choose
 from perf.gather import global_batch
 from perf.memory import memory_check, peak_extra_bytes
@@ -65,6 +66,12 @@ class TcvaeSuite:
         Gloo ranks of the global batch's ``gather=True`` run.
     memory_target : tuple of int
         (B, D, bytes): ours' peak extra memory there stays below this.
+    bank_case : tuple of int
+        (B, D) of the bank axis (:mod:`perf.bank`).
+    bank_sizes : tuple of int
+        Its bank sizes K (not with ``--quick``, unless ``--bank`` names them).
+    bank_target_bytes : int
+        Ours' peak extra memory at the largest K stays below this.
     cpu_memory_cap_gib : float
         Default ``--memory-cap`` on a CPU: the most a predicted peak may take.
     gpu_memory_cap_share : float
@@ -82,6 +89,9 @@ class TcvaeSuite:
     global_batch: tuple[int, int]
     gather_ranks: int
     memory_target: tuple[int, int, int]
+    bank_case: tuple[int, int]
+    bank_sizes: tuple[int, ...]
+    bank_target_bytes: int
     cpu_memory_cap_gib: float
     gpu_memory_cap_share: float
 
@@ -125,6 +135,7 @@ def run(suite: TcvaeSuite, args: argparse.Namespace) -> dict:
         rows += _race_case(batch, latent, ctx)
     add_ratios(rows, {"formula_over_this": "formula", "compiled_over_this": "formula-compiled"},
                ("batch", "latent"))  # fmt: skip
+    bank = _bank_rows(suite, args, ctx)
     size = args.global_batch or (None if args.quick else suite.global_batch)
     big = None
     if size and all(size):
@@ -140,9 +151,20 @@ def run(suite: TcvaeSuite, args: argparse.Namespace) -> dict:
         "targets": targets,
         "results": rows,
         "global_batch": big,
+        "bank": bank,
+        "bank_target_bytes": suite.bank_target_bytes,
     }
     _write(args, document, busy)
     return document
+
+
+def _bank_rows(suite: TcvaeSuite, args: argparse.Namespace, ctx: dict) -> list[dict]:
+    """The bank axis (:mod:`perf.bank`): ``--bank``'s sizes, else the suite's (none with
+    ``--quick``)."""
+    sizes = suite.bank_sizes if args.bank is None and not args.quick else args.bank or ()
+    how: Race = ctx["race"]
+    backend = suite.ours(how.device).removeprefix("ours-")
+    return bank_axis(suite.bank_case, tuple(sizes), backend, how.device, how.timing, how.progress)
 
 
 def _context(suite: TcvaeSuite, args: argparse.Namespace, device: torch.device) -> dict:
@@ -281,6 +303,8 @@ def _write(args: argparse.Namespace, document: dict, busy: str | None) -> None:
     text += format_memory_check(document["memory_check"])
     if document["global_batch"] is not None:
         text += "\n" + format_global_batch(document["global_batch"])
+    if document["bank"]:
+        text += "\n" + format_bank(document["bank"], document["bank_target_bytes"])
     print(text)
     stem = f"btcvae_{meta['device_type']}{'_quick' if args.quick else ''}"
     written = write_outputs(args.out, stem, text, document)

@@ -39,19 +39,32 @@ __all__ = [
 ESTIMATORS = ("mws", "mss", "mss-reference")
 
 
-def log_importance_weights(batch: int, dataset_size: int, estimator: str) -> torch.Tensor:
-    """The (B, B) matrix log w_ij of an estimator, in float64 (see the module docstring).
+def log_importance_weights(
+    batch: int, dataset_size: int, estimator: str, bank: int | None = None
+) -> torch.Tensor:
+    """The (B, B + K) matrix log w_ij of an estimator, in float64 (see the module
+    docstring): with a bank of K posteriors (``bank`` not None, "mss" only), 1/N for the
+    sample's own posterior and (N − 1)/(N(B + K − 1)) for each of the others, of the batch
+    or the bank; without (K = 0), the estimator's own matrix.
 
     Raises
     ------
     ValueError
-        If ``batch`` < 2, ``dataset_size`` < ``batch`` or ``estimator`` is unknown.
+        If ``batch`` < 2, ``dataset_size`` < ``batch`` + K or ``estimator`` is unknown
+        (or not "mss" with a bank).
     """
     if batch < 2:
         raise ValueError(f"the batch must hold at least 2 samples, got {batch}")
-    if dataset_size < batch:
+    if dataset_size < batch + (bank or 0):
         raise ValueError(f"dataset_size ({dataset_size}) is smaller than the batch ({batch})")
     n, m = dataset_size, batch - 1
+    if bank is not None:
+        if estimator != "mss":
+            raise ValueError(f"a bank of posteriors needs estimator 'mss', got {estimator!r}")
+        total = batch + bank
+        w = torch.full((batch, total), (n - 1) / (n * (total - 1)), dtype=torch.float64)
+        w[torch.arange(batch), torch.arange(batch)] = 1.0 / n
+        return w.log()
     if estimator == "mws":
         return torch.full((batch, batch), -math.log(batch * n), dtype=torch.float64)
     strat = (n - m) / (n * m)
@@ -81,6 +94,7 @@ def reference_log_densities(
     dataset_size: int,
     estimator: str = "mss",
     row_offset: int = 0,
+    bank: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log q(z_i), log q(z_id))`` in float64, shapes (B_l,) and (B_l, D), from the full
     (B_l, B, D) pairwise log-densities.
@@ -90,14 +104,17 @@ def reference_log_densities(
     z : torch.Tensor
         Samples, shape (B_l, D): rows ``row_offset`` … of the batch.
     mu, log_sigma : torch.Tensor
-        Every posterior of the batch, shape (B, D).
+        Every posterior of the batch, shape (B, D), followed by the bank's, (K, D).
     dataset_size, estimator
         As for :func:`reference_beta_tcvae_terms`.
     row_offset : int, default=0
         The batch index of z's first row.
+    bank : int or None, default=None
+        K, the number of the bank's posteriors at the end of ``mu`` (None: no bank).
     """
     z, mu, log_sigma = (t.to(torch.float64) for t in (z, mu, log_sigma))
-    log_w = log_importance_weights(mu.shape[0], dataset_size, estimator).to(z.device)
+    batch = mu.shape[0] - (bank or 0)
+    log_w = log_importance_weights(batch, dataset_size, estimator, bank).to(z.device)
     log_w = log_w[row_offset : row_offset + z.shape[0]]
     # pair[i, j, d] = log N(z_id; μ_jd, σ_jd)
     pair = _log_normal(z[:, None, :], mu[None, :, :], log_sigma[None, :, :])
@@ -112,8 +129,10 @@ def reference_beta_tcvae_terms(
     dataset_size: int,
     estimator: str = "mss",
     q_is_logvar: bool = False,
+    bank_loc: torch.Tensor | None = None,
+    bank_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mi, tc, dw_kl)`` in float64 from the full (B, B, D) pairwise log-densities.
+    """``(mi, tc, dw_kl)`` in float64 from the full (B, B + K, D) pairwise log-densities.
 
     Parameters
     ----------
@@ -128,12 +147,26 @@ def reference_beta_tcvae_terms(
         The weights of the minibatch estimate of q(z).
     q_is_logvar : bool, default=False
         ``q_scale`` holds log σ².
+    bank_loc, bank_scale : torch.Tensor or None, default=None
+        A bank of K earlier posteriors, shape (K, D), read as ``q_loc`` and ``q_scale``
+        are: scored besides the batch's with the weights of
+        :func:`log_importance_weights` (no gradient reaches them).
     """
     z = z.to(torch.float64)
     mu = q_loc.to(torch.float64).expand_as(z)
     second = q_scale.to(torch.float64).expand_as(z)
     log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
-    log_qz, log_prod = reference_log_densities(z, mu, log_sigma, dataset_size, estimator)
+    bank = None
+    mu_all, log_sigma_all = mu, log_sigma
+    if bank_loc is not None:
+        bank = bank_loc.shape[0]
+        bank_second = bank_scale.detach().to(torch.float64)
+        bank_log_sigma = 0.5 * bank_second if q_is_logvar else torch.log(bank_second)
+        mu_all = torch.cat((mu, bank_loc.detach().to(torch.float64)))
+        log_sigma_all = torch.cat((log_sigma, bank_log_sigma))
+    log_qz, log_prod = reference_log_densities(
+        z, mu_all, log_sigma_all, dataset_size, estimator, bank=bank
+    )
     log_qz_x = _log_normal(z, mu, log_sigma).sum(1)
     log_prod_qz = log_prod.sum(1)
     log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)).sum(1)

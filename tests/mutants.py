@@ -272,8 +272,8 @@ MUTANTS = (
         "tc-logvar-as-log-sigma",
         "a log-variance read as log σ (the ½ dropped)",
         "betavae_triton/tcvae/terms.py",
-        "log_sigma = 0.5 * second if q_is_logvar else torch.log(second)",
-        "log_sigma = second if q_is_logvar else torch.log(second)",
+        "    log_sigma = 0.5 * second if q_is_logvar else torch.log(second)",
+        "    log_sigma = second if q_is_logvar else torch.log(second)",
         (TC + "test_terms_match_the_reference[eager]",),
     ),
     Mutant(
@@ -710,8 +710,8 @@ MUTANTS = (
         "tc-compiled-never-fused",
         "inside torch.compile the eager backend calls its operator at every size",
         "betavae_triton/tcvae/terms.py",
-        "        and call.z.shape[0] * call.mu.numel() <= FUSED\n",
-        "        and call.z.shape[0] * call.mu.numel() <= 0\n",
+        "call.z.shape[0] * call.mu.numel() <= FUSED",
+        "call.z.shape[0] * call.mu.numel() <= 0",
         (
             "tests/test_tcvae_compile.py::"
             "test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond[16-4]",
@@ -743,6 +743,93 @@ MUTANTS = (
         "total += part_terms[3 * k + t];",
         "total += 0 * part_terms[3 * k + t];",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
+    ),
+    Mutant(
+        "bank-weights-paper-rest",
+        "with a bank, the others' weight is the paper's 1/(T − 1), not (N − 1)/(N(T − 1))",
+        "betavae_triton/tcvae/weights.py",
+        "        other = log((n - 1) / (n * m))",
+        "        other = -log(m)",
+        (
+            "tests/test_tcvae_bank.py::test_batch_and_bank_holding_the_data_set_give_the_exact_terms[eager-c]",
+        ),
+    ),
+    Mutant(
+        "bank-weights-triton",
+        "the Triton kernels' bank weight for the others is −log(T − 1)",
+        "betavae_triton/kernels/total_correlation.py",
+        "        strat = tl.log((n - 1.0) / (n * m))",
+        "        strat = -tl.log(m)",
+        (
+            "tests/test_tcvae_bank.py::test_batch_and_bank_holding_the_data_set_give_the_exact_terms[triton]",
+        ),
+    ),
+    Mutant(
+        "bank-c-layout",
+        "the C kernels lay a bank's weights out as the authors' matrix",
+        "betavae_triton/tcvae/minibatch.c",
+        "    if (estimator == MSS || estimator == MSS_BANK) {",
+        "    if (estimator == MSS) {",
+        # (not the exactness test: with T = N, own and rest are both 1/N)
+        (
+            "tests/test_tcvae_bank.py::"
+            "test_a_partial_bank_matches_the_oracle_and_takes_no_gradient[eager-c]",
+        ),
+    ),
+    Mutant(
+        "bank-gets-gradients",
+        "the bank's posteriors are not detached: gradients reach them",
+        "betavae_triton/tcvae/terms.py",
+        "    bank_mu, second = (t.detach().to(mu.dtype) for t in bank)",
+        "    bank_mu, second = (t.to(mu.dtype) for t in bank)",
+        (
+            "tests/test_tcvae_bank.py::test_a_partial_bank_matches_the_oracle_and_takes_no_gradient[eager-c]",
+        ),
+    ),
+    Mutant(
+        "bank-ring-stuck",
+        "the ring buffer's next slot does not advance",
+        "betavae_triton/tcvae/bank.py",
+        "        self.next.copy_((self.next + batch) % size)",
+        "        self.next.copy_(self.next % size)",
+        (
+            "tests/test_tcvae_bank.py::test_the_ring_buffer_fills_with_copies_then_overwrites_the_oldest_first",
+        ),
+    ),
+    Mutant(
+        "bank-pushes-in-eval",
+        "the module pushes into its bank in eval mode too",
+        "betavae_triton/loss.py",
+        "        if self.bank is not None and self.training:",
+        "        if self.bank is not None:",
+        ("tests/test_tcvae_bank.py::test_the_module_scores_against_its_bank_and_pushes_after",),
+    ),
+    Mutant(
+        "bank-resume-empty",
+        "a loaded bank is taken as empty (its posteriors ignored until the next push)",
+        "betavae_triton/tcvae/bank.py",
+        "        module.filled = bool(module.count.item() > 0)",
+        "        module.filled = False",
+        ("tests/test_tcvae_bank.py::test_a_resumed_module_resumes_its_bank",),
+    ),
+    Mutant(
+        "bank-larger-than-data",
+        "a batch and a bank holding more posteriors than the data set are accepted",
+        "betavae_triton/_checks.py",
+        "    if global_batch + bank_loc.shape[0] > dataset_size:",
+        "    if global_batch + bank_loc.shape[0] > dataset_size + 1:",
+        ("tests/test_tcvae_bank.py::test_bad_banks_are_refused_by_name",),
+    ),
+    Mutant(
+        "bank-gather-local",
+        "with gather=True each rank pushes its own rows, not the global batch",
+        "betavae_triton/tcvae/bank.py",
+        "        if gather:\n",
+        "        if False:\n",
+        (
+            "tests/test_tcvae_gather.py::"
+            "test_two_ranks_with_a_bank_equal_one_process_with_the_same_bank",
+        ),
     ),
 )
 

@@ -160,8 +160,11 @@ def test_nidl_is_read_from_a_path_never_vendored(tmp_path: Path) -> None:
 
 def test_btcvae_benchmark_counts_memory_and_writes_json(tmp_path: Path) -> None:
     """``python -m perf.btcvae --quick`` at one size (issue 15): every figure is there, the
-    memory counter sees the hand-computed peaks, and ours peaks below the B×B×D formula."""
+    memory counter sees the hand-computed peaks, and ours peaks below the B×B×D formula;
+    the bank axis (issue 32) at K = 0 and 4096: a step with the bank's (B + K)·D values
+    takes more memory and time than without."""
     cmd = [sys.executable, "-m", "perf.btcvae", "--quick", "--batch", "512", "--latent", "32"]
+    cmd += ["--bank", "0", "4096"]
     cmd += ["--device", "cpu", "--no-progress", "--out", str(tmp_path)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -182,4 +185,10 @@ def test_btcvae_benchmark_counts_memory_and_writes_json(tmp_path: Path) -> None:
         assert rows[ours]["peak_extra_bytes"] < rows["formula"]["peak_extra_bytes"] / 4, ours
     assert _positive(rows["ours-compiled"]["compiled_over_this"])
     assert doc["targets"]["speed_vs_formula"][0]["batch"] == 512
-    assert "ours-eager" in (tmp_path / "btcvae_cpu_quick.txt").read_text()
+    text = (tmp_path / "btcvae_cpu_quick.txt").read_text()
+    assert "ours-eager" in text and "target: peak extra memory at K=4096 <= 64 MiB: met" in text
+    without, bank = doc["bank"]
+    assert (without["bank"], bank["bank"], bank["batch"], bank["latent"]) == (0, 4096, 64, 10)
+    assert without["time_over_no_bank"] == 1.0 and bank["time_over_no_bank"] > 1.0
+    # at least the (B + K, D) posteriors and their log σ, float32
+    assert bank["peak_extra_bytes"] - without["peak_extra_bytes"] > 2 * 4096 * 10 * 4

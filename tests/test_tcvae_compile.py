@@ -10,6 +10,8 @@ schemas are the written-out ones.
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -213,7 +215,7 @@ def test_untraced_eager_calls_skip_the_dispatcher_and_traced_ones_keep_the_opera
 def test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond(batch, latent):
     """Inside ``torch.compile`` the eager backend is the formula (fused by inductor) while
     B·B·D ≤ ``terms.FUSED`` (16·16·4), and its operator beyond (64·64·40): either way the
-    oracle's values and gradients, and three outputs that are copies, not views of one
+    oracle's values and gradients, and three outputs of their own, not views of one
     tensor (whose views AOTAutograd's runtime would regenerate at every call: some 40 µs
     of a 450 µs step at B × D = 32 × 6 on the CPU)."""
     from betavae_triton.tcvae.terms import FUSED
@@ -229,7 +231,7 @@ def test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyon
     nodes = [str(n.target) for n in graph.nodes]
     assert any("tc_log_densities_eager" in t for t in nodes) == (batch == 64), nodes
     (returned,) = [n.args[0] for n in graph.nodes if n.op == "output"]
-    assert [n.target for n in returned] == ["clone"] * 3, returned  # copies, not views
+    assert not any(n.target is operator.getitem for n in returned), returned  # no views
     oracle, oracle_grads = _terms_and_grads(
         lambda *t: reference_beta_tcvae_terms(*(x.double() for x in t), 100, "mss"), z, mu, sigma
     )

@@ -31,13 +31,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(tmp_path: Path, backend: str) -> list[dict]:
+def _run_ranks(tmp_path: Path, backend: str, *mode: str) -> list[dict]:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     env["WORLD_SIZE"], env["OMP_NUM_THREADS"] = str(WORLD), "1"
     script = str(Path(worker.__file__))
     procs = [
         subprocess.Popen(
-            [sys.executable, script, str(tmp_path / f"rank{r}.pt"), backend],
+            [sys.executable, script, str(tmp_path / f"rank{r}.pt"), backend, *mode],
             env=dict(env, RANK=str(r)),
             stderr=subprocess.PIPE,
             text=True,
@@ -62,6 +62,19 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path, backend
         torch.testing.assert_close(joined, whole[name], rtol=1e-10, atol=1e-12)
     # Not a trivially equal split: the ranks' own terms differ from each other.
     assert not torch.equal(ranks[0]["tc"], ranks[1]["tc"])
+
+
+def test_two_ranks_with_a_bank_equal_one_process_with_the_same_bank(tmp_path):
+    """``BetaTCVAELoss(gather=True, bank_size=14)`` for 3 steps on two gloo ranks: every
+    rank's bank holds the global batch's posteriors, the same as one process's on the
+    concatenated batches, and the mean of the ranks' losses is that process's loss at every
+    step (the banks in use from step 2 on)."""
+    ranks = _run_ranks(tmp_path, "eager", "bank")
+    whole = worker.bank_steps("eager", gather=False)
+    for rank in ranks:
+        torch.testing.assert_close(rank["bank"], whole["bank"], rtol=0, atol=0)
+    mean = sum(r["losses"] for r in ranks) / WORLD
+    torch.testing.assert_close(mean, whole["losses"], rtol=1e-12, atol=1e-12)
 
 
 def test_gather_without_a_process_group_says_what_to_do():

@@ -40,19 +40,20 @@ multiple of 16), so that row loads are as wide as D and the tile's layout allow.
 import triton
 import triton.language as tl
 
-from .constants import HALF_LOG_2PI, MSS, MWS
+from .constants import HALF_LOG_2PI, MSS, MSS_BANK, MWS
 
 
 @triton.jit
 def log_weight(i, j, batch, own, strat, rest, ESTIMATOR: tl.constexpr):
     """log w_ij for broadcastable index tensors i, j (constants from
     :func:`estimator_constants`): MWS ``own`` (−log BN) everywhere;
-    MSS ``own`` on the diagonal, ``strat`` at j = i + 1 mod B, ``rest`` elsewhere;
-    MSS-reference (the authors' matrix) ``own`` in column 0 (``strat`` at row B − 2),
-    ``strat`` in column 1, ``rest`` elsewhere."""
+    MSS (and MSS with a bank, whose ``strat`` is ``rest``) ``own`` on the diagonal,
+    ``strat`` at j = i + 1 mod B, ``rest`` elsewhere; MSS-reference (the authors'
+    matrix) ``own`` in column 0 (``strat`` at row B − 2), ``strat`` in column 1, ``rest``
+    elsewhere."""
     if ESTIMATOR == MWS:
         w = tl.where(i == j, own, own)
-    elif ESTIMATOR == MSS:
+    elif ESTIMATOR == MSS or ESTIMATOR == MSS_BANK:
         w = tl.where(j == i, own, tl.where(j == (i + 1) % batch, strat, rest))
     else:
         col0 = tl.where(i == batch - 2, strat, own)
@@ -64,7 +65,8 @@ def log_weight(i, j, batch, own, strat, rest, ESTIMATOR: tl.constexpr):
 def estimator_constants(batch, dataset_size, ESTIMATOR: tl.constexpr, ACC_FP64: tl.constexpr):
     """``(own, strat, rest)`` log-weights, computed in the accumulation dtype from the
     integer sizes (a float argument would reach the kernel in float32): −log N,
-    log (N − B + 1)/(N(B − 1)) and −log (B − 1); all three −log(B·N) for MWS."""
+    log (N − B + 1)/(N(B − 1)) and −log (B − 1); all three −log(B·N) for MWS; −log N
+    and twice log (N − 1)/(N(B − 1)) for MSS with a bank (B: the batch and the bank)."""
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     n = tl.full([], dataset_size, acc_ty)
     b = tl.full([], batch, acc_ty)
@@ -73,6 +75,10 @@ def estimator_constants(batch, dataset_size, ESTIMATOR: tl.constexpr, ACC_FP64: 
         own = -tl.log(b * n)
         strat = own
         rest = own
+    elif ESTIMATOR == MSS_BANK:
+        own = -tl.log(n)
+        strat = tl.log((n - 1.0) / (n * m))
+        rest = strat
     else:
         own = -tl.log(n)
         strat = tl.log((n - m) / (n * m))

@@ -33,8 +33,8 @@ def _own(call: PairwiseCall) -> tuple[Tensor, Tensor]:
     return call.mu[rows], call.log_sigma[rows]
 
 
-def terms(call: PairwiseCall, log_qz: Tensor, log_prod: Tensor) -> Tensor:
-    """``[mi, tc, dw_kl]``, shape (3,), in the call's dtype (differentiable torch ops:
+def term_means(call: PairwiseCall, log_qz: Tensor, log_prod: Tensor) -> tuple[Tensor, ...]:
+    """``(mi, tc, dw_kl)``, three scalars in the call's dtype (differentiable torch ops:
     under autograd in :mod:`.formula`, without it inside the operators)."""
     z = call.z
     mu, log_sigma = _own(call)
@@ -42,13 +42,17 @@ def terms(call: PairwiseCall, log_qz: Tensor, log_prod: Tensor) -> Tensor:
     log_qz_x = (-HALF_LOG_2PI - log_sigma - 0.5 * scaled * scaled).sum(1)
     log_pz = (-HALF_LOG_2PI - 0.5 * z * z).sum(1)
     log_prod_qz = log_prod.sum(1)
-    return torch.stack(
-        (
-            (log_qz_x - log_qz).mean(),
-            (log_qz - log_prod_qz).mean(),
-            (log_prod_qz - log_pz).mean(),
-        )
+    return (
+        (log_qz_x - log_qz).mean(),
+        (log_qz - log_prod_qz).mean(),
+        (log_prod_qz - log_pz).mean(),
     )
+
+
+def terms(call: PairwiseCall, log_qz: Tensor, log_prod: Tensor) -> Tensor:
+    """``[mi, tc, dw_kl]``, shape (3,): :func:`term_means` stacked (the operators'
+    third output)."""
+    return torch.stack(term_means(call, log_qz, log_prod))
 
 
 def pairwise_gradients(

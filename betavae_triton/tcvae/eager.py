@@ -70,7 +70,7 @@ class LogWeights:
         rows = rows[:, None]
         cols = torch.arange(start, stop, device=device)[None, :]
         w = torch.as_tensor(self.rest, dtype=dtype, device=device).expand(shape)
-        if self.estimator == "mss":
+        if self.estimator in ("mss", "mss-bank"):  # (the bank's strat is its rest)
             w = torch.where(cols == (rows + 1) % self.batch, self.strat, w)
             return torch.where(cols == rows, self.own, w)
         w = torch.where(cols == 1, self.strat, w)

@@ -42,8 +42,8 @@ def formula_log_densities(call: PairwiseCall) -> tuple[Tensor, Tensor]:
     return log_qz, log_prod
 
 
-def formula_terms(call: PairwiseCall) -> Tensor:
-    """``[mi, tc, dw_kl]`` of ``call`` by :func:`formula_log_densities` and
-    :func:`.decomposition.terms`, differentiable by autograd in every mode."""
-    log_qz, log_prod = formula_log_densities(call)
-    return decomposition.terms(call, log_qz, log_prod)
+def formula_terms(call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mi, tc, dw_kl)`` of ``call`` by :func:`formula_log_densities` and
+    :func:`.decomposition.term_means`, differentiable by autograd in every mode: three
+    scalars (inside ``torch.compile``, three outputs of their own, not views of one)."""
+    return decomposition.term_means(call, *formula_log_densities(call))

@@ -66,6 +66,7 @@
 #define MWS 0
 #define MSS 1
 #define MSS_REFERENCE 2
+#define MSS_BANK 3 /* MSS's layout, with strat = rest */
 
 /* e^x for x ≤ 0 (and a little above: the callers subtract a maximum or a log-sum-exp),
  * NaN for NaN, 0 for −inf and below the smallest normal number: Cody–Waite reduction
@@ -132,7 +133,7 @@ static void NAME(log_weight_row)(REAL *lw, int64_t i, int64_t batch, int estimat
         return;
     }
     for (int64_t j = 0; j < batch; ++j) lw[j] = rest;
-    if (estimator == MSS) {
+    if (estimator == MSS || estimator == MSS_BANK) {
         lw[(i + 1) % batch] = strat;
         lw[i] = own;
     } else {

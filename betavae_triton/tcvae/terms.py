@@ -26,13 +26,14 @@ Tensor = torch.Tensor
 
 #: Inside ``torch.compile``, the eager backend hands inductor the B_l × B × D formula
 #: (:mod:`.formula`) instead of calling its operator when the formula has at most this
-#: many elements (512 KiB in float32): there inductor fuses it into the graph's kernels,
+#: many elements (256 KiB in float32): there inductor fuses it into the graph's kernels,
 #: and a custom operator's call (dispatch, argument defaults, AOTAutograd's wrappers)
-#: costs more than the whole computation. Measured on the 2-core CPU, B × D = 32 × 6 and
-#: 64 × 10 (2^13, 2^15.3 elements) run faster so, 128 × 16 (2^18) by the operator
-#: (``perf/RESULTS.md``). The Triton backend's operator is kernels in the graph (no such
-#: call), so it keeps them at every size.
-FUSED = 1 << 17
+#: costs more than the whole computation. Measured on the 2-core CPU, one thread
+#: (``perf/RESULTS.md``): the formula's route is 20–35% faster than the operator's up to
+#: B × D = 64 × 16 (2^16 elements), the operator's 12–23% faster from 128 × 6 (2^16.6).
+#: The Triton backend's operator is kernels in the graph (no such call): it keeps them at
+#: every size.
+FUSED = 1 << 16
 
 
 def world(gather: bool, group=None) -> tuple[int, int]:
@@ -63,6 +64,16 @@ def _all_gather(t: Tensor, group) -> Tensor:
     return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
+def _with_bank(
+    mu: Tensor, log_sigma: Tensor, bank: tuple[Tensor, Tensor], q_is_logvar: bool
+) -> tuple[Tensor, Tensor]:
+    """The posteriors (B, D) followed by the bank's (K, D), detached: the rows every
+    sample is scored against. One (B + K, D) copy of each per call, O((B + K)·D)."""
+    bank_mu, second = (t.detach().to(mu.dtype) for t in bank)
+    bank_log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
+    return torch.cat((mu, bank_mu)), torch.cat((log_sigma, bank_log_sigma))
+
+
 def _fused(call: PairwiseCall, triton: bool) -> bool:
     """Whether ``call``, on the eager backend inside ``torch.compile``, is small enough for
     the formula (:data:`FUSED`)."""
@@ -81,6 +92,7 @@ def minibatch_terms(
     backend: str | None,
     gather: bool = False,
     group=None,
+    bank: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(mi, tc, dw_kl)``: the means over this rank's samples of log q(z|x) − log q(z),
     log q(z) − log Π q(z) and log Π q(z) − log p(z), in float64 for float64 inputs and
@@ -88,7 +100,8 @@ def minibatch_terms(
     ``backend`` ("auto", "triton", "eager", or None for the default) picks for z's
     device. Under a torch.func transform or forward-mode AD, which the operators do not
     serve, the eager backend computes the pairwise terms by :mod:`.formula` (plain
-    autograd)."""
+    autograd). ``bank``: ``(loc, scale)`` of K more posteriors, (K, D), scored after the
+    (global) batch's with "mss"'s bank weights (:mod:`.weights`), without gradient."""
     dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     z = z.to(dtype)
     mu, second = (t.to(dtype) for t in (q_loc, q_scale))
@@ -102,16 +115,18 @@ def minibatch_terms(
         both = _all_gather(torch.cat((mu, log_sigma), dim=1), group)
         mu_all, log_sigma_all = both.split(z.shape[1], dim=1)
         row_offset = rank * z.shape[0]
+    if bank is not None:
+        mu_all, log_sigma_all = _with_bank(mu_all, log_sigma_all, bank, q_is_logvar)
+        estimator = "mss-bank"
     call = PairwiseCall(z, mu_all, log_sigma_all, row_offset, dataset_size, estimator)
     transform = autograd_transform(z, q_loc, q_scale)
     triton = resolve_backend(requested_backend(backend), z.device, transform) == "triton"
-    if transform is not None:  # torch.func, forward-mode AD: plain autograd's formula
-        terms = formula_terms(call)
-    elif _fused(call, triton):
-        terms = formula_terms(call)  # fused by inductor: cheaper than an operator's call
-    else:
-        call = call.contiguous()
-        terms = (tc_log_densities(*call) if triton else tc_log_densities_eager_call(call))[2]
+    if transform is not None or _fused(call, triton):
+        # torch.func, forward-mode AD: plain autograd's formula; inside torch.compile at
+        # small sizes, the formula inductor fuses (cheaper than an operator's call)
+        return formula_terms(call)
+    call = call.contiguous()
+    terms = (tc_log_densities(*call) if triton else tc_log_densities_eager_call(call))[2]
     if torch.compiler.is_compiling():
         # Three outputs that are views of one tensor cost AOTAutograd's runtime a replay
         # of the views per call; copies fused into the graph cost nothing.
