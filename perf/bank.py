@@ -17,6 +17,7 @@ import torch
 from betavae_triton import kl_decomposition
 from perf.memory import peak_extra_bytes
 from perf.race import Progress
+from perf.tables import format_seconds, mib
 from perf.tcvae_contenders import ESTIMATOR, make_input_sets, step
 from perf.timing import Timing, median_seconds
 
@@ -99,10 +100,8 @@ def format_bank(rows: list[dict], target_bytes: int) -> str:
     lines = ["      K   median  x no bank  peak extra", "-------  -------  ---------  ----------"]
     for r in rows:
         ratio = "-" if r["time_over_no_bank"] is None else f"{r['time_over_no_bank']:.2f}x"
-        lines.append(
-            f"{r['bank']:7d}  {r['seconds'] * 1e6:5.0f} us  {ratio:>9}  "
-            f"{r['peak_extra_bytes'] / 2**20:7.1f} MiB"
-        )
+        seconds, peak = format_seconds(r["seconds"]), mib(r["peak_extra_bytes"])
+        lines.append(f"{r['bank']:7d}  {seconds:>7}  {ratio:>9}  {peak:>10}")
     largest = max(rows, key=lambda r: r["bank"])
     verdict = "met" if largest["peak_extra_bytes"] <= target_bytes else "MISSED"
     lines.append(
