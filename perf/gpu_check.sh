@@ -14,7 +14,9 @@
 #    so that a timeout loses one workload only; the pseudo-workload `btcvae` runs
 #    `python -m perf.btcvae --quick` at B 256, 1024, 4096 and D 32, 128 (β-TCVAE's kernels,
 #    the split grid that fills the GPU at B = 256 included,
-#    against the B×B×D formula, time and peak memory).
+#    against the B×B×D formula, time and peak memory) and its bank axis (K = 0 … 65536 at
+#    B = 64, D = 10); `btcvae-small` the sizes people train with, B 32, 64, 128 and D 6, 10,
+#    16, ours eager and compiled against the compiled formula.
 # 4. Every step's stdout+stderr, JUnit XML per test file and a summary table (status, exit
 #    code, seconds, pytest counts per step) go under one folder, ${OUT:-perf/out/gpu}; the
 #    summary is printed at the end. Exit status: 0 when every step that ran passed, 1 when
@@ -27,8 +29,8 @@
 #
 # Other settings: PYTHON (default: python3 if it imports torch, else .venv/bin/python);
 # GPU_CHECK_FILES ("file.py:timeout_s ...", in order; default: all of tests/, see below);
-# GPU_CHECK_BENCH_WORKLOADS (default "sprites mri sweep-2^28 btcvae"; empty: no benchmark, no
-# reserve); GPU_CHECK_BENCH_ARGS (extra bench options, e.g. "--nidl PATH");
+# GPU_CHECK_BENCH_WORKLOADS (default "sprites mri sweep-2^28 btcvae btcvae-small"; empty: no
+# benchmark, no reserve); GPU_CHECK_BENCH_ARGS (extra bench options, e.g. "--nidl PATH");
 # GPU_CHECK_ALLOW_CPU=1 goes on without CUDA (only to try this script out on a CPU machine,
 # where conftest then runs the kernels under the interpreter).
 #
@@ -51,7 +53,7 @@ rm -rf "$OUT_DIR"/[0-9][0-9]-*.log "$OUT_DIR"/preflight.log "$OUT_DIR"/summary.t
     "$OUT_DIR"/summary-full.txt "$OUT_DIR/junit" "$OUT_DIR/bench"
 SUMMARY="$OUT_DIR/summary.txt"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
-BENCH_WORKLOADS="${GPU_CHECK_BENCH_WORKLOADS-sprites mri sweep-2^28 btcvae}"
+BENCH_WORKLOADS="${GPU_CHECK_BENCH_WORKLOADS-sprites mri sweep-2^28 btcvae btcvae-small}"
 BENCH_RESERVE_S="${GPU_CHECK_BENCH_RESERVE_S:-200}"
 [ -z "${BENCH_WORKLOADS// /}" ] && BENCH_RESERVE_S=0
 MIN_STEP_S=20
@@ -344,7 +346,10 @@ for workload in $BENCH_WORKLOADS; do
     fi
     if [ "$workload" = btcvae ]; then  # β-TCVAE's terms against the B×B×D formula
         run_step "$name" "$left" "$PY" -m perf.btcvae --quick --no-progress --batch 256 1024 4096 \
-            --latent 32 128 --out "$OUT_DIR/bench/$tag"
+            --latent 32 128 --bank 0 4096 16384 65536 --out "$OUT_DIR/bench/$tag"
+    elif [ "$workload" = btcvae-small ]; then  # where most β-TCVAE training happens
+        run_step "$name" "$left" "$PY" -m perf.btcvae --quick --no-progress --batch 32 64 128 \
+            --latent 6 10 16 --out "$OUT_DIR/bench/$tag"
     else
         run_step "$name" "$left" "$PY" -m perf.bench --quick --no-progress \
             --workloads "$workload" --out "$OUT_DIR/bench/$tag" \
