@@ -427,6 +427,7 @@ def _check_outputs(out: Path, *, world_size: int, compiled: bool, loss: str = "b
             "dataset_size": n_train * world_size,  # every rank's sprites
             "estimator": "mss",
             "gather": world_size > 1,
+            "bank_size": 0,
         }
     else:
         assert "tcvae" not in run

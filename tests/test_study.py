@@ -118,6 +118,7 @@ def test_quick_study_writes_records_and_report_and_resumes(tmp_path, capsys):
             "beta": 6.0,
             "kl_warmup": 0,
             "estimator": "mss",
+            "bank": 0,
         }, loss
     for row in study["select"]:
         run = by_run[(row["loss"], 0)]
@@ -233,6 +234,71 @@ def test_run_keys_name_the_run_and_change_with_anything_that_defines_it():
         run_key(point, 3, Budget(compile=False)),
     }
     assert key not in others and len(others) == 4
+
+
+def test_a_zero_bank_keeps_the_names_of_the_runs_made_before_banks_existed():
+    """The committed records were written before GridPoint had a bank: their names (and so
+    a rerun's skip) hold; a bank is part of the name and of the hash."""
+    budget = Budget()
+    point = GridPoint("btcvae", 64, 6.0, 0.25, "mss")
+    assert run_key(point, 0, budget) == "btcvae_b64_beta6_w0.25_mss_s0_fcc7f24775"
+    assert (COMMITTED / "runs" / "btcvae_b64_beta6_w0.25_mss_s0_fcc7f24775.json").is_file()
+    banked = run_key(GridPoint("btcvae", 64, 6.0, 0.25, "mss", 4096), 0, budget)
+    assert banked.startswith("btcvae_b64_beta6_w0.25_mss_k4096_s0_")
+    assert banked[-10:] != "fcc7f24775"
+
+
+def test_bank_axis_multiplies_the_btcvae_mss_points_alone():
+    grid = make_grid(("betavae", "btcvae"), (64,), (6.0,), (0.25,), ("mss", "mws"), (0, 4096))
+    assert [(p.loss, p.estimator, p.bank) for p in grid] == [
+        ("betavae", "mss", 0),
+        ("btcvae", "mss", 0),
+        ("btcvae", "mss", 4096),
+        ("btcvae", "mws", 0),
+    ]
+    config = demo_config(grid[2], 3, Budget(images=128_000), Path("x"))
+    assert (config.bank, config.tc_track) == (4096, 2000 // 8)
+    assert demo_config(grid[1], 3, Budget(images=128_000), Path("x")).tc_track == 0
+
+
+BANK_STUDY = [
+    "--losses", "betavae", "btcvae", "--batch-sizes", "16", "--betas", "6", "--warmups", "0",
+    "--estimators", "mss", "--bank", "0", "64", "--seeds-select", "0", "--seeds-heldout", "1",
+    "--steps-images", "192", "--n-train", "256", "--n-eval", "256", "--latent-dim", "4",
+    "--channels", "8", "--no-compile", "--lr", "1e-2",
+]  # fmt: skip
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_bank_study_tracks_the_tc_bias_during_training_and_reports_it(tmp_path, capsys):
+    """``--bank 0 64``: the bank's runs measure their TC estimate's bias during training
+    (every 12 // 8 = 1 step; the bank's most recent 16 alone too), study.json's
+    ``tc_track`` holds its statistics over the runs (the biases those of the records),
+    study.md a section and a bank column, and tc_track.png is drawn."""
+    out = tmp_path / "study"
+    assert main([*BANK_STUDY, "--out", str(out), "--phase", "select"]) == 0
+    records = _records(out)
+    assert len(records) == 3
+    banked = [r for r in records.values() if r["point"].get("bank")]
+    assert len(banked) == 1 and banked[0]["tcvae"]["bank_size"] == 64
+    points = banked[0]["tc_track"]["points"]
+    assert [m["step"] for m in points] == list(range(1, 13))
+    assert all("tc_track" not in r for r in records.values() if not r["point"].get("bank"))
+    report = json.loads((out / "study.json").read_text())
+    (row,) = report["tc_track"]
+    assert (row["bank"], row["runs"], len(row["by_step"])) == (64, 1, 12)
+    for m, stats in zip(points, row["by_step"], strict=True):
+        for name in ("batch", "bank", "fresh"):
+            assert stats[name]["median"] == pytest.approx(m[name] - m["full"], abs=1e-12)
+    recent, whole = row["parts_after_warmup"]  # no warm-up: every measurement counts
+    assert (recent["size"], recent["n"], whole["size"], whole["n"]) == (16, 12, 64, 12)
+    biases = sorted(m["sub_banks"][0]["bank"] - m["full"] for m in points)
+    assert recent["bank"]["median"] == pytest.approx((biases[5] + biases[6]) / 2, abs=1e-12)
+    md = (out / "study.md").read_text()
+    assert "## Bias of the total-correlation estimate during training, with a bank" in md
+    assert "| loss | batch | β | warm-up | estimator | bank |" in md
+    assert (out / "tc_track.png").read_bytes().startswith(PNG_MAGIC)
+    assert report["files"][-1] == str(out / "tc_track.png")
 
 
 def test_demo_config_spends_the_same_images_at_every_batch_size():

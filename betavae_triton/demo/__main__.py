@@ -106,6 +106,14 @@ def _add_run_options(parser: argparse.ArgumentParser, d: DemoConfig) -> None:
         "mws (weighted sampling)",
     )
     parser.add_argument(
+        "--bank",
+        type=non_negative_int,
+        default=d.bank,
+        metavar="K",
+        help="--loss btcvae, --estimator mss: score each sample against the posteriors of "
+        "the last K training images too, kept in a bank (0: the batch alone)",
+    )
+    parser.add_argument(
         "--beta",
         type=non_negative_float,
         default=d.beta,
@@ -142,6 +150,15 @@ def _add_advanced_options(group: argparse._ArgumentGroup, d: DemoConfig) -> None
         type=positive_int,
         default=d.log_every,
         help="steps between progress-bar updates (each reads the losses back)",
+    )
+    group.add_argument(
+        "--tc-track",
+        type=non_negative_int,
+        default=d.tc_track,
+        metavar="STEPS",
+        help="--loss btcvae, one process: every STEPS steps, measure the bias of the "
+        "minibatch TC estimate (with and without the bank) against the estimate over "
+        "every held-out sprite, into run.json's tc_track (0: never)",
     )
     group.add_argument(
         "--check-params",
@@ -181,6 +198,15 @@ def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:
         )
     if args.loss == "btcvae" and args.batch_size < 2:
         parser.error("--loss btcvae needs --batch-size 2 or more (q(z) is a batch estimate)")
+    if args.loss != "btcvae" and (args.bank or args.tc_track):
+        parser.error("--bank and --tc-track need --loss btcvae")
+    if args.bank and args.estimator != "mss":
+        parser.error("--bank needs --estimator mss (the weights of a bank are mss's)")
+    if args.bank + args.batch_size > args.n_train:
+        parser.error(
+            f"--bank {args.bank} and --batch-size {args.batch_size} exceed --n-train "
+            f"{args.n_train}: the batch and the bank hold at most the data set"
+        )
     if args.latent_dim < 2:
         parser.error("--latent-dim must be at least 2 (the MIG compares the top two latents)")
     return DemoConfig(**vars(args))

@@ -112,6 +112,15 @@ class DemoConfig:
         compared with the estimate over all of them at once (``n_eval`` sprites, through
         :func:`betavae_triton.kl_decomposition`). Sizes of ``n_eval`` or more are skipped;
         empty (the default): no probe.
+    bank : int
+        With ``loss="btcvae"``, K > 0: the loss keeps the posteriors of the last K training
+        images in a bank and scores each sample against it too (``BetaTCVAELoss``'s
+        ``bank_size``; estimator "mss"); 0: no bank.
+    tc_track : int
+        Steps between measurements, during training, of the bias of the minibatch TC
+        estimate, with and without the bank, against the estimate over every held-out
+        sprite at the same step (:class:`.tc_track.TCTracker`; one process, β-TCVAE
+        only); 0: none.
     """
 
     device: str = field(default_factory=default_device)
@@ -139,6 +148,8 @@ class DemoConfig:
     figures: bool = True
     quiet: bool = False
     tc_probe: tuple[int, ...] = ()
+    bank: int = 0
+    tc_track: int = 0
 
 
 # What the command line's defaults become with --loss L, where they differ from DemoConfig's
@@ -156,6 +167,7 @@ LOSS_DEFAULTS: dict[str, dict[str, object]] = {
         "beta": 6.0,
         "kl_warmup": 125,
         "estimator": "mss",
+        "bank": 0,
     },
 }
 

@@ -49,7 +49,8 @@ def make_loss(config: DemoConfig, *, kl_per_dim: bool = False) -> BetaVAELoss:
 def make_train_loss(config: DemoConfig, info: DistInfo) -> BetaVAELoss:
     """The loss that training follows: :func:`make_loss`'s, or with ``--loss btcvae`` the
     beta-TCVAE loss (alpha = gamma = 1), N = the training sprites of all ranks, and under
-    DDP each rank's samples scored against the posteriors of the global batch."""
+    DDP each rank's samples scored against the posteriors of the global batch; with
+    ``config.bank`` a bank of that many posteriors."""
     if config.loss == "betavae":
         return make_loss(config)
     return BetaTCVAELoss(
@@ -62,6 +63,8 @@ def make_train_loss(config: DemoConfig, info: DistInfo) -> BetaVAELoss:
         backend="auto",
         gather=info.distributed,
         validate_args=False,
+        bank_size=config.bank,
+        latent_dim=config.latent_dim if config.bank else None,
     )
 
 

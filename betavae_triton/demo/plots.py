@@ -18,6 +18,7 @@ __all__ = [
     "plot_mig_vs_batch",
     "plot_reconstructions",
     "plot_tc_bias",
+    "plot_tc_track",
     "plot_traversals",
 ]
 
@@ -248,10 +249,13 @@ def plot_loss_curves(
 
 
 def _spread_lines(
-    ax: plt.Axes, series: dict[str, Sequence[tuple[float, Sequence[float]]]], marker: str = "o"
+    ax: plt.Axes,
+    series: dict[str, Sequence[tuple[float, Sequence[float]]]],
+    marker: str = "o",
+    log_x: bool = True,
 ) -> None:
     """One line per label through the medians, a bar over each interquartile range, on a
-    base-2 logarithmic x axis labelled with plain numbers."""
+    base-2 logarithmic x axis labelled with plain numbers (``log_x``) or a linear one."""
     for label, points in series.items():
         if not points:
             continue
@@ -262,6 +266,8 @@ def _spread_lines(
             xs, q[:, 1], yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]], fmt="none",
             ecolor=line.get_color(), capsize=3, lw=1,
         )  # fmt: skip
+    if not log_x:
+        return
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(ScalarFormatter())  # 64, 256, not 2^6, 2^8
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -326,4 +332,35 @@ def plot_tc_bias(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_tc_track(
+    series: dict[str, Sequence[tuple[float, Sequence[float]]]], path: Path, title: str
+) -> Path:
+    """The bias of the minibatch TC estimates during training, against the step.
+
+    Parameters
+    ----------
+    series : dict of str to sequence of (float, sequence of float)
+        One line per estimate (without the bank, with it, with it re-encoded): ``(step,
+        the bias of each run, nats)`` pairs.
+    path : pathlib.Path
+        Where to write the PNG.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    path : pathlib.Path
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _spread_lines(ax, series, marker="o", log_x=False)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("TC bias, nats (median, bars: IQR)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -71,6 +71,7 @@ RECORD_ENTRIES = (
     "final_mean",
     "timings",
     "tcvae",
+    "tc_track",
 )
 
 
@@ -99,7 +100,8 @@ def run_one(point: GridPoint, seed: int, budget: Budget, runs_dir: Path) -> dict
         ``steps``, ``kl_warmup``, ``images_seen``, ``wall_s`` (the run's total seconds),
         ``threads``, ``mig``, ``mig_per_factor``, ``active_dims``, ``kl_per_dim``,
         ``eval_rec_loss``, ``tc_probe``, ``final_mean``, ``timings``, ``tcvae`` (β-TCVAE
-        only) and ``curves`` at the steps ``curve_steps`` (at most 250 of them).
+        only), ``tc_track`` (with a bank) and ``curves`` at the steps ``curve_steps`` (at
+        most 250 of them).
     """
     key = run_key(point, seed, budget)
     scratch = runs_dir / f"{key}.d"

@@ -18,7 +18,7 @@ import numpy as np
 
 from .study_grid import GridPoint, Study, chosen_settings, run_key
 
-__all__ = ["build_report", "load_records", "runs_of", "selection", "stats"]
+__all__ = ["TRACKED", "build_report", "load_records", "runs_of", "selection", "stats", "tc_track"]
 
 
 def load_records(runs_dir: Path) -> dict[str, dict]:
@@ -111,6 +111,71 @@ def tc_bias(study: Study, records: dict) -> dict[str, list[dict]]:
     return out
 
 
+# The estimates a run with a bank tracks during training (DemoConfig.tc_track): without
+# the bank, with it as it stands, with its sprites re-encoded by the current model.
+TRACKED = ("batch", "bank", "fresh")
+
+
+def tc_track(study: Study, records: dict) -> list[dict]:
+    """Per grid point with a bank, the bias of its TC estimates during training.
+
+    Returns
+    -------
+    rows : list of dict
+        One per point with a bank and tracked runs (selection and held-out seeds): its
+        fields, ``runs``, ``by_step`` (per measured step: ``step``, the median
+        ``bank_age`` and the statistics of each of :data:`TRACKED` minus the estimate over
+        every held-out sprite, over the runs), ``after_warmup`` (the same statistics
+        over every measurement after the run's KL warm-up) and ``parts_after_warmup``
+        (per size of the bank's most recent part measured alone, the whole bank last:
+        ``size``, ``n`` and the statistics of ``bank_age``, ``bank`` and ``fresh`` after
+        the warm-up).
+    """
+    seeds = (*study.seeds_select, *study.seeds_heldout)
+    rows = []
+    for point in study.grid:
+        runs = [r for r in runs_of(study, point, seeds, records) if r.get("tc_track")]
+        if point.bank and runs:
+            rows.append({**asdict(point), "runs": len(runs), **_track_stats(point, runs)})
+    return rows
+
+
+def _track_stats(point: GridPoint, runs: list[dict]) -> dict:
+    """:func:`tc_track`'s ``by_step``, ``after_warmup`` and ``parts_after_warmup`` of one
+    point's runs."""
+    by_step: dict[int, dict[str, list[float]]] = {}
+    late: dict[str, list[float]] = {name: [] for name in TRACKED}
+    parts: dict[int, dict[str, list[float]]] = {}
+    for r in runs:
+        for m in r["tc_track"]["points"]:
+            after = m["step"] > r["kl_warmup"]
+            cell = by_step.setdefault(m["step"], {n: [] for n in (*TRACKED, "bank_age")})
+            for name in (n for n in TRACKED if m[n] is not None):
+                cell[name].append(m[name] - m["full"])
+                late[name].extend([m[name] - m["full"]] * after)
+            cell["bank_age"].extend([m["bank_age"]] * (m["bank_age"] is not None))
+            whole = {"size": point.bank, **{n: m[n] for n in ("bank", "fresh", "bank_age")}}
+            for part in [*m.get("sub_banks", []), whole]:
+                if after and part["bank"] is not None:
+                    got = parts.setdefault(part["size"], {"bank": [], "fresh": [], "age": []})
+                    got["bank"].append(part["bank"] - m["full"])
+                    got["fresh"].append(part["fresh"] - m["full"])
+                    got["age"].append(part["bank_age"])
+    return {
+        "by_step": [
+            {"step": step, "bank_age": stats(cell["bank_age"])}
+            | {name: stats(cell[name]) for name in TRACKED}
+            for step, cell in sorted(by_step.items())
+        ],
+        "after_warmup": {name: stats(late[name]) for name in TRACKED},
+        "parts_after_warmup": [
+            {"size": size, "n": len(got["bank"]), "bank_age": stats(got["age"])}
+            | {"bank": stats(got["bank"]), "fresh": stats(got["fresh"])}
+            for size, got in sorted(parts.items())
+        ],
+    }
+
+
 def build_report(study: Study, records: dict) -> dict:
     """What ``study.json`` holds (see :mod:`.study`'s docstring), from the records."""
     rows, chosen = selection(study, records)
@@ -127,5 +192,6 @@ def build_report(study: Study, records: dict) -> dict:
         "chosen": {loss: chosen_settings(p, study.budget) for loss, p in chosen.items()},
         "heldout": {loss: _heldout(study, point, records) for loss, point in chosen.items()},
         "tc_bias": tc_bias(study, records),
+        **({"tc_track": tc_track(study, records)} if any(p.bank for p in study.grid) else {}),
         "records": len(records),
     }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import ESTIMATORS, LOSSES
-from .options import add_shared, seeds, shard
+from .options import add_shared, non_negative_int, seeds, shard
 from .study_grid import DEFAULT_OUT, PRESETS, QUICK, Budget, Study, make_grid
 from .study_report import README_BEGIN, README_END
 
@@ -132,6 +132,15 @@ def _add_grid_options(parser: argparse.ArgumentParser) -> None:
         choices=ESTIMATORS,
         help="the beta-TCVAE's estimators of q(z) (the beta-VAE has none)",
     )
+    grid.add_argument(
+        "--bank",
+        dest="banks",
+        nargs="+",
+        type=non_negative_int,
+        metavar="K",
+        help="the beta-TCVAE's banks of posteriors with mss (0: none); a run with a bank "
+        "also measures its TC estimate's bias during training",
+    )
 
 
 def _add_budget_options(budget: argparse._ArgumentGroup, d: Budget) -> None:
@@ -200,6 +209,8 @@ def parse_study(argv: Sequence[str] | None = None) -> tuple[Study, argparse.Name
         parser.error("--warmups are fractions of the run, in [0, 1)")
     if any(b < 2 or b > budget.n_train for b in axes["batch_sizes"]):
         parser.error(f"--batch-sizes must lie in [2, --n-train {budget.n_train}]")
+    if max(axes["banks"]) + max(axes["batch_sizes"]) > budget.n_train:
+        parser.error(f"a --bank and a batch size together exceed --n-train {budget.n_train}")
     if budget.latent_dim < 2:
         parser.error("--latent-dim must be at least 2 (the MIG compares the top two latents)")
     grid = make_grid(args.losses, **axes)

@@ -21,6 +21,7 @@ __all__ = [
     "PRESETS",
     "QUICK",
     "TC_PROBE",
+    "TC_TRACK_POINTS",
     "Budget",
     "GridPoint",
     "Study",
@@ -38,17 +39,25 @@ PRESETS: dict[str, dict[str, tuple]] = {
         "betas": (6.0,),
         "warmups": (0.0, 0.25),
         "estimators": ("mss", "mws"),
+        "banks": (0,),
     },
     "small": {
         "batch_sizes": (64, 256, 1024),
         "betas": (6.0,),
         "warmups": (0.25,),
         "estimators": ("mss",),
+        "banks": (0,),
     },
 }
 # --quick: the tiny sizes of the demo's own tests (tests/test_demo.py), eager.
 QUICK = {
-    "grid": {"batch_sizes": (16,), "betas": (6.0,), "warmups": (0.0,), "estimators": ("mss",)},
+    "grid": {
+        "batch_sizes": (16,),
+        "betas": (6.0,),
+        "warmups": (0.0,),
+        "estimators": ("mss",),
+        "banks": (0,),
+    },
     "seeds_select": (0,),
     "seeds_heldout": (1,),
     "budget": {
@@ -65,6 +74,9 @@ QUICK = {
 # The minibatch sizes at which every run measures the bias of the total correlation's
 # estimate (with the grid's batch sizes; those of n_eval sprites or more are skipped).
 TC_PROBE = (16, 64, 256, 1024)
+# A run with a bank measures the bias of its TC estimate this many times during training
+# (DemoConfig.tc_track: every steps // TC_TRACK_POINTS steps).
+TC_TRACK_POINTS = 8
 # --out: beside the demo's own output (DemoConfig.out), relative to the current folder.
 DEFAULT_OUT = Path("demo-output") / "study"
 
@@ -86,6 +98,9 @@ class GridPoint:
     estimator : str
         The β-TCVAE's estimator of q(z) (``"mss"`` for the β-VAE, where it names only the
         estimator of the ``tc_probe``).
+    bank : int
+        The β-TCVAE's bank of posteriors (``DemoConfig.bank``; 0: none, and always 0 for
+        the β-VAE and "mws").
     """
 
     loss: str
@@ -93,10 +108,21 @@ class GridPoint:
     beta: float
     warmup: float
     estimator: str
+    bank: int = 0
 
     def label(self) -> str:
-        """A short readable name, e.g. ``btcvae_b256_beta6_w0.25_mws``."""
-        return f"{self.loss}_b{self.batch_size}_beta{self.beta:g}_w{self.warmup:g}_{self.estimator}"
+        """A short readable name, e.g. ``btcvae_b256_beta6_w0.25_mws`` (a bank of K adds
+        ``_kK``)."""
+        label = f"{self.loss}_b{self.batch_size}_beta{self.beta:g}_w{self.warmup:g}"
+        return f"{label}_{self.estimator}" + (f"_k{self.bank}" if self.bank else "")
+
+    def spec(self) -> dict:
+        """The point as a dict, without a zero bank (so that the runs made before banks
+        existed keep their names)."""
+        spec = asdict(self)
+        if not self.bank:
+            del spec["bank"]
+        return spec
 
 
 @dataclass(frozen=True)
@@ -168,18 +194,20 @@ def make_grid(
     betas: Iterable[float],
     warmups: Iterable[float],
     estimators: Iterable[str],
+    banks: Iterable[int] = (0,),
 ) -> tuple[GridPoint, ...]:
-    """The product grid, per loss; the β-VAE does not vary the estimator (it has none).
+    """The product grid, per loss; the β-VAE does not vary the estimator or the bank (it
+    has neither), nor "mws" the bank (a bank's weights are "mss"'s).
 
     Parameters
     ----------
-    losses, batch_sizes, betas, warmups, estimators : iterable
+    losses, batch_sizes, betas, warmups, estimators, banks : iterable
         The axes (warm-ups as fractions of the run's steps).
 
     Returns
     -------
     grid : tuple of GridPoint
-        Loss-major, then batch size, β, warm-up and estimator, in the order given.
+        Loss-major, then batch size, β, warm-up, estimator and bank, in the order given.
     """
     points = []
     for loss in losses:
@@ -187,7 +215,9 @@ def make_grid(
         for b in batch_sizes:
             for beta in betas:
                 for w in warmups:
-                    points.extend(GridPoint(loss, b, float(beta), float(w), e) for e in ests)
+                    for e in ests:
+                        ks = tuple(banks) if (loss, e) == ("btcvae", "mss") else (0,)
+                        points.extend(GridPoint(loss, b, float(beta), float(w), e, k) for k in ks)
     return tuple(dict.fromkeys(points))
 
 
@@ -209,7 +239,7 @@ def run_key(point: GridPoint, seed: int, budget: Budget) -> str:
         E.g. ``btcvae_b64_beta6_w0_mss_s3_1a2b3c4d5e``: the same for the same run in every
         process and on every machine.
     """
-    spec = {"point": asdict(point), "seed": seed, "budget": asdict(budget)}
+    spec = {"point": point.spec(), "seed": seed, "budget": asdict(budget)}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return f"{point.label()}_s{seed}_{digest}"
 
@@ -231,7 +261,8 @@ def demo_config(point: GridPoint, seed: int, budget: Budget, out: Path) -> DemoC
     Returns
     -------
     config : DemoConfig
-        ``steps = budget.images // batch_size``, ``kl_warmup`` the warm-up fraction of them.
+        ``steps = budget.images // batch_size``, ``kl_warmup`` the warm-up fraction of them;
+        with a bank, :data:`TC_TRACK_POINTS` measurements of the TC bias during training.
     """
     steps = budget.steps(point.batch_size)
     return DemoConfig(
@@ -253,6 +284,8 @@ def demo_config(point: GridPoint, seed: int, budget: Budget, out: Path) -> DemoC
         figures=False,
         quiet=True,
         tc_probe=tuple(sorted({*budget.tc_probe, point.batch_size})),
+        bank=point.bank,
+        tc_track=max(1, steps // TC_TRACK_POINTS) if point.bank else 0,
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import plots
 from .files import write_json
-from .study_choice import build_report, load_records, runs_of
+from .study_choice import TRACKED, build_report, load_records, runs_of
 from .study_grid import GridPoint, Study
 
 __all__ = [
@@ -34,13 +34,18 @@ __all__ = [
 ]
 
 FILES = ("study.json", "study.md", "mig_vs_batch.png", "tc_bias.png")
+# A study with a bank on its grid draws the bias of its TC estimates during training too.
+TRACK_FILE = "tc_track.png"
 # --readme: the block of a markdown file that holds study.md (its title dropped, its
 # headings two levels down, its pictures' paths made relative to that file).
 README_BEGIN = "<!-- study.md begins: python -m betavae_triton.demo.study --readme FILE -->"
 README_END = "<!-- study.md ends -->"
-# The columns that name a grid point in study.md's tables, and a row's key of them.
+# The figure's names of :data:`.study_choice.TRACKED`.
+TRACK_LABELS = ("without the bank", "with the bank", "bank re-encoded")
+# The columns that name a grid point in study.md's tables (a bank's column only where the
+# grid has a bank), and a row's key of them.
 SETTING = ["loss", "batch", "β", "warm-up", "estimator"]
-POINT_FIELDS = ("loss", "batch_size", "beta", "warmup", "estimator")
+POINT_FIELDS = ("loss", "batch_size", "beta", "warmup", "estimator", "bank")
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
@@ -58,10 +63,21 @@ def _cell(stats: dict | None, fmt: str = ".3f") -> str:
     return f"{stats['median']:{fmt}} [{stats['q25']:{fmt}}, {stats['q75']:{fmt}}]"
 
 
-def _setting(row: dict) -> list[str]:
-    """A row's grid point as the :data:`SETTING` cells."""
+def _setting_header(report: dict) -> list[str]:
+    """:data:`SETTING`, with a bank's column where the grid has a bank."""
+    return [*SETTING, "bank"] if "tc_track" in report else SETTING
+
+
+def _setting(row: dict, report: dict) -> list[str]:
+    """A row's grid point as the :func:`_setting_header` cells."""
     est = row["estimator"] if row["loss"] == "btcvae" else "—"
-    return [row["loss"], str(row["batch_size"]), f"{row['beta']:g}", f"{row['warmup']:g}", est]
+    cells = [row["loss"], str(row["batch_size"]), f"{row['beta']:g}", f"{row['warmup']:g}", est]
+    return cells + ([str(row["bank"]) if row["bank"] else "—"] if "tc_track" in report else [])
+
+
+def _point_key(row: dict) -> tuple:
+    """A row's grid point as a tuple of :data:`POINT_FIELDS` (no bank: 0)."""
+    return tuple(row.get(f, 0) for f in POINT_FIELDS)
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -112,16 +128,75 @@ def markdown(study: Study, report: dict) -> str:
         "![MIG against batch size](mig_vs_batch.png)",
         "",
         "![TC bias](tc_bias.png)",
+        *(_track_section(report) if report.get("tc_track") else []),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _track_section(report: dict) -> list[str]:
+    """The bias of the TC estimates of the runs with a bank, measured during training."""
+    lines = [
+        "",
+        "## Bias of the total-correlation estimate during training, with a bank",
+        "",
+        "Every run with a bank measures, eight times during training and with the model of "
+        "that step, the TC estimate of the held-out sprites in chunks of the training batch "
+        "size: without the bank (what the loss estimates without one), with the bank as it "
+        "stands (posteriors of training sprites, encoded up to K / B steps before) and with "
+        "the same sprites re-encoded by the model of the step (the bank without its "
+        "staleness); each minus the estimate over every held-out sprite at that step, nats, "
+        "over the runs of every seed. Bank age: the mean number of updates since the bank's "
+        "posteriors were encoded.",
+    ]
+    for row in report["tc_track"]:
+        late = row["after_warmup"]
+        lines += [
+            "",
+            f"{' '.join(_setting(row, report))}, {row['runs']} runs; after the warm-up: "
+            f"without the bank {_cell(late['batch'])}, with it {_cell(late['bank'])}, "
+            f"re-encoded {_cell(late['fresh'])}.",
+            "",
+            *_table(
+                ["step", "bank age", "without the bank", "with the bank", "bank re-encoded"],
+                (
+                    [
+                        str(m["step"]),
+                        _cell(m["bank_age"], ".1f"),
+                        *(_cell(m[name]) for name in TRACKED),
+                    ]
+                    for m in row["by_step"]
+                ),
+            ),
+            "",
+            "After the warm-up, the bank's most recent posteriors alone (fresher, fewer) "
+            "and the whole bank:",
+            "",
+            *_table(
+                ["bank's part", "measurements", "bank age", "with it", "re-encoded"],
+                (
+                    [
+                        str(part["size"]),
+                        str(part["n"]),
+                        _cell(part["bank_age"], ".1f"),
+                        _cell(part["bank"]),
+                        _cell(part["fresh"]),
+                    ]
+                    for part in row["parts_after_warmup"]
+                ),
+            ),
+        ]
+    return [*lines, "", f"![TC bias during training]({TRACK_FILE})"]
 
 
 def _heldout_table(report: dict) -> list[str]:
     """Each loss's chosen point on the held-out seeds."""
     return _table(
-        [*SETTING, "runs", "MIG", "active units", "reconstruction", "images seen", "wall s"],
+        [
+            *_setting_header(report),
+            *("runs", "MIG", "active units", "reconstruction", "images seen", "wall s"),
+        ],
         (
-            [*_setting(h), *_scores(h), str(h["images_seen"]), _cell(h["wall_s"], ".1f")]
+            [*_setting(h, report), *_scores(h), str(h["images_seen"]), _cell(h["wall_s"], ".1f")]
             for h in report["heldout"].values()
         ),
     )
@@ -129,14 +204,14 @@ def _heldout_table(report: dict) -> list[str]:
 
 def _selection_table(report: dict) -> list[str]:
     """Every grid point on the selection seeds, the chosen ones marked."""
-    chosen = {tuple(h[f] for f in POINT_FIELDS) for h in report["heldout"].values()}
+    chosen = {_point_key(h) for h in report["heldout"].values()}
     return _table(
-        [*SETTING, "runs", "MIG", "active units", "reconstruction", "chosen"],
+        [*_setting_header(report), "runs", "MIG", "active units", "reconstruction", "chosen"],
         (
             [
-                *_setting(r),
+                *_setting(r, report),
                 *_scores(r),
-                "yes" if tuple(r[f] for f in POINT_FIELDS) in chosen else "",
+                "yes" if _point_key(r) in chosen else "",
             ]
             for r in report["select"]
         ),
@@ -177,7 +252,7 @@ def _mig_series(study: Study, report: dict, records: dict) -> dict[str, list]:
             (b, migs) for b, (_, migs) in sorted(best.items())
         ]
     for loss, h in report["heldout"].items():
-        point = GridPoint(*(h[f] for f in POINT_FIELDS))
+        point = GridPoint(*_point_key(h))
         migs = [r["mig"] for r in runs_of(study, point, study.seeds_heldout, records)]
         if migs:
             series[f"{loss}: chosen, held-out seeds"] = [(h["batch_size"], migs)]
@@ -212,6 +287,26 @@ def _figures(study: Study, report: dict, records: dict) -> None:
         study.out / FILES[3],
         f"Minibatch TC estimate minus the estimate over {study.budget.n_eval} sprites",
     )
+    if report.get("tc_track"):
+        point = GridPoint(*_point_key(report["tc_track"][0]))
+        plots.plot_tc_track(
+            _track_series(study, point, records),
+            study.out / TRACK_FILE,
+            f"{point.label()}: TC estimate minus the estimate over "
+            f"{study.budget.n_eval} held-out sprites",
+        )
+
+
+def _track_series(study: Study, point: GridPoint, records: dict) -> dict[str, list]:
+    """``tc_track.png``'s points: per tracked estimate, every run's bias at each step."""
+    seeds = (*study.seeds_select, *study.seeds_heldout)
+    series: dict[str, dict[int, list[float]]] = {label: {} for label in TRACK_LABELS}
+    for r in runs_of(study, point, seeds, records):
+        for m in (r.get("tc_track") or {}).get("points", []):
+            for name, label in zip(TRACKED, TRACK_LABELS, strict=True):
+                if m[name] is not None:
+                    series[label].setdefault(m["step"], []).append(m[name] - m["full"])
+    return {label: sorted(by_step.items()) for label, by_step in series.items()}
 
 
 def write_report(study: Study) -> dict:
@@ -221,6 +316,8 @@ def write_report(study: Study) -> dict:
     report = build_report(study, records)
     study.out.mkdir(parents=True, exist_ok=True)
     report["files"] = [str(study.out / f) for f in FILES]
+    if report.get("tc_track"):
+        report["files"].append(str(study.out / TRACK_FILE))
     write_json(study.out / FILES[0], report)
     (study.out / FILES[1]).write_text(markdown(study, report))
     _figures(study, report, records)

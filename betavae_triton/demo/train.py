@@ -53,6 +53,7 @@ from .losses import (
 from .model import ConvVAE
 from .report import loss_postfix, progress_bar, report
 from .sprites import Sprites, make_sprites
+from .tc_track import TCTracker
 
 __all__ = ["Training", "run"]
 
@@ -163,7 +164,8 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     data_s = time.perf_counter() - t0
 
     loss_fn = make_train_loss(config, info)
-    training = _train(config, info, model, loss_fn, images, device)
+    tracker = _tracker(config, info, eval_data, images, loss_fn)
+    training = _train(config, info, model, loss_fn, images, device, tracker)
     keys = loss_keys(config.loss)
     last_k = min(50, config.steps)
     final_mean = _mean_over_ranks(training.history[-last_k:], info, device)
@@ -184,11 +186,40 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
             "dataset_size": loss_fn.dataset_size,
             "estimator": loss_fn.estimator,
             "gather": loss_fn.gather,
+            "bank_size": config.bank,
         }
+    if tracker is not None:
+        summary["tc_track"] = tracker.record()
     if info.main:
         assert eval_data is not None
         summary.update(report(raw_model, eval_data, summary, config, device, t_start))
     return summary
+
+
+def _tracker(
+    config: DemoConfig,
+    info: DistInfo,
+    eval_data: Sprites | None,
+    images: torch.Tensor,
+    loss_fn: BetaVAELoss,
+) -> TCTracker | None:
+    """The TC bias tracker of ``config.tc_track`` (None without it); a ``ValueError`` where
+    it cannot measure: the β-VAE, or several processes (each rank's bank is the global
+    batch's, its tracker knows its own images only)."""
+    if not config.tc_track:
+        return None
+    if not isinstance(loss_fn, BetaTCVAELoss) or info.distributed:
+        raise ValueError("--tc-track measures the beta-TCVAE's estimate in one process")
+    assert eval_data is not None
+    return TCTracker(
+        every=config.tc_track,
+        eval_images=eval_data.images.to(images.device),
+        train_images=images,
+        batch_size=config.batch_size,
+        dataset_size=loss_fn.dataset_size,
+        bank_size=config.bank,
+        seed=config.seed,
+    )
 
 
 def _loss_step(
@@ -211,9 +242,11 @@ def _train(
     loss_fn: BetaVAELoss,
     images: torch.Tensor,
     device: torch.device,
+    tracker: TCTracker | None = None,
 ) -> Training:
     """The training loop: ``config.steps`` Adam steps on batches of ``images``, the KL
-    warm-up's weights set before each, the losses read back every ``log_every`` steps."""
+    warm-up's weights set before each, the losses read back every ``log_every`` steps,
+    the ``tracker``'s measurements after the steps it asks for (not in the step times)."""
     if config.kl_warmup > 0:
         tensor_weights(loss_fn, device)
     keys = loss_keys(config.loss)
@@ -227,7 +260,8 @@ def _train(
     t_train = time.perf_counter()
     for step in range(config.steps):
         t_step = time.perf_counter()
-        x = images[next(sampler).to(device)].float()
+        index = next(sampler)
+        x = images[index.to(device)].float()
         # KL warm-up (Bowman et al., 2016): β grows linearly from beta / kl_warmup to beta
         # over the first kl_warmup steps, then stays: the beta-VAE loss proper.
         set_weights(loss_fn, config.beta, min(1.0, (step + 1) / max(config.kl_warmup, 1)))
@@ -243,6 +277,10 @@ def _train(
             _sync(device)
         step_times.append(time.perf_counter() - t_step)
         bar.update(1)
+        if tracker is not None:
+            tracker.observe(step, index)
+            if tracker.due(step, config.steps):
+                tracker.measure(step, model, loss_fn)
     _sync(device)
     train_s = time.perf_counter() - t_train
     bar.close()
