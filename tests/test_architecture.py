@@ -182,18 +182,23 @@ def _autograd_sites() -> dict[str, list[str]]:
 def test_each_operator_has_one_autograd():
     """The operators' autograd is registered on them (once per ops module: a loop over an
     operator's forms), and no ``autograd.Function`` defines a second one: the eager
-    backend's elementwise losses call no operator, and β-TCVAE's untraced eager entry
-    (``_EagerPairwise``, the operator without the dispatcher) is made of the registered
-    functions themselves."""
+    backend's elementwise losses call no operator, and β-TCVAE's untraced eager entries
+    (``_EagerPairwise``, the operator without the dispatcher; ``_EagerTerms``, the same
+    from σ to the three terms) are made of the registered functions themselves: one
+    forward (``_forward``), one backward (``_pairwise_backward``)."""
     from betavae_triton.tcvae import ops as tc_ops
 
     found = _autograd_sites()
     assert found.pop("vae/ops.py") == ["register"]
-    assert found.pop("tcvae/ops.py") == ["_EagerPairwise", "register"]
+    assert found.pop("tcvae/ops.py") == ["_EagerPairwise", "_EagerTerms", "register"]
     assert set(found) == {"vae/eager.py"}, found
     assert tc_ops._EagerPairwise.backward is tc_ops._backward
     forward = inspect.getsource(tc_ops._EagerPairwise.forward)
     assert "_forward(" in forward and "_setup_context(ctx" in forward, forward
+    assert "_forward(" in inspect.getsource(tc_ops._EagerTerms.forward)
+    for backward in (tc_ops._backward, tc_ops._EagerTerms.backward):
+        source = inspect.getsource(backward)
+        assert "_pairwise_backward(" in source and "_backward_impl(" not in source, source
     eager_source = (PACKAGE_DIR / "vae" / "eager.py").read_text()
     assert "torch.ops" not in eager_source and "from .ops" not in eager_source
 

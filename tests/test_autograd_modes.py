@@ -119,22 +119,26 @@ def test_eager_second_derivatives_match_reference(dist):
         torch.testing.assert_close(g, w, **TOL)
 
 
+@pytest.mark.parametrize("logvar", [False, True], ids=["sigma", "logvar"])
 @pytest.mark.parametrize("backend", ["eager", "triton"])
 @pytest.mark.parametrize("estimator", ["mss", "mws"])
-def test_beta_tcvae_second_derivatives_match_reference(backend, estimator):
+def test_beta_tcvae_second_derivatives_match_reference(backend, estimator, logvar):
     """Double backward through the pairwise operators (which used to fail with "no
     autograd formula was registered"): the backward recomputes its gradients by the
-    differentiable formula when a graph is asked for."""
-    inputs = _tc_inputs(seed=3)
+    differentiable formula when a graph is asked for, through σ or log σ²."""
+    z, mu, sigma = _tc_inputs(seed=3)
+    inputs = (z, mu, 2 * sigma.log() if logvar else sigma)
     gen = torch.Generator().manual_seed(4)
     vectors = [torch.randn(t.shape, generator=gen, dtype=F64) for t in inputs]
 
-    def ours(z, mu, sigma):
-        mi, tc, dw_kl = kl_decomposition(z, mu, sigma, 50, estimator, backend=backend)
+    def ours(z, mu, second):
+        mi, tc, dw_kl = kl_decomposition(
+            z, mu, second, 50, estimator, q_is_logvar=logvar, backend=backend
+        )
         return mi + 6.0 * tc + dw_kl
 
-    def reference(z, mu, sigma):
-        mi, tc, dw_kl = reference_beta_tcvae_terms(z, mu, sigma, 50, estimator)
+    def reference(z, mu, second):
+        mi, tc, dw_kl = reference_beta_tcvae_terms(z, mu, second, 50, estimator, logvar)
         return mi + 6.0 * tc + dw_kl
 
     got, want = _hvp(ours, inputs, vectors), _hvp(reference, inputs, vectors)

@@ -227,23 +227,31 @@ def _second_order_gradients(call: PairwiseCall, g_qz, g_prod, g_terms) -> tuple[
 
 def _backward(ctx, g_qz, g_prod, g_terms):
     """The gradients of z, μ and log σ (incoming gradients that autograd left undefined:
-    None): recomputed by the operator's backward, or, with ``create_graph=True``, by
-    :func:`_second_order_gradients`."""
+    None), by :func:`_pairwise_backward`."""
     z, mu, log_sigma, log_qz, log_prod = ctx.saved_tensors
     call = PairwiseCall(z, mu, log_sigma, *ctx.options)
     none = (None,) * (len(ctx.needs_input_grad) - 3)
     if g_qz is None and g_prod is None and g_terms is None:
         return (None, None, None, *none)
-    if create_graph_requested(z):
-        return (*_second_order_gradients(call, g_qz, g_prod, g_terms), *none)
     saved = PairwiseSaved(log_qz, log_prod, g_qz, g_prod, g_terms)
-    if not ctx.is_triton and not backward_is_traced(z):
+    return (*_pairwise_backward(call, saved, ctx.is_triton, ctx.interpreted), *none)
+
+
+def _pairwise_backward(
+    call: PairwiseCall, saved: PairwiseSaved, is_triton: bool, interpreted: bool
+) -> tuple[Tensor | None, ...]:
+    """The one backward of the pairwise terms, whichever autograd node asks: recomputed by
+    the operator's backward, or, with ``create_graph=True``, by
+    :func:`_second_order_gradients`."""
+    if create_graph_requested(call.z):
+        return _second_order_gradients(call, saved.g_qz, saved.g_prod, saved.g_terms)
+    if not is_triton and not backward_is_traced(call.z):
         # Run eagerly, the eager operator's backward is its implementation, called
         # without a second trip through the dispatcher (traced, the operator is needed:
         # the graph calls it).
-        return (*_backward_impl(call, saved, ctx.interpreted), *none)
-    backward_op = tc_log_densities_backward if ctx.is_triton else tc_log_densities_eager_backward
-    return (*backward_op(*call, *saved, ctx.interpreted), *none)
+        return _backward_impl(call, saved, interpreted)
+    backward_op = tc_log_densities_backward if is_triton else tc_log_densities_eager_backward
+    return backward_op(*call, *saved, interpreted)
 
 
 class _EagerPairwise(torch.autograd.Function):
@@ -263,7 +271,59 @@ class _EagerPairwise(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
-def _untraced(*tensors: Tensor) -> bool:
+class _EagerTerms(torch.autograd.Function):
+    """β-TCVAE's three terms from σ (or log σ²) on the eager implementation, for an
+    untraced call without gather or bank (:func:`eager_terms`): log σ is taken inside and
+    the terms come out as three scalars, so that autograd walks one node, not three
+    (``log``, the operator's, ``unbind``). Its backward is :func:`_pairwise_backward`'s,
+    the gradient of log σ carried to σ."""
+
+    @staticmethod
+    def forward(ctx, z, mu, second, q_is_logvar, dataset_size, estimator):
+        call = PairwiseCall(z, mu, _log_sigma(second, q_is_logvar), 0, dataset_size, estimator)
+        log_qz, log_prod, terms = _forward(call, False)
+        ctx.save_for_backward(z, mu, second)
+        ctx.pairwise = (call, log_qz, log_prod)
+        ctx.q_is_logvar = q_is_logvar
+        ctx.set_materialize_grads(False)
+        return terms[0], terms[1], terms[2]
+
+    @staticmethod
+    def backward(ctx, g_mi, g_tc, g_dw):
+        z, mu, second = ctx.saved_tensors
+        call, log_qz, log_prod = ctx.pairwise
+        if g_mi is None and g_tc is None and g_dw is None:
+            return (None,) * 6
+        zero = z.new_zeros(())
+        g_terms = torch.stack([zero if g is None else g for g in (g_mi, g_tc, g_dw)])
+        graph = create_graph_requested(z)
+        with torch.set_grad_enabled(graph):  # a second derivative reaches σ through log σ
+            log_sigma = _log_sigma(second, ctx.q_is_logvar) if graph else call.log_sigma
+        call = call._replace(z=z, mu=mu, log_sigma=log_sigma)
+        saved = PairwiseSaved(log_qz, log_prod, None, None, g_terms)
+        grad_z, grad_mu, grad_log_sigma = _pairwise_backward(call, saved, False, False)
+        if ctx.q_is_logvar:
+            grad_second = grad_log_sigma * 0.5 if graph else grad_log_sigma.mul_(0.5)
+        else:
+            grad_second = grad_log_sigma / second if graph else grad_log_sigma.div_(second)
+        return grad_z, grad_mu, grad_second, None, None, None
+
+
+def _log_sigma(second: Tensor, q_is_logvar: bool) -> Tensor:
+    """log σ from σ, or from log σ² with ``q_is_logvar``."""
+    return second * 0.5 if q_is_logvar else second.log()
+
+
+def eager_terms(
+    z: Tensor, mu: Tensor, second: Tensor, q_is_logvar: bool, dataset_size: int, estimator: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mi, tc, dw_kl)`` of an untraced eager call on one batch (no gather, no bank):
+    z, μ and σ (or log σ² with ``q_is_logvar``) of one shape and dtype, by
+    :class:`_EagerTerms`."""
+    return _EagerTerms.apply(z, mu, second, q_is_logvar, dataset_size, estimator)
+
+
+def untraced(*tensors: Tensor) -> bool:
     """Whether a call on ``tensors`` runs as it is (no ``torch.compile``, ``torch.export``,
     ``jit.trace``, ``make_fx``, fake or functional tensors, torch-function mode): only then
     may it skip the operator, which is what those see."""
@@ -280,7 +340,7 @@ def tc_log_densities_eager_call(call: PairwiseCall) -> tuple[Tensor, Tensor, Ten
     """:func:`tc_log_densities_eager` on ``call``: the operator where anything traces the
     call, :class:`_EagerPairwise` (the same computation and autograd, without the
     dispatcher's overhead) where it runs as it is."""
-    if _untraced(call.z, call.mu, call.log_sigma):
+    if untraced(call.z, call.mu, call.log_sigma):
         return _EagerPairwise.apply(*call, False)
     return tc_log_densities_eager(*call)
 

@@ -20,7 +20,7 @@ import torch
 from .._dispatch import autograd_transform, requested_backend, resolve_backend
 from .call import PairwiseCall
 from .formula import formula_terms
-from .ops import tc_log_densities, tc_log_densities_eager_call
+from .ops import eager_terms, tc_log_densities, tc_log_densities_eager_call, untraced
 
 Tensor = torch.Tensor
 
@@ -108,6 +108,11 @@ def minibatch_terms(
     # (expanded only where they broadcast: an expand is a node for autograd to walk)
     mu = mu if mu.shape == z.shape else mu.expand_as(z)
     second = second if second.shape == z.shape else second.expand_as(z)
+    transform = autograd_transform(z, q_loc, q_scale)
+    triton = resolve_backend(requested_backend(backend), z.device, transform) == "triton"
+    if not (triton or gather or bank is not None or transform) and untraced(z, mu, second):
+        # run as it is: one autograd node from σ to the three terms
+        return eager_terms(z, mu, second, q_is_logvar, dataset_size, estimator)
     log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
     rank, _ = world(gather, group)
     row_offset, mu_all, log_sigma_all = 0, mu, log_sigma
@@ -119,8 +124,6 @@ def minibatch_terms(
         mu_all, log_sigma_all = _with_bank(mu_all, log_sigma_all, bank, q_is_logvar)
         estimator = "mss-bank"
     call = PairwiseCall(z, mu_all, log_sigma_all, row_offset, dataset_size, estimator)
-    transform = autograd_transform(z, q_loc, q_scale)
-    triton = resolve_backend(requested_backend(backend), z.device, transform) == "triton"
     if transform is not None or _fused(call, triton):
         # torch.func, forward-mode AD: plain autograd's formula; inside torch.compile at
         # small sizes, the formula inductor fuses (cheaper than an operator's call)
