@@ -38,6 +38,7 @@ from betavae_triton.demo.study_report import (
     README_END,
     markdown,
     readme_block,
+    readme_markers,
     splice_readme,
 )
 
@@ -403,46 +404,61 @@ def test_help_documents_every_option(capsys):
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "perf" / "results" / "study"
+COMMITTED_BANK = ROOT / "perf" / "results" / "study-bank"
 
 
-def _committed_study() -> tuple[Study, dict]:
-    report = json.loads((COMMITTED / "study.json").read_text())
+def _committed_study(folder: Path = COMMITTED) -> tuple[Study, dict]:
+    report = json.loads((folder / "study.json").read_text())
     protocol = report["protocol"]
     study = Study(
         tuple(GridPoint(**p) for p in protocol["grid"]),
         tuple(protocol["seeds_select"]),
         tuple(protocol["seeds_heldout"]),
         Budget(**_budget(protocol["budget"])),
-        COMMITTED,
+        folder,
     )
     return study, report
 
 
-def test_committed_study_report_is_what_its_records_give():
+@pytest.mark.parametrize("committed", [COMMITTED, COMMITTED_BANK], ids=lambda p: p.name)
+def test_committed_study_report_is_what_its_records_give(committed):
     """study.md and study.json's tables are rebuilt from the committed run records, here:
-    no number in them was edited by hand."""
-    study, report = _committed_study()
+    no number in them was edited by hand (the bank's study: its tracked TC bias too)."""
+    study, report = _committed_study(committed)
     records = load_records(study.runs_dir)
     rebuilt = build_report(study, records)
-    for field in ("select", "chosen", "heldout", "tc_bias", "records"):
-        assert rebuilt[field] == report[field], field
-    assert markdown(study, rebuilt) == (COMMITTED / "study.md").read_text()
+    for field in ("select", "chosen", "heldout", "tc_bias", "tc_track", "records"):
+        assert rebuilt.get(field) == report.get(field), field
+    assert ("tc_track" in report) is (committed == COMMITTED_BANK)
+    assert markdown(study, rebuilt) == (committed / "study.md").read_text()
     assert report["records"] == len(study.grid) * len(study.seeds_select) + len(
         report["chosen"]
     ) * len(study.seeds_heldout), "every run of both phases has its record"
 
 
-def test_readme_holds_the_committed_study_md():
+@pytest.mark.parametrize("committed", [COMMITTED, COMMITTED_BANK], ids=lambda p: p.name)
+def test_readme_holds_the_committed_study_md(committed):
     readme = ROOT / "README.md"
     text = readme.read_text()
-    block = text[text.index(README_BEGIN) + len(README_BEGIN) + 1 : text.index(README_END)]
-    assert block == readme_block((COMMITTED / "study.md").read_text(), COMMITTED, readme)
+    begin, end = readme_markers(committed)
+    block = text[text.index(begin) + len(begin) + 1 : text.index(end)]
+    assert block == readme_block((committed / "study.md").read_text(), committed, readme)
     for picture in FILES[2:]:
-        assert (COMMITTED / picture).read_bytes().startswith(PNG_MAGIC)
+        assert (committed / picture).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_study_folder_of_another_name_has_markers_of_its_own(tmp_path):
+    assert readme_markers(tmp_path / "study") == (README_BEGIN, README_END)
+    begin, end = readme_markers(tmp_path / "study-bank")
+    assert begin.startswith("<!-- study-bank/study.md begins: ") and begin.endswith(" -->")
+    assert end == "<!-- study-bank/study.md ends -->"
+    assert README_BEGIN not in begin and README_END not in end
 
 
 def test_demo_defaults_are_the_studys_choice_for_the_btcvae():
-    _, report = _committed_study()
+    """The bank's study chose the β-TCVAE's setting (the first study's choice, batch 256
+    without a bank, is in its own report)."""
+    _, report = _committed_study(COMMITTED_BANK)
     assert LOSS_DEFAULTS["btcvae"] == report["chosen"]["btcvae"]
 
 

@@ -14,6 +14,7 @@ import torch
 
 from betavae_triton import BetaTCVAELoss
 from betavae_triton.demo.__main__ import main, parse_config
+from betavae_triton.demo.config import LOSS_DEFAULTS
 from betavae_triton.demo.model import ConvVAE
 from betavae_triton.demo.sprites import make_sprites
 from betavae_triton.demo.tc_track import TCTracker
@@ -179,6 +180,17 @@ def test_bad_bank_options_are_argparse_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_the_default_bank_yields_to_the_options_given():
+    """``--loss btcvae`` brings the study's bank; with mws, or sprites too few for it, the
+    default bank is dropped (an explicit ``--bank`` is kept, and checked)."""
+    bank = LOSS_DEFAULTS["btcvae"]["bank"]
+    assert bank > 0 and parse_config(["--loss", "btcvae"]).bank == bank
+    assert parse_config(["--loss", "btcvae", "--estimator", "mws"]).bank == 0
+    assert parse_config(["--loss", "btcvae", "--n-train", str(bank)]).bank == 0
+    assert parse_config(["--loss", "btcvae", "--n-train", "512", "--bank", "100"]).bank == 100
+    assert parse_config(["--bank", "0"]).bank == 0
+
+
 def test_the_bank_option_reaches_the_loss():
     from betavae_triton.demo.config import DistInfo
     from betavae_triton.demo.losses import make_train_loss
@@ -186,4 +198,4 @@ def test_the_bank_option_reaches_the_loss():
     config = parse_config(["--loss", "btcvae", "--bank", "4096", "--latent-dim", "6"])
     loss_fn = make_train_loss(config, DistInfo())
     assert (loss_fn.bank.size, loss_fn.bank.latent_dim) == (4096, 6)
-    assert make_train_loss(parse_config(["--loss", "btcvae"]), DistInfo()).bank is None
+    assert make_train_loss(parse_config(["--loss", "btcvae", "--bank", "0"]), DistInfo()).bank is None

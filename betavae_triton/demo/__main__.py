@@ -111,7 +111,9 @@ def _add_run_options(parser: argparse.ArgumentParser, d: DemoConfig) -> None:
         default=d.bank,
         metavar="K",
         help="--loss btcvae, --estimator mss: score each sample against the posteriors of "
-        "the last K training images too, kept in a bank (0: the batch alone)",
+        "the last K training images too, kept in a bank (0: the batch alone; not given, "
+        "the loss's default bank is dropped with --estimator mws or when bank and batch "
+        "exceed --n-train)",
     )
     parser.add_argument(
         "--beta",
@@ -192,6 +194,9 @@ def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:
     if LOSS_DEFAULTS[args.loss]:  # the loss's own defaults; what the command line gave wins
         parser.set_defaults(**LOSS_DEFAULTS[args.loss])
         args = parser.parse_args(argv)
+    bank_given = parser.parse_args(argv, argparse.Namespace(bank=None)).bank is not None
+    if not bank_given and (args.estimator != "mss" or args.bank + args.batch_size > args.n_train):
+        args.bank = 0  # a default bank yields to the estimator and data set asked for
     if args.batch_size > args.n_train:
         parser.error(
             f"--batch-size {args.batch_size} exceeds --n-train {args.n_train} sprites per rank"

@@ -65,7 +65,8 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="also write study.md into FILE, between its lines "
-        f"{README_BEGIN!r} and {README_END!r}",
+        f"{README_BEGIN!r} and {README_END!r} (for an --out folder not named 'study', "
+        "its name before study.md in both)",
     )
     parser.add_argument(
         "--shard",

@@ -5,7 +5,8 @@ spliced into a README.
 (:func:`.study_choice.build_report`): the JSON whole (:func:`.files.write_json`), the
 markdown tables (:func:`markdown`), ``mig_vs_batch.png`` and ``tc_bias.png``
 (:mod:`.plots`). :func:`splice_readme` puts ``study.md`` between :data:`README_BEGIN` and
-:data:`README_END` of a markdown file, its headings and picture links adapted
+:data:`README_END` of a markdown file (for a folder not named ``study``, the markers that
+name it: :func:`readme_markers`), its headings and picture links adapted
 (:func:`readme_block`).
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "README_END",
     "markdown",
     "readme_block",
+    "readme_markers",
     "splice_readme",
     "write_report",
 ]
@@ -352,9 +354,22 @@ def readme_block(study_md: str, out: Path, readme: Path) -> str:
     return "\n".join(lines).strip("\n") + "\n"
 
 
+def readme_markers(out: Path) -> tuple[str, str]:
+    """The lines around the README block of the study in ``out``: :data:`README_BEGIN` and
+    :data:`README_END` for a folder named ``study``; for another, the same with the
+    folder's name before ``study.md`` (``<!-- study-bank/study.md begins: …``), so that
+    one README holds several studies."""
+    if out.name == "study":
+        return README_BEGIN, README_END
+    return (
+        README_BEGIN.replace("study.md", f"{out.name}/study.md", 1),
+        README_END.replace("study.md", f"{out.name}/study.md", 1),
+    )
+
+
 def splice_readme(readme: Path, study: Study) -> None:
-    """Replace the block of ``readme`` between :data:`README_BEGIN` and :data:`README_END`
-    with the study's ``study.md`` (see :func:`readme_block`).
+    """Replace the block of ``readme`` between the study's :func:`readme_markers` with the
+    study's ``study.md`` (see :func:`readme_block`).
 
     Raises
     ------
@@ -362,8 +377,9 @@ def splice_readme(readme: Path, study: Study) -> None:
         If ``readme`` has no such block.
     """
     text = readme.read_text()
-    begin, end = text.find(README_BEGIN), text.find(README_END)
+    opening, closing = readme_markers(study.out)
+    begin, end = text.find(opening), text.find(closing)
     if begin < 0 or end < begin:
-        raise RuntimeError(f"{readme} has no block {README_BEGIN} … {README_END} to fill")
+        raise RuntimeError(f"{readme} has no block {opening} … {closing} to fill")
     block = readme_block((study.out / FILES[1]).read_text(), study.out, readme)
-    readme.write_text(f"{text[: begin + len(README_BEGIN)]}\n{block}{text[end:]}")
+    readme.write_text(f"{text[: begin + len(opening)]}\n{block}{text[end:]}")
