@@ -198,4 +198,5 @@ def test_the_bank_option_reaches_the_loss():
     config = parse_config(["--loss", "btcvae", "--bank", "4096", "--latent-dim", "6"])
     loss_fn = make_train_loss(config, DistInfo())
     assert (loss_fn.bank.size, loss_fn.bank.latent_dim) == (4096, 6)
-    assert make_train_loss(parse_config(["--loss", "btcvae", "--bank", "0"]), DistInfo()).bank is None
+    no_bank = parse_config(["--loss", "btcvae", "--bank", "0"])
+    assert make_train_loss(no_bank, DistInfo()).bank is None
