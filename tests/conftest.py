@@ -123,6 +123,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for a tiny in-process run (the demo's, the study's): no OpenMP
+    barrier waits on a busy machine (the torchrun ranks get ``OMP_NUM_THREADS=1``
+    likewise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def restore_validation():
     """Start the test with ``torch.distributions``' global validation default on, as a fresh
     process has it, and put back the value it found afterwards.

@@ -443,16 +443,6 @@ def _check_outputs(out: Path, *, world_size: int, compiled: bool, loss: str = "b
     return run
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread for a tiny in-process run: no OpenMP barrier waits on a busy
-    machine (the torchrun ranks get ``OMP_NUM_THREADS=1`` likewise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_single_process_run_writes_figures_and_json(tmp_path, capsys):
     out = tmp_path / "out"

@@ -50,15 +50,6 @@ RECORD_KEYS = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread for the tiny in-process runs (as tests/test_demo.py does)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _records(out: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
 

@@ -27,14 +27,6 @@ BATCH, BANK, N_TRAIN = 8, 36, 128
 CHUNKS = 40 // BATCH  # of the 40 held-out sprites
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _setup(seed: int = 0):
     torch.manual_seed(seed)
     model = ConvVAE(LATENT, CHANNELS).double()

@@ -273,6 +273,36 @@ def _spread_lines(
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+# The y axis of the TC bias figures.
+BIAS_LABEL = "TC bias, nats (median, bars: IQR)"
+
+
+def _spread_figure(
+    series: dict[str, Sequence[tuple[float, Sequence[float]]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    marker: str = "o",
+    log_x: bool = True,
+    zero_line: bool = False,
+    y_from_zero: bool = False,
+) -> Path:
+    """One :func:`_spread_lines` figure with its labels, legend and grid, saved."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _spread_lines(ax, series, marker=marker, log_x=log_x)
+    if zero_line:
+        ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if y_from_zero:
+        ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both" if log_x else "major")
+    return _save(fig, path)
+
+
 def plot_mig_vs_batch(
     series: dict[str, Sequence[tuple[float, Sequence[float]]]], path: Path, title: str
 ) -> Path:
@@ -293,15 +323,10 @@ def plot_mig_vs_batch(
     path : pathlib.Path
         ``path``.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _spread_lines(ax, series)
-    ax.set_xlabel("batch size (equal images seen)")
-    ax.set_ylabel("MIG (median, bars: interquartile range)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return _spread_figure(
+        series, path, title, "batch size (equal images seen)",
+        "MIG (median, bars: interquartile range)", y_from_zero=True,
+    )  # fmt: skip
 
 
 def plot_tc_bias(
@@ -324,15 +349,10 @@ def plot_tc_bias(
     path : pathlib.Path
         ``path``.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _spread_lines(ax, series, marker="s")
-    ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xlabel("minibatch size of the estimate")
-    ax.set_ylabel("TC bias, nats (median, bars: IQR)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return _spread_figure(
+        series, path, title, "minibatch size of the estimate", BIAS_LABEL, marker="s",
+        zero_line=True,
+    )  # fmt: skip
 
 
 def plot_tc_track(
@@ -355,12 +375,6 @@ def plot_tc_track(
     path : pathlib.Path
         ``path``.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _spread_lines(ax, series, marker="o", log_x=False)
-    ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("TC bias, nats (median, bars: IQR)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _spread_figure(
+        series, path, title, "training step", BIAS_LABEL, log_x=False, zero_line=True
+    )
