@@ -370,7 +370,7 @@ def call_loss(
             p_is_logits=logits,
             q_is_logvar=logvar,
         )
-    q = Normal(loc, torch.exp(0.5 * scale)) if logvar else Normal(loc, scale)
+    q = posterior(loc, scale, logvar)
     if form == "module_tensor" and not logits:
         out = BetaVAELoss(beta=beta, default_dist=dist, backend=backend)(x, p, q)
     elif form in ("module_dist", "module_tensor"):
@@ -380,6 +380,16 @@ def call_loss(
         raise ValueError(form)
     assert set(out) == {"loss", "rec_loss", "kl_loss"}
     return out["loss"], out["rec_loss"], out["kl_loss"]
+
+
+def posterior(loc: torch.Tensor, scale: torch.Tensor, logvar: bool) -> Normal:
+    """``Normal(loc, scale)``, or with ``logvar`` ``Normal(loc, exp(v / 2))`` with exp(v / 2)
+    taken in float32 at least: autograd's own half-precision chain through it (grad ·
+    exp(v / 2), then · ½) overflows before the ½ where the answer does not."""
+    if not logvar:
+        return Normal(loc, scale)
+    wide = torch.promote_types(scale.dtype, torch.float32)
+    return Normal(loc, torch.exp(0.5 * scale.to(wide)).to(scale.dtype))
 
 
 def objective(values: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor | float:

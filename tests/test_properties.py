@@ -31,6 +31,7 @@ from _helpers import (
     grads_of,
     loss_inputs,
     permute_batch,
+    posterior,
     reference_results,
     result_dtypes,
     value_magnitudes,
@@ -212,7 +213,7 @@ def test_per_sample_losses_match_reference(backend, data, dtype, beta, form, wei
             kl_per_dim=True,
         )
     else:
-        q = Normal(loc, torch.exp(0.5 * scale)) if logvar else Normal(loc, scale)
+        q = posterior(loc, scale, logvar)
         decoder = as_distribution(p, dist, logits) if form == "module_dist" or logits else p
         module = BetaVAELoss(beta, dist, backend=backend, reduction="none", kl_per_dim=True)
         out = module(x, decoder, q)
