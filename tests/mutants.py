@@ -850,6 +850,37 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "bank-refresh-moves-the-ring",
+        "a refresh advances the ring's next slot as a push does",
+        "betavae_triton/tcvae/bank.py",
+        "        self.scale.index_copy_(0, slots, scale.detach().to(self.scale.dtype))\n",
+        "        self.scale.index_copy_(0, slots, scale.detach().to(self.scale.dtype))\n"
+        "        self.next.copy_((self.next + slots.shape[0]) % self.size)\n",
+        (
+            "tests/test_tcvae_bank.py::"
+            "test_a_refresh_overwrites_its_slots_and_leaves_the_ring_as_it_was",
+        ),
+    ),
+    Mutant(
+        "bank-refresh-newest-first",
+        "the demo re-encodes the bank's most recent posteriors, not its stalest",
+        "betavae_triton/demo/bank_slots.py",
+        "        return torch.argsort(self.written, stable=True)[:count]",
+        "        return torch.argsort(self.written, descending=True, stable=True)[:count]",
+        (
+            "tests/test_tc_track.py::"
+            "test_a_refresh_re_encodes_the_stalest_posteriors_with_the_current_model",
+        ),
+    ),
+    Mutant(
+        "bank-refresh-age-unmarked",
+        "a refreshed slot keeps the step of its push: the bank's age ignores the refresh",
+        "betavae_triton/demo/bank_slots.py",
+        "    slots.written[chosen] = step + 1",
+        "    pass",
+        ("tests/test_tc_track.py::test_a_bank_refreshed_whole_every_step_is_the_bank_re_encoded",),
+    ),
+    Mutant(
         "bank-pushes-in-eval",
         "the module pushes into its bank in eval mode too",
         "betavae_triton/loss.py",

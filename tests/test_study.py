@@ -253,6 +253,23 @@ def test_bank_axis_multiplies_the_btcvae_mss_points_alone():
     assert demo_config(grid[1], 3, Budget(images=128_000), Path("x")).tc_track == 0
 
 
+def test_refresh_axis_multiplies_the_points_with_a_bank_at_least_as_large():
+    """A refresh needs a bank (and one of R posteriors or more); a zero refresh keeps the
+    name and the hash of the bank's runs made before refreshes existed."""
+    grid = make_grid(("btcvae",), (64,), (6.0,), (0.25,), ("mss",), (0, 128, 4096), (0, 192))
+    assert [(p.bank, p.bank_refresh) for p in grid] == [(0, 0), (128, 0), (4096, 0), (4096, 192)]
+    refreshed = grid[-1]
+    assert refreshed.label() == "btcvae_b64_beta6_w0.25_mss_k4096_r192"
+    config = demo_config(refreshed, 3, Budget(images=128_000), Path("x"))
+    assert (config.bank, config.bank_refresh) == (4096, 192)
+    budget = Budget()
+    assert run_key(grid[2], 0, budget) == "btcvae_b64_beta6_w0.25_mss_k4096_s0_cce67f66d1"
+    assert (
+        COMMITTED_BANK / "runs" / "btcvae_b64_beta6_w0.25_mss_k4096_s0_cce67f66d1.json"
+    ).is_file()
+    assert run_key(refreshed, 0, budget)[-10:] != "cce67f66d1"
+
+
 BANK_STUDY = [
     "--losses", "betavae", "btcvae", "--batch-sizes", "16", "--betas", "6", "--warmups", "0",
     "--estimators", "mss", "--bank", "0", "64", "--seeds-select", "0", "--seeds-heldout", "1",
@@ -396,6 +413,8 @@ def test_help_documents_every_option(capsys):
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "perf" / "results" / "study"
 COMMITTED_BANK = ROOT / "perf" / "results" / "study-bank"
+# The fields of a held-out row that name its grid point.
+POINT_KEYS = ("loss", "batch_size", "beta", "warmup", "estimator", "bank", "bank_refresh")
 
 
 def _committed_study(folder: Path = COMMITTED) -> tuple[Study, dict]:
@@ -422,9 +441,14 @@ def test_committed_study_report_is_what_its_records_give(committed):
         assert rebuilt.get(field) == report.get(field), field
     assert ("tc_track" in report) is (committed == COMMITTED_BANK)
     assert markdown(study, rebuilt) == (committed / "study.md").read_text()
-    assert report["records"] == len(study.grid) * len(study.seeds_select) + len(
-        report["chosen"]
-    ) * len(study.seeds_heldout), "every run of both phases has its record"
+    chosen = [
+        GridPoint(**{k: row[k] for k in POINT_KEYS if k in row})
+        for row in report["heldout"].values()
+    ]
+    wanted = [run_key(p, seed, study.budget) for p in study.grid for seed in study.seeds_select]
+    wanted += [run_key(p, seed, study.budget) for p in chosen for seed in study.seeds_heldout]
+    missing = sorted(set(wanted) - set(records))
+    assert not missing, f"every run of both phases has its record: {missing}"
 
 
 @pytest.mark.parametrize("committed", [COMMITTED, COMMITTED_BANK], ids=lambda p: p.name)

@@ -14,6 +14,7 @@ import torch
 
 from betavae_triton import BetaTCVAELoss
 from betavae_triton.demo.__main__ import main, parse_config
+from betavae_triton.demo.bank_slots import BankSlots, refresh_bank
 from betavae_triton.demo.config import LOSS_DEFAULTS
 from betavae_triton.demo.model import ConvVAE
 from betavae_triton.demo.sprites import make_sprites
@@ -44,7 +45,7 @@ def _setup(seed: int = 0):
         train_images=train,
         batch_size=BATCH,
         dataset_size=N_TRAIN,
-        bank_size=BANK,
+        slots=BankSlots(BANK),
         seed=seed,
     )
     return model, train, loss_fn, tracker
@@ -61,7 +62,7 @@ def _push_steps(model, train, loss_fn, tracker, steps, seed=0):
             p = torch.distributions.Bernoulli(logits=model.decode_logits(loc), validate_args=False)
             q = torch.distributions.Normal(loc, scale, validate_args=False)
             loss_fn(x, p, q, loc)
-        tracker.observe(step, index)
+        tracker.slots.push(step, index)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -73,7 +74,7 @@ def test_tracker_knows_which_sprites_the_bank_holds(steps):
     model, train, loss_fn, tracker = _setup()
     _push_steps(model, train, loss_fn, tracker, steps)
     with torch.no_grad():
-        loc, scale = model.encode(train[tracker._index])
+        loc, scale = model.encode(train[tracker.slots.index])
     torch.testing.assert_close(loss_fn.bank.loc, loc, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss_fn.bank.scale, scale, rtol=1e-12, atol=1e-12)
     point = tracker.measure(steps - 1, model, loss_fn)
@@ -126,6 +127,32 @@ def test_tracked_estimates_are_the_oracles_and_a_re_encoded_bank_is_the_bank():
     assert part["bank"] != pytest.approx(point["bank"], abs=1e-6)  # and its part differs
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_a_refresh_re_encodes_the_stalest_posteriors_with_the_current_model():
+    """After 5 pushes of 8 into 36 slots (the first push's copies in 4 slots are the
+    stalest), the model changes; a refresh of 12 rewrites those 4 and the 8 of the second
+    push with the new model's posteriors of their sprites, and leaves the rest as pushed."""
+    model, train, loss_fn, tracker = _setup(seed=2)
+    _push_steps(model, train, loss_fn, tracker, 5, seed=2)
+    slots = tracker.slots
+    before_loc = loss_fn.bank.loc.clone()
+    written = slots.written.clone()
+    assert sorted(written.tolist()) == [0] * 4 + [1] * 8 + [2] * 8 + [3] * 8 + [4] * 8
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1)
+    refresh_bank(loss_fn, slots, model, train, 12, step=4)
+    stalest = (written <= 1).nonzero().flatten()
+    with torch.no_grad():
+        loc, scale = model.encode(train[slots.index[stalest]])
+    torch.testing.assert_close(loss_fn.bank.loc[stalest], loc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss_fn.bank.scale[stalest], scale, rtol=1e-12, atol=1e-12)
+    kept = (written > 1).nonzero().flatten()
+    torch.testing.assert_close(loss_fn.bank.loc[kept], before_loc[kept], rtol=0, atol=0)
+    assert slots.written[stalest].tolist() == [5] * 12
+    assert slots.age(torch.arange(BANK), 4) == pytest.approx((12 * 0 + 8 * 3 + 8 * 2 + 8 * 1) / 36)
+
+
 TINY = [
     "--loss", "btcvae", "--steps", "6", "--n-train", "128", "--n-eval", "64",
     "--batch-size", "16", "--latent-dim", str(LATENT), "--channels", str(CHANNELS),
@@ -152,6 +179,37 @@ def test_tracking_leaves_the_training_run_as_it_was(tmp_path, capsys):
     assert runs[2]["tcvae"]["bank_size"] == 32
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_a_bank_refreshed_whole_every_step_is_the_bank_re_encoded(tmp_path):
+    """With ``--bank-refresh K`` every posterior of the bank is re-encoded after each
+    update: the tracked bank is as old as the model (age 0) and its estimate is the
+    re-encoded bank's; the refresh changes the run (the loss sees fresher posteriors)."""
+    runs = {}
+    for refresh in (0, 32):
+        out = tmp_path / f"refresh{refresh}"
+        argv = [*TINY, "--tc-track", "2", "--bank-refresh", str(refresh), "--out", str(out)]
+        assert main(argv) == 0
+        runs[refresh] = json.loads((out / "run.json").read_text())
+    points = runs[32]["tc_track"]["points"]
+    assert [p["bank_age"] for p in points] == [0.0, 0.0, 0.0]
+    for p in points:
+        assert p["bank"] == pytest.approx(p["fresh"], abs=1e-9)
+    assert runs[32]["tcvae"]["bank_refresh"] == 32
+    assert all(p["bank_age"] > 0 for p in runs[0]["tc_track"]["points"])
+    assert runs[0]["curves"]["loss"][0] == runs[32]["curves"]["loss"][0]  # no bank yet
+    assert runs[0]["curves"]["loss"][1] != runs[32]["curves"]["loss"][1]
+
+
+def test_a_refresh_under_several_processes_is_refused():
+    from betavae_triton.demo.config import DistInfo
+    from betavae_triton.demo.train import _bank_slots
+
+    config = parse_config([*TINY, "--bank-refresh", "8"])
+    assert isinstance(_bank_slots(config, DistInfo()), BankSlots)
+    with pytest.raises(ValueError, match="--bank-refresh re-encodes the bank's sprites in one"):
+        _bank_slots(config, DistInfo(world_size=2))
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -163,6 +221,11 @@ def test_tracking_leaves_the_training_run_as_it_was(tmp_path, capsys):
             "exceed --n-train 256",
         ),
         (["--loss", "btcvae", "--bank", "-1"], "--bank: must be a non-negative integer"),
+        (
+            ["--loss", "btcvae", "--n-train", "512", "--bank", "32", "--bank-refresh", "40"],
+            "--bank-refresh 40 needs a --bank of at least as many posteriors (--bank 32)",
+        ),
+        (["--loss", "btcvae", "--bank", "0", "--bank-refresh", "8"], "(--bank 0)"),
     ],
 )
 def test_bad_bank_options_are_argparse_errors(argv, message, capsys):
@@ -178,6 +241,7 @@ def test_the_default_bank_yields_to_the_options_given():
     bank = LOSS_DEFAULTS["btcvae"]["bank"]
     assert bank > 0 and parse_config(["--loss", "btcvae"]).bank == bank
     assert parse_config(["--loss", "btcvae", "--estimator", "mws"]).bank == 0
+    assert parse_config(["--loss", "btcvae", "--estimator", "mws"]).bank_refresh == 0
     assert parse_config(["--loss", "btcvae", "--n-train", str(bank)]).bank == 0
     assert parse_config(["--loss", "btcvae", "--n-train", "512", "--bank", "100"]).bank == 100
     assert parse_config(["--bank", "0"]).bank == 0

@@ -161,6 +161,29 @@ def test_the_ring_buffer_fills_with_copies_then_overwrites_the_oldest_first():
     assert larger.loc.flatten().tolist() == [2.0, 3.0]  # a batch larger than the bank: its last K
 
 
+def test_a_refresh_overwrites_its_slots_and_leaves_the_ring_as_it_was():
+    """Slots 4 and 1 get the newer posteriors; the next push still starts where it would
+    have, and overwrites a refreshed slot when its turn comes."""
+    bank = PosteriorBank(5, 1)
+    bank.push(torch.tensor([[10.0], [11.0]]), torch.full((2, 1), 0.5))
+    bank.push(torch.tensor([[20.0], [21.0]]), torch.full((2, 1), 0.5))  # [10 11 20 21 10]
+    bank.refresh(torch.tensor([4, 1]), torch.tensor([[14.0], [11.5]]), torch.tensor([[2.0], [3.0]]))
+    assert bank.loc.flatten().tolist() == [10, 11.5, 20, 21, 14]
+    assert bank.scale.flatten().tolist() == [0.5, 3.0, 0.5, 0.5, 2.0]
+    assert (int(bank.next), int(bank.count)) == (4, 4)
+    bank.push(torch.tensor([[30.0], [31.0]]), torch.full((2, 1), 0.5))
+    assert bank.loc.flatten().tolist() == [31, 11.5, 20, 21, 30]
+
+
+def test_a_refresh_of_an_empty_bank_or_of_another_shape_is_refused():
+    bank = PosteriorBank(4, 2)
+    with pytest.raises(RuntimeError, match="push a batch first"):
+        bank.refresh(torch.tensor([0]), torch.zeros(1, 2), torch.ones(1, 2))
+    bank.push(torch.zeros(2, 2), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"needs posteriors of shape \(2, 2\)"):
+        bank.refresh(torch.tensor([0, 1]), torch.zeros(2, 3), torch.ones(2, 3))
+
+
 def _module_step(loss_fn, seed):
     z, mu, sigma = _data_set(4, 3, seed=seed, dtype=torch.float32)
     x = torch.rand(4, 5, generator=torch.Generator().manual_seed(seed))

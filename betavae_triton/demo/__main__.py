@@ -98,23 +98,7 @@ def _add_run_options(parser: argparse.ArgumentParser, d: DemoConfig) -> None:
         "correlation and dimension-wise KL; dataset_size the training sprites of all "
         "ranks; under torchrun the posteriors of the global batch)",
     )
-    parser.add_argument(
-        "--estimator",
-        choices=ESTIMATORS,
-        default=d.estimator,
-        help="--loss btcvae: the minibatch estimator of q(z), mss (stratified sampling) or "
-        "mws (weighted sampling)",
-    )
-    parser.add_argument(
-        "--bank",
-        type=non_negative_int,
-        default=d.bank,
-        metavar="K",
-        help="--loss btcvae, --estimator mss: score each sample against the posteriors of "
-        "the last K training images too, kept in a bank (0: the batch alone; not given, "
-        "the loss's default bank is dropped with --estimator mws or when bank and batch "
-        "exceed --n-train)",
-    )
+    _add_tcvae_options(parser, d)
     parser.add_argument(
         "--beta",
         type=non_negative_float,
@@ -139,6 +123,36 @@ def _add_run_options(parser: argparse.ArgumentParser, d: DemoConfig) -> None:
         metavar="STEPS",
         help="grow the KL's weight linearly from 0 to beta over the first STEPS steps "
         "(0: the plain beta-VAE loss throughout)",
+    )
+
+
+def _add_tcvae_options(parser: argparse.ArgumentParser, d: DemoConfig) -> None:
+    """The β-TCVAE's options: its estimator, its bank and the bank's refresh."""
+    parser.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default=d.estimator,
+        help="--loss btcvae: the minibatch estimator of q(z), mss (stratified sampling) or "
+        "mws (weighted sampling)",
+    )
+    parser.add_argument(
+        "--bank",
+        type=non_negative_int,
+        default=d.bank,
+        metavar="K",
+        help="--loss btcvae, --estimator mss: score each sample against the posteriors of "
+        "the last K training images too, kept in a bank (0: the batch alone; not given, "
+        "the loss's default bank is dropped with --estimator mws or when bank and batch "
+        "exceed --n-train)",
+    )
+    parser.add_argument(
+        "--bank-refresh",
+        type=non_negative_int,
+        default=d.bank_refresh,
+        metavar="R",
+        help="--bank K, one process: after every update, re-encode the R posteriors of the "
+        "bank computed longest ago with the current model (a fresher bank, for an encoder "
+        "pass of R images per step; 0: none)",
     )
 
 
@@ -194,15 +208,35 @@ def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:
     if LOSS_DEFAULTS[args.loss]:  # the loss's own defaults; what the command line gave wins
         parser.set_defaults(**LOSS_DEFAULTS[args.loss])
         args = parser.parse_args(argv)
-    bank_given = parser.parse_args(argv, argparse.Namespace(bank=None)).bank is not None
-    if not bank_given and (args.estimator != "mss" or args.bank + args.batch_size > args.n_train):
-        args.bank = 0  # a default bank yields to the estimator and data set asked for
+    _drop_default_bank(parser, args, argv)
     if args.batch_size > args.n_train:
         parser.error(
             f"--batch-size {args.batch_size} exceeds --n-train {args.n_train} sprites per rank"
         )
     if args.loss == "btcvae" and args.batch_size < 2:
         parser.error("--loss btcvae needs --batch-size 2 or more (q(z) is a batch estimate)")
+    _check_bank(parser, args)
+    if args.latent_dim < 2:
+        parser.error("--latent-dim must be at least 2 (the MIG compares the top two latents)")
+    return DemoConfig(**vars(args))
+
+
+def _drop_default_bank(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None
+) -> None:
+    """A default bank (and its refresh) yields to the estimator and data set asked for; a
+    bank given on the command line stays, and is checked."""
+    given = parser.parse_args(argv, argparse.Namespace(bank=None, bank_refresh=None))
+    if given.bank is None and (
+        args.estimator != "mss" or args.bank + args.batch_size > args.n_train
+    ):
+        args.bank = 0
+    if given.bank_refresh is None and not args.bank:
+        args.bank_refresh = 0
+
+
+def _check_bank(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse errors for the bank's options that cannot go together."""
     if args.loss != "btcvae" and (args.bank or args.tc_track):
         parser.error("--bank and --tc-track need --loss btcvae")
     if args.bank and args.estimator != "mss":
@@ -212,9 +246,11 @@ def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:
             f"--bank {args.bank} and --batch-size {args.batch_size} exceed --n-train "
             f"{args.n_train}: the batch and the bank hold at most the data set"
         )
-    if args.latent_dim < 2:
-        parser.error("--latent-dim must be at least 2 (the MIG compares the top two latents)")
-    return DemoConfig(**vars(args))
+    if args.bank_refresh > args.bank:
+        parser.error(
+            f"--bank-refresh {args.bank_refresh} needs a --bank of at least as many posteriors"
+            f" (--bank {args.bank})"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -116,6 +116,11 @@ class DemoConfig:
         With ``loss="btcvae"``, K > 0: the loss keeps the posteriors of the last K training
         images in a bank and scores each sample against it too (``BetaTCVAELoss``'s
         ``bank_size``; estimator "mss"); 0: no bank.
+    bank_refresh : int
+        With a bank, R > 0: after every update the training loop re-encodes the R
+        posteriors of the bank computed longest ago with the updated model and overwrites
+        them (:func:`.bank_slots.refresh_bank`; one process); 0: the bank holds what was
+        pushed.
     tc_track : int
         Steps between measurements, during training, of the bias of the minibatch TC
         estimate, with and without the bank, against the estimate over every held-out
@@ -149,6 +154,7 @@ class DemoConfig:
     quiet: bool = False
     tc_probe: tuple[int, ...] = ()
     bank: int = 0
+    bank_refresh: int = 0
     tc_track: int = 0
 
 
@@ -169,6 +175,7 @@ LOSS_DEFAULTS: dict[str, dict[str, object]] = {
         "kl_warmup": 500,
         "estimator": "mss",
         "bank": 4096,
+        "bank_refresh": 0,
     },
 }
 

@@ -142,6 +142,15 @@ def _add_grid_options(parser: argparse.ArgumentParser) -> None:
         help="the beta-TCVAE's banks of posteriors with mss (0: none); a run with a bank "
         "also measures its TC estimate's bias during training",
     )
+    grid.add_argument(
+        "--bank-refresh",
+        dest="bank_refreshes",
+        nargs="+",
+        type=non_negative_int,
+        metavar="R",
+        help="with a bank: posteriors of the bank re-encoded after every update (0: none; "
+        "an R larger than the bank is skipped)",
+    )
 
 
 def _add_budget_options(budget: argparse._ArgumentGroup, d: Budget) -> None:

@@ -40,6 +40,7 @@ PRESETS: dict[str, dict[str, tuple]] = {
         "warmups": (0.0, 0.25),
         "estimators": ("mss", "mws"),
         "banks": (0,),
+        "bank_refreshes": (0,),
     },
     "small": {
         "batch_sizes": (64, 256, 1024),
@@ -47,6 +48,7 @@ PRESETS: dict[str, dict[str, tuple]] = {
         "warmups": (0.25,),
         "estimators": ("mss",),
         "banks": (0,),
+        "bank_refreshes": (0,),
     },
 }
 # --quick: the tiny sizes of the demo's own tests (tests/test_demo.py), eager.
@@ -57,6 +59,7 @@ QUICK = {
         "warmups": (0.0,),
         "estimators": ("mss",),
         "banks": (0,),
+        "bank_refreshes": (0,),
     },
     "seeds_select": (0,),
     "seeds_heldout": (1,),
@@ -101,6 +104,9 @@ class GridPoint:
     bank : int
         The β-TCVAE's bank of posteriors (``DemoConfig.bank``; 0: none, and always 0 for
         the β-VAE and "mws").
+    bank_refresh : int
+        Posteriors of the bank re-encoded per step (``DemoConfig.bank_refresh``; 0: none,
+        and always 0 without a bank).
     """
 
     loss: str
@@ -109,19 +115,24 @@ class GridPoint:
     warmup: float
     estimator: str
     bank: int = 0
+    bank_refresh: int = 0
 
     def label(self) -> str:
         """A short readable name, e.g. ``btcvae_b256_beta6_w0.25_mws`` (a bank of K adds
-        ``_kK``)."""
+        ``_kK``, its refresh of R ``_rR``)."""
         label = f"{self.loss}_b{self.batch_size}_beta{self.beta:g}_w{self.warmup:g}"
-        return f"{label}_{self.estimator}" + (f"_k{self.bank}" if self.bank else "")
+        bank = (f"_k{self.bank}" if self.bank else "") + (
+            f"_r{self.bank_refresh}" if self.bank_refresh else ""
+        )
+        return f"{label}_{self.estimator}{bank}"
 
     def spec(self) -> dict:
-        """The point as a dict, without a zero bank (so that the runs made before banks
-        existed keep their names)."""
+        """The point as a dict, without a zero bank or refresh (so that the runs made
+        before either existed keep their names)."""
         spec = asdict(self)
-        if not self.bank:
-            del spec["bank"]
+        for name in ("bank", "bank_refresh"):
+            if not spec[name]:
+                del spec[name]
         return spec
 
 
@@ -195,19 +206,22 @@ def make_grid(
     warmups: Iterable[float],
     estimators: Iterable[str],
     banks: Iterable[int] = (0,),
+    bank_refreshes: Iterable[int] = (0,),
 ) -> tuple[GridPoint, ...]:
     """The product grid, per loss; the β-VAE does not vary the estimator or the bank (it
-    has neither), nor "mws" the bank (a bank's weights are "mss"'s).
+    has neither), nor "mws" the bank (a bank's weights are "mss"'s); a refresh needs a bank
+    at least as large.
 
     Parameters
     ----------
-    losses, batch_sizes, betas, warmups, estimators, banks : iterable
+    losses, batch_sizes, betas, warmups, estimators, banks, bank_refreshes : iterable
         The axes (warm-ups as fractions of the run's steps).
 
     Returns
     -------
     grid : tuple of GridPoint
-        Loss-major, then batch size, β, warm-up, estimator and bank, in the order given.
+        Loss-major, then batch size, β, warm-up, estimator, bank and refresh, in the order
+        given.
     """
     points = []
     for loss in losses:
@@ -217,7 +231,12 @@ def make_grid(
                 for w in warmups:
                     for e in ests:
                         ks = tuple(banks) if (loss, e) == ("btcvae", "mss") else (0,)
-                        points.extend(GridPoint(loss, b, float(beta), float(w), e, k) for k in ks)
+                        points.extend(
+                            GridPoint(loss, b, float(beta), float(w), e, k, r)
+                            for k in ks
+                            for r in (tuple(bank_refreshes) if k else (0,))
+                            if r <= k
+                        )
     return tuple(dict.fromkeys(points))
 
 
@@ -285,6 +304,7 @@ def demo_config(point: GridPoint, seed: int, budget: Budget, out: Path) -> DemoC
         quiet=True,
         tc_probe=tuple(sorted({*budget.tc_probe, point.batch_size})),
         bank=point.bank,
+        bank_refresh=point.bank_refresh,
         tc_track=max(1, steps // TC_TRACK_POINTS) if point.bank else 0,
     )
 

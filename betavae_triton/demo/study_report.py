@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ TRACK_LABELS = ("without the bank", "with the bank", "bank re-encoded")
 # The columns that name a grid point in study.md's tables (a bank's column only where the
 # grid has a bank), and a row's key of them.
 SETTING = ["loss", "batch", "β", "warm-up", "estimator"]
-POINT_FIELDS = ("loss", "batch_size", "beta", "warmup", "estimator", "bank")
+POINT_FIELDS = ("loss", "batch_size", "beta", "warmup", "estimator", "bank", "bank_refresh")
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
@@ -74,7 +75,15 @@ def _setting(row: dict, report: dict) -> list[str]:
     """A row's grid point as the :func:`_setting_header` cells."""
     est = row["estimator"] if row["loss"] == "btcvae" else "—"
     cells = [row["loss"], str(row["batch_size"]), f"{row['beta']:g}", f"{row['warmup']:g}", est]
-    return cells + ([str(row["bank"]) if row["bank"] else "—"] if "tc_track" in report else [])
+    return cells + ([_bank_cell(row)] if "tc_track" in report else [])
+
+
+def _bank_cell(row: dict) -> str:
+    """``4096``, ``4096, 192 re-encoded per step``, or a dash for no bank."""
+    if not row["bank"]:
+        return "—"
+    refresh = row.get("bank_refresh", 0)
+    return f"{row['bank']}" + (f", {refresh} re-encoded per step" if refresh else "")
 
 
 def _point_key(row: dict) -> tuple:
@@ -290,24 +299,32 @@ def _figures(study: Study, report: dict, records: dict) -> None:
         f"Minibatch TC estimate minus the estimate over {study.budget.n_eval} sprites",
     )
     if report.get("tc_track"):
-        point = GridPoint(*_point_key(report["tc_track"][0]))
+        points = [GridPoint(*_point_key(row)) for row in report["tc_track"]]
         plots.plot_tc_track(
-            _track_series(study, point, records),
+            _track_series(study, points, records),
             study.out / TRACK_FILE,
-            f"{point.label()}: TC estimate minus the estimate over "
+            f"{points[0].label()}: TC estimate minus the estimate over "
             f"{study.budget.n_eval} held-out sprites",
         )
 
 
-def _track_series(study: Study, point: GridPoint, records: dict) -> dict[str, list]:
-    """``tc_track.png``'s points: per tracked estimate, every run's bias at each step."""
+def _track_series(study: Study, points: list[GridPoint], records: dict) -> dict[str, list]:
+    """``tc_track.png``'s points: per tracked estimate of the first point, every run's bias
+    at each step; of each further point (another bank or refresh), "with the bank" alone,
+    labelled with its bank."""
     seeds = (*study.seeds_select, *study.seeds_heldout)
-    series: dict[str, dict[int, list[float]]] = {label: {} for label in TRACK_LABELS}
-    for r in runs_of(study, point, seeds, records):
-        for m in (r.get("tc_track") or {}).get("points", []):
-            for name, label in zip(TRACKED, TRACK_LABELS, strict=True):
-                if m[name] is not None:
-                    series[label].setdefault(m["step"], []).append(m[name] - m["full"])
+    series: dict[str, dict[int, list[float]]] = {}
+    for i, point in enumerate(points):
+        tracked = zip(TRACKED, TRACK_LABELS, strict=True)
+        if i:
+            label = f"with the bank of {_bank_cell(asdict(point))}"
+            tracked = iter([("bank", label)])
+        for name, label in tracked:
+            by_step = series.setdefault(label, {})
+            for r in runs_of(study, point, seeds, records):
+                for m in (r.get("tc_track") or {}).get("points", []):
+                    if m[name] is not None:
+                        by_step.setdefault(m["step"], []).append(m[name] - m["full"])
     return {label: sorted(by_step.items()) for label, by_step in series.items()}
 
 

@@ -5,8 +5,9 @@ The after-training probe (:func:`.evaluate.tc_probe`) measures the bias of the m
 estimate at one model, the last. A bank of posteriors
 (:class:`betavae_triton.BetaTCVAELoss` with ``bank_size``) changes the estimate the
 optimiser sees while the model changes, and holds *stale* posteriors: those the encoder
-gave K / B steps ago at most. :class:`TCTracker` measures, every ``every`` steps, with the
-model of that step, on the held-out sprites (one seeded sample ``z ~ q(z|x)`` each):
+gave K / B steps ago at most (fewer with ``--bank-refresh``: :mod:`.bank_slots`).
+:class:`TCTracker` measures, every ``every`` steps, with the model of that step, on the
+held-out sprites (one seeded sample ``z ~ q(z|x)`` each):
 
 - ``full``: the estimate over all held-out posteriors at once (the probe's reference);
 - ``batch``: the mean over chunks of the training batch size of the chunks' estimates,
@@ -17,8 +18,8 @@ model of that step, on the held-out sprites (one seeded sample ``z ~ q(z|x)`` ea
   model of this step (the bank without its staleness).
 
 ``bank - full`` against ``fresh - full`` is what staleness costs; ``batch - full`` is the
-bias the bank is there to remove. The same two are measured with the most recent K / 16
-and K / 4 posteriors of the bank alone (``sub_banks``): a smaller bank is fresher (its
+bias the bank is there to remove. The same two are measured with the most recently pushed
+K / 16 and K / 4 posteriors of the bank alone (``sub_banks``): a smaller bank is fresher (its
 posteriors are K / (16 B) steps old at most) but a smaller sample of q(z). Everything
 under ``torch.no_grad``, eager, float64 on the CPU; the tracker's noise has its own
 generator, so that tracking does not change the training run.
@@ -32,6 +33,7 @@ import torch
 
 from betavae_triton import BetaTCVAELoss, kl_decomposition
 
+from .bank_slots import BankSlots
 from .model import ConvVAE
 
 __all__ = ["TCTracker"]
@@ -60,8 +62,9 @@ class TCTracker:
         The training batch size: the chunks' size.
     dataset_size : int
         N of the estimator (the loss's ``dataset_size``).
-    bank_size : int
-        K of the loss's bank (0: none; ``bank`` and ``fresh`` are then None).
+    slots : BankSlots or None
+        The mirror of the loss's bank that the training loop keeps
+        (:class:`.bank_slots.BankSlots`; None: no bank, ``bank`` and ``fresh`` are None).
     seed : int
         Seed of the samples z (a generator of the tracker's own).
 
@@ -71,9 +74,9 @@ class TCTracker:
         One per measurement: ``step`` (1-based, after its update), ``full``, ``batch``,
         ``bank``, ``fresh`` (nats; see the module docstring), ``bank_age`` (the mean
         number of updates since the bank's posteriors were computed: (K / B + 1) / 2 once
-        the ring has turned) and ``sub_banks`` (per part of the bank of
-        :data:`SUB_BANK_FRACTIONS` at least a batch large: its ``size``, ``bank``,
-        ``fresh`` and ``bank_age``).
+        the ring has turned, less with ``--bank-refresh``) and ``sub_banks`` (per part of
+        the bank of :data:`SUB_BANK_FRACTIONS` at least a batch large: its ``size``,
+        ``bank``, ``fresh`` and ``bank_age``).
     """
 
     every: int
@@ -81,34 +84,9 @@ class TCTracker:
     train_images: Tensor
     batch_size: int
     dataset_size: int
-    bank_size: int
+    slots: BankSlots | None
     seed: int
     points: list[dict] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        # Which training sprite, pushed at which step, each bank slot holds (mirrors
-        # PosteriorBank.push: the first push fills the ring with copies).
-        self._index = torch.zeros(self.bank_size, dtype=torch.int64)
-        self._pushed_at = torch.zeros(self.bank_size, dtype=torch.int64)
-        self._next = 0
-        self._filled = False
-
-    def observe(self, step: int, indices: Tensor) -> None:
-        """Record the training batch of ``step`` (0-based), whose posteriors the loss
-        pushed into its bank."""
-        k = self.bank_size
-        if k == 0:
-            return
-        kept = indices[-k:].cpu()
-        if not self._filled:
-            self._index.copy_(kept.repeat(-(-k // len(kept)))[:k])
-            self._pushed_at.fill_(step)
-            self._filled = True
-        else:
-            slots = (self._next + torch.arange(len(kept))) % k
-            self._index[slots] = kept
-            self._pushed_at[slots] = step
-        self._next = (self._next + len(indices)) % k
 
     def due(self, step: int, steps: int) -> bool:
         """Whether ``step`` (0-based) of ``steps`` is measured."""
@@ -126,19 +104,19 @@ class TCTracker:
         point = {"step": step + 1, "full": self._tc(z, loc, scale, None)}
         point["batch"] = self._chunked(z, loc, scale, None)
         point.update(bank=None, fresh=None, bank_age=None, sub_banks=[])
-        bank = loss_fn.bank
-        if bank is not None and bank.filled:
+        bank, mirror = loss_fn.bank, self.slots
+        if bank is not None and bank.filled and mirror is not None:
             stale = (bank.loc.to(dtype), bank.scale.to(dtype))
-            fresh = _posteriors(model, self.train_images[self._index.to(device)], dtype)
-            k = self.bank_size
+            fresh = _posteriors(model, self.train_images[mirror.index.to(device)], dtype)
+            k = mirror.size
             for size in [k // f for f in SUB_BANK_FRACTIONS if k // f >= self.batch_size] + [k]:
-                # The most recent `size` slots of the ring.
-                slots = ((self._next - size + torch.arange(size)) % k).to(device)
+                recent = mirror.recent(size)
+                slots = recent.to(device)
                 part = {
                     "size": size,
                     "bank": self._chunked(z, loc, scale, (stale[0][slots], stale[1][slots])),
                     "fresh": self._chunked(z, loc, scale, (fresh[0][slots], fresh[1][slots])),
-                    "bank_age": float(step + 1 - self._pushed_at[slots.cpu()].double().mean()),
+                    "bank_age": mirror.age(recent, step),
                 }
                 if size == k:
                     point.update((name, part[name]) for name in ("bank", "fresh", "bank_age"))
@@ -175,7 +153,7 @@ class TCTracker:
             "every": self.every,
             "batch_size": self.batch_size,
             "dataset_size": self.dataset_size,
-            "bank_size": self.bank_size,
+            "bank_size": 0 if self.slots is None else self.slots.size,
             "held_out": int(self.eval_images.shape[0]),
             "points": self.points,
         }

@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 import betavae_triton
 from betavae_triton import BetaTCVAELoss, BetaVAELoss, resolved_backend
 
+from .bank_slots import BankSlots, refresh_bank
 from .config import DemoConfig, DistInfo, distributed_info
 from .losses import (
     full_weight_row,
@@ -164,8 +165,9 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     data_s = time.perf_counter() - t0
 
     loss_fn = make_train_loss(config, info)
-    tracker = _tracker(config, info, eval_data, images, loss_fn)
-    training = _train(config, info, model, loss_fn, images, device, tracker)
+    slots = _bank_slots(config, info)
+    tracker = _tracker(config, info, eval_data, images, loss_fn, slots)
+    training = _train(config, info, model, loss_fn, images, device, slots, tracker)
     keys = loss_keys(config.loss)
     last_k = min(50, config.steps)
     final_mean = _mean_over_ranks(training.history[-last_k:], info, device)
@@ -187,6 +189,7 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
             "estimator": loss_fn.estimator,
             "gather": loss_fn.gather,
             "bank_size": config.bank,
+            "bank_refresh": config.bank_refresh,
         }
     if tracker is not None:
         summary["tc_track"] = tracker.record()
@@ -196,12 +199,24 @@ def _run(config: DemoConfig, info: DistInfo, device: torch.device, t_start: floa
     return summary
 
 
+def _bank_slots(config: DemoConfig, info: DistInfo) -> BankSlots | None:
+    """The mirror of the loss's bank that tracking and refreshing read (None where neither
+    is asked for); a ``ValueError`` for a refresh under several processes (each rank's bank
+    holds the global batch's posteriors, a rank has its own sprites only)."""
+    if not config.bank or not (config.tc_track or config.bank_refresh):
+        return None
+    if config.bank_refresh and info.distributed:
+        raise ValueError("--bank-refresh re-encodes the bank's sprites in one process only")
+    return BankSlots(config.bank)
+
+
 def _tracker(
     config: DemoConfig,
     info: DistInfo,
     eval_data: Sprites | None,
     images: torch.Tensor,
     loss_fn: BetaVAELoss,
+    slots: BankSlots | None,
 ) -> TCTracker | None:
     """The TC bias tracker of ``config.tc_track`` (None without it); a ``ValueError`` where
     it cannot measure: the β-VAE, or several processes (each rank's bank is the global
@@ -217,7 +232,7 @@ def _tracker(
         train_images=images,
         batch_size=config.batch_size,
         dataset_size=loss_fn.dataset_size,
-        bank_size=config.bank,
+        slots=slots,
         seed=config.seed,
     )
 
@@ -242,11 +257,14 @@ def _train(
     loss_fn: BetaVAELoss,
     images: torch.Tensor,
     device: torch.device,
+    slots: BankSlots | None = None,
     tracker: TCTracker | None = None,
 ) -> Training:
     """The training loop: ``config.steps`` Adam steps on batches of ``images``, the KL
     warm-up's weights set before each, the losses read back every ``log_every`` steps,
-    the ``tracker``'s measurements after the steps it asks for (not in the step times)."""
+    after each update the bank's ``slots`` followed and ``config.bank_refresh`` of them
+    re-encoded (in the step times), the ``tracker``'s measurements after the steps it asks
+    for (not in the step times)."""
     if config.kl_warmup > 0:
         tensor_weights(loss_fn, device)
     keys = loss_keys(config.loss)
@@ -270,6 +288,10 @@ def _train(
         out["loss"].backward()
         optimizer.step()
         history[step] = full_weight_row(out, config.beta)
+        if slots is not None:
+            slots.push(step, index)
+            if config.bank_refresh:
+                refresh_bank(loss_fn, slots, model, images, config.bank_refresh, step)
         if step == 0 or (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             last = history[step].tolist()  # the one read-back: syncs with the device
             bar.set_postfix(loss_postfix(keys, last))
@@ -278,7 +300,6 @@ def _train(
         step_times.append(time.perf_counter() - t_step)
         bar.update(1)
         if tracker is not None:
-            tracker.observe(step, index)
             if tracker.due(step, config.steps):
                 tracker.measure(step, model, loss_fn)
     _sync(device)

@@ -15,6 +15,11 @@ twice (before the first push and after) and needs no host sync:
   the next ``K / B`` pushes);
 - each later push writes the batch into the next B slots, wrapping around (a batch
   larger than the bank keeps its last K posteriors).
+
+A pushed posterior is as old as the encoder that gave it: K / B updates at most. A
+training loop that holds the images can make the bank fresher: :meth:`PosteriorBank.refresh`
+overwrites chosen slots with the same samples' posteriors under the current encoder
+(``python -m betavae_triton.demo --bank-refresh R`` re-encodes the R stalest each step).
 """
 
 from __future__ import annotations
@@ -103,6 +108,32 @@ class PosteriorBank(nn.Module):
             self.scale.index_copy_(0, slots, scale[batch - kept :].to(self.scale.dtype))
         self.next.copy_((self.next + batch) % size)
         self.count.add_(batch)
+
+    @torch.no_grad()
+    def refresh(self, slots: Tensor, loc: Tensor, scale: Tensor) -> None:
+        """Overwrite the posteriors in ``slots`` with newer ones of the same samples.
+
+        The ring's order (:attr:`next`) and :attr:`count` are unchanged: a refreshed slot is
+        overwritten by a push when its turn comes, as any other.
+
+        Parameters
+        ----------
+        slots : torch.Tensor
+            R distinct slot indices in ``[0, size)`` (int64, on the bank's device).
+        loc, scale : torch.Tensor
+            (R, D): the posteriors, under the current encoder, of the samples that those
+            slots hold (detached).
+        """
+        if not self.filled:
+            raise RuntimeError("refresh of an empty bank: push a batch first")
+        if loc.shape != (slots.shape[0], self.latent_dim) or scale.shape != loc.shape:
+            raise ValueError(
+                f"refresh of {slots.shape[0]} slots needs posteriors of shape "
+                f"({slots.shape[0]}, {self.latent_dim}), got {tuple(loc.shape)} and "
+                f"{tuple(scale.shape)}"
+            )
+        self.loc.index_copy_(0, slots, loc.detach().to(self.loc.dtype))
+        self.scale.index_copy_(0, slots, scale.detach().to(self.scale.dtype))
 
 
 def _after_loading(module: nn.Module, incompatible_keys) -> None:
