@@ -111,6 +111,7 @@ def test_quick_study_writes_records_and_report_and_resumes(tmp_path, capsys):
             "kl_warmup": 0,
             "estimator": "mss",
             "bank": 0,
+            "bank_refresh": 0,
         }, loss
     for row in study["select"]:
         run = by_run[(row["loss"], 0)]

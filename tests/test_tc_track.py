@@ -242,9 +242,23 @@ def test_the_default_bank_yields_to_the_options_given():
     assert bank > 0 and parse_config(["--loss", "btcvae"]).bank == bank
     assert parse_config(["--loss", "btcvae", "--estimator", "mws"]).bank == 0
     assert parse_config(["--loss", "btcvae", "--estimator", "mws"]).bank_refresh == 0
+    given = parse_config(["--loss", "btcvae", "--bank", "1024"])
+    assert (given.bank, given.bank_refresh) == (1024, 0)  # the default refresh: default bank's
     assert parse_config(["--loss", "btcvae", "--n-train", str(bank)]).bank == 0
     assert parse_config(["--loss", "btcvae", "--n-train", "512", "--bank", "100"]).bank == 100
     assert parse_config(["--bank", "0"]).bank == 0
+
+
+def test_the_default_refresh_yields_to_torchrun(monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) the default bank stays and its refresh, which one
+    process alone can do, is dropped; a refresh given is kept (and refused at the run)."""
+    defaults = LOSS_DEFAULTS["btcvae"]
+    assert defaults["bank_refresh"] > 0
+    assert parse_config(["--loss", "btcvae"]).bank_refresh == defaults["bank_refresh"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = parse_config(["--loss", "btcvae"])
+    assert (config.bank, config.bank_refresh) == (defaults["bank"], 0)
+    assert parse_config(["--loss", "btcvae", "--bank-refresh", "64"]).bank_refresh == 64
 
 
 def test_the_bank_option_reaches_the_loss():

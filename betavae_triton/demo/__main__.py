@@ -152,7 +152,8 @@ def _add_tcvae_options(parser: argparse.ArgumentParser, d: DemoConfig) -> None:
         metavar="R",
         help="--bank K, one process: after every update, re-encode the R posteriors of the "
         "bank computed longest ago with the current model (a fresher bank, for an encoder "
-        "pass of R images per step; 0: none)",
+        "pass of R images per step; 0: none; not given, the loss's default refresh goes "
+        "with its default bank only)",
     )
 
 
@@ -224,14 +225,17 @@ def parse_config(argv: Sequence[str] | None = None) -> DemoConfig:
 def _drop_default_bank(
     parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None
 ) -> None:
-    """A default bank (and its refresh) yields to the estimator and data set asked for; a
-    bank given on the command line stays, and is checked."""
+    """A default bank yields to the estimator and data set asked for; a default refresh
+    goes with the default bank only (not with a bank given, nor under torchrun's several
+    processes, which it does not serve). A bank or refresh given on the command line stays,
+    and is checked."""
     given = parser.parse_args(argv, argparse.Namespace(bank=None, bank_refresh=None))
     if given.bank is None and (
         args.estimator != "mss" or args.bank + args.batch_size > args.n_train
     ):
         args.bank = 0
-    if given.bank_refresh is None and not args.bank:
+    default_bank = given.bank is None and args.bank
+    if given.bank_refresh is None and not (default_bank and not distributed_info().distributed):
         args.bank_refresh = 0
 
 
