@@ -428,6 +428,7 @@ def _check_outputs(out: Path, *, world_size: int, compiled: bool, loss: str = "b
             "estimator": "mss",
             "gather": world_size > 1,
             "bank_size": 0,
+            "bank_refresh": 0,
         }
     else:
         assert "tcvae" not in run
