@@ -565,6 +565,14 @@ MUTANTS = (
         (STUDY + "test_heldout_records_enter_no_selection_figure_or_table",),
     ),
     Mutant(
+        "study-staleness-unpaired",
+        "the bank's staleness taken against the full estimate, not against the re-encoded bank",
+        "betavae_triton/demo/study_choice.py",
+        '                late["staleness"].extend([m["bank"] - m["fresh"]] * after)',
+        '                late["staleness"].extend([m["bank"] - m["full"]] * after)',
+        (STUDY + "test_a_bank_study_tracks_the_tc_bias_during_training_and_reports_it",),
+    ),
+    Mutant(
         "study-heldout-images-nominal",
         "the held-out table gives the budget's images, not those its runs saw",
         "betavae_triton/demo/study_choice.py",

@@ -304,6 +304,12 @@ def test_a_bank_study_tracks_the_tc_bias_during_training_and_reports_it(tmp_path
     assert (recent["size"], recent["n"], whole["size"], whole["n"]) == (16, 12, 64, 12)
     biases = sorted(m["sub_banks"][0]["bank"] - m["full"] for m in points)
     assert recent["bank"]["median"] == pytest.approx((biases[5] + biases[6]) / 2, abs=1e-12)
+    stale = sorted(m["bank"] - m["fresh"] for m in points)  # measurement by measurement
+    late = row["after_warmup"]["staleness"]
+    assert late["median"] == pytest.approx((stale[5] + stale[6]) / 2, abs=1e-12)
+    assert whole["staleness"] == late
+    part = sorted(m["sub_banks"][0]["bank"] - m["sub_banks"][0]["fresh"] for m in points)
+    assert recent["staleness"]["median"] == pytest.approx((part[5] + part[6]) / 2, abs=1e-12)
     md = (out / "study.md").read_text()
     assert "## Bias of the total-correlation estimate during training, with a bank" in md
     assert "| loss | batch | β | warm-up | estimator | bank |" in md

@@ -126,10 +126,11 @@ def tc_track(study: Study, records: dict) -> list[dict]:
         fields, ``runs``, ``by_step`` (per measured step: ``step``, the median
         ``bank_age`` and the statistics of each of :data:`TRACKED` minus the estimate over
         every held-out sprite, over the runs), ``after_warmup`` (the same statistics
-        over every measurement after the run's KL warm-up) and ``parts_after_warmup``
-        (per size of the bank's most recent part measured alone, the whole bank last:
-        ``size``, ``n`` and the statistics of ``bank_age``, ``bank`` and ``fresh`` after
-        the warm-up).
+        over every measurement after the run's KL warm-up, and ``staleness``: those of
+        ``bank - fresh``, measurement by measurement) and ``parts_after_warmup`` (per size
+        of the bank's most recent part measured alone, the whole bank last: ``size``,
+        ``n`` and the statistics of ``bank_age``, ``bank``, ``fresh`` and ``staleness``
+        after the warm-up).
     """
     seeds = (*study.seeds_select, *study.seeds_heldout)
     rows = []
@@ -144,7 +145,7 @@ def _track_stats(point: GridPoint, runs: list[dict]) -> dict:
     """:func:`tc_track`'s ``by_step``, ``after_warmup`` and ``parts_after_warmup`` of one
     point's runs."""
     by_step: dict[int, dict[str, list[float]]] = {}
-    late: dict[str, list[float]] = {name: [] for name in TRACKED}
+    late: dict[str, list[float]] = {name: [] for name in (*TRACKED, "staleness")}
     parts: dict[int, dict[str, list[float]]] = {}
     for r in runs:
         for m in r["tc_track"]["points"]:
@@ -154,23 +155,28 @@ def _track_stats(point: GridPoint, runs: list[dict]) -> dict:
                 cell[name].append(m[name] - m["full"])
                 late[name].extend([m[name] - m["full"]] * after)
             cell["bank_age"].extend([m["bank_age"]] * (m["bank_age"] is not None))
+            if m["bank"] is not None:
+                late["staleness"].extend([m["bank"] - m["fresh"]] * after)
             whole = {"size": point.bank, **{n: m[n] for n in ("bank", "fresh", "bank_age")}}
             for part in [*m.get("sub_banks", []), whole]:
                 if after and part["bank"] is not None:
-                    got = parts.setdefault(part["size"], {"bank": [], "fresh": [], "age": []})
+                    got = parts.setdefault(
+                        part["size"], {"bank": [], "fresh": [], "age": [], "staleness": []}
+                    )
                     got["bank"].append(part["bank"] - m["full"])
                     got["fresh"].append(part["fresh"] - m["full"])
                     got["age"].append(part["bank_age"])
+                    got["staleness"].append(part["bank"] - part["fresh"])
     return {
         "by_step": [
             {"step": step, "bank_age": stats(cell["bank_age"])}
             | {name: stats(cell[name]) for name in TRACKED}
             for step, cell in sorted(by_step.items())
         ],
-        "after_warmup": {name: stats(late[name]) for name in TRACKED},
+        "after_warmup": {name: stats(late[name]) for name in (*TRACKED, "staleness")},
         "parts_after_warmup": [
             {"size": size, "n": len(got["bank"]), "bank_age": stats(got["age"])}
-            | {"bank": stats(got["bank"]), "fresh": stats(got["fresh"])}
+            | {name: stats(got[name]) for name in ("bank", "fresh", "staleness")}
             for size, got in sorted(parts.items())
         ],
     }

@@ -165,7 +165,8 @@ def _track_section(report: dict) -> list[str]:
             "",
             f"{' '.join(_setting(row, report))}, {row['runs']} runs; after the warm-up: "
             f"without the bank {_cell(late['batch'])}, with it {_cell(late['bank'])}, "
-            f"re-encoded {_cell(late['fresh'])}.",
+            f"re-encoded {_cell(late['fresh'])}; staleness (with it minus re-encoded, "
+            f"measurement by measurement) {_cell(late.get('staleness'))}.",
             "",
             *_table(
                 ["step", "bank age", "without the bank", "with the bank", "bank re-encoded"],
@@ -183,7 +184,7 @@ def _track_section(report: dict) -> list[str]:
             "and the whole bank:",
             "",
             *_table(
-                ["bank's part", "measurements", "bank age", "with it", "re-encoded"],
+                ["bank's part", "measurements", "bank age", "with it", "re-encoded", "staleness"],
                 (
                     [
                         str(part["size"]),
@@ -191,6 +192,7 @@ def _track_section(report: dict) -> list[str]:
                         _cell(part["bank_age"], ".1f"),
                         _cell(part["bank"]),
                         _cell(part["fresh"]),
+                        _cell(part.get("staleness")),
                     ]
                     for part in row["parts_after_warmup"]
                 ),
