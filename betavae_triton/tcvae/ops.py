@@ -280,7 +280,7 @@ class _EagerTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, mu, second, q_is_logvar, dataset_size, estimator):
-        call = PairwiseCall(z, mu, _log_sigma(second, q_is_logvar), 0, dataset_size, estimator)
+        call = PairwiseCall(z, mu, log_sigma_from(second, q_is_logvar), 0, dataset_size, estimator)
         log_qz, log_prod, terms = _forward(call, False)
         ctx.save_for_backward(z, mu, second)
         ctx.pairwise = (call, log_qz, log_prod)
@@ -298,7 +298,7 @@ class _EagerTerms(torch.autograd.Function):
         g_terms = torch.stack([zero if g is None else g for g in (g_mi, g_tc, g_dw)])
         graph = create_graph_requested(z)
         with torch.set_grad_enabled(graph):  # a second derivative reaches σ through log σ
-            log_sigma = _log_sigma(second, ctx.q_is_logvar) if graph else call.log_sigma
+            log_sigma = log_sigma_from(second, ctx.q_is_logvar) if graph else call.log_sigma
         call = call._replace(z=z, mu=mu, log_sigma=log_sigma)
         saved = PairwiseSaved(log_qz, log_prod, None, None, g_terms)
         grad_z, grad_mu, grad_log_sigma = _pairwise_backward(call, saved, False, False)
@@ -309,8 +309,9 @@ class _EagerTerms(torch.autograd.Function):
         return grad_z, grad_mu, grad_second, None, None, None
 
 
-def _log_sigma(second: Tensor, q_is_logvar: bool) -> Tensor:
-    """log σ from σ, or from log σ² with ``q_is_logvar``."""
+def log_sigma_from(second: Tensor, q_is_logvar: bool) -> Tensor:
+    """log σ from σ, or from log σ² with ``q_is_logvar``: the one place a posterior's second
+    parameter becomes log σ (the batch's on every route, the bank's too)."""
     return second * 0.5 if q_is_logvar else second.log()
 
 

@@ -20,7 +20,13 @@ import torch
 from .._dispatch import autograd_transform, requested_backend, resolve_backend
 from .call import PairwiseCall
 from .formula import formula_terms
-from .ops import eager_terms, tc_log_densities, tc_log_densities_eager_call, untraced
+from .ops import (
+    eager_terms,
+    log_sigma_from,
+    tc_log_densities,
+    tc_log_densities_eager_call,
+    untraced,
+)
 
 Tensor = torch.Tensor
 
@@ -70,7 +76,7 @@ def _with_bank(
     """The posteriors (B, D) followed by the bank's (K, D), detached: the rows every
     sample is scored against. One (B + K, D) copy of each per call, O((B + K)·D)."""
     bank_mu, second = (t.detach().to(mu.dtype) for t in bank)
-    bank_log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
+    bank_log_sigma = log_sigma_from(second, q_is_logvar)
     return torch.cat((mu, bank_mu)), torch.cat((log_sigma, bank_log_sigma))
 
 
@@ -113,7 +119,7 @@ def minibatch_terms(
     if not (triton or gather or bank is not None or transform) and untraced(z, mu, second):
         # run as it is: one autograd node from σ to the three terms
         return eager_terms(z, mu, second, q_is_logvar, dataset_size, estimator)
-    log_sigma = 0.5 * second if q_is_logvar else torch.log(second)
+    log_sigma = log_sigma_from(second, q_is_logvar)
     rank, _ = world(gather, group)
     row_offset, mu_all, log_sigma_all = 0, mu, log_sigma
     if gather:
