@@ -33,15 +33,13 @@ import torch
 
 from betavae_triton import BetaTCVAELoss, kl_decomposition
 
-from .bank_slots import BankSlots
+from .bank_slots import BankSlots, encode_posteriors
 from .model import ConvVAE
 
 __all__ = ["TCTracker"]
 
 Tensor = torch.Tensor
 
-# Images encoded at a time.
-_CHUNK = 512
 # The parts of the bank also measured alone: its most recent K // f posteriors.
 SUB_BANK_FRACTIONS = (16, 4)
 
@@ -97,7 +95,7 @@ class TCTracker:
         """Measure at ``step`` (0-based, after its update) and append to :attr:`points`."""
         device = self.eval_images.device
         dtype = torch.float64 if device.type == "cpu" else torch.float32
-        loc, scale = _posteriors(model, self.eval_images, dtype)
+        loc, scale = encode_posteriors(model, self.eval_images, dtype)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + step)
         noise = torch.randn(loc.shape, generator=generator, dtype=dtype).to(device)
         z = loc + scale * noise
@@ -107,7 +105,7 @@ class TCTracker:
         bank, mirror = loss_fn.bank, self.slots
         if bank is not None and bank.filled and mirror is not None:
             stale = (bank.loc.to(dtype), bank.scale.to(dtype))
-            fresh = _posteriors(model, self.train_images[mirror.index.to(device)], dtype)
+            fresh = encode_posteriors(model, self.train_images[mirror.index.to(device)], dtype)
             k = mirror.size
             for size in [k // f for f in SUB_BANK_FRACTIONS if k // f >= self.batch_size] + [k]:
                 recent = mirror.recent(size)
@@ -157,14 +155,3 @@ class TCTracker:
             "held_out": int(self.eval_images.shape[0]),
             "points": self.points,
         }
-
-
-def _posteriors(model: ConvVAE, images: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The posteriors' means and standard deviations of ``images``, in ``dtype``."""
-    locs, scales = [], []
-    weights = next(model.parameters()).dtype
-    for start in range(0, images.shape[0], _CHUNK):
-        mu, sd = model.encode(images[start : start + _CHUNK].to(weights))
-        locs.append(mu.to(dtype))
-        scales.append(sd.to(dtype))
-    return torch.cat(locs), torch.cat(scales)
