@@ -51,6 +51,11 @@ def main() -> int:
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(mu.grad).all(), name
 
+    # The wheel ships the C kernels' sources (minibatch.c, minibatch_ops.cpp): they build
+    # here, against this venv's torch, and ran the β-TCVAE loss above.
+    kernels = betavae_triton.tcvae_cpu_kernels()
+    assert kernels.path == "c", f"the β-TCVAE C kernels do not build from the wheel: {kernels}"
+
     files = {str(f) for f in importlib.metadata.files(DIST)}
     assert "betavae_triton/py.typed" in files, "py.typed is not in the wheel"
     assert any(f.endswith("licenses/LICENSE") for f in files), "LICENSE is not in the wheel"

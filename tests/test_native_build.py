@@ -86,11 +86,18 @@ def _calls(dtype: torch.dtype, n: int = 10) -> list[warnings.WarningMessage]:
     return [w for w in caught if issubclass(w.category, cpu.NativeBuildWarning)]
 
 
+def _kernel_libraries(folder: Path) -> list[str]:
+    """The C kernels' libraries in ``folder`` (the operators' library may be there too:
+    it is built once per process, by whichever test first needs it)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("minibatch_f"))
+
+
 def _check_warned_once(caught: list[warnings.WarningMessage], reason: str) -> None:
     assert len(caught) == 1, [str(w.message) for w in caught]
     message = str(caught[0].message)
     assert reason in message
-    for fix in ("C compiler", "CC", cpu.CACHE_ENV, f"{cpu.ENV_SWITCH}=0", "tcvae_cpu_kernels"):
+    fixes = ("C compiler", "C++ compiler", "CC", "CXX", cpu.CACHE_ENV, f"{cpu.ENV_SWITCH}=0")
+    for fix in (*fixes, "tcvae_cpu_kernels"):
         assert fix in message, fix
 
 
@@ -176,7 +183,7 @@ def test_a_build_runs_no_subprocess_after_the_first_call(fresh, monkeypatch, tmp
         assert betavae_triton.tcvae_cpu_kernels() == answer
         runs = _runs(log)
         assert len(runs) == 5 and not any("minibatch.c" in run for run in runs[3:])
-    assert sorted(p.name for p in fresh.iterdir()) == [answer.library.name]
+    assert _kernel_libraries(fresh) == [answer.library.name]
 
 
 @needs_gcc
@@ -200,6 +207,76 @@ def test_a_dtype_without_kernels_is_answered_without_a_warning(fresh):
     assert _calls(torch.float16, n=2) == []
     answer = betavae_triton.tcvae_cpu_kernels(torch.float16)
     assert answer.path == "torch" and "float16" in answer.reason
+
+
+def _fresh_operators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operators' library as a new process sees it: not loaded (the one this process
+    loaded comes back when the test ends; its kernels cannot be registered twice)."""
+    monkeypatch.setattr(cpu, "_OPERATORS", {})
+
+
+@needs_gcc
+def test_a_failing_cxx_compiler_runs_once_per_process(fresh, monkeypatch, tmp_path):
+    """The C kernels build, the operators' C++ does not: the torch algorithm, with the
+    C++ compiler's failure as the reason, warned once; the compiler ran for its version
+    and once per C++ standard, at the first call only, whatever the dtype."""
+    _fresh_operators(monkeypatch)
+    script, log = _fake_cc(tmp_path, "exit 1")
+    monkeypatch.setenv("CXX", str(script))
+    caught = _calls(torch.float32)
+    first = _runs(log)
+    assert len(first) == 1 + len(cpu.CXX_STANDARDS)
+    assert first[0] == "--version" and all("minibatch_ops.cpp" in run for run in first[1:])
+    reason = cpu.unavailable_reason(torch.float32)
+    assert reason is not None and "failed on minibatch_ops.cpp" in reason
+    _check_warned_once(caught, reason)
+    assert betavae_triton.tcvae_cpu_kernels() == ("torch", reason, None)
+    assert _calls(torch.float64) == [] and _runs(log) == first
+    assert betavae_triton.tcvae_cpu_kernels(torch.float64).path == "torch"
+
+
+@needs_gcc
+def test_no_cxx_compiler(fresh, monkeypatch, tmp_path):
+    """gcc on PATH (with its assembler and linker) but no g++ (nor c++, nor CXX): the torch
+    algorithm, and the reason says what is missing."""
+    _fresh_operators(monkeypatch)
+    only_gcc = tmp_path / "bin"
+    only_gcc.mkdir()
+    for tool in ("gcc", "as", "ld"):
+        (only_gcc / tool).symlink_to(shutil.which(tool) or tool)
+    monkeypatch.setenv("PATH", str(only_gcc))
+    monkeypatch.delenv("CXX", raising=False)
+    caught = _calls(torch.float32)
+    reason = cpu.unavailable_reason(torch.float32)
+    assert reason is not None and "no C++ compiler" in reason
+    _check_warned_once(caught, reason)
+
+
+@pytest.mark.parametrize("change", ["source", "compiler", "version", "torch", "abi", "flags"])
+def test_the_operators_cache_key_covers_the_source_the_compiler_and_torch(
+    fresh, monkeypatch, tmp_path, change
+):
+    """The operators' library is built against torch's headers: another torch (version,
+    C++ ABI), source, compiler or set of flags names another library, never one built for
+    the torch of another environment sharing the cache folder."""
+    base = cpu._operators_path("/usr/bin/c++", "c++ 1.0")
+    assert base.parent == fresh and base.name.startswith("minibatch_ops_")
+    compiler, version = "/usr/bin/c++", "c++ 1.0"
+    if change == "source":
+        changed = tmp_path / "minibatch_ops.cpp"
+        changed.write_text(cpu.OPS_SOURCE.read_text() + "\n// upgraded\n")
+        monkeypatch.setattr(cpu, "OPS_SOURCE", changed)
+    elif change == "compiler":
+        compiler = "/usr/bin/clang++"
+    elif change == "version":
+        version = "c++ 2.0"
+    elif change == "torch":
+        monkeypatch.setattr(torch, "__version__", torch.__version__ + ".post1")
+    elif change == "abi":
+        monkeypatch.setattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", not torch._C._GLIBCXX_USE_CXX11_ABI)
+    else:
+        monkeypatch.setattr(cpu, "CXX_STANDARDS", cpu.CXX_STANDARDS[1:])
+    assert cpu._operators_path(compiler, version) != base
 
 
 _WORKER = """
@@ -233,7 +310,7 @@ def test_two_processes_building_into_one_empty_folder_at_once(fresh, tmp_path):
     outs = [proc.communicate(timeout=300)[0].split() for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0]
     assert outs[0] == outs[1] and outs[0][0] == "c", outs
-    assert [p.name for p in fresh.iterdir()] == [Path(outs[0][1]).name]
+    assert _kernel_libraries(fresh) == [Path(outs[0][1]).name]
     assert sum("minibatch.c" in run for run in _runs(log)) in (1, 2)
 
 

@@ -80,7 +80,7 @@ def test_licence_is_an_spdx_expression_with_its_file():
 def test_the_wheel_ships_py_typed_and_the_c_source():
     package_data = _pyproject()["tool"]["setuptools"]["package-data"]["betavae_triton"]
     assert "py.typed" in package_data and (ROOT / "betavae_triton" / "py.typed").is_file()
-    assert "tcvae/*.c" in package_data
+    assert "tcvae/*.c" in package_data and "tcvae/*.cpp" in package_data
 
 
 def test_changelog_has_an_unreleased_section():

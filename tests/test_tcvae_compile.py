@@ -128,12 +128,34 @@ def test_eager_operators_pass_opcheck():
     _opcheck_both(ops.tc_log_densities_eager.default, ops.tc_log_densities_eager_backward.default)
 
 
-def test_compiled_eager_path_keeps_the_walk_over_the_batch_out_of_the_graph():
-    """The eager backend's chunked walk is one opaque operator in the compiled graph, not
-    unrolled into it: at B = 40 and D = 13107 the walk takes chunks of 2 posteriors, 20
-    steps (2048 at B = 4096, D = 128), none of which is in the graph."""
+def _graph_targets(graph: torch.fx.GraphModule) -> list[str]:
+    """The targets of every node of a dynamo graph, its subgraphs' included (an
+    ``autograd.Function`` is a higher-order operator over a forward and a backward
+    subgraph)."""
+    return [
+        str(node.target)
+        for module in graph.modules()
+        if isinstance(module, torch.fx.GraphModule)
+        for node in module.graph.nodes
+    ]
+
+
+def _c_kernels_built() -> bool:
+    from betavae_triton.tcvae import cpu as _tcvae_cpu
+
+    return _tcvae_cpu.kernels(torch.float32) is not None
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_compiled_eager_path_keeps_the_walk_over_the_batch_out_of_the_graph(monkeypatch, native):
+    """The eager backend's chunked walk (``BETAVAE_TRITON_NATIVE=0``) is one opaque
+    operator in the compiled graph, not unrolled into it: at B = 40 and D = 13107 the walk
+    takes chunks of 2 posteriors, 20 steps (2048 at B = 4096, D = 128), none of which is in
+    the graph. With the C kernels built, the graph calls their operator instead, and not
+    the eager operator."""
     from betavae_triton.tcvae import eager as _tcvae_eager
 
+    monkeypatch.setenv("BETAVAE_TRITON_NATIVE", native)
     batch, latent = 40, 13107
     assert _tcvae_eager.chunk_size(batch, batch, latent) == 2
     torch._dynamo.reset()
@@ -141,9 +163,11 @@ def test_compiled_eager_path_keeps_the_walk_over_the_batch_out_of_the_graph():
     x, p, z, mu, sigma = _inputs(batch, latent)
     step = torch.compile(beta_tcvae_loss, backend=counter, fullgraph=True)
     step(x, p, z, mu, sigma, dataset_size=100, backend="eager")
-    graph = counter.graphs[0]
-    nodes = [str(n.target) for n in graph.graph.nodes]
-    assert sum("tc_log_densities_eager" in t for t in nodes) == 1, nodes
+    nodes = _graph_targets(counter.graphs[0])
+    c_kernels = native == "1" and _c_kernels_built()
+    assert sum("tc_log_densities_eager" in t for t in nodes) == (0 if c_kernels else 1), nodes
+    c_nodes = [t for t in nodes if "tc_log_densities_c" in t]
+    assert len(c_nodes) == (1 if c_kernels else 0), nodes  # (no gradient asked: forward)
     assert len(nodes) < 80, len(nodes)
 
 
@@ -214,10 +238,11 @@ def test_untraced_eager_calls_skip_the_dispatcher_and_traced_ones_keep_the_opera
 @pytest.mark.parametrize("batch, latent", [(16, 4), (64, 40)])
 def test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond(batch, latent):
     """Inside ``torch.compile`` the eager backend is the formula (fused by inductor) while
-    B·B·D ≤ ``terms.FUSED`` (16·16·4), and its operator beyond (64·64·40): either way the
-    oracle's values and gradients, and three outputs of their own, not views of one
-    tensor (whose views AOTAutograd's runtime would regenerate at every call: some 40 µs
-    of a 450 µs step at B × D = 32 × 6 on the CPU)."""
+    B·B·D ≤ ``terms.FUSED`` (16·16·4), and its operators beyond (64·64·40: the C kernels'
+    where they are built, else the eager one): either way the oracle's values and
+    gradients, and three outputs of their own, not views of one tensor (whose views
+    AOTAutograd's runtime would regenerate at every call: some 40 µs of a 450 µs step at
+    B × D = 32 × 6 on the CPU)."""
     from betavae_triton.tcvae.terms import FUSED
     from reference.beta_tcvae import reference_beta_tcvae_terms
 
@@ -228,8 +253,9 @@ def test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyon
     compiled = torch.compile(_decomposition, backend=counter, fullgraph=True)
     got, got_grads = _terms_and_grads(compiled, z, mu, sigma)
     graph = counter.graphs[0].graph
-    nodes = [str(n.target) for n in graph.nodes]
-    assert any("tc_log_densities_eager" in t for t in nodes) == (batch == 64), nodes
+    nodes = _graph_targets(counter.graphs[0])
+    operator_name = "tc_log_densities_c" if _c_kernels_built() else "tc_log_densities_eager"
+    assert any(operator_name in t for t in nodes) == (batch == 64), nodes
     (returned,) = [n.args[0] for n in graph.nodes if n.op == "output"]
     assert not any(n.target is operator.getitem for n in returned), returned  # no views
     oracle, oracle_grads = _terms_and_grads(

@@ -5,6 +5,8 @@
   schemas :data:`FORWARD_SCHEMA` and :data:`BACKWARD_SCHEMA` write out.
 - :class:`PairwiseSaved`: what the backward pass reads besides the call (the forward's
   log-sum-exps and the incoming gradients).
+- :data:`C_FORWARD_SCHEMA`, :data:`C_BACKWARD_SCHEMA`: the C kernels' operators, which
+  take the same tensors with the estimator's log-weights.
 
 The operators return ``(log q(z_i), log q(z_id), [mi, tc, dw_kl])``: the pairwise
 log-densities and the three terms computed from them (:mod:`.decomposition`).
@@ -29,6 +31,19 @@ BACKWARD_SCHEMA = (
     "(Tensor z, Tensor mu, Tensor log_sigma, SymInt row_offset, SymInt dataset_size, "
     "str estimator, Tensor log_qz, Tensor log_prod, Tensor? g_qz, Tensor? g_prod, "
     "Tensor? g_terms, bool interpreted=False) -> (Tensor, Tensor, Tensor)"
+)
+
+#: The C kernels' operators (``minibatch_ops.cpp``): a contiguous call's tensors and row
+#: offset, with the estimator's code and log-weights (:mod:`.weights`) in place of its
+#: name and the data set's size.
+C_FORWARD_SCHEMA = (
+    "(Tensor z, Tensor mu, Tensor log_sigma, int row_offset, int estimator, float own, "
+    "float strat, float rest) -> (Tensor, Tensor, Tensor)"
+)
+C_BACKWARD_SCHEMA = (
+    "(Tensor z, Tensor mu, Tensor log_sigma, Tensor log_qz, Tensor log_prod, Tensor? g_qz, "
+    "Tensor? g_prod, Tensor? g_terms, int row_offset, int estimator, float own, "
+    "float strat, float rest) -> (Tensor, Tensor, Tensor)"
 )
 
 

@@ -7,18 +7,28 @@ compiled at first use with the machine's C compiler (``$CC``, else ``gcc`` or ``
 ``~/.cache/betavae_triton``), keyed by the source, the compiler (path and version), the
 flags and what ``-march=native`` resolves to (the options the compiler's driver passes on
 for it, ``cc -### -march=native``; where it does not say, the CPU's model and feature
-flags from ``/proc/cpuinfo``), and loaded with ``ctypes``. They run on torch's own OpenMP
-threads (the library links the ``libgomp.so.1`` that torch has loaded): the rows are
-split into ``torch.get_num_threads()`` ranges, and the backward pass's sums over the rows
-are partial sums per range, added in range order, so that results are the same bit for
-bit run after run at a given thread count.
+flags from ``/proc/cpuinfo``). They run on torch's own OpenMP threads (the library links
+the ``libgomp.so.1`` that torch has loaded): the rows are split into
+``torch.get_num_threads()`` ranges, and the backward pass's sums over the rows are
+partial sums per range, added in range order, so that results are the same bit for bit
+run after run at a given thread count.
 
-The compiler is asked once per process (its version and its ``-march=native``), each
-library (float32, float64) is built or loaded once per process, and a failure is
-remembered for the rest of the process: no call after the first runs a subprocess. Where
-no compiler works (or the cache folder cannot be written), :func:`kernels` returns None,
-the eager backend runs the chunked torch algorithm of :mod:`.eager` instead, and a
-:class:`NativeBuildWarning` says why, once per process; ``BETAVAE_TRITON_NATIVE=0``
+They are called as the CPU kernels of two operators,
+``betavae_triton::tc_log_densities_c`` and its ``_backward`` (schemas in :mod:`.call`,
+defined in :mod:`.ops`), so that a call costs torch's C++ dispatch and not a Python function's, in
+eager mode and in a compiled graph alike. Those kernels are ``minibatch_ops.cpp``, compiled
+once per machine and torch with the C++ compiler (``$CXX``, else ``g++`` or ``c++``)
+against torch's headers into the same cache folder (keyed by its source, the compiler,
+torch's version, headers and C++ ABI), loaded once per process
+(``torch.ops.load_library``), and handed the C kernels' addresses for each dtype once
+those load (``ctypes``): its build does not depend on the C kernels' source or target.
+
+The compilers are asked once per process (their version, and ``-march=native``), each
+library (float32, float64, the operators') is built or loaded once per process, and a
+failure is remembered for the rest of the process: no call after the first runs a
+subprocess. Where no compiler works (or the cache folder cannot be written), :func:`kernels`
+returns None, the eager backend runs the chunked torch algorithm of :mod:`.eager` instead,
+and a :class:`NativeBuildWarning` says why, once per process; ``BETAVAE_TRITON_NATIVE=0``
 chooses the torch algorithm on purpose (read at every call, no warning).
 :func:`tcvae_cpu_kernels` says which runs, and why.
 """
@@ -35,7 +45,6 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -47,6 +56,11 @@ from .weights import estimator_weights
 Tensor = torch.Tensor
 SOURCE = Path(__file__).with_name("minibatch.c")
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11")
+#: The operators' CPU kernels (C++, against torch's headers) and how they are compiled:
+#: the C++ standards tried in turn (torch's headers ask for C++20 from 2.10 on).
+OPS_SOURCE = Path(__file__).with_name("minibatch_ops.cpp")
+CXX_FLAGS = ("-O2", "-fPIC", "-shared")
+CXX_STANDARDS = ("-std=c++20", "-std=c++17")
 # The builds tried in turn: with -march=native and OpenMP, else without either where the
 # compiler refuses it.
 VARIANTS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
@@ -103,20 +117,19 @@ class _Toolchain(NamedTuple):
 
 
 class _Native(NamedTuple):
-    path: Path
-    fwd: Callable[..., None]  # the C forward
-    bwd: Callable[..., None]  # the C backward
-    fwd_workspace: Callable[[int, int, int], int]  # its workspace's bytes (parts, B, D)
-    bwd_workspace: Callable[[int, int, int], int]
+    path: Path  # the C kernels' library
+    library: ctypes.CDLL  # it, loaded (kept: the operators call into it)
 
 
 # Per process: the reason of each dtype's latest call (None where the kernels ran), each
 # compiler's toolchain (or why it failed), each library (float64 or not) once loaded (or
-# why it failed), and whether the warning was given.
+# why it failed), and whether the warning was given; and the operators' library, loaded
+# (or why not) once per process: its kernels cannot be registered twice.
 _UNAVAILABLE: dict[torch.dtype, str] = {}
 _TOOLCHAINS: dict[str, _Toolchain | str] = {}
 _LIBRARIES: dict[bool, _Native | str] = {}
 _WARNED: set[str] = set()
+_OPERATORS: dict[str, ctypes.CDLL | str] = {}
 
 
 def _cache_dir() -> Path:
@@ -240,7 +253,8 @@ def _build(compiler: str, double: bool, out: Path) -> None:
 
 
 def _load(double: bool) -> _Native:
-    """Build (where the cache lacks it) and load one library; raises on failure."""
+    """Build (where the cache lacks it) and load one library, and hand its kernels to the
+    operators; raises on failure."""
     tools = _toolchain()
     path = _library_path(double, tools)
     if not path.exists():
@@ -250,22 +264,101 @@ def _load(double: bool) -> _Native:
             raise RuntimeError(f"the cache folder {path.parent} cannot be created: {err}") from err
         _build(tools.compiler, double, path)
     lib = ctypes.CDLL(str(path))
-    real = ctypes.c_double if double else ctypes.c_float
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     suffix = "f64" if double else "f32"
-    fwd = getattr(lib, f"minibatch_log_densities_fwd_{suffix}")
-    fwd.argtypes = [p] * 7 + [i32] + [i64] * 4 + [i32, real, real, real]
-    fwd.restype = None
-    bwd = getattr(lib, f"minibatch_log_densities_bwd_{suffix}")
-    bwd.argtypes = [p] * 11 + [i32] + [i64] * 4 + [i32] + [real] * 7
-    bwd.restype = None
-    workspaces = []
-    for direction in ("fwd", "bwd"):
-        workspace = getattr(lib, f"minibatch_log_densities_{direction}_workspace_{suffix}")
-        workspace.argtypes = [i32, i64, i64]
-        workspace.restype = i64
-        workspaces.append(workspace)
-    return _Native(path, fwd, bwd, *workspaces)
+    names = ("fwd", "bwd", "fwd_workspace", "bwd_workspace")
+    addresses = [
+        ctypes.cast(getattr(lib, f"minibatch_log_densities_{name}_{suffix}"), ctypes.c_void_p)
+        for name in names
+    ]
+    _operators().betavae_triton_bind_kernels(ctypes.c_int(int(double)), *addresses)
+    return _Native(path, lib)
+
+
+def _cxx_compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _torch_paths() -> tuple[Path, Path]:
+    """torch's C++ headers and libraries."""
+    root = Path(torch.__file__).resolve().parent
+    return root / "include", root / "lib"
+
+
+def _operators_path(compiler: str, version: str) -> Path:
+    """The cache file of the operators' library: named by a hash of its source, the C++
+    compiler, the flags, and the torch it is built against (version, headers, C++ ABI)."""
+    include, _ = _torch_paths()
+    key = hashlib.sha256(
+        "\0".join(
+            (
+                OPS_SOURCE.read_text(),
+                compiler,
+                version,
+                " ".join((*CXX_FLAGS, *CXX_STANDARDS)),
+                torch.__version__,
+                str(include),
+                str(torch._C._GLIBCXX_USE_CXX11_ABI),
+            )
+        ).encode()
+    ).hexdigest()[:24]
+    return _cache_dir() / f"minibatch_ops_{key}.so"
+
+
+def _build_operators(compiler: str, out: Path) -> None:
+    """Compile the operators' kernels into ``out``: with the first of
+    :data:`CXX_STANDARDS` the compiler accepts."""
+    include, lib = _torch_paths()
+    torch_flags = (
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"-I{include}",
+        f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}",
+    )
+    link = (f"-L{lib}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{lib}")
+    for standard in CXX_STANDARDS:
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            target = Path(tmp) / out.name
+            source = (str(OPS_SOURCE), "-o", str(target))
+            cmd = [compiler, *CXX_FLAGS, standard, *torch_flags, *source, *link]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if done.returncode == 0:
+                os.replace(target, out)
+                return
+            error = done.stderr.strip()[-2000:]
+    raise RuntimeError(f"{compiler} failed on {OPS_SOURCE.name}: {error}")
+
+
+def _operators() -> ctypes.CDLL:
+    """The operators' library, built (where the cache lacks it) and loaded once per
+    process, its kernels registered; raises RuntimeError (every time) where it cannot."""
+    known = _OPERATORS.get("library")
+    if known is None:
+        try:
+            known = _load_operators()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            known = str(err) or type(err).__name__
+        _OPERATORS["library"] = known
+    if isinstance(known, str):
+        raise RuntimeError(known)
+    return known
+
+
+def _load_operators() -> ctypes.CDLL:
+    compiler = _cxx_compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+    path = _operators_path(compiler, f"{done.returncode}\n{done.stdout}")
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RuntimeError(f"the cache folder {path.parent} cannot be created: {err}") from err
+        _build_operators(compiler, path)
+    torch.ops.load_library(str(path))
+    return ctypes.CDLL(str(path))
 
 
 def _native(dtype: torch.dtype) -> _Native | str:
@@ -294,7 +387,8 @@ def _warn(dtype: torch.dtype, reason: str) -> None:
     warnings.warn(
         f"betavae_triton: the β-TCVAE C kernels for {dtype} are unavailable ({reason}); "
         "the eager backend runs the chunked torch algorithm on the CPU instead, 6-8x "
-        "slower. To fix: install a C compiler (gcc or clang) or point CC to one; set "
+        "slower. To fix: install a C compiler and a C++ compiler (gcc and g++, or clang) "
+        "or point CC and CXX to them; set "
         f"{CACHE_ENV} to a writable folder; or set {ENV_SWITCH}=0 to choose the torch "
         "algorithm and silence this warning. betavae_triton.tcvae_cpu_kernels() tells "
         "which runs.",
@@ -315,6 +409,18 @@ def kernels(dtype: torch.dtype) -> _Native | None:
         return None
     _UNAVAILABLE.pop(dtype, None)  # a reason of an earlier call (the switch was set) is stale
     return native
+
+
+def kernels_ready(dtype: torch.dtype) -> bool:
+    """Whether the C kernels compute a call of ``dtype`` now: the switch read now, the
+    kernels built or loaded once per process (:func:`kernels`). Traced by
+    ``torch.compile``, the switch is guarded on and the build's outcome is a constant."""
+    return os.environ.get(ENV_SWITCH, "1") != "0" and _built(dtype)
+
+
+@torch.compiler.assume_constant_result
+def _built(dtype: torch.dtype) -> bool:
+    return kernels(dtype) is not None
 
 
 def unavailable_reason(dtype: torch.dtype = torch.float32) -> str | None:
@@ -355,60 +461,23 @@ def tcvae_cpu_kernels(dtype: torch.dtype = torch.float32) -> CpuKernels:
     return CpuKernels("c", None, native.path)
 
 
-def _parts(rows: int) -> int:
-    """Row ranges: one per torch thread (fewer for few rows)."""
-    return max(1, min(torch.get_num_threads(), rows))
-
-
-def _pointer(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def log_densities_fwd(native: _Native, call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor]:
+def log_densities_fwd(call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor]:
     """``(log q(z_i), log q(z_id), [mi, tc, dw_kl])`` of ``call`` (contiguous, one dtype:
-    float32 or float64, on the CPU) by the C forward kernel: the terms from the per-sample
-    parts it sums per range of rows (in float64), added in range order, in one workspace
-    it carves itself."""
-    z = call.z
-    n_rows, latent = z.shape
-    batch = call.mu.shape[0]
-    parts = _parts(n_rows)
-    log_qz, log_prod = z.new_empty((n_rows,)), z.new_empty((n_rows, latent))
-    terms = z.new_empty((3,))
-    work = torch.empty(native.fwd_workspace(parts, batch, latent), dtype=torch.uint8)
-    weights = estimator_weights(batch, call.dataset_size, call.estimator)
-    native.fwd(
-        z.data_ptr(), call.mu.data_ptr(), call.log_sigma.data_ptr(), log_qz.data_ptr(),
-        log_prod.data_ptr(), terms.data_ptr(), work.data_ptr(), parts, n_rows,
-        call.row_offset, batch, latent, *weights,
-    )  # fmt: skip
-    return log_qz, log_prod, terms
+    float32 or float64, on the CPU, the kernels loaded) by the C forward kernel: the terms
+    from the per-sample parts it sums per range of rows (in float64), added in range
+    order."""
+    weights = estimator_weights(call.mu.shape[0], call.dataset_size, call.estimator)
+    return torch.ops.betavae_triton.tc_log_densities_c.default(
+        call.z, call.mu, call.log_sigma, call.row_offset, *weights
+    )
 
 
-def log_densities_bwd(
-    native: _Native, call: PairwiseCall, saved: PairwiseSaved
-) -> tuple[Tensor, Tensor, Tensor]:
+def log_densities_bwd(call: PairwiseCall, saved: PairwiseSaved) -> tuple[Tensor, Tensor, Tensor]:
     """``(dL/dz, dL/dμ, dL/d log σ)`` by the C backward kernel: dL/dz row by row, the
     posteriors' gradients from partial sums over ranges of rows, added in range order;
     the terms' incoming gradients ``saved.g_terms`` become constants of the kernel (their
     shares of log q(z_i) and log q(z_id), and the samples' own parts)."""
-    z = call.z
-    n_rows, latent = z.shape
-    batch = call.mu.shape[0]
-    add_qz = add_prod = g_own = g_pz = 0.0
-    if saved.g_terms is not None:
-        g_mi, g_tc, g_dw = (g / n_rows for g in saved.g_terms.tolist())
-        add_qz, add_prod, g_own, g_pz = g_tc - g_mi, g_dw - g_tc, g_mi, g_dw
-    grads = (torch.empty_like(z), torch.empty_like(call.mu), torch.empty_like(call.log_sigma))
-    parts = _parts(n_rows)
-    work = torch.empty(native.bwd_workspace(parts, batch, latent), dtype=torch.uint8)
-    pointers = (
-        z, call.mu, call.log_sigma, saved.log_qz, saved.log_prod, saved.g_qz, saved.g_prod,
-        *grads, work,
-    )  # fmt: skip
-    weights = estimator_weights(batch, call.dataset_size, call.estimator)
-    native.bwd(
-        *(_pointer(t) for t in pointers), parts, n_rows, call.row_offset, batch, latent,
-        *weights, add_qz, add_prod, g_own, g_pz,
-    )  # fmt: skip
-    return grads
+    weights = estimator_weights(call.mu.shape[0], call.dataset_size, call.estimator)
+    return torch.ops.betavae_triton.tc_log_densities_c_backward.default(
+        call.z, call.mu, call.log_sigma, *saved, call.row_offset, *weights
+    )

@@ -1,6 +1,6 @@
 """β-TCVAE's minibatch log-densities as ``torch.library`` operators, with one autograd.
 
-Two operators under the ``betavae_triton`` namespace compute
+Three operators under the ``betavae_triton`` namespace compute
 
     (log q(z_i), log q(z_id), [mi, tc, dw_kl]) = tc_log_densities(z, mu, log_sigma,
                                                   row_offset, dataset_size, estimator)
@@ -9,9 +9,10 @@ for the samples z (rows ``row_offset`` … of the batch) against every posterior
 the pairwise log-densities by online log-sum-exps in O(B·D) memory, and the three terms
 from them (:mod:`.decomposition`), so that a β-TCVAE step is one operator call forward and
 one backward. Each has a ``*_backward`` operator that recomputes the gradients to z, μ and
-log σ from the saved log-sum-exps. Their first six arguments are the fields of
-:class:`.call.PairwiseCall`; the backward's next five those of :class:`.call.PairwiseSaved`;
-the schemas are written out in :mod:`.call`.
+log σ from the saved log-sum-exps. The first two take the fields of
+:class:`.call.PairwiseCall` (the backward's next five: :class:`.call.PairwiseSaved`), the
+third the same tensors with the estimator's log-weights; the schemas are written out in
+:mod:`.call`.
 
 ``tc_log_densities``
     the Triton backend: a ``torch.library.triton_op`` whose kernels (:mod:`.launch`) are
@@ -26,8 +27,21 @@ the schemas are written out in :mod:`.call`.
     kernel registered on the ``triton_op`` (``register_kernel("cpu")``): it runs in eager
     mode, but dynamo and inductor decompose a ``triton_op`` into its body whatever the
     device, and the body's ``wrap_triton`` launch then asks Triton for a GPU driver.
+``tc_log_densities_c``
+    the C kernels themselves (schema :data:`.call.C_FORWARD_SCHEMA`; their CPU kernel is
+    ``minibatch_ops.cpp``, which :mod:`.cpu` builds and loads at first use), without an
+    autograd of their own: the eager operator's CPU implementation, and what a graph
+    traced by ``torch.compile`` calls on a CPU where they are built
+    (:func:`_c_kernels_in_graph`), applied by :class:`_EagerPairwise` with the one
+    autograd below. They cannot be the eager operator's registered CPU kernel: that
+    operator also serves the interpreted form, ``BETAVAE_TRITON_NATIVE=0`` and machines
+    without a compiler, which a C++ kernel cannot hand back to Python. A compiled graph
+    calls them by torch's C++ dispatch, where the eager operator costs a trip through
+    ``torch._library``'s Python (some 20 µs a call each way). ``torch.export`` keeps the
+    eager operator: its programs name an operator that every install has.
 
-One autograd (:func:`_setup_context`, :func:`_backward`) is registered on both; it answers
+One autograd (:func:`_setup_context`, :func:`_backward`) is registered on the first two
+(the third runs inside it); it answers
 second derivatives (``create_graph=True``) through :mod:`.formula`. A call that nothing
 traces (no ``torch.compile``, ``torch.export``, fake or functional tensors) applies the
 eager operator's implementation and that same autograd directly
@@ -53,7 +67,14 @@ from .._dispatch import (
     triton_available,
 )
 from . import cpu, decomposition, eager
-from .call import BACKWARD_SCHEMA, FORWARD_SCHEMA, PairwiseCall, PairwiseSaved
+from .call import (
+    BACKWARD_SCHEMA,
+    C_BACKWARD_SCHEMA,
+    C_FORWARD_SCHEMA,
+    FORWARD_SCHEMA,
+    PairwiseCall,
+    PairwiseSaved,
+)
 from .formula import formula_log_densities
 
 if triton_available():
@@ -65,9 +86,22 @@ Tensor = torch.Tensor
 # ---- the implementations, on one call ------------------------------------------------------
 
 
-def _native(z: Tensor):
-    """The C kernels of :mod:`.cpu` for CPU tensors, where they build; else None."""
-    return cpu.kernels(z.dtype) if z.device.type == "cpu" else None
+def _c_kernels(z: Tensor, interpreted: bool = False) -> bool:
+    """Whether the C kernels of :mod:`.cpu` compute a call on ``z``: CPU tensors, not the
+    Triton backend's interpreted form, the kernels built (and not switched off)."""
+    if interpreted and interpreter_enabled():
+        return False
+    return z.device.type == "cpu" and cpu.kernels_ready(z.dtype)
+
+
+def _c_kernels_in_graph(z: Tensor) -> bool:
+    """Whether a call traced by ``torch.compile`` puts the C kernels' operators in its graph
+    itself (applied by :class:`_EagerPairwise`, their autograd the operators' own), rather
+    than the eager operator: a compiled graph then calls them by torch's C++ dispatch, not
+    through ``torch._library``'s Python (some 20 µs a call). Not under ``torch.export``,
+    whose programs name the eager operator."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return torch.compiler.is_compiling() and not exporting and _c_kernels(z)
 
 
 def _forward(call: PairwiseCall, interpreted: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,9 +109,8 @@ def _forward(call: PairwiseCall, interpreted: bool) -> tuple[Tensor, Tensor, Ten
     interpreted Triton kernels, the C kernels (which sum the terms' per-sample parts in
     the same pass), or the chunked torch algorithm (see the module docstring)."""
     call = call.contiguous()
-    native = None if interpreted and interpreter_enabled() else _native(call.z)
-    if native is not None:
-        return cpu.log_densities_fwd(native, call)
+    if _c_kernels(call.z, interpreted):
+        return cpu.log_densities_fwd(call)
     if interpreted and interpreter_enabled():
         log_qz, log_prod = launch_log_densities_fwd(interpreter_launch, *call)
     else:
@@ -92,9 +125,8 @@ def _backward_impl(
     :func:`_forward`, the samples' own parts included."""
     call = call.contiguous()
     saved = PairwiseSaved(*(None if t is None else t.contiguous() for t in saved))
-    native = None if interpreted and interpreter_enabled() else _native(call.z)
-    if native is not None:
-        return cpu.log_densities_bwd(native, call, saved)
+    if _c_kernels(call.z, interpreted):
+        return cpu.log_densities_bwd(call, saved)
     g_qz, g_prod = decomposition.pairwise_gradients(call, saved.g_terms, saved.g_qz, saved.g_prod)
     args = (call.z, call.mu, call.log_sigma, saved.log_qz, saved.log_prod, g_qz, g_prod)
     if interpreted and interpreter_enabled():
@@ -180,11 +212,19 @@ def tc_log_densities_backward(
     return grads
 
 
+# The C kernels' operators: defined here, their CPU kernels registered by the library of
+# minibatch_ops.cpp that tcvae/cpu.py builds and loads at first use.
+torch.library.define("betavae_triton::tc_log_densities_c", C_FORWARD_SCHEMA)
+torch.library.define("betavae_triton::tc_log_densities_c_backward", C_BACKWARD_SCHEMA)
+
+
+@torch.library.register_fake("betavae_triton::tc_log_densities_c")
 @tc_log_densities_eager.register_fake
 def _fake_forward(z, mu, log_sigma, *options):
     return z.new_empty(z.shape[:1]), torch.empty_like(z), z.new_empty((3,))
 
 
+@torch.library.register_fake("betavae_triton::tc_log_densities_c_backward")
 @tc_log_densities_eager_backward.register_fake
 def _fake_backward(z, mu, log_sigma, *rest):
     return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(log_sigma)
@@ -245,9 +285,10 @@ def _pairwise_backward(
     :func:`_second_order_gradients`."""
     if create_graph_requested(call.z):
         return _second_order_gradients(call, saved.g_qz, saved.g_prod, saved.g_terms)
-    if not is_triton and not backward_is_traced(call.z):
+    if not is_triton and (not backward_is_traced(call.z) or _c_kernels_in_graph(call.z)):
         # Run eagerly, the eager operator's backward is its implementation, called
-        # without a second trip through the dispatcher (traced, the operator is needed:
+        # without a second trip through the dispatcher; compiled on the C kernels, the
+        # graph calls their operator (traced otherwise, the eager operator is needed:
         # the graph calls it).
         return _backward_impl(call, saved, interpreted)
     backward_op = tc_log_densities_backward if is_triton else tc_log_densities_eager_backward
@@ -341,7 +382,7 @@ def tc_log_densities_eager_call(call: PairwiseCall) -> tuple[Tensor, Tensor, Ten
     """:func:`tc_log_densities_eager` on ``call``: the operator where anything traces the
     call, :class:`_EagerPairwise` (the same computation and autograd, without the
     dispatcher's overhead) where it runs as it is."""
-    if untraced(call.z, call.mu, call.log_sigma):
+    if untraced(call.z, call.mu, call.log_sigma) or _c_kernels_in_graph(call.z):
         return _EagerPairwise.apply(*call, False)
     return tc_log_densities_eager(*call)
 
