@@ -32,7 +32,7 @@ third the same tensors with the estimator's log-weights; the schemas are written
     ``minibatch_ops.cpp``, which :mod:`.cpu` builds and loads at first use), without an
     autograd of their own: the eager operator's CPU implementation, and what a graph
     traced by ``torch.compile`` calls on a CPU where they are built
-    (:func:`_c_kernels_in_graph`), applied by :class:`_EagerPairwise` with the one
+    (:func:`c_kernels_in_graph`), applied by :class:`_EagerPairwise` with the one
     autograd below. They cannot be the eager operator's registered CPU kernel: that
     operator also serves the interpreted form, ``BETAVAE_TRITON_NATIVE=0`` and machines
     without a compiler, which a C++ kernel cannot hand back to Python. A compiled graph
@@ -94,7 +94,7 @@ def _c_kernels(z: Tensor, interpreted: bool = False) -> bool:
     return z.device.type == "cpu" and cpu.kernels_ready(z.dtype)
 
 
-def _c_kernels_in_graph(z: Tensor) -> bool:
+def c_kernels_in_graph(z: Tensor) -> bool:
     """Whether a call traced by ``torch.compile`` puts the C kernels' operators in its graph
     itself (applied by :class:`_EagerPairwise`, their autograd the operators' own), rather
     than the eager operator: a compiled graph then calls them by torch's C++ dispatch, not
@@ -285,7 +285,7 @@ def _pairwise_backward(
     :func:`_second_order_gradients`."""
     if create_graph_requested(call.z):
         return _second_order_gradients(call, saved.g_qz, saved.g_prod, saved.g_terms)
-    if not is_triton and (not backward_is_traced(call.z) or _c_kernels_in_graph(call.z)):
+    if not is_triton and (not backward_is_traced(call.z) or c_kernels_in_graph(call.z)):
         # Run eagerly, the eager operator's backward is its implementation, called
         # without a second trip through the dispatcher; compiled on the C kernels, the
         # graph calls their operator (traced otherwise, the eager operator is needed:
@@ -382,7 +382,7 @@ def tc_log_densities_eager_call(call: PairwiseCall) -> tuple[Tensor, Tensor, Ten
     """:func:`tc_log_densities_eager` on ``call``: the operator where anything traces the
     call, :class:`_EagerPairwise` (the same computation and autograd, without the
     dispatcher's overhead) where it runs as it is."""
-    if untraced(call.z, call.mu, call.log_sigma) or _c_kernels_in_graph(call.z):
+    if untraced(call.z, call.mu, call.log_sigma) or c_kernels_in_graph(call.z):
         return _EagerPairwise.apply(*call, False)
     return tc_log_densities_eager(*call)
 

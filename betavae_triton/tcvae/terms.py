@@ -7,7 +7,8 @@ pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), in O(B·D) and O(B
 extra memory, and the per-sample parts (log q(z|x), log p(z), the means) from it. Run as
 it is (nothing traces it), the eager operator is applied without the dispatcher
 (:func:`.ops.tc_log_densities_eager_call`); inside ``torch.compile``, a batch whose
-B × B × D formula is small (:data:`FUSED`) is the formula, which inductor fuses. With
+B × B × D formula is small and the C kernels cost more (:data:`FUSED`) is the formula, which
+inductor fuses. With
 ``gather``, the posteriors of every rank are all-gathered (with autograd) and this rank's
 samples are scored against all of them: the rank's rows are rows ``rank · B`` … of the
 global batch.
@@ -21,6 +22,7 @@ from .._dispatch import autograd_transform, requested_backend, resolve_backend
 from .call import PairwiseCall
 from .formula import formula_terms
 from .ops import (
+    c_kernels_in_graph,
     eager_terms,
     log_sigma_from,
     tc_log_densities,
@@ -31,15 +33,21 @@ from .ops import (
 Tensor = torch.Tensor
 
 #: Inside ``torch.compile``, the eager backend hands inductor the B_l × B × D formula
-#: (:mod:`.formula`) instead of calling its operator when the formula has at most this
-#: many elements (256 KiB in float32): there inductor fuses it into the graph's kernels,
-#: and a custom operator's call (dispatch, argument defaults, AOTAutograd's wrappers)
-#: costs more than the whole computation. Measured on the 2-core CPU, one thread
-#: (``perf/RESULTS.md``): the formula's route is 20–35% faster than the operator's up to
-#: B × D = 64 × 16 (2^16 elements), the operator's 12–23% faster from 128 × 6 (2^16.6).
-#: The Triton backend's operator is kernels in the graph (no such call): it keeps them at
-#: every size.
+#: (:mod:`.formula`) instead of calling its operators when the formula has at most this
+#: many elements (256 KiB in float32) and, where the C kernels are built, either the batch
+#: is at most :data:`FUSED_BATCH` posteriors or the latent at least :data:`FUSED_LATENT`
+#: dimensions: there inductor fuses it into the graph's kernels, and they cost less than
+#: the C kernels' operators. Measured on the 2-core CPU (``perf/RESULTS.md``, thread time
+#: of a compiled forward + backward, 2026-12-07): with one thread the formula's route is
+#: 8–18% faster at B = 32 (D = 6–16) and at 64 × 16, the C kernels' 7–17% faster at 64 × 6
+#: and 64 × 10; with two threads the C kernels' 40–60% faster at 64 × 6 and 64 × 10 (the
+#: formula's loops split over two threads cost more than they save at these sizes). The
+#: chunked torch algorithm (no C compiler) costs more than the formula at every size up to
+#: :data:`FUSED`. The Triton backend's operator is kernels in the graph (no such call): it
+#: keeps them at every size.
 FUSED = 1 << 16
+FUSED_BATCH = 32
+FUSED_LATENT = 16
 
 
 def world(gather: bool, group=None) -> tuple[int, int]:
@@ -81,11 +89,14 @@ def _with_bank(
 
 
 def _fused(call: PairwiseCall, triton: bool) -> bool:
-    """Whether ``call``, on the eager backend inside ``torch.compile``, is small enough for
-    the formula (:data:`FUSED`)."""
-    return (
-        not triton and torch.compiler.is_compiling() and call.z.shape[0] * call.mu.numel() <= FUSED
-    )
+    """Whether ``call``, on the eager backend inside ``torch.compile``, costs less as the
+    formula than as an operator's call (:data:`FUSED`)."""
+    if triton or not torch.compiler.is_compiling():
+        return False
+    if call.z.shape[0] * call.mu.numel() > FUSED:
+        return False
+    batch, latent = call.mu.shape
+    return batch <= FUSED_BATCH or latent >= FUSED_LATENT or not c_kernels_in_graph(call.z)
 
 
 def minibatch_terms(
