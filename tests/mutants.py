@@ -524,6 +524,60 @@ MUTANTS = (
         ),
     ),
     Mutant(
+        "tc-c-op-tc-share-swapped",
+        "the C kernels' operator shares tc's gradient to log q(z_i) with the sign of mi's",
+        "betavae_triton/tcvae/minibatch_ops.cpp",
+        "        add_qz = static_cast<Real>(v[1] / n - v[0] / n);",
+        "        add_qz = static_cast<Real>(v[0] / n - v[1] / n);",
+        ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
+    ),
+    Mutant(
+        "ops-key-no-torch-version",
+        "the operators' cache key leaves out torch's version (a library built against "
+        "another torch's headers)",
+        "betavae_triton/tcvae/cpu.py",
+        "                torch.__version__,\n",
+        "",
+        (
+            "tests/test_native_build.py::"
+            "test_the_operators_cache_key_covers_the_source_the_compiler_and_torch[torch]",
+        ),
+    ),
+    Mutant(
+        "tc-compiled-keeps-the-eager-operator",
+        "a compiled graph calls the eager operator (torch._library's Python), not the C "
+        "kernels' operators",
+        "betavae_triton/tcvae/ops.py",
+        "    return torch.compiler.is_compiling() and not exporting and _c_kernels(z)",
+        "    return False",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_compiled_eager_path_keeps_the_walk_over_the_batch_out_of_the_graph[1]",
+        ),
+    ),
+    Mutant(
+        "tc-exported-c-kernels",
+        "torch.export puts the C kernels' operators in the program",
+        "betavae_triton/tcvae/ops.py",
+        "    return torch.compiler.is_compiling() and not exporting and _c_kernels(z)",
+        "    return torch.compiler.is_compiling() and _c_kernels(z)",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_exported_programs_name_the_eager_operator_not_the_c_kernels",
+        ),
+    ),
+    Mutant(
+        "tc-compiled-fused-below-2-16-always",
+        "inside torch.compile the formula at every size up to 2^16 values, C kernels or not",
+        "betavae_triton/tcvae/terms.py",
+        "    return batch <= FUSED_BATCH or latent >= FUSED_LATENT or not c_kernels_in_graph(",
+        "    return True or not c_kernels_in_graph(",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond[64-6]",
+        ),
+    ),
+    Mutant(
         "native-key-no-source",
         "the native cache key no longer covers the kernel source (a stale library after an "
         "upgrade)",

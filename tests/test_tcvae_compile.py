@@ -268,3 +268,24 @@ def test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyon
     torch.testing.assert_close(got, oracle.float(), rtol=1e-5, atol=1e-5)
     for g, w in zip(got_grads, oracle_grads, strict=True):
         torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_exported_programs_name_the_eager_operator_not_the_c_kernels():
+    """``torch.export`` keeps the eager operator beyond the fused sizes, where
+    ``torch.compile`` puts the C kernels' operators in its graph: an exported program
+    names an operator every install has (the C kernels' need a compiler where it loads),
+    and it still computes the oracle's terms."""
+    from reference.beta_tcvae import reference_beta_tcvae_terms
+
+    class Terms(torch.nn.Module):
+        def forward(self, z, mu, sigma):
+            return _decomposition(z, mu, sigma)
+
+    _, _, z, mu, sigma = _inputs(64, 40, seed=5)
+    exported = torch.export.export(Terms(), (z, mu, sigma))
+    targets = [str(node.target) for node in exported.graph.nodes]
+    assert any("tc_log_densities_eager" in t for t in targets), targets
+    assert not any("tc_log_densities_c" in t for t in targets), targets
+    got = torch.stack(exported.module()(z, mu, sigma))
+    want = torch.stack(reference_beta_tcvae_terms(z.double(), mu.double(), sigma.double(), 100))
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
