@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -236,20 +237,36 @@ def _library_path(double: bool, tools: _Toolchain) -> Path:
     return _cache_dir() / f"minibatch_{'f64' if double else 'f32'}_{key}.so"
 
 
-def _build(compiler: str, double: bool, out: Path) -> None:
-    """Compile the kernels for float (``double`` False) or double into ``out``: the
-    first of :data:`VARIANTS` the compiler accepts."""
-    define = f"-DREAL_IS_DOUBLE={int(double)}"
-    for arch in VARIANTS:
+def _compile_into(out: Path, commands: list[Callable[[Path], list[str]]], failure: str) -> None:
+    """Build the library ``out`` in the cache folder (created here) by the first of
+    ``commands`` (each given the temporary file to write) that succeeds, then rename it into
+    place; raises RuntimeError with ``failure`` and the last compiler error otherwise."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RuntimeError(f"the cache folder {out.parent} cannot be created: {err}") from err
+    for command in commands:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             target = Path(tmp) / out.name
-            cmd = [compiler, *FLAGS, *arch, define, str(SOURCE), "-o", str(target), "-lm"]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(command(target), capture_output=True, text=True, timeout=600)
             if done.returncode == 0:
                 os.replace(target, out)  # atomic: a concurrent build finds one or the other
                 return
             error = done.stderr.strip()[-2000:]
-    raise RuntimeError(f"{compiler} failed: {error}")
+    raise RuntimeError(f"{failure}: {error}")
+
+
+def _build(compiler: str, double: bool, out: Path) -> None:
+    """Compile the kernels for float (``double`` False) or double into ``out``: the
+    first of :data:`VARIANTS` the compiler accepts."""
+    define = f"-DREAL_IS_DOUBLE={int(double)}"
+
+    def variant(arch: tuple[str, ...]) -> Callable[[Path], list[str]]:
+        return lambda target: [
+            compiler, *FLAGS, *arch, define, str(SOURCE), "-o", str(target), "-lm"
+        ]  # fmt: skip
+
+    _compile_into(out, [variant(arch) for arch in VARIANTS], f"{compiler} failed")
 
 
 def _load(double: bool) -> _Native:
@@ -258,10 +275,6 @@ def _load(double: bool) -> _Native:
     tools = _toolchain()
     path = _library_path(double, tools)
     if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RuntimeError(f"the cache folder {path.parent} cannot be created: {err}") from err
         _build(tools.compiler, double, path)
     lib = ctypes.CDLL(str(path))
     suffix = "f64" if double else "f32"
@@ -317,17 +330,14 @@ def _build_operators(compiler: str, out: Path) -> None:
         f"-I{include / 'torch' / 'csrc' / 'api' / 'include'}",
     )
     link = (f"-L{lib}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{lib}")
-    for standard in CXX_STANDARDS:
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            target = Path(tmp) / out.name
-            source = (str(OPS_SOURCE), "-o", str(target))
-            cmd = [compiler, *CXX_FLAGS, standard, *torch_flags, *source, *link]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            if done.returncode == 0:
-                os.replace(target, out)
-                return
-            error = done.stderr.strip()[-2000:]
-    raise RuntimeError(f"{compiler} failed on {OPS_SOURCE.name}: {error}")
+
+    def standard(std: str) -> Callable[[Path], list[str]]:
+        return lambda target: [
+            compiler, *CXX_FLAGS, std, *torch_flags, str(OPS_SOURCE), "-o", str(target), *link
+        ]  # fmt: skip
+
+    failure = f"{compiler} failed on {OPS_SOURCE.name}"
+    _compile_into(out, [standard(std) for std in CXX_STANDARDS], failure)
 
 
 def _operators() -> ctypes.CDLL:
@@ -352,10 +362,6 @@ def _load_operators() -> ctypes.CDLL:
     done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
     path = _operators_path(compiler, f"{done.returncode}\n{done.stdout}")
     if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise RuntimeError(f"the cache folder {path.parent} cannot be created: {err}") from err
         _build_operators(compiler, path)
     torch.ops.load_library(str(path))
     return ctypes.CDLL(str(path))

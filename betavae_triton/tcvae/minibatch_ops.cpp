@@ -110,6 +110,18 @@ template <typename Real> const Real *data_or_null(const std::optional<Tensor> &t
     return t.has_value() ? t->const_data_ptr<Real>() : nullptr;
 }
 
+// Term k's incoming gradient, read where autograd left it (3 values, float or double):
+// no copy on the backward pass.
+double term_gradient(const Tensor &g_terms, int64_t k) {
+    TORCH_CHECK(g_terms.dim() == 1 && g_terms.size(0) == 3,
+                "tc_log_densities_c_backward: g_terms holds the 3 terms' gradients");
+    const int64_t at_k = k * g_terms.stride(0);
+    if (g_terms.scalar_type() == at::kDouble) return g_terms.const_data_ptr<double>()[at_k];
+    TORCH_CHECK(g_terms.scalar_type() == at::kFloat,
+                "tc_log_densities_c_backward: g_terms in float32 or float64");
+    return static_cast<double>(g_terms.const_data_ptr<float>()[at_k]);
+}
+
 template <typename Real>
 Outputs backward(const Tensor &z, const Tensor &mu, const Tensor &log_sigma, const Tensor &log_qz,
                  const Tensor &log_prod, const std::optional<Tensor> &g_qz,
@@ -122,8 +134,8 @@ Outputs backward(const Tensor &z, const Tensor &mu, const Tensor &log_sigma, con
     // incoming gradients, shared out over the rows.
     Real add_qz = 0, add_prod = 0, g_own = 0, g_pz = 0;
     if (g_terms.has_value()) {
-        const Tensor g = g_terms->to(at::kDouble).contiguous();
-        const double *v = g.const_data_ptr<double>();
+        const double v[3] = {term_gradient(*g_terms, 0), term_gradient(*g_terms, 1),
+                             term_gradient(*g_terms, 2)};
         const double n = static_cast<double>(n_rows);
         add_qz = static_cast<Real>(v[1] / n - v[0] / n);
         add_prod = static_cast<Real>(v[2] / n - v[1] / n);
