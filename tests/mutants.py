@@ -457,10 +457,28 @@ MUTANTS = (
         "tc-c-exp-short-polynomial",
         "the C kernels' float64 exponential stops at degree 10 (a 1e-11 error, not an ulp)",
         "betavae_triton/tcvae/minibatch.c",
-        "    double p = 1.0 / 6227020800.0;\n    p = p * r + 1.0 / 479001600.0;\n"
-        "    p = p * r + 1.0 / 39916800.0;\n    p = p * r + 1.0 / 3628800.0;",
+        "    double p = 1.0 / 6227020800.0;\n    p = MULADD(p, r, 1.0 / 479001600.0);\n"
+        "    p = MULADD(p, r, 1.0 / 39916800.0);\n    p = MULADD(p, r, 1.0 / 3628800.0);",
         "    double p = 1.0 / 3628800.0;",
         ("tests/test_tcvae_eager.py::test_c_kernels_in_float64_agree_with_the_oracle_to_1e_12",),
+    ),
+    Mutant(
+        "c-bound-no-floor",
+        "the C forward keeps its one-pass sum under the bound where it underflows",
+        "betavae_triton/tcvae/minibatch.c",
+        "log_prod[i * latent + d] = total >= SUM_FLOOR && sh - sh == 0",
+        "log_prod[i * latent + d] = sh - sh == 0",
+        ("tests/test_tcvae_eager.py::test_samples_far_from_every_posterior_match_the_oracle",),
+    ),
+    Mutant(
+        "c-sum-lanes-half",
+        "the C kernels' lane sums start at a quarter of the lanes (half are dropped)",
+        "betavae_triton/tcvae/minibatch.c",
+        "    for (int w = LANES / 2; w >= 1; w /= 2)\n"
+        "        for (int l = 0; l < w; ++l) acc[l] += acc[l + w];",
+        "    for (int w = LANES / 4; w >= 1; w /= 2)\n"
+        "        for (int l = 0; l < w; ++l) acc[l] += acc[l + w];",
+        ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
         "tc-c-first-range-only",

@@ -26,15 +26,24 @@
  * every inner loop runs over j with unit stride and vectorises; each function handles the rows
  * [row_begin, row_end) and needs B values of scratch per array it names. No B×B (and no
  * B×B×D) array exists. Sums over j use LANES independent accumulators summed in a fixed
- * order at the end (vectorised without reassociating: the result does not depend on the
- * compiler's choices), so that every result is the same bit for bit run after run.
+ * order at the end, by halves (vectorised without reassociating: the result does not depend
+ * on the compiler's choices), so that every result is the same bit for bit run after run.
+ *
+ * The forward's log q(z_id) is one pass over j, not two (a maximum, then the sum): it
+ * shifts by a bound that holds for every row, b_d = max_j c_jd + max log w (M_ijd ≤ c_jd),
+ * computed once per call, so that every exponent is ≤ 0. Where the bound's sum is below
+ * e^−50 (z_id more than about 10 of every posterior's σ away from its μ; every term the
+ * exponential flushes to 0, below e^−87, is then less than B·e^−37 of the sum) or b_d is not
+ * finite, that (i, d) is summed again by the two passes: the result is the two passes'
+ * within rounding either way.
  *
  * Memory traffic per row: z_i once, the posteriors (3·D·B values) from the cache; the
  * backward also reads and writes the caller's (D, B) partial sums once per row.
  *
  * Compiled at first use by betavae_triton/tcvae/cpu.py (gcc or cc, -O3, no fast-math:
- * contractions off, so that M is rounded as the float64 oracle rounds it), once for
- * float (SUFFIX f32) and once for double (SUFFIX f64).
+ * contractions off, so that M is rounded as the float64 oracle rounds it; the exponential's
+ * polynomial is written with fma, which rounds once where a multiply and an add round twice),
+ * once for float (SUFFIX f32, with libm's logf and expf) and once for double (SUFFIX f64).
  */
 
 #include <math.h>
@@ -60,6 +69,26 @@
 #define NAME(f) CONCAT(f, SUFFIX)
 
 #define LANES 16
+#if REAL_IS_DOUBLE
+#define LOG log
+#define EXP exp
+#else
+#define LOG logf
+#define EXP expf
+#endif
+/* p·r + q for the exponential's polynomial: one rounding where the target has fused
+ * multiply-add (-march=native on x86-64 since Haswell, every AArch64), else two (fma()
+ * without the instruction is a slow libm call). */
+#if defined(__FMA__) || defined(__aarch64__)
+#if REAL_IS_DOUBLE
+#define MULADD(p, r, q) fma((p), (r), (q))
+#else
+#define MULADD(p, r, q) fmaf((p), (r), (q))
+#endif
+#else
+#define MULADD(p, r, q) ((p) * (r) + (q))
+#endif
+#define SUM_FLOOR ((REAL)1.9287498479639178e-22) /* e^-50 */
 #define HALF_LOG_2PI ((REAL)0.91893853320467274178)
 
 /* The estimators (betavae_triton/_constants.py). */
@@ -68,9 +97,9 @@
 #define MSS_REFERENCE 2
 #define MSS_BANK 3 /* MSS's layout, with strat = rest */
 
-/* e^x for x ≤ 0 (and a little above: the callers subtract a maximum or a log-sum-exp),
- * NaN for NaN, 0 for −inf and below the smallest normal number: Cody–Waite reduction
- * x = k·ln 2 + r, |r| ≤ ½ ln 2, a Taylor polynomial of r (error below one unit in the
+/* e^x for x ≤ 0 (and a little above: the callers subtract a maximum, a bound or a
+ * log-sum-exp), NaN for NaN, 0 for −inf and below the smallest normal number: Cody–Waite
+ * reduction x = k·ln 2 + r, |r| ≤ ½ ln 2, a Taylor polynomial of r (error below one unit in the
  * last place: degree 7 for float, 13 for double), times 2^k by the exponent bits. Plain
  * arithmetic, so that the compiler vectorises the loops that call it. */
 static inline REAL NAME(exp_nonpos)(REAL x) {
@@ -83,19 +112,19 @@ static inline REAL NAME(exp_nonpos)(REAL x) {
     double k = (xc * log2e + 6755399441055744.0) - 6755399441055744.0;
     double r = (xc - k * ln2_hi) - k * ln2_lo;
     double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    p = MULADD(p, r, 1.0 / 479001600.0);
+    p = MULADD(p, r, 1.0 / 39916800.0);
+    p = MULADD(p, r, 1.0 / 3628800.0);
+    p = MULADD(p, r, 1.0 / 362880.0);
+    p = MULADD(p, r, 1.0 / 40320.0);
+    p = MULADD(p, r, 1.0 / 5040.0);
+    p = MULADD(p, r, 1.0 / 720.0);
+    p = MULADD(p, r, 1.0 / 120.0);
+    p = MULADD(p, r, 1.0 / 24.0);
+    p = MULADD(p, r, 1.0 / 6.0);
+    p = MULADD(p, r, 0.5);
+    p = MULADD(p, r, 1.0);
+    p = MULADD(p, r, 1.0);
     int64_t bits = (int64_t)((int32_t)k + 1023) << 52;
     double scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -108,14 +137,14 @@ static inline REAL NAME(exp_nonpos)(REAL x) {
     float k = (xc * log2e + 12582912.0f) - 12582912.0f; /* round by 1.5·2^23 */
     float r = (xc - k * ln2_hi) - k * ln2_lo;
     float p = 1.0f / 40320.0f;
-    p = p * r + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    p = MULADD(p, r, 1.0f / 5040.0f);
+    p = MULADD(p, r, 1.0f / 720.0f);
+    p = MULADD(p, r, 1.0f / 120.0f);
+    p = MULADD(p, r, 1.0f / 24.0f);
+    p = MULADD(p, r, 1.0f / 6.0f);
+    p = MULADD(p, r, 0.5f);
+    p = MULADD(p, r, 1.0f);
+    p = MULADD(p, r, 1.0f);
     int32_t bits = ((int32_t)k + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -166,6 +195,14 @@ static inline REAL NAME(larger)(REAL a, REAL b) {
     return b > a ? b : a;
 }
 
+/* Σ_l acc[l] over the LANES accumulators, by halves (acc[l] += acc[l + w] for w = 8, 4, 2,
+ * 1): a fixed order, so a fixed result, in log2 LANES dependent steps rather than LANES. */
+static inline REAL NAME(sum_lanes)(REAL *restrict acc) {
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+    return acc[0];
+}
+
 /* max_j x_j over LANES accumulators (−inf for no values but −inf; NaNs passed over). */
 static REAL NAME(max_of)(const REAL *restrict x, int64_t n) {
     REAL acc[LANES];
@@ -174,9 +211,9 @@ static REAL NAME(max_of)(const REAL *restrict x, int64_t n) {
     for (; j + LANES <= n; j += LANES)
         for (int l = 0; l < LANES; ++l) acc[l] = NAME(larger)(acc[l], x[j + l]);
     for (int l = 0; j < n; ++j, ++l) acc[l] = NAME(larger)(acc[l], x[j]);
-    REAL m = acc[0];
-    for (int l = 1; l < LANES; ++l) m = NAME(larger)(m, acc[l]);
-    return m;
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) acc[l] = NAME(larger)(acc[l], acc[l + w]);
+    return acc[0];
 }
 
 /* m + log Σ_j e^{x_j − m} for m = max_j x_j (the log-sum-exp; −inf when every x_j is −inf,
@@ -188,9 +225,8 @@ static REAL NAME(log_sum_exp_from)(const REAL *restrict x, int64_t n, REAL m) {
     for (; j + LANES <= n; j += LANES)
         for (int l = 0; l < LANES; ++l) acc[l] += NAME(exp_nonpos)(x[j + l] - shift);
     for (int l = 0; j < n; ++j, ++l) acc[l] += NAME(exp_nonpos)(x[j] - shift);
-    REAL total = 0;
-    for (int l = 0; l < LANES; ++l) total += acc[l];
-    return shift + (REAL)log((double)total);
+    const REAL total = NAME(sum_lanes)(acc);
+    return shift + LOG(total);
 }
 
 /* μ, 1/σ and c = −½ log 2π − log σ of every posterior, transposed to (D, B), from μ and
@@ -202,18 +238,31 @@ static void NAME(posteriors_t)(const REAL *restrict mu, const REAL *restrict log
         for (int64_t d = 0; d < latent; ++d) {
             const REAL ls = log_sigma[j * latent + d];
             mu_t[d * batch + j] = mu[j * latent + d];
-            inv_t[d * batch + j] = (REAL)exp((double)-ls);
+            inv_t[d * batch + j] = EXP(-ls);
             c_t[d * batch + j] = -HALF_LOG_2PI - ls;
         }
 }
 
+/* log q(z_id) by the two passes (the maximum, then the sum): where the bound's sum is too
+ * small to be exact, or the bound is not finite. Scratch x: B values. */
+static REAL NAME(log_prod_exact)(REAL zd, const REAL *restrict mu, const REAL *restrict inv,
+                                 const REAL *restrict c, const REAL *restrict lw,
+                                 REAL *restrict x, int64_t batch) {
+    for (int64_t j = 0; j < batch; ++j) {
+        REAL t = (zd - mu[j]) * inv[j];
+        x[j] = ((t * t) * (REAL)-0.5 + c[j]) + lw[j];
+    }
+    return NAME(log_sum_exp_from)(x, batch, NAME(max_of)(x, batch));
+}
+
 /* Forward: log q(z_i) and log q(z_id) for the rows [row_begin, row_end), and the sums of
- * the three terms' per-sample parts over them into terms[0..2]. 
+ * the three terms' per-sample parts over them into terms[0..2]; shift: the bounds b_d (D).
  * Scratch: lw, s, x of B values each. */
 static void NAME(fwd_rows)(
     const REAL *restrict z, const REAL *restrict mu_t, const REAL *restrict inv_t,
-    const REAL *restrict c_t, REAL *restrict log_qz, REAL *restrict log_prod,
-    double *restrict terms, REAL *restrict lw, REAL *restrict s, REAL *restrict x,
+    const REAL *restrict c_t, const REAL *restrict shift, REAL *restrict log_qz,
+    REAL *restrict log_prod, double *restrict terms, REAL *restrict lw, REAL *restrict s,
+    REAL *restrict x,
     int64_t row_begin, int64_t row_end, int64_t row_offset, int64_t batch, int64_t latent,
     int estimator, REAL own, REAL strat, REAL rest) {
     double sum_mi = 0, sum_tc = 0, sum_dw = 0;
@@ -222,30 +271,28 @@ static void NAME(fwd_rows)(
         NAME(log_weight_row)(lw, i + row_offset, batch, estimator, own, strat, rest);
         for (int64_t j = 0; j < batch; ++j) s[j] = 0;
         for (int64_t d = 0; d < latent; ++d) {
-            const REAL zd = z_row[d];
+            const REAL zd = z_row[d], sh = shift[d];
             const REAL *restrict mu = mu_t + d * batch, *restrict inv = inv_t + d * batch;
             const REAL *restrict c = c_t + d * batch;
-            REAL acc[LANES];
-            for (int l = 0; l < LANES; ++l) acc[l] = -INFINITY;
+            REAL acc[LANES] = {0};
             int64_t j = 0;
             for (; j + LANES <= batch; j += LANES)
                 for (int l = 0; l < LANES; ++l) {
                     REAL t = (zd - mu[j + l]) * inv[j + l];
                     REAL pair = (t * t) * (REAL)-0.5 + c[j + l];
-                    REAL v = pair + lw[j + l];
                     s[j + l] += pair;
-                    x[j + l] = v;
-                    acc[l] = NAME(larger)(acc[l], v);
+                    acc[l] += NAME(exp_nonpos)((pair + lw[j + l]) - sh);
                 }
             for (int l = 0; j < batch; ++j, ++l) {
                 REAL t = (zd - mu[j]) * inv[j];
                 REAL pair = (t * t) * (REAL)-0.5 + c[j];
-                REAL v = pair + lw[j];
                 s[j] += pair;
-                x[j] = v;
-                acc[l] = NAME(larger)(acc[l], v);
+                acc[l] += NAME(exp_nonpos)((pair + lw[j]) - sh);
             }
-            log_prod[i * latent + d] = NAME(log_sum_exp_from)(x, batch, NAME(max_of)(acc, LANES));
+            const REAL total = NAME(sum_lanes)(acc);
+            log_prod[i * latent + d] = total >= SUM_FLOOR && sh - sh == 0
+                ? sh + LOG(total)
+                : NAME(log_prod_exact)(zd, mu, inv, c, lw, x, batch);
         }
         for (int64_t j = 0; j < batch; ++j) s[j] += lw[j];
         log_qz[i] = NAME(log_sum_exp_from)(s, batch, NAME(max_of)(s, batch));
@@ -313,8 +360,7 @@ static void NAME(bwd_rows)(
                 gt_d[j] += gt;
                 gtt_d[j] += g * (t * t - 1);
             }
-            REAL total = 0;
-            for (int l = 0; l < LANES; ++l) total += acc[l];
+            const REAL total = NAME(sum_lanes)(acc);
             grad_z[i * latent + d] = g_pz * zd - total; /* log p(z_i): −z_id per unit */
         }
     }
@@ -336,13 +382,14 @@ static void NAME(bwd_rows)(
  * to a cache line so that the posteriors' transposes start aligned. */
 static int64_t NAME(terms_bytes)(int parts) { return ((int64_t)parts * 3 * 8 + 63) / 64 * 64; }
 
-/* Forward over every row: the posteriors transposed (3 × D × B: μ, 1/σ, c), then the rows
- * by parts, part k summing its rows' terms; then the parts' sums added in part order and
- * written as the means over the rows into terms (3). The workspace `work` (the caller's,
- * uninitialised) holds the parts' sums, the transposes and parts × 3 × B scratch values:
- * minibatch_log_densities_fwd_workspace bytes. */
+/* Forward over every row: the posteriors transposed (3 × D × B: μ, 1/σ, c) and the bounds
+ * b_d, then the rows by parts, part k summing its rows' terms; then the parts' sums added
+ * in part order and written as the means over the rows into terms (3). The workspace `work`
+ * (the caller's, uninitialised) holds the parts' sums, the transposes, parts × 3 × B
+ * scratch values and the D bounds: minibatch_log_densities_fwd_workspace bytes. */
 int64_t NAME(minibatch_log_densities_fwd_workspace)(int parts, int64_t batch, int64_t latent) {
-    return NAME(terms_bytes)(parts) + (int64_t)sizeof(REAL) * (3 * latent + parts * 3) * batch;
+    return NAME(terms_bytes)(parts) +
+           (int64_t)sizeof(REAL) * ((3 * latent + parts * 3) * batch + latent);
 }
 
 void NAME(minibatch_log_densities_fwd)(
@@ -353,10 +400,13 @@ void NAME(minibatch_log_densities_fwd)(
     REAL *mu_t = (REAL *)((char *)work + NAME(terms_bytes)(parts));
     REAL *inv_t = mu_t + latent * batch, *c_t = mu_t + 2 * latent * batch;
     REAL *scratch = mu_t + 3 * latent * batch;
+    REAL *shift = scratch + (int64_t)parts * 3 * batch;
     NAME(posteriors_t)(mu, log_sigma, mu_t, inv_t, c_t, batch, latent);
+    const REAL w_max = NAME(larger)(NAME(larger)(own, strat), rest);
+    for (int64_t d = 0; d < latent; ++d) shift[d] = NAME(max_of)(c_t + d * batch, batch) + w_max;
     FOR_EACH_PART(k, parts) {
         REAL *lw = scratch + (int64_t)k * 3 * batch;
-        NAME(fwd_rows)(z, mu_t, inv_t, c_t, log_qz, log_prod, part_terms + 3 * k, lw,
+        NAME(fwd_rows)(z, mu_t, inv_t, c_t, shift, log_qz, log_prod, part_terms + 3 * k, lw,
                        lw + batch, lw + 2 * batch, n_rows * k / parts,
                        n_rows * (k + 1) / parts, row_offset, batch, latent, estimator, own,
                        strat, rest);
