@@ -33,21 +33,21 @@ from .ops import (
 Tensor = torch.Tensor
 
 #: Inside ``torch.compile``, the eager backend hands inductor the B_l × B × D formula
-#: (:mod:`.formula`) instead of calling its operators when the formula has at most this
-#: many elements (256 KiB in float32) and, where the C kernels are built, either the batch
-#: is at most :data:`FUSED_BATCH` posteriors or the latent at least :data:`FUSED_LATENT`
-#: dimensions: there inductor fuses it into the graph's kernels, and they cost less than
-#: the C kernels' operators. Measured on the 2-core CPU (``perf/RESULTS.md``, thread time
-#: of a compiled forward + backward, 2026-12-07): with one thread the formula's route is
-#: 8–18% faster at B = 32 (D = 6–16) and at 64 × 16, the C kernels' 7–17% faster at 64 × 6
-#: and 64 × 10; with two threads the C kernels' 40–60% faster at 64 × 6 and 64 × 10 (the
-#: formula's loops split over two threads cost more than they save at these sizes). The
-#: chunked torch algorithm (no C compiler) costs more than the formula at every size up to
-#: :data:`FUSED`. The Triton backend's operator is kernels in the graph (no such call): it
-#: keeps them at every size.
+#: (:mod:`.formula`) instead of calling its operators when the formula has at most this many
+#: elements (256 KiB in float32) and, where the C kernels are built, the batch is at most
+#: :data:`FUSED_BATCH` posteriors: there inductor fuses it into the graph's kernels, and
+#: they cost less than the C kernels' operators. Measured on the 2-core CPU
+#: (``perf/RESULTS.md``, a compiled forward + backward in thread time with one thread, wall
+#: time with two, best of 25–41 interleaved rounds in one process, 2026-12-07, after the
+#: one-pass C forward): at B = 32 the formula's route 2–6% faster with one thread (D = 6,
+#: 16) and 2–4% slower with two (within the spread); at 64 × 16 the C kernels' 1–8% faster
+#: with one thread and 9–16% with two, and more at 64 × 6 and 64 × 10 (the formula's loops
+#: split over two threads cost more than they save at these sizes). The chunked torch
+#: algorithm (no C compiler) costs more than the formula at every size up to :data:`FUSED`.
+#: The Triton backend's operator is kernels in the graph (no such call): it keeps them at
+#: every size.
 FUSED = 1 << 16
 FUSED_BATCH = 32
-FUSED_LATENT = 16
 
 
 def world(gather: bool, group=None) -> tuple[int, int]:
@@ -95,8 +95,7 @@ def _fused(call: PairwiseCall, triton: bool) -> bool:
         return False
     if call.z.shape[0] * call.mu.numel() > FUSED:
         return False
-    batch, latent = call.mu.shape
-    return batch <= FUSED_BATCH or latent >= FUSED_LATENT or not c_kernels_in_graph(call.z)
+    return call.mu.shape[0] <= FUSED_BATCH or not c_kernels_in_graph(call.z)
 
 
 def minibatch_terms(
