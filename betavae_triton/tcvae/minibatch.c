@@ -195,12 +195,27 @@ static inline REAL NAME(larger)(REAL a, REAL b) {
     return b > a ? b : a;
 }
 
-/* Σ_l acc[l] over the LANES accumulators, by halves (acc[l] += acc[l + w] for w = 8, 4, 2,
- * 1): a fixed order, so a fixed result, in log2 LANES dependent steps rather than LANES. */
-static inline REAL NAME(sum_lanes)(REAL *restrict acc) {
-    for (int w = LANES / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-    return acc[0];
+/* Σ_l acc[l] over the LANES accumulators, by halves (lane l plus lane l + 8, then l + 4,
+ * l + 2, l + 1): a fixed order, so a fixed result, in four dependent steps rather than 16,
+ * each a loop of constant length that the compiler turns into one vector add. */
+#if LANES != 16
+#error "sum_lanes and max_of_lanes halve 16 lanes"
+#endif
+static inline REAL NAME(sum_lanes)(const REAL *restrict acc) {
+    REAL h[8], q[4], e[2];
+    for (int l = 0; l < 8; ++l) h[l] = acc[l] + acc[l + 8];
+    for (int l = 0; l < 4; ++l) q[l] = h[l] + h[l + 4];
+    for (int l = 0; l < 2; ++l) e[l] = q[l] + q[l + 2];
+    return e[0] + e[1];
+}
+
+/* max_l acc[l] over the LANES accumulators, by halves as sum_lanes (NaNs passed over). */
+static inline REAL NAME(max_of_lanes)(const REAL *restrict acc) {
+    REAL h[8], q[4], e[2];
+    for (int l = 0; l < 8; ++l) h[l] = NAME(larger)(acc[l], acc[l + 8]);
+    for (int l = 0; l < 4; ++l) q[l] = NAME(larger)(h[l], h[l + 4]);
+    for (int l = 0; l < 2; ++l) e[l] = NAME(larger)(q[l], q[l + 2]);
+    return NAME(larger)(e[0], e[1]);
 }
 
 /* max_j x_j over LANES accumulators (−inf for no values but −inf; NaNs passed over). */
@@ -211,9 +226,7 @@ static REAL NAME(max_of)(const REAL *restrict x, int64_t n) {
     for (; j + LANES <= n; j += LANES)
         for (int l = 0; l < LANES; ++l) acc[l] = NAME(larger)(acc[l], x[j + l]);
     for (int l = 0; j < n; ++j, ++l) acc[l] = NAME(larger)(acc[l], x[j]);
-    for (int w = LANES / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; ++l) acc[l] = NAME(larger)(acc[l], acc[l + w]);
-    return acc[0];
+    return NAME(max_of_lanes)(acc);
 }
 
 /* m + log Σ_j e^{x_j − m} for m = max_j x_j (the log-sum-exp; −inf when every x_j is −inf,
