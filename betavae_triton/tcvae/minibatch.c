@@ -33,8 +33,8 @@
  * shifts by a bound that holds for every row, b_d = max_j c_jd + max log w (M_ijd ≤ c_jd),
  * computed once per call, so that every exponent is ≤ 0. Where the bound's sum is below
  * e^−50 (z_id more than about 10 of every posterior's σ away from its μ; every term the
- * exponential flushes to 0, below e^−87, is then less than B·e^−37 of the sum) or b_d is not
- * finite, that (i, d) is summed again by the two passes: the result is the two passes'
+ * exponential flushes to 0, below e^−87 in float and e^−708 in double, is then less than
+ * B·e^−37 of the sum) or b_d is not finite, that (i, d) is summed again by the two passes: the result is the two passes'
  * within rounding either way.
  *
  * Memory traffic per row: z_i once, the posteriors (3·D·B values) from the cache; the
