@@ -474,8 +474,8 @@ MUTANTS = (
         "c-sum-lanes-half",
         "the C kernels' lane sums leave out lanes 8 to 15",
         "betavae_triton/tcvae/minibatch.c",
-        "    for (int l = 0; l < 8; ++l) h[l] = acc[l] + acc[l + 8];",
-        "    for (int l = 0; l < 8; ++l) h[l] = acc[l];",
+        "    const NAME(half_t) h = lo + hi;",
+        "    const NAME(half_t) h = lo;",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
@@ -586,11 +586,11 @@ MUTANTS = (
         "tc-compiled-fused-below-2-16-always",
         "inside torch.compile the formula at every size up to 2^16 values, C kernels or not",
         "betavae_triton/tcvae/terms.py",
-        "    return call.mu.shape[0] <= FUSED_BATCH or not c_kernels_in_graph(",
-        "    return True or not c_kernels_in_graph(",
+        "    return call.mu.shape[0] <= FUSED_BATCH and not gradients_ahead(call)",
+        "    return True",
         (
             "tests/test_tcvae_compile.py::"
-            "test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond[64-6]",
+            "test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-6-no_grad]",
         ),
     ),
     Mutant(
@@ -840,7 +840,7 @@ MUTANTS = (
         "    if call.z.shape[0] * call.mu.numel() > 0:",
         (
             "tests/test_tcvae_compile.py::"
-            "test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond[16-4]",
+            "test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[16-4-no_grad]",
         ),
     ),
     Mutant(
@@ -851,7 +851,88 @@ MUTANTS = (
         "        return tuple(terms.unbind())",
         (
             "tests/test_tcvae_compile.py::"
-            "test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond[64-40]",
+            "test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-40-step]",
+        ),
+    ),
+    # The C forward with the terms' gradients (a compiled step's one operator call)
+    Mutant(
+        "tc-compiled-fused-ignores-gradients",
+        "inside torch.compile a small batch is the formula even for a step that differentiates",
+        "betavae_triton/tcvae/terms.py",
+        "    return call.mu.shape[0] <= FUSED_BATCH and not gradients_ahead(call)",
+        "    return call.mu.shape[0] <= FUSED_BATCH",
+        (
+            "tests/test_tcvae_compile.py::test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[16-4-step]",
+        ),
+    ),
+    Mutant(
+        "tc-compiled-no-gradients-ahead",
+        "a compiled step calls the C forward and backward operators, not the forward with "
+        "gradients",
+        "betavae_triton/tcvae/terms.py",
+        "    if not triton and gradients_ahead(call):",
+        "    if False:",
+        (
+            "tests/test_tcvae_compile.py::test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-6-step]",
+        ),
+    ),
+    Mutant(
+        "c-grad-unscaled",
+        "the C forward with gradients takes e^(M + log w - b) for e^(M + log w - log q(z_id))",
+        "betavae_triton/tcvae/minibatch.c",
+        "const REAL t = t_d[k], p = s[k], r = e_d[k] * sc, tt = t * t - 1;",
+        "const REAL t = t_d[k], p = s[k], r = e_d[k], tt = t * t - 1;",
+        (
+            "tests/test_tcvae_eager.py::test_the_c_forward_with_gradients_matches_the_oracle_in_float64",
+        ),
+    ),
+    Mutant(
+        "c-grad-two-pass-not-recomputed",
+        "the C forward with gradients scales by 0 where log q(z_id) came from the two passes",
+        "betavae_triton/tcvae/minibatch.c",
+        "        if (!(sc > 0)) {",
+        "        if (0) {",
+        (
+            "tests/test_tcvae_eager.py::"
+            "test_the_c_forward_with_gradients_far_from_every_posterior[dtype0]",
+        ),
+    ),
+    Mutant(
+        "c-grad-own-share-dropped",
+        "the C forward with gradients leaves out d log q(z_i|x_i)/dμ at each own posterior",
+        "betavae_triton/tcvae/minibatch.c",
+        "            grad_mu[own_out] += t * inv_t[at] * inv_n;",
+        "            grad_mu[own_out] += 0;",
+        (
+            "tests/test_tcvae_eager.py::test_the_c_forward_with_gradients_matches_the_oracle_in_float64",
+        ),
+    ),
+    Mutant(
+        "c-grad-own-rows",
+        "the C forward with gradients puts a rank's own shares at the batch's first rows",
+        "betavae_triton/tcvae/minibatch.c",
+        "own_out = (i + row_offset) * latent + d;",
+        "own_out = i * latent + d;",
+        ("tests/test_tcvae_eager.py::test_the_c_forward_with_gradients_of_a_ranks_rows",),
+    ),
+    Mutant(
+        "c-grad-prior-sign",
+        "the C forward with gradients adds d log p(z)/dz to dw_kl's gradient, not subtracts",
+        "betavae_triton/tcvae/minibatch.c",
+        "            grad_z[2 * rows_size + k] = (p + zd) * inv_n;",
+        "            grad_z[2 * rows_size + k] = (p - zd) * inv_n;",
+        (
+            "tests/test_tcvae_eager.py::test_the_c_forward_with_gradients_matches_the_oracle_in_float64",
+        ),
+    ),
+    Mutant(
+        "c-grad-first-part-only",
+        "the C forward with gradients keeps the first range of rows' partial sums (threads > 1)",
+        "betavae_triton/tcvae/minibatch.c",
+        "        for (int64_t e = 0; e < 4 * size; ++e) sums[e] += sums[k * per_part + e];",
+        "        for (int64_t e = 0; e < 4 * size; ++e) sums[e] += 0 * sums[k * per_part + e];",
+        (
+            "tests/test_tcvae_eager.py::test_the_c_forward_with_gradients_matches_the_oracle_in_float64",
         ),
     ),
     Mutant(

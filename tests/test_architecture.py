@@ -187,12 +187,20 @@ def test_each_operator_has_one_autograd():
     backend's elementwise losses call no operator, and β-TCVAE's untraced eager entries
     (``_EagerPairwise``, the operator without the dispatcher; ``_EagerTerms``, the same
     from σ to the three terms) are made of the registered functions themselves: one
-    forward (``_forward``), one backward (``_pairwise_backward``)."""
+    forward (``_forward``), one backward (``_pairwise_backward``). The C kernels' forward
+    with gradients (``tc_terms_and_gradients_c``, what a compiled step calls) has one
+    autograd, ``_TermsWithGradients``, whose backward weighs the gradients its forward
+    returned."""
     from betavae_triton.tcvae import ops as tc_ops
 
     found = _autograd_sites()
     assert found.pop("vae/ops.py") == ["register"]
-    assert found.pop("tcvae/ops.py") == ["_EagerPairwise", "_EagerTerms", "register"]
+    assert found.pop("tcvae/ops.py") == [
+        "_EagerPairwise",
+        "_EagerTerms",
+        "_TermsWithGradients",
+        "register",
+    ]
     assert set(found) == {"vae/eager.py"}, found
     assert tc_ops._EagerPairwise.backward is tc_ops._backward
     forward = inspect.getsource(tc_ops._EagerPairwise.forward)
@@ -201,6 +209,11 @@ def test_each_operator_has_one_autograd():
     for backward in (tc_ops._backward, tc_ops._EagerTerms.backward):
         source = inspect.getsource(backward)
         assert "_pairwise_backward(" in source and "_backward_impl(" not in source, source
+    # The C kernels' forward with gradients: its operator's one autograd, which weighs the
+    # gradients that operator returned (no backward operator, no recomputation).
+    with_gradients = inspect.getsource(tc_ops._TermsWithGradients)
+    assert "terms_and_gradients(" in with_gradients and "ctx.saved_tensors" in with_gradients
+    assert "_backward_impl(" not in with_gradients and "_pairwise_backward(" not in with_gradients
     eager_source = (PACKAGE_DIR / "vae" / "eager.py").read_text()
     assert "torch.ops" not in eager_source and "from .ops" not in eager_source
 

@@ -105,6 +105,36 @@ def test_cpu_operators_pass_opcheck(monkeypatch, interpret):
         torch.library.opcheck(bwd, (*args, log_qz, log_prod, *g, g_terms, True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_kernels_operators_pass_opcheck(dtype):
+    """The C kernels' three operators (no autograd of their own: they run inside the
+    eager backend's), over the whole batch and a rank's rows: schema, fake tensors and
+    the dispatcher's checks; their schemas are tcvae/call.py's."""
+    from betavae_triton.tcvae import cpu as _tcvae_cpu
+    from betavae_triton.tcvae.call import C_BACKWARD_SCHEMA, C_FORWARD_SCHEMA, C_TERMS_SCHEMA
+    from betavae_triton.tcvae.weights import estimator_weights
+
+    built = _tcvae_cpu.kernels(dtype) is not None
+    assert built, f"no C kernels here: {_tcvae_cpu.unavailable_reason(dtype)}"
+    ops = torch.ops.betavae_triton
+    for name, schema in (
+        ("tc_log_densities_c", C_FORWARD_SCHEMA),
+        ("tc_log_densities_c_backward", C_BACKWARD_SCHEMA),
+        ("tc_terms_and_gradients_c", C_TERMS_SCHEMA),
+    ):
+        assert str(getattr(ops, name).default._schema) == f"betavae_triton::{name}{schema}"
+    for rows, offset in ((slice(None), 0), (slice(3, 6), 3)):
+        z, mu, log_sigma, offset, size, estimator = _op_args(dtype, rows, offset)
+        args = (z, mu, log_sigma, offset, *estimator_weights(mu.shape[0], size, estimator))
+        torch.library.opcheck(ops.tc_log_densities_c.default, args)
+        torch.library.opcheck(ops.tc_terms_and_gradients_c.default, args)
+        log_qz, log_prod, _ = ops.tc_log_densities_c(*args)
+        g_terms = torch.tensor([1.0, 6.0, 2.0], dtype=dtype)
+        saved = (log_qz, log_prod, None, None, g_terms)
+        backward = ops.tc_log_densities_c_backward.default
+        torch.library.opcheck(backward, (*args[:3], *saved, *args[3:]))
+
+
 def test_the_operators_schemas_are_written_out_and_agree():
     """Both forms of each operator have the schema of tcvae/call.py, whose leading
     arguments are PairwiseCall's fields and the backward's next ones PairwiseSaved's."""
@@ -235,39 +265,51 @@ def test_untraced_eager_calls_skip_the_dispatcher_and_traced_ones_keep_the_opera
     assert "betavae_triton.tc_log_densities_eager.default" in seen, seen
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["step", "no_grad"])
 @pytest.mark.parametrize("batch, latent", [(16, 4), (64, 6), (64, 16), (64, 40)])
-def test_compiled_eager_backend_fuses_small_batches_and_calls_the_operator_beyond(batch, latent):
-    """Inside ``torch.compile`` the eager backend is the formula (fused by inductor) while
-    B·B·D ≤ ``terms.FUSED`` and, where the C kernels are built, B ≤ ``FUSED_BATCH``
-    (16 × 4); its operators beyond (64 × 40, and 64 × 6 and 64 × 16 where the C kernels
-    are built: theirs, else the eager one): either way the oracle's values and
-    gradients, and three outputs of their own, not views of one tensor (whose views
-    AOTAutograd's runtime would regenerate at every call: some 40 µs of a 450 µs step at
-    B × D = 32 × 6 on the CPU)."""
+def test_compiled_eager_backend_routes_each_call_to_its_cheapest_form(batch, latent, grad):
+    """Inside ``torch.compile`` on the eager backend, where the C kernels are built: a step
+    that differentiates the terms calls their forward with gradients
+    (``tc_terms_and_gradients_c``) at every size, one operator forward and none backward;
+    a ``no_grad`` forward is the formula (fused by inductor) while B·B·D ≤ ``terms.FUSED``
+    and B ≤ ``FUSED_BATCH`` (16 × 4), their forward operator beyond. Without them, the
+    formula while B·B·D ≤ ``FUSED``, the eager operator beyond (64 × 40). Either way the
+    oracle's values and gradients, and three outputs of their own, not views of one tensor
+    (whose views AOTAutograd's runtime would regenerate at every call: some 40 µs of a
+    450 µs step at B × D = 32 × 6 on the CPU)."""
     from betavae_triton.tcvae.terms import FUSED, FUSED_BATCH
     from reference.beta_tcvae import reference_beta_tcvae_terms
 
     built = _c_kernels_built()
     small = batch * batch * latent <= FUSED
-    expect_operator = not small or (built and batch > FUSED_BATCH)
-    assert expect_operator == (batch == 64 and (built or latent == 40))
+    if built:
+        fused = small and batch <= FUSED_BATCH and not grad
+        operator_name = "tc_terms_and_gradients_c" if grad else "tc_log_densities_c"
+        expected = set() if fused else {operator_name}
+    else:
+        expected = set() if small else {"tc_log_densities_eager"}
     _, _, z, mu, sigma = _inputs(batch, latent, seed=4)
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(_decomposition, backend=counter, fullgraph=True)
-    got, got_grads = _terms_and_grads(compiled, z, mu, sigma)
+    if grad:
+        got, got_grads = _terms_and_grads(compiled, z, mu, sigma)
+    else:
+        with torch.no_grad():
+            got = torch.stack(compiled(z, mu, sigma))
     graph = counter.graphs[0].graph
     nodes = _graph_targets(counter.graphs[0])
-    operator_name = "tc_log_densities_c" if built else "tc_log_densities_eager"
-    assert any(operator_name in t for t in nodes) == expect_operator, nodes
+    operators = {t.split(".")[1] for t in nodes if t.startswith("betavae_triton.")}
+    assert operators == expected, nodes
     (returned,) = [n.args[0] for n in graph.nodes if n.op == "output"]
     assert not any(n.target is operator.getitem for n in returned), returned  # no views
     oracle, oracle_grads = _terms_and_grads(
         lambda *t: reference_beta_tcvae_terms(*(x.double() for x in t), 100, "mss"), z, mu, sigma
     )
     torch.testing.assert_close(got, oracle.float(), rtol=1e-5, atol=1e-5)
-    for g, w in zip(got_grads, oracle_grads, strict=True):
-        torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
+    if grad:
+        for g, w in zip(got_grads, oracle_grads, strict=True):
+            torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_exported_programs_name_the_eager_operator_not_the_c_kernels():

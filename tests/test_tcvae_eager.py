@@ -159,6 +159,93 @@ def test_samples_far_from_every_posterior_match_the_oracle(kernels, dtype):
     _check(z, mu, sigma, 1000, "mss", False, rtol, rtol, kernels)
 
 
+def _terms_and_jacobians(z, mu, sigma, n, estimator, row_offset=0):
+    """The C forward with the terms' gradients on ``z`` (rows ``row_offset`` … of the batch)
+    against the posteriors (μ, σ): ``([mi, tc, dw_kl], d/dz, d/dμ, d/dlog σ)``."""
+    from betavae_triton.tcvae.call import PairwiseCall
+
+    built = _tcvae_cpu.kernels(z.dtype) is not None
+    assert built, f"no C kernels here: {_tcvae_cpu.unavailable_reason(z.dtype)}"
+    call = PairwiseCall(z, mu, sigma.log(), row_offset, n, estimator)
+    return _tcvae_cpu.terms_and_gradients(call.contiguous())
+
+
+def _oracle_jacobians(z, mu, sigma, n, estimator):
+    """The float64 oracle's terms and, term by term, their gradients with respect to z, μ
+    and log σ, stacked as the C forward stacks them: (3,), (3, B, D) × 3."""
+    leaves = [t.detach().double().requires_grad_() for t in (z, mu, sigma.log())]
+    terms = reference_beta_tcvae_terms(leaves[0], leaves[1], leaves[2].exp(), n, estimator)
+    rows = [torch.autograd.grad(t, leaves, retain_graph=True) for t in terms]
+    jacobians = [torch.stack([row[k] for row in rows]) for k in range(3)]
+    return torch.stack(terms).detach(), jacobians
+
+
+@settings(deadline=None)
+@given(
+    batch=st.integers(2, 40),
+    latent=st.integers(1, 8),
+    estimator=st.sampled_from(ESTIMATORS),
+    spread=st.sampled_from([0.1, 1.0, 4.0]),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_c_forward_with_gradients_matches_the_oracle_in_float64(
+    batch, latent, estimator, spread, threads, seed
+):
+    """The C kernels' forward that computes the terms' gradients in the same pass (what a
+    compiled step that differentiates them calls: ``tc_terms_and_gradients_c``): the three
+    terms and, term by term, their gradients with respect to z, μ and log σ are the float64
+    oracle's to 1e-9, over one range of rows or two (partial sums added in order)."""
+    z, mu, sigma = _inputs(batch, latent, seed, spread=spread)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        terms, *jacobians = _terms_and_jacobians(z, mu, sigma, 10_000, estimator)
+    finally:
+        torch.set_num_threads(previous)
+    want_terms, want_jacobians = _oracle_jacobians(z, mu, sigma, 10_000, estimator)
+    torch.testing.assert_close(terms, want_terms, rtol=1e-9, atol=1e-9)
+    for got, want in zip(jacobians, want_jacobians, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_c_forward_with_gradients_far_from_every_posterior(dtype):
+    """Coordinates tens of σ from every posterior (as the test above for the forward): the
+    (i, d) summed by the two passes have no one-pass scale, and the gradients recompute
+    their exponentials from the kept t; the terms' gradients are the oracle's (in float32
+    to 1e-3 of each gradient's largest value: tc's gradient is the difference of two that
+    nearly cancel at the far rows, as in the backward kernel's)."""
+    z, mu, sigma = _inputs(20, 4, seed=5, dtype=dtype)
+    z[3, 1] = 60.0
+    z[7, 2] = mu[:, 2].max() + 12.0
+    rtol = 1e-9 if dtype == torch.float64 else 1e-3
+    terms, *jacobians = _terms_and_jacobians(z, mu, sigma, 1000, "mss")
+    want_terms, want_jacobians = _oracle_jacobians(z, mu, sigma, 1000, "mss")
+    torch.testing.assert_close(terms.double(), want_terms, rtol=rtol, atol=rtol)
+    for got, want in zip(jacobians, want_jacobians, strict=True):
+        assert got.dtype == dtype
+        for got_term, want_term in zip(got, want, strict=True):
+            atol = rtol * want_term.abs().max().item()
+            torch.testing.assert_close(got_term.double(), want_term, rtol=rtol, atol=atol)
+
+
+def test_the_c_forward_with_gradients_of_a_ranks_rows():
+    """A rank's rows (``row_offset``): the gradients of its own posteriors' shares are at
+    its rows, and two ranks' terms and gradients, weighed by their rows, are the whole
+    batch's."""
+    z, mu, sigma = _inputs(11, 3, seed=21)
+    whole, *whole_grads = _terms_and_jacobians(z, mu, sigma, 500, "mss")
+    first, *first_grads = _terms_and_jacobians(z[:4], mu, sigma, 500, "mss", row_offset=0)
+    second, *second_grads = _terms_and_jacobians(z[4:], mu, sigma, 500, "mss", row_offset=4)
+    torch.testing.assert_close((4 * first + 7 * second) / 11, whole, rtol=1e-12, atol=1e-12)
+    grad_z = torch.cat((4 * first_grads[0], 7 * second_grads[0]), dim=1) / 11
+    torch.testing.assert_close(grad_z, whole_grads[0], rtol=1e-12, atol=1e-12)
+    for k in (1, 2):  # μ and log σ: every rank's share of every posterior
+        shares = (4 * first_grads[k] + 7 * second_grads[k]) / 11
+        torch.testing.assert_close(shares, whole_grads[k], rtol=1e-12, atol=1e-12)
+
+
 def test_the_reason_the_c_kernels_are_off_is_that_of_the_latest_call(monkeypatch):
     """Switched off, then on again: the reason goes with the switch (it once stayed, and
     a test that read it after the "eager-torch" runs failed)."""

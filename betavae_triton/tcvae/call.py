@@ -5,8 +5,8 @@
   schemas :data:`FORWARD_SCHEMA` and :data:`BACKWARD_SCHEMA` write out.
 - :class:`PairwiseSaved`: what the backward pass reads besides the call (the forward's
   log-sum-exps and the incoming gradients).
-- :data:`C_FORWARD_SCHEMA`, :data:`C_BACKWARD_SCHEMA`: the C kernels' operators, which
-  take the same tensors with the estimator's log-weights.
+- :data:`C_FORWARD_SCHEMA`, :data:`C_BACKWARD_SCHEMA`, :data:`C_TERMS_SCHEMA`: the C
+  kernels' operators, which take the same tensors with the estimator's log-weights.
 
 The operators return ``(log q(z_i), log q(z_id), [mi, tc, dw_kl])``: the pairwise
 log-densities and the three terms computed from them (:mod:`.decomposition`).
@@ -44,6 +44,13 @@ C_BACKWARD_SCHEMA = (
     "(Tensor z, Tensor mu, Tensor log_sigma, Tensor log_qz, Tensor log_prod, Tensor? g_qz, "
     "Tensor? g_prod, Tensor? g_terms, int row_offset, int estimator, float own, "
     "float strat, float rest) -> (Tensor, Tensor, Tensor)"
+)
+#: The C kernels' forward with the three terms' gradients (for a compiled step that will
+#: differentiate them): ``[mi, tc, dw_kl]`` (3,) and their gradients with respect to z
+#: (3, B_l, D), μ and log σ (3, B, D), term by term.
+C_TERMS_SCHEMA = (
+    "(Tensor z, Tensor mu, Tensor log_sigma, int row_offset, int estimator, float own, "
+    "float strat, float rest) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 
 

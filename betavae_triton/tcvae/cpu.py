@@ -278,7 +278,7 @@ def _load(double: bool) -> _Native:
         _build(tools.compiler, double, path)
     lib = ctypes.CDLL(str(path))
     suffix = "f64" if double else "f32"
-    names = ("fwd", "bwd", "fwd_workspace", "bwd_workspace")
+    names = ("fwd", "bwd", "fwd_workspace", "bwd_workspace", "fwd_grad", "fwd_grad_workspace")
     addresses = [
         ctypes.cast(getattr(lib, f"minibatch_log_densities_{name}_{suffix}"), ctypes.c_void_p)
         for name in names
@@ -486,4 +486,16 @@ def log_densities_bwd(call: PairwiseCall, saved: PairwiseSaved) -> tuple[Tensor,
     weights = estimator_weights(call.mu.shape[0], call.dataset_size, call.estimator)
     return torch.ops.betavae_triton.tc_log_densities_c_backward.default(
         call.z, call.mu, call.log_sigma, *saved, call.row_offset, *weights
+    )
+
+
+def terms_and_gradients(call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``([mi, tc, dw_kl], d/dz, d/dμ, d/d log σ)`` of ``call`` by the C forward kernel
+    that keeps each row's t and exponentials for the gradients (one pass over the
+    posteriors, no backward kernel): the terms (3,) and, term by term, their gradients
+    (3, B_l, D), (3, B, D), (3, B, D); the posteriors' from partial sums over ranges of
+    rows, added in range order."""
+    weights = estimator_weights(call.mu.shape[0], call.dataset_size, call.estimator)
+    return torch.ops.betavae_triton.tc_terms_and_gradients_c.default(
+        call.z, call.mu, call.log_sigma, call.row_offset, *weights
     )

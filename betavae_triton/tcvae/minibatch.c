@@ -22,6 +22,12 @@
  * and last (g_own at j = own in G, g_pz · z to dL/dz) and takes the incoming gradients of
  * the log-sum-exps as arrays (or none) plus a constant each (a term's share).
  *
+ * A third entry, for a step that will differentiate the terms (a compiled one), runs the
+ * forward and keeps each row's t and exponentials, then takes from them the gradients of
+ * Σ_i log q(z_i) (G = e^{S_ij − log q(z_i)}) and of Σ_i Σ_d log q(z_id) (G = e^{M_ijd +
+ * log w_ij − log q(z_id)}) apart, and combines them with the samples' own parts into the
+ * gradients of each of the three terms: no second pass over the posteriors.
+ *
  * The posteriors are transposed here, (D, B) with j contiguous (posteriors_t), so that
  * every inner loop runs over j with unit stride and vectorises; each function handles the rows
  * [row_begin, row_end) and needs B values of scratch per array it names. No B×B (and no
@@ -197,15 +203,28 @@ static inline REAL NAME(larger)(REAL a, REAL b) {
 
 /* Σ_l acc[l] over the LANES accumulators, by halves (lane l plus lane l + 8, then l + 4,
  * l + 2, l + 1): a fixed order, so a fixed result, in four dependent steps rather than 16,
- * each a loop of constant length that the compiler turns into one vector add. */
+ * each one add of two vectors (GCC's and Clang's vector types, loaded by memcpy from the
+ * halves: the compiler takes them from the register that holds acc, where a loop over a
+ * stack array cost a store and reloads, some 10% of the kernels at B = 32). */
 #if LANES != 16
 #error "sum_lanes and max_of_lanes halve 16 lanes"
 #endif
+typedef REAL NAME(half_t) __attribute__((vector_size(8 * sizeof(REAL))));
+typedef REAL NAME(quarter_t) __attribute__((vector_size(4 * sizeof(REAL))));
+typedef REAL NAME(eighth_t) __attribute__((vector_size(2 * sizeof(REAL))));
 static inline REAL NAME(sum_lanes)(const REAL *restrict acc) {
-    REAL h[8], q[4], e[2];
-    for (int l = 0; l < 8; ++l) h[l] = acc[l] + acc[l + 8];
-    for (int l = 0; l < 4; ++l) q[l] = h[l] + h[l + 4];
-    for (int l = 0; l < 2; ++l) e[l] = q[l] + q[l + 2];
+    NAME(half_t) lo, hi;
+    memcpy(&lo, acc, sizeof lo);
+    memcpy(&hi, acc + 8, sizeof hi);
+    const NAME(half_t) h = lo + hi;
+    NAME(quarter_t) q0, q1;
+    memcpy(&q0, &h, sizeof q0);
+    memcpy(&q1, (const REAL *)&h + 4, sizeof q1);
+    const NAME(quarter_t) q = q0 + q1;
+    NAME(eighth_t) e0, e1;
+    memcpy(&e0, &q, sizeof e0);
+    memcpy(&e1, (const REAL *)&q + 2, sizeof e1);
+    const NAME(eighth_t) e = e0 + e1;
     return e[0] + e[1];
 }
 
@@ -268,6 +287,78 @@ static REAL NAME(log_prod_exact)(REAL zd, const REAL *restrict mu, const REAL *r
     return NAME(log_sum_exp_from)(x, batch, NAME(max_of)(x, batch));
 }
 
+/* One row's forward: log q(z_id) into lp (D values) and S_ij = Σ_d M_ijd + log w_ij into s
+ * (B values, from the log-weights lw); returns log q(z_i). With keep_t and keep_e (D × B
+ * each, or NULL) it also keeps t_ijd and e_ijd = e^{M_ijd + log w_ij − b_d} for the
+ * gradients, and, per d, 1 / Σ_j e_ijd in scale (0 where that d was summed again by the
+ * two passes). Always inlined: each caller gets its own copy, without the stores or with.
+ * Scratch x: B values. */
+static inline __attribute__((always_inline)) REAL NAME(row_fwd)(
+    const REAL *restrict z_row, const REAL *restrict mu_t, const REAL *restrict inv_t,
+    const REAL *restrict c_t, const REAL *restrict shift, const REAL *restrict lw,
+    REAL *restrict s, REAL *restrict x, REAL *restrict lp, REAL *restrict keep_t,
+    REAL *restrict keep_e, REAL *restrict scale, int64_t batch, int64_t latent) {
+    for (int64_t j = 0; j < batch; ++j) s[j] = 0;
+    for (int64_t d = 0; d < latent; ++d) {
+        const REAL zd = z_row[d], sh = shift[d];
+        const REAL *restrict mu = mu_t + d * batch, *restrict inv = inv_t + d * batch;
+        const REAL *restrict c = c_t + d * batch;
+        REAL *restrict t_d = keep_t ? keep_t + d * batch : NULL;
+        REAL *restrict e_d = keep_e ? keep_e + d * batch : NULL;
+        REAL acc[LANES] = {0};
+        int64_t j = 0;
+        for (; j + LANES <= batch; j += LANES)
+#pragma GCC ivdep
+            for (int l = 0; l < LANES; ++l) {
+                REAL t = (zd - mu[j + l]) * inv[j + l];
+                REAL pair = (t * t) * (REAL)-0.5 + c[j + l];
+                s[j + l] += pair;
+                REAL e = NAME(exp_nonpos)((pair + lw[j + l]) - sh);
+                acc[l] += e;
+                if (keep_t) {
+                    t_d[j + l] = t;
+                    e_d[j + l] = e;
+                }
+            }
+        for (int l = 0; j < batch; ++j, ++l) {
+            REAL t = (zd - mu[j]) * inv[j];
+            REAL pair = (t * t) * (REAL)-0.5 + c[j];
+            s[j] += pair;
+            REAL e = NAME(exp_nonpos)((pair + lw[j]) - sh);
+            acc[l] += e;
+            if (keep_t) {
+                t_d[j] = t;
+                e_d[j] = e;
+            }
+        }
+        const REAL total = NAME(sum_lanes)(acc);
+        const int one_pass = total >= SUM_FLOOR && sh - sh == 0;
+        lp[d] = one_pass ? sh + LOG(total) : NAME(log_prod_exact)(zd, mu, inv, c, lw, x, batch);
+        if (keep_t) scale[d] = one_pass ? (REAL)1 / total : 0;
+    }
+    for (int64_t j = 0; j < batch; ++j) s[j] += lw[j];
+    return NAME(log_sum_exp_from)(s, batch, NAME(max_of)(s, batch));
+}
+
+/* Add one row's per-sample parts of the three terms to sums[0..2] (in double):
+ * log q(z_i|x_i) − log q(z_i), log q(z_i) − Σ_d log q(z_id), Σ_d log q(z_id) − log p(z_i),
+ * for the sample's own posterior own_j. */
+static void NAME(row_terms)(const REAL *restrict z_row, const REAL *restrict mu_t,
+                            const REAL *restrict inv_t, const REAL *restrict c_t, int64_t own_j,
+                            REAL lq, const REAL *restrict lp, double *restrict sums,
+                            int64_t batch, int64_t latent) {
+    REAL log_qz_x = 0, log_pz = 0, log_prod_sum = 0;
+    for (int64_t d = 0; d < latent; ++d) {
+        const REAL t = (z_row[d] - mu_t[d * batch + own_j]) * inv_t[d * batch + own_j];
+        log_qz_x += c_t[d * batch + own_j] - (REAL)0.5 * t * t;
+        log_pz += -HALF_LOG_2PI - (REAL)0.5 * z_row[d] * z_row[d];
+        log_prod_sum += lp[d];
+    }
+    sums[0] += (double)log_qz_x - (double)lq;
+    sums[1] += (double)lq - (double)log_prod_sum;
+    sums[2] += (double)log_prod_sum - (double)log_pz;
+}
+
 /* Forward: log q(z_i) and log q(z_id) for the rows [row_begin, row_end), and the sums of
  * the three terms' per-sample parts over them into terms[0..2]; shift: the bounds b_d (D).
  * Scratch: lw, s, x of B values each. */
@@ -278,53 +369,76 @@ static void NAME(fwd_rows)(
     REAL *restrict x,
     int64_t row_begin, int64_t row_end, int64_t row_offset, int64_t batch, int64_t latent,
     int estimator, REAL own, REAL strat, REAL rest) {
-    double sum_mi = 0, sum_tc = 0, sum_dw = 0;
+    double sums[3] = {0, 0, 0};
     for (int64_t i = row_begin; i < row_end; ++i) {
         const REAL *z_row = z + i * latent;
+        REAL *lp = log_prod + i * latent;
         NAME(log_weight_row)(lw, i + row_offset, batch, estimator, own, strat, rest);
-        for (int64_t j = 0; j < batch; ++j) s[j] = 0;
-        for (int64_t d = 0; d < latent; ++d) {
-            const REAL zd = z_row[d], sh = shift[d];
-            const REAL *restrict mu = mu_t + d * batch, *restrict inv = inv_t + d * batch;
-            const REAL *restrict c = c_t + d * batch;
-            REAL acc[LANES] = {0};
-            int64_t j = 0;
-            for (; j + LANES <= batch; j += LANES)
-                for (int l = 0; l < LANES; ++l) {
-                    REAL t = (zd - mu[j + l]) * inv[j + l];
-                    REAL pair = (t * t) * (REAL)-0.5 + c[j + l];
-                    s[j + l] += pair;
-                    acc[l] += NAME(exp_nonpos)((pair + lw[j + l]) - sh);
-                }
-            for (int l = 0; j < batch; ++j, ++l) {
-                REAL t = (zd - mu[j]) * inv[j];
-                REAL pair = (t * t) * (REAL)-0.5 + c[j];
-                s[j] += pair;
-                acc[l] += NAME(exp_nonpos)((pair + lw[j]) - sh);
-            }
-            const REAL total = NAME(sum_lanes)(acc);
-            log_prod[i * latent + d] = total >= SUM_FLOOR && sh - sh == 0
-                ? sh + LOG(total)
-                : NAME(log_prod_exact)(zd, mu, inv, c, lw, x, batch);
-        }
-        for (int64_t j = 0; j < batch; ++j) s[j] += lw[j];
-        log_qz[i] = NAME(log_sum_exp_from)(s, batch, NAME(max_of)(s, batch));
-        /* The per-sample parts: log q(z_i|x_i), log p(z_i), Σ_d log q(z_id). */
-        const int64_t own_j = i + row_offset;
-        REAL log_qz_x = 0, log_pz = 0, log_prod_sum = 0;
-        for (int64_t d = 0; d < latent; ++d) {
-            const REAL t = (z_row[d] - mu_t[d * batch + own_j]) * inv_t[d * batch + own_j];
-            log_qz_x += c_t[d * batch + own_j] - (REAL)0.5 * t * t;
-            log_pz += -HALF_LOG_2PI - (REAL)0.5 * z_row[d] * z_row[d];
-            log_prod_sum += log_prod[i * latent + d];
-        }
-        sum_mi += (double)log_qz_x - (double)log_qz[i];
-        sum_tc += (double)log_qz[i] - (double)log_prod_sum;
-        sum_dw += (double)log_prod_sum - (double)log_pz;
+        log_qz[i] = NAME(row_fwd)(z_row, mu_t, inv_t, c_t, shift, lw, s, x, lp, NULL, NULL, NULL,
+                                  batch, latent);
+        NAME(row_terms)(z_row, mu_t, inv_t, c_t, i + row_offset, log_qz[i], lp, sums, batch,
+                        latent);
     }
-    terms[0] = sum_mi;
-    terms[1] = sum_tc;
-    terms[2] = sum_dw;
+    terms[0] = sums[0];
+    terms[1] = sums[1];
+    terms[2] = sums[2];
+}
+
+/* One row's share of the gradients of A = Σ_i log q(z_i) and P = Σ_i Σ_d log q(z_id), from
+ * row_fwd's kept t and e: with p_j = e^{S_ij − log q(z_i)} and r_jd = e^{M_ijd + log w_ij −
+ * log q(z_id)} = e_jd · scale_d, dA/dz_id = −Σ_j p_j t/σ_jd and dP/dz_id = −Σ_j r_jd t/σ_jd
+ * into gz_a, gz_p (D each), and added into the part's (D, B) sums: Σ_i p t, Σ_i p (t² − 1),
+ * Σ_i r t, Σ_i r (t² − 1) (sums: 4 × D × B). s (S_ij) is overwritten by p; where a d was
+ * summed by the two passes (scale 0), its r is recomputed from t into keep_e. */
+static void NAME(row_grad)(const REAL *restrict inv_t, const REAL *restrict c_t,
+                           const REAL *restrict lw, REAL *restrict s, REAL lq,
+                           const REAL *restrict lp, const REAL *restrict keep_t,
+                           REAL *restrict keep_e, const REAL *restrict scale, REAL *restrict gz_a,
+                           REAL *restrict gz_p, REAL *restrict sums, int64_t batch,
+                           int64_t latent) {
+    for (int64_t j = 0; j < batch; ++j) s[j] = NAME(exp_nonpos)(s[j] - lq);
+    const int64_t size = latent * batch;
+    for (int64_t d = 0; d < latent; ++d) {
+        const REAL *restrict t_d = keep_t + d * batch, *restrict inv = inv_t + d * batch;
+        REAL *restrict e_d = keep_e + d * batch;
+        REAL *restrict pt = sums + d * batch, *restrict ptt = pt + size;
+        REAL *restrict rt = pt + 2 * size, *restrict rtt = pt + 3 * size;
+        REAL sc = scale[d];
+        if (!(sc > 0)) {
+            const REAL *restrict c = c_t + d * batch;
+            for (int64_t j = 0; j < batch; ++j) {
+                const REAL t = t_d[j];
+                e_d[j] = NAME(exp_nonpos)((((t * t) * (REAL)-0.5 + c[j]) + lw[j]) - lp[d]);
+            }
+            sc = 1;
+        }
+        REAL acc_p[LANES] = {0}, acc_r[LANES] = {0};
+        int64_t j = 0;
+        for (; j + LANES <= batch; j += LANES)
+            for (int l = 0; l < LANES; ++l) {
+                const int64_t k = j + l;
+                const REAL t = t_d[k], p = s[k], r = e_d[k] * sc, tt = t * t - 1;
+                const REAL p_t = p * t, r_t = r * t;
+                acc_p[l] += p_t * inv[k];
+                acc_r[l] += r_t * inv[k];
+                pt[k] += p_t;
+                ptt[k] += p * tt;
+                rt[k] += r_t;
+                rtt[k] += r * tt;
+            }
+        for (int l = 0; j < batch; ++j, ++l) {
+            const REAL t = t_d[j], p = s[j], r = e_d[j] * sc, tt = t * t - 1;
+            const REAL p_t = p * t, r_t = r * t;
+            acc_p[l] += p_t * inv[j];
+            acc_r[l] += r_t * inv[j];
+            pt[j] += p_t;
+            ptt[j] += p * tt;
+            rt[j] += r_t;
+            rtt[j] += r * tt;
+        }
+        gz_a[d] = -NAME(sum_lanes)(acc_p);
+        gz_p[d] = -NAME(sum_lanes)(acc_r);
+    }
 }
 
 /* Backward: dL/dz for the rows [row_begin, row_end), and, added into the caller's (D, B)
@@ -429,6 +543,101 @@ void NAME(minibatch_log_densities_fwd)(
         for (int k = 1; k < parts; ++k) total += part_terms[3 * k + t]; /* in part order */
         terms[t] = (REAL)(total / (double)n_rows);
     }
+}
+
+/* The forward with the gradients of the three terms, for a step that will need them: what
+ * minibatch_log_densities_fwd computes (without writing log q(z_i) and log q(z_id)), and,
+ * from the same pass's t and exponentials (no second pass over the posteriors to
+ * recompute them), the gradients of mi, tc and dw_kl (the means over the rows) with
+ * respect to z, μ and log σ: grad_z (3 × n_rows × D), grad_mu and grad_log_sigma
+ * (3 × B × D), term by term. A backward pass is then these weighed by the terms' incoming
+ * gradients. The rows run by parts as the forward's; part k keeps each row's t and e
+ * (2 × D × B) and adds into its own partial sums (4 × D × B: Σ p t, Σ p (t² − 1), Σ r t,
+ * Σ r (t² − 1)), which are added in part order. The workspace `work` (the caller's,
+ * uninitialised) holds the parts' sums of the terms, the transposes, the bounds and per
+ * part 3 × B + 2 × D + 6 × D × B values: minibatch_log_densities_fwd_grad_workspace bytes.
+ * Memory traffic per row: z_i once, the posteriors from the cache, the kept t and e
+ * written once and read once, the partial sums read and written once. */
+static int64_t NAME(fwd_grad_part)(int64_t batch, int64_t latent) {
+    return 3 * batch + 2 * latent + 6 * latent * batch;
+}
+
+int64_t NAME(minibatch_log_densities_fwd_grad_workspace)(int parts, int64_t batch,
+                                                         int64_t latent) {
+    return NAME(terms_bytes)(parts) +
+           (int64_t)sizeof(REAL) *
+               (3 * latent * batch + latent + parts * NAME(fwd_grad_part)(batch, latent));
+}
+
+void NAME(minibatch_log_densities_fwd_grad)(
+    const REAL *z, const REAL *mu, const REAL *log_sigma, REAL *terms, REAL *grad_z,
+    REAL *grad_mu, REAL *grad_log_sigma, void *work, int parts, int64_t n_rows,
+    int64_t row_offset, int64_t batch, int64_t latent, int estimator, REAL own, REAL strat,
+    REAL rest) {
+    double *part_terms = (double *)work;
+    REAL *mu_t = (REAL *)((char *)work + NAME(terms_bytes)(parts));
+    REAL *inv_t = mu_t + latent * batch, *c_t = mu_t + 2 * latent * batch;
+    REAL *shift = mu_t + 3 * latent * batch, *parts_start = shift + latent;
+    const int64_t size = latent * batch, per_part = NAME(fwd_grad_part)(batch, latent);
+    const int64_t rows_size = n_rows * latent;
+    NAME(posteriors_t)(mu, log_sigma, mu_t, inv_t, c_t, batch, latent);
+    const REAL w_max = NAME(larger)(NAME(larger)(own, strat), rest);
+    for (int64_t d = 0; d < latent; ++d) shift[d] = NAME(max_of)(c_t + d * batch, batch) + w_max;
+    FOR_EACH_PART(k, parts) {
+        REAL *lw = parts_start + (int64_t)k * per_part, *s = lw + batch, *x = s + batch;
+        REAL *lp = x + batch, *scale = lp + latent, *keep_t = scale + latent;
+        REAL *keep_e = keep_t + size, *sums = keep_e + size;
+        double row_sums[3] = {0, 0, 0};
+        memset(sums, 0, sizeof(REAL) * (size_t)(4 * size));
+        for (int64_t i = n_rows * k / parts; i < n_rows * (k + 1) / parts; ++i) {
+            const REAL *z_row = z + i * latent;
+            NAME(log_weight_row)(lw, i + row_offset, batch, estimator, own, strat, rest);
+            const REAL lq = NAME(row_fwd)(z_row, mu_t, inv_t, c_t, shift, lw, s, x, lp, keep_t,
+                                          keep_e, scale, batch, latent);
+            NAME(row_terms)(z_row, mu_t, inv_t, c_t, i + row_offset, lq, lp, row_sums, batch,
+                            latent);
+            /* dA/dz and dP/dz in the first two of grad_z's three, combined below */
+            NAME(row_grad)(inv_t, c_t, lw, s, lq, lp, keep_t, keep_e, scale,
+                           grad_z + i * latent, grad_z + rows_size + i * latent, sums, batch,
+                           latent);
+        }
+        for (int t = 0; t < 3; ++t) part_terms[3 * k + t] = row_sums[t];
+    }
+    for (int t = 0; t < 3; ++t) {
+        double total = part_terms[t];
+        for (int k = 1; k < parts; ++k) total += part_terms[3 * k + t]; /* in part order */
+        terms[t] = (REAL)(total / (double)n_rows);
+    }
+    REAL *sums = parts_start + 3 * batch + 2 * latent + 2 * size; /* part 0's */
+    for (int k = 1; k < parts; ++k) /* in part order */
+        for (int64_t e = 0; e < 4 * size; ++e) sums[e] += sums[k * per_part + e];
+    /* mi = (X − A)/n, tc = (A − P)/n, dw_kl = (P − Z)/n for X = Σ_i log q(z_i|x_i) and
+     * Z = Σ_i log p(z_i): the pairwise parts here, the samples' own parts below. */
+    const REAL inv_n = (REAL)(1.0 / (double)n_rows);
+    for (int64_t j = 0; j < batch; ++j)
+        for (int64_t d = 0; d < latent; ++d) {
+            const int64_t at = d * batch + j, out = j * latent + d;
+            const REAL a_mu = sums[at] * inv_t[at], a_ls = sums[size + at];
+            const REAL p_mu = sums[2 * size + at] * inv_t[at], p_ls = sums[3 * size + at];
+            grad_mu[out] = -a_mu * inv_n;
+            grad_mu[size + out] = (a_mu - p_mu) * inv_n;
+            grad_mu[2 * size + out] = p_mu * inv_n;
+            grad_log_sigma[out] = -a_ls * inv_n;
+            grad_log_sigma[size + out] = (a_ls - p_ls) * inv_n;
+            grad_log_sigma[2 * size + out] = p_ls * inv_n;
+        }
+    for (int64_t i = 0; i < n_rows; ++i)
+        for (int64_t d = 0; d < latent; ++d) {
+            const int64_t at = d * batch + i + row_offset, k = i * latent + d;
+            const int64_t own_out = (i + row_offset) * latent + d;
+            const REAL zd = z[k], t = (zd - mu_t[at]) * inv_t[at];
+            const REAL a = grad_z[k], p = grad_z[rows_size + k];
+            grad_z[k] = (-t * inv_t[at] - a) * inv_n; /* d log q(z_i|x_i)/dz = −t/σ */
+            grad_z[rows_size + k] = (a - p) * inv_n;
+            grad_z[2 * rows_size + k] = (p + zd) * inv_n; /* d log p(z_i)/dz = −z */
+            grad_mu[own_out] += t * inv_t[at] * inv_n;
+            grad_log_sigma[own_out] += (t * t - 1) * inv_n;
+        }
 }
 
 /* Backward over every row; part k adds into its partial sums (2 × D × B: Σ G t, then

@@ -39,9 +39,20 @@ third the same tensors with the estimator's log-weights; the schemas are written
     calls them by torch's C++ dispatch, where the eager operator costs a trip through
     ``torch._library``'s Python (some 20 µs a call each way). ``torch.export`` keeps the
     eager operator: its programs name an operator that every install has.
+``tc_terms_and_gradients_c``
+    the C kernels' forward that also returns the three terms' gradients with respect to
+    z, μ and log σ, computed in the same pass from its t and exponentials (schema
+    :data:`.call.C_TERMS_SCHEMA`): what a step traced by ``torch.compile`` calls when it
+    will differentiate the terms (:func:`terms_with_gradients`). Its graph then calls one
+    operator forward and none backward: the backward weighs the saved gradients by the
+    terms' incoming ones, element-wise ops that inductor fuses, where the pair of
+    operators above costs a second call from the graph's Python (4–6 µs on the CPU) and a
+    second pass over the posteriors. Its autograd (:class:`_TermsWithGradients`) is its
+    own, and answers first derivatives only: a compiled step is never differentiated
+    twice (AOTAutograd refuses double backward).
 
 One autograd (:func:`_setup_context`, :func:`_backward`) is registered on the first two
-(the third runs inside it); it answers
+(the C kernels' forward and backward run inside it); it answers
 second derivatives (``create_graph=True``) through :mod:`.formula`. A call that nothing
 traces (no ``torch.compile``, ``torch.export``, fake or functional tensors) applies the
 eager operator's implementation and that same autograd directly
@@ -71,6 +82,7 @@ from .call import (
     BACKWARD_SCHEMA,
     C_BACKWARD_SCHEMA,
     C_FORWARD_SCHEMA,
+    C_TERMS_SCHEMA,
     FORWARD_SCHEMA,
     PairwiseCall,
     PairwiseSaved,
@@ -216,6 +228,7 @@ def tc_log_densities_backward(
 # minibatch_ops.cpp that tcvae/cpu.py builds and loads at first use.
 torch.library.define("betavae_triton::tc_log_densities_c", C_FORWARD_SCHEMA)
 torch.library.define("betavae_triton::tc_log_densities_c_backward", C_BACKWARD_SCHEMA)
+torch.library.define("betavae_triton::tc_terms_and_gradients_c", C_TERMS_SCHEMA)
 
 
 @torch.library.register_fake("betavae_triton::tc_log_densities_c")
@@ -228,6 +241,12 @@ def _fake_forward(z, mu, log_sigma, *options):
 @tc_log_densities_eager_backward.register_fake
 def _fake_backward(z, mu, log_sigma, *rest):
     return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(log_sigma)
+
+
+@torch.library.register_fake("betavae_triton::tc_terms_and_gradients_c")
+def _fake_terms_and_gradients(z, mu, log_sigma, *options):
+    rows, batch = (3, *z.shape), (3, *mu.shape)
+    return z.new_empty((3,)), z.new_empty(rows), mu.new_empty(batch), mu.new_empty(batch)
 
 
 # ---- one autograd for both ---------------------------------------------------------------
@@ -348,6 +367,50 @@ class _EagerTerms(torch.autograd.Function):
         else:
             grad_second = grad_log_sigma / second if graph else grad_log_sigma.div_(second)
         return grad_z, grad_mu, grad_second, None, None, None
+
+
+class _TermsWithGradients(torch.autograd.Function):
+    """β-TCVAE's three terms ``[mi, tc, dw_kl]`` of a call by the C kernels' operator that
+    computes their gradients in the same pass (``tc_terms_and_gradients_c``), for a step
+    traced by ``torch.compile`` that will differentiate them (:func:`terms_with_gradients`):
+    its graph calls one operator forward and none backward, where the backward weighs the
+    saved gradients by the terms' incoming ones (element-wise ops that inductor fuses into
+    its kernels). Its backward is not differentiable again, which a compiled step does not
+    ask of it (AOTAutograd refuses double backward)."""
+
+    @staticmethod
+    def forward(ctx, z, mu, log_sigma, row_offset, dataset_size, estimator):
+        call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator)
+        terms, *gradients = cpu.terms_and_gradients(call)
+        ctx.save_for_backward(*gradients)
+        ctx.set_materialize_grads(False)
+        return terms
+
+    @staticmethod
+    def backward(ctx, g_terms):
+        if g_terms is None:
+            return (None,) * 6
+        weights = g_terms[:, None, None]
+        grads = tuple((weights * g).sum(0) for g in ctx.saved_tensors)
+        return (*grads, None, None, None)
+
+
+def terms_with_gradients(call: PairwiseCall) -> Tensor:
+    """``[mi, tc, dw_kl]`` of ``call`` (contiguous) by :class:`_TermsWithGradients`: inside
+    ``torch.compile`` on the C kernels (:func:`c_kernels_in_graph`), for a step that will
+    differentiate the terms (grad mode on, an input that requires grad)."""
+    return _TermsWithGradients.apply(*call)
+
+
+def gradients_ahead(call: PairwiseCall) -> bool:
+    """Whether a call traced by ``torch.compile`` computes its terms' gradients with them
+    (:func:`terms_with_gradients`): on the C kernels, grad mode on and an input that
+    requires grad."""
+    return (
+        torch.is_grad_enabled()
+        and any(t.requires_grad for t in call[:3])
+        and c_kernels_in_graph(call.z)
+    )
 
 
 def log_sigma_from(second: Tensor, q_is_logvar: bool) -> Tensor:

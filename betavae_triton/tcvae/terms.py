@@ -6,9 +6,10 @@ The three terms come from one operator call (and one backward): the Triton opera
 pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), in O(B·D) and O(B·chunk·D)
 extra memory, and the per-sample parts (log q(z|x), log p(z), the means) from it. Run as
 it is (nothing traces it), the eager operator is applied without the dispatcher
-(:func:`.ops.tc_log_densities_eager_call`); inside ``torch.compile``, a batch whose
-B × B × D formula is small and the C kernels cost more (:data:`FUSED`) is the formula, which
-inductor fuses. With
+(:func:`.ops.tc_log_densities_eager_call`); inside ``torch.compile`` on the C kernels, a
+step that differentiates the terms calls their forward with gradients (one call, no
+backward operator: :func:`.ops.terms_with_gradients`), and a small batch that needs no
+gradient is the formula, which inductor fuses (:data:`FUSED`). With
 ``gather``, the posteriors of every rank are all-gathered (with autograd) and this rank's
 samples are scored against all of them: the rank's rows are rows ``rank · B`` … of the
 global batch.
@@ -24,28 +25,31 @@ from .formula import formula_terms
 from .ops import (
     c_kernels_in_graph,
     eager_terms,
+    gradients_ahead,
     log_sigma_from,
     tc_log_densities,
     tc_log_densities_eager_call,
+    terms_with_gradients,
     untraced,
 )
 
 Tensor = torch.Tensor
 
 #: Inside ``torch.compile``, the eager backend hands inductor the B_l × B × D formula
-#: (:mod:`.formula`) instead of calling its operators when the formula has at most this many
-#: elements (256 KiB in float32) and, where the C kernels are built, the batch is at most
-#: :data:`FUSED_BATCH` posteriors: there inductor fuses it into the graph's kernels, and
-#: they cost less than the C kernels' operators. Measured on the 2-core CPU
-#: (``perf/RESULTS.md``, a compiled forward + backward in thread time with one thread, wall
-#: time with two, best of 25–41 interleaved rounds in one process, 2026-12-07, after the
-#: one-pass C forward): at B = 32 the formula's route 2–6% faster with one thread (D = 6,
-#: 16) and 2–4% slower with two (within the spread); at 64 × 16 the C kernels' 1–8% faster
-#: with one thread and 9–16% with two, and more at 64 × 6 and 64 × 10 (the formula's loops
-#: split over two threads cost more than they save at these sizes). The chunked torch
-#: algorithm (no C compiler) costs more than the formula at every size up to :data:`FUSED`.
-#: The Triton backend's operator is kernels in the graph (no such call): it keeps them at
-#: every size.
+#: (:mod:`.formula`) instead of calling an operator when the formula has at most this many
+#: elements (256 KiB in float32) and either no C kernels are built (the chunked torch
+#: algorithm costs more than the formula at every size up to :data:`FUSED`) or the batch is
+#: at most :data:`FUSED_BATCH` posteriors and the step will not differentiate the terms (a
+#: ``no_grad`` forward). A step that differentiates them calls the C kernels' forward with
+#: gradients (:func:`.ops.terms_with_gradients`) at every size: one operator call forward,
+#: none backward. Measured on the 2-core CPU (``perf/RESULTS.md``, a compiled forward +
+#: backward against ``torch.compile`` of the formula, best of 61 interleaved rounds,
+#: 2026-12-07): at B = 32 with one thread the formula's route and this one are within the
+#: spread of each other and of the compiled formula (0.94–1.02 of its speed, D = 6, 10,
+#: 16); with two threads inductor's parallel loops cost more than they save at these sizes
+#: (the compiled formula 150–420 µs a step), and this route is 1.0–2.8 times as fast as the
+#: formula. The Triton backend's operator is kernels in the graph (no such call): it keeps
+#: them at every size.
 FUSED = 1 << 16
 FUSED_BATCH = 32
 
@@ -95,7 +99,9 @@ def _fused(call: PairwiseCall, triton: bool) -> bool:
         return False
     if call.z.shape[0] * call.mu.numel() > FUSED:
         return False
-    return call.mu.shape[0] <= FUSED_BATCH or not c_kernels_in_graph(call.z)
+    if not c_kernels_in_graph(call.z):
+        return True
+    return call.mu.shape[0] <= FUSED_BATCH and not gradients_ahead(call)
 
 
 def minibatch_terms(
@@ -145,7 +151,10 @@ def minibatch_terms(
         # small sizes, the formula inductor fuses (cheaper than an operator's call)
         return formula_terms(call)
     call = call.contiguous()
-    terms = (tc_log_densities(*call) if triton else tc_log_densities_eager_call(call))[2]
+    if not triton and gradients_ahead(call):
+        terms = terms_with_gradients(call)
+    else:
+        terms = (tc_log_densities(*call) if triton else tc_log_densities_eager_call(call))[2]
     if torch.compiler.is_compiling():
         # Three outputs that are views of one tensor cost AOTAutograd's runtime a replay
         # of the views per call; copies fused into the graph cost nothing.
