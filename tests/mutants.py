@@ -870,10 +870,21 @@ MUTANTS = (
         "a compiled step calls the C forward and backward operators, not the forward with "
         "gradients",
         "betavae_triton/tcvae/terms.py",
-        "    if not triton and gradients_ahead(call):",
+        "    if not triton and call.mu.numel() <= GRADIENTS_AHEAD and gradients_ahead(call):",
         "    if False:",
         (
             "tests/test_tcvae_compile.py::test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-6-step]",
+        ),
+    ),
+    Mutant(
+        "tc-compiled-gradients-ahead-every-size",
+        "a compiled step calls the C forward with gradients at every size",
+        "betavae_triton/tcvae/terms.py",
+        "    if not triton and call.mu.numel() <= GRADIENTS_AHEAD and gradients_ahead(call):",
+        "    if not triton and gradients_ahead(call):",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-40-step]",
         ),
     ),
     Mutant(

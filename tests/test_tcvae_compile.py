@@ -270,22 +270,25 @@ def test_untraced_eager_calls_skip_the_dispatcher_and_traced_ones_keep_the_opera
 def test_compiled_eager_backend_routes_each_call_to_its_cheapest_form(batch, latent, grad):
     """Inside ``torch.compile`` on the eager backend, where the C kernels are built: a step
     that differentiates the terms calls their forward with gradients
-    (``tc_terms_and_gradients_c``) at every size, one operator forward and none backward;
+    (``tc_terms_and_gradients_c``) while B·D ≤ ``terms.GRADIENTS_AHEAD``, one operator
+    forward and none backward, and their forward and backward operators beyond (64 × 40);
     a ``no_grad`` forward is the formula (fused by inductor) while B·B·D ≤ ``terms.FUSED``
     and B ≤ ``FUSED_BATCH`` (16 × 4), their forward operator beyond. Without them, the
     formula while B·B·D ≤ ``FUSED``, the eager operator beyond (64 × 40). Either way the
     oracle's values and gradients, and three outputs of their own, not views of one tensor
     (whose views AOTAutograd's runtime would regenerate at every call: some 40 µs of a
     450 µs step at B × D = 32 × 6 on the CPU)."""
-    from betavae_triton.tcvae.terms import FUSED, FUSED_BATCH
+    from betavae_triton.tcvae.terms import FUSED, FUSED_BATCH, GRADIENTS_AHEAD
     from reference.beta_tcvae import reference_beta_tcvae_terms
 
     built = _c_kernels_built()
     small = batch * batch * latent <= FUSED
-    if built:
-        fused = small and batch <= FUSED_BATCH and not grad
-        operator_name = "tc_terms_and_gradients_c" if grad else "tc_log_densities_c"
-        expected = set() if fused else {operator_name}
+    if built and grad and batch * latent <= GRADIENTS_AHEAD:
+        expected = {"tc_terms_and_gradients_c"}
+    elif built and grad:
+        expected = {"tc_log_densities_c", "tc_log_densities_c_backward"}
+    elif built:
+        expected = set() if small and batch <= FUSED_BATCH else {"tc_log_densities_c"}
     else:
         expected = set() if small else {"tc_log_densities_eager"}
     _, _, z, mu, sigma = _inputs(batch, latent, seed=4)

@@ -7,9 +7,10 @@ pairwise part, log q(z) and log Π_d q(z_d) (O(B²·D) work), in O(B·D) and O(B
 extra memory, and the per-sample parts (log q(z|x), log p(z), the means) from it. Run as
 it is (nothing traces it), the eager operator is applied without the dispatcher
 (:func:`.ops.tc_log_densities_eager_call`); inside ``torch.compile`` on the C kernels, a
-step that differentiates the terms calls their forward with gradients (one call, no
-backward operator: :func:`.ops.terms_with_gradients`), and a small batch that needs no
-gradient is the formula, which inductor fuses (:data:`FUSED`). With
+step that differentiates the terms calls their forward with gradients at small B·D (one
+call, no backward operator: :func:`.ops.terms_with_gradients`, :data:`GRADIENTS_AHEAD`),
+and a small batch that needs no gradient is the formula, which inductor fuses
+(:data:`FUSED`). With
 ``gather``, the posteriors of every rank are all-gathered (with autograd) and this rank's
 samples are scored against all of them: the rank's rows are rows ``rank · B`` … of the
 global batch.
@@ -40,18 +41,29 @@ Tensor = torch.Tensor
 #: elements (256 KiB in float32) and either no C kernels are built (the chunked torch
 #: algorithm costs more than the formula at every size up to :data:`FUSED`) or the batch is
 #: at most :data:`FUSED_BATCH` posteriors and the step will not differentiate the terms (a
-#: ``no_grad`` forward). A step that differentiates them calls the C kernels' forward with
-#: gradients (:func:`.ops.terms_with_gradients`) at every size: one operator call forward,
-#: none backward. Measured on the 2-core CPU (``perf/RESULTS.md``, a compiled forward +
-#: backward against ``torch.compile`` of the formula, best of 61 interleaved rounds,
-#: 2026-12-07): at B = 32 with one thread the formula's route and this one are within the
-#: spread of each other and of the compiled formula (0.94–1.02 of its speed, D = 6, 10,
-#: 16); with two threads inductor's parallel loops cost more than they save at these sizes
-#: (the compiled formula 150–420 µs a step), and this route is 1.0–2.8 times as fast as the
-#: formula. The Triton backend's operator is kernels in the graph (no such call): it keeps
-#: them at every size.
+#: ``no_grad`` forward). A step that differentiates them calls the C kernels' operators
+#: (their forward with gradients up to :data:`GRADIENTS_AHEAD`). Measured on the 2-core
+#: CPU (``perf/RESULTS.md``, compiled forward + backward against ``torch.compile`` of the
+#: formula, 2026-12-07): at B = 32 with one thread the formula's route and the C kernels'
+#: are within the spread of each other and of the compiled formula (0.94–1.02 of its
+#: speed at D = 6, 10, 16, best of 61 interleaved rounds); with two threads inductor's
+#: parallel loops cost more than they save at these sizes (the compiled formula 150–420
+#: µs a step), and the C kernels' route is 1.0–2.8 times as fast as the formula. The
+#: Triton backend's operator is kernels in the graph (no such call): it keeps them at
+#: every size.
 FUSED = 1 << 16
 FUSED_BATCH = 32
+
+#: Inside ``torch.compile`` on the C kernels, a step that differentiates the terms calls
+#: their forward with gradients (:func:`.ops.terms_with_gradients`: one operator call, no
+#: backward operator) while the posteriors hold at most this many values (B·D, the batch's
+#: and a bank's), and the forward and backward operators beyond. Measured on the 2-core CPU
+#: (one thread, 2026-12-07, ``perf/RESULTS.md``): the forward with gradients keeps each
+#: row's t and exponentials and four (D, B) partial sums, which outgrow the core's L1 cache
+#: from about B·D = 2^11; its kernel is 15–20% faster than the forward and backward
+#: kernels together at 32 × 6 to 64 × 16, within the spread at 128 × 16, and 5–10% slower
+#: from 128 × 10 and 256 × 10 up, where the second call's 5 µs no longer matters.
+GRADIENTS_AHEAD = 1 << 10
 
 
 def world(gather: bool, group=None) -> tuple[int, int]:
@@ -151,7 +163,7 @@ def minibatch_terms(
         # small sizes, the formula inductor fuses (cheaper than an operator's call)
         return formula_terms(call)
     call = call.contiguous()
-    if not triton and gradients_ahead(call):
+    if not triton and call.mu.numel() <= GRADIENTS_AHEAD and gradients_ahead(call):
         terms = terms_with_gradients(call)
     else:
         terms = (tc_log_densities(*call) if triton else tc_log_densities_eager_call(call))[2]
