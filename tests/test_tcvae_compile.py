@@ -315,6 +315,24 @@ def test_compiled_eager_backend_routes_each_call_to_its_cheapest_form(batch, lat
             torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch, latent", [(16, 4), (64, 40)])
+def test_a_compiled_step_refuses_second_derivatives_by_name(batch, latent):
+    """Inside ``torch.compile``, a second derivative of the terms (``create_graph=True``,
+    then a gradient of a gradient) with respect to any of z, μ and σ raises AOTAutograd's
+    error, which names the limit, on the C kernels' two routes (their forward with
+    gradients at 16 × 4, their two operators at 64 × 40): never a missing or zero
+    gradient. Eagerly, second derivatives are served (``test_autograd_modes.py``)."""
+    _, _, z, mu, sigma = _inputs(batch, latent, seed=2)
+    torch._dynamo.reset()
+    compiled = torch.compile(_decomposition, fullgraph=True)
+    for k in range(3):
+        leaves = [t.clone().requires_grad_() for t in (z, mu, sigma)]
+        mi, tc, dw_kl = compiled(*leaves)
+        (grad_z, *_) = torch.autograd.grad(mi + 6 * tc + dw_kl, leaves, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(grad_z.sum(), leaves[k], allow_unused=True)
+
+
 def test_exported_programs_name_the_eager_operator_not_the_c_kernels():
     """``torch.export`` keeps the eager operator beyond the fused sizes, where
     ``torch.compile`` puts the C kernels' operators in its graph: an exported program

@@ -161,13 +161,20 @@ def test_samples_far_from_every_posterior_match_the_oracle(kernels, dtype):
 
 def _terms_and_jacobians(z, mu, sigma, n, estimator, row_offset=0):
     """The C forward with the terms' gradients on ``z`` (rows ``row_offset`` … of the batch)
-    against the posteriors (μ, σ): ``([mi, tc, dw_kl], d/dz, d/dμ, d/dlog σ)``."""
+    against the posteriors (μ, σ), the samples' own parts added as the compiled backward
+    adds them: ``([mi, tc, dw_kl], d/dz, d/dμ, d/dlog σ)``, term by term."""
+    from betavae_triton.tcvae import decomposition
     from betavae_triton.tcvae.call import PairwiseCall
 
     built = _tcvae_cpu.kernels(z.dtype) is not None
     assert built, f"no C kernels here: {_tcvae_cpu.unavailable_reason(z.dtype)}"
-    call = PairwiseCall(z, mu, sigma.log(), row_offset, n, estimator)
-    return _tcvae_cpu.terms_and_gradients(call.contiguous())
+    call = PairwiseCall(z, mu, sigma.log(), row_offset, n, estimator).contiguous()
+    terms, *pairwise = _tcvae_cpu.terms_and_gradients(call)
+    for k in range(3):  # term k's gradients: a unit incoming gradient on it alone
+        g_terms = torch.zeros(3, dtype=z.dtype)
+        g_terms[k] = 1
+        decomposition.add_own_gradients(call, g_terms, *(g[k] for g in pairwise))
+    return terms, *pairwise
 
 
 def _oracle_jacobians(z, mu, sigma, n, estimator):
@@ -194,8 +201,9 @@ def test_the_c_forward_with_gradients_matches_the_oracle_in_float64(
 ):
     """The C kernels' forward that computes the terms' gradients in the same pass (what a
     compiled step that differentiates them calls: ``tc_terms_and_gradients_c``): the three
-    terms and, term by term, their gradients with respect to z, μ and log σ are the float64
-    oracle's to 1e-9, over one range of rows or two (partial sums added in order)."""
+    terms and, term by term, their gradients with respect to z, μ and log σ (its pairwise
+    parts and the samples' own parts) are the float64 oracle's to 1e-9, over one range of
+    rows or two (partial sums added in order)."""
     z, mu, sigma = _inputs(batch, latent, seed, spread=spread)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

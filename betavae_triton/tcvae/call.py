@@ -46,8 +46,9 @@ C_BACKWARD_SCHEMA = (
     "float strat, float rest) -> (Tensor, Tensor, Tensor)"
 )
 #: The C kernels' forward with the three terms' gradients (for a compiled step that will
-#: differentiate them): ``[mi, tc, dw_kl]`` (3,) and their gradients with respect to z
-#: (3, B_l, D), μ and log σ (3, B, D), term by term.
+#: differentiate them): ``[mi, tc, dw_kl]`` (3,) and the pairwise parts of their gradients
+#: with respect to z (3, B_l, D), μ and log σ (3, B, D), term by term (without the
+#: samples' own parts).
 C_TERMS_SCHEMA = (
     "(Tensor z, Tensor mu, Tensor log_sigma, int row_offset, int estimator, float own, "
     "float strat, float rest) -> (Tensor, Tensor, Tensor, Tensor)"

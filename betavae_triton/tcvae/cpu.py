@@ -492,9 +492,10 @@ def log_densities_bwd(call: PairwiseCall, saved: PairwiseSaved) -> tuple[Tensor,
 def terms_and_gradients(call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``([mi, tc, dw_kl], d/dz, d/dμ, d/d log σ)`` of ``call`` by the C forward kernel
     that keeps each row's t and exponentials for the gradients (one pass over the
-    posteriors, no backward kernel): the terms (3,) and, term by term, their gradients
-    (3, B_l, D), (3, B, D), (3, B, D); the posteriors' from partial sums over ranges of
-    rows, added in range order."""
+    posteriors, no backward kernel): the terms (3,) and, term by term, the pairwise parts
+    of their gradients (3, B_l, D), (3, B, D), (3, B, D), without the samples' own parts
+    (:func:`.decomposition.add_own_gradients` adds them); the posteriors' from partial
+    sums over ranges of rows, added in range order."""
     weights = estimator_weights(call.mu.shape[0], call.dataset_size, call.estimator)
     return torch.ops.betavae_triton.tc_terms_and_gradients_c.default(
         call.z, call.mu, call.log_sigma, call.row_offset, *weights

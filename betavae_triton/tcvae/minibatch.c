@@ -25,7 +25,7 @@
  * A third entry, for a step that will differentiate the terms (a compiled one), runs the
  * forward and keeps each row's t and exponentials, then takes from them the gradients of
  * Σ_i log q(z_i) (G = e^{S_ij − log q(z_i)}) and of Σ_i Σ_d log q(z_id) (G = e^{M_ijd +
- * log w_ij − log q(z_id)}) apart, and combines them with the samples' own parts into the
+ * log w_ij − log q(z_id)}) apart, and combines them into the pairwise parts of the
  * gradients of each of the three terms: no second pass over the posteriors.
  *
  * The posteriors are transposed here, (D, B) with j contiguous (posteriors_t), so that
@@ -548,10 +548,10 @@ void NAME(minibatch_log_densities_fwd)(
 /* The forward with the gradients of the three terms, for a step that will need them: what
  * minibatch_log_densities_fwd computes (without writing log q(z_i) and log q(z_id)), and,
  * from the same pass's t and exponentials (no second pass over the posteriors to
- * recompute them), the gradients of mi, tc and dw_kl (the means over the rows) with
- * respect to z, μ and log σ: grad_z (3 × n_rows × D), grad_mu and grad_log_sigma
- * (3 × B × D), term by term. A backward pass is then these weighed by the terms' incoming
- * gradients. The rows run by parts as the forward's; part k keeps each row's t and e
+ * recompute them), the pairwise parts of the gradients of mi, tc and dw_kl (the means
+ * over the rows) with respect to z, μ and log σ: grad_z (3 × n_rows × D), grad_mu and
+ * grad_log_sigma (3 × B × D), term by term. A backward pass is then these weighed by the
+ * terms' incoming gradients, plus the samples' own parts. The rows run by parts as the forward's; part k keeps each row's t and e
  * (2 × D × B) and adds into its own partial sums (4 × D × B: Σ p t, Σ p (t² − 1), Σ r t,
  * Σ r (t² − 1)), which are added in part order. The workspace `work` (the caller's,
  * uninitialised) holds the parts' sums of the terms, the transposes, the bounds and per
@@ -611,8 +611,9 @@ void NAME(minibatch_log_densities_fwd_grad)(
     REAL *sums = parts_start + 3 * batch + 2 * latent + 2 * size; /* part 0's */
     for (int k = 1; k < parts; ++k) /* in part order */
         for (int64_t e = 0; e < 4 * size; ++e) sums[e] += sums[k * per_part + e];
-    /* mi = (X − A)/n, tc = (A − P)/n, dw_kl = (P − Z)/n for X = Σ_i log q(z_i|x_i) and
-     * Z = Σ_i log p(z_i): the pairwise parts here, the samples' own parts below. */
+    /* The pairwise parts of the terms' gradients: mi = (X − A)/n, tc = (A − P)/n and
+     * dw_kl = (P − Z)/n for X = Σ_i log q(z_i|x_i) and Z = Σ_i log p(z_i), whose
+     * gradients (the samples' own parts) the caller adds (tcvae/decomposition.py). */
     const REAL inv_n = (REAL)(1.0 / (double)n_rows);
     for (int64_t j = 0; j < batch; ++j)
         for (int64_t d = 0; d < latent; ++d) {
@@ -626,18 +627,12 @@ void NAME(minibatch_log_densities_fwd_grad)(
             grad_log_sigma[size + out] = (a_ls - p_ls) * inv_n;
             grad_log_sigma[2 * size + out] = p_ls * inv_n;
         }
-    for (int64_t i = 0; i < n_rows; ++i)
-        for (int64_t d = 0; d < latent; ++d) {
-            const int64_t at = d * batch + i + row_offset, k = i * latent + d;
-            const int64_t own_out = (i + row_offset) * latent + d;
-            const REAL zd = z[k], t = (zd - mu_t[at]) * inv_t[at];
-            const REAL a = grad_z[k], p = grad_z[rows_size + k];
-            grad_z[k] = (-t * inv_t[at] - a) * inv_n; /* d log q(z_i|x_i)/dz = −t/σ */
-            grad_z[rows_size + k] = (a - p) * inv_n;
-            grad_z[2 * rows_size + k] = (p + zd) * inv_n; /* d log p(z_i)/dz = −z */
-            grad_mu[own_out] += t * inv_t[at] * inv_n;
-            grad_log_sigma[own_out] += (t * t - 1) * inv_n;
-        }
+    for (int64_t k = 0; k < rows_size; ++k) {
+        const REAL a = grad_z[k], p = grad_z[rows_size + k];
+        grad_z[k] = -a * inv_n;
+        grad_z[rows_size + k] = (a - p) * inv_n;
+        grad_z[2 * rows_size + k] = p * inv_n;
+    }
 }
 
 /* Backward over every row; part k adds into its partial sums (2 × D × B: Σ G t, then

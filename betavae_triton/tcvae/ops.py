@@ -40,12 +40,13 @@ third the same tensors with the estimator's log-weights; the schemas are written
     ``torch._library``'s Python (some 20 µs a call each way). ``torch.export`` keeps the
     eager operator: its programs name an operator that every install has.
 ``tc_terms_and_gradients_c``
-    the C kernels' forward that also returns the three terms' gradients with respect to
-    z, μ and log σ, computed in the same pass from its t and exponentials (schema
-    :data:`.call.C_TERMS_SCHEMA`): what a step traced by ``torch.compile`` calls when it
-    will differentiate the terms (:func:`terms_with_gradients`). Its graph then calls one
-    operator forward and none backward: the backward weighs the saved gradients by the
-    terms' incoming ones, element-wise ops that inductor fuses, where the pair of
+    the C kernels' forward that also returns the pairwise parts of the three terms'
+    gradients with respect to z, μ and log σ, computed in the same pass from its t and
+    exponentials (schema :data:`.call.C_TERMS_SCHEMA`): what a step traced by
+    ``torch.compile`` calls when it will differentiate the terms
+    (:func:`terms_with_gradients`). Its graph then calls one operator forward and none
+    backward: the backward weighs the saved gradients by the terms' incoming ones and adds
+    the samples' own parts, element-wise ops that inductor fuses, where the pair of
     operators above costs a second call from the graph's Python (4–6 µs on the CPU) and a
     second pass over the posteriors. Its autograd (:class:`_TermsWithGradients`) is its
     own, and answers first derivatives only: a compiled step is never differentiated
@@ -374,15 +375,17 @@ class _TermsWithGradients(torch.autograd.Function):
     computes their gradients in the same pass (``tc_terms_and_gradients_c``), for a step
     traced by ``torch.compile`` that will differentiate them (:func:`terms_with_gradients`):
     its graph calls one operator forward and none backward, where the backward weighs the
-    saved gradients by the terms' incoming ones (element-wise ops that inductor fuses into
-    its kernels). Its backward is not differentiable again, which a compiled step does not
-    ask of it (AOTAutograd refuses double backward)."""
+    saved gradients by the terms' incoming ones and adds the samples' own parts
+    (element-wise ops that inductor fuses into one kernel). Its backward is not
+    differentiable again: inside ``torch.compile`` AOTAutograd refuses a second derivative
+    ("does not currently support double backward"), as it does for every compiled step."""
 
     @staticmethod
     def forward(ctx, z, mu, log_sigma, row_offset, dataset_size, estimator):
         call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator)
-        terms, *gradients = cpu.terms_and_gradients(call)
-        ctx.save_for_backward(*gradients)
+        terms, *pairwise = cpu.terms_and_gradients(call)
+        ctx.save_for_backward(z, mu, log_sigma, *pairwise)
+        ctx.options = (row_offset, dataset_size, estimator)
         ctx.set_materialize_grads(False)
         return terms
 
@@ -390,8 +393,13 @@ class _TermsWithGradients(torch.autograd.Function):
     def backward(ctx, g_terms):
         if g_terms is None:
             return (None,) * 6
+        z, mu, log_sigma, *pairwise = ctx.saved_tensors
         weights = g_terms[:, None, None]
-        grads = tuple((weights * g).sum(0) for g in ctx.saved_tensors)
+        grads = [(weights * g).sum(0) for g in pairwise]
+        # the samples' own parts, from the inputs: a compiled backward then reads z, μ and
+        # log σ, and AOTAutograd refuses a second derivative with respect to any of them
+        call = PairwiseCall(z, mu, log_sigma, *ctx.options)
+        decomposition.add_own_gradients(call, g_terms, *grads)
         return (*grads, None, None, None)
 
 
