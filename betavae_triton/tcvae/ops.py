@@ -12,7 +12,8 @@ one backward. Each has a ``*_backward`` operator that recomputes the gradients t
 log σ from the saved log-sum-exps. The first two take the fields of
 :class:`.call.PairwiseCall` (the backward's next five: :class:`.call.PairwiseSaved`), the
 third the same tensors with the estimator's log-weights; the schemas are written out in
-:mod:`.call`.
+:mod:`.call`. A fourth, the C kernels' forward with the terms' gradients, serves a
+compiled step that will differentiate them (below).
 
 ``tc_log_densities``
     the Triton backend: a ``torch.library.triton_op`` whose kernels (:mod:`.launch`) are
