@@ -479,6 +479,39 @@ MUTANTS = (
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
+        "c-log-pos-reduction-unbalanced",
+        "the C kernels' logarithm reduces x to a mantissa in [1, 2), not [√½, √2)",
+        "betavae_triton/tcvae/minibatch.c",
+        "    const int32_t k = (bits - 0x3f3504f3) >> 23; /* m ≥ √½ */",
+        "    const int32_t k = (bits - 0x3f800000) >> 23; /* m ≥ √½ */",
+        (
+            "tests/test_tcvae_eager.py::"
+            "test_the_c_kernels_log_is_within_an_ulp_in_every_binade[dtype0]",
+        ),
+    ),
+    Mutant(
+        "c-exp-of-one-half-of-the-scale",
+        "the C kernels' e^x applies half of 2^k",
+        "betavae_triton/tcvae/minibatch.c",
+        "    const float y = (p * s1) * s2;",
+        "    const float y = p * s1;",
+        (
+            "tests/test_tcvae_eager.py::"
+            "test_the_c_kernels_exponential_is_within_an_ulp_and_exact_at_its_limits[dtype0]",
+        ),
+    ),
+    Mutant(
+        "c-log-pass-never-exact",
+        "the C forward takes the one pass's log where its sum is below the floor",
+        "betavae_triton/tcvae/minibatch.c",
+        "        lp[d] = one_pass ? sh + NAME(log_pos)(total) : (REAL)NAN;",
+        "        lp[d] = sh + NAME(log_pos)(total);",
+        (
+            "tests/test_tcvae_eager.py::"
+            "test_samples_far_from_every_posterior_match_the_oracle[eager-dtype0]",
+        ),
+    ),
+    Mutant(
         "tc-c-first-range-only",
         "the posteriors' gradients keep the first thread range's partial sums only",
         "betavae_triton/tcvae/minibatch.c",
