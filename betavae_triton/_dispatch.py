@@ -30,9 +30,19 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+@torch.compiler.assume_constant_result
+def _backend_variable() -> str:
+    """``BETAVAE_TRITON_BACKEND`` now, ``""`` where it is unset. A constant to
+    ``torch.compile`` where a call is traced: dynamo guards on no environment variable's
+    value (nor did it when this was read inline: a change after compiling takes effect at
+    the next compile), and reading it inline cost every compiled call a dozen guards on
+    ``os.environ``'s internals."""
+    return os.environ.get(ENV_VAR, "")
+
+
 def default_backend() -> str:
     """The backend named by ``BETAVAE_TRITON_BACKEND``, or ``"auto"`` when it is unset."""
-    name = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+    name = _backend_variable().strip().lower() or "auto"
     if name not in BACKENDS:
         raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {name!r}")
     return name

@@ -479,6 +479,28 @@ MUTANTS = (
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
+        "dispatch-backend-variable-read-inline",
+        "the default backend's variable is read inline by the traced call (guards on os.environ)",
+        "betavae_triton/_dispatch.py",
+        "@torch.compiler.assume_constant_result\ndef _backend_variable() -> str:",
+        "def _backend_variable() -> str:",
+        (
+            "tests/test_compile.py::"
+            "test_a_compiled_call_guards_on_no_environment_variable[beta_vae_loss]",
+        ),
+    ),
+    Mutant(
+        "cpu-kernels-ready-read-inline",
+        "the C kernels' switch is read inline by the traced call (guards on os.environ)",
+        "betavae_triton/tcvae/cpu.py",
+        "@torch.compiler.assume_constant_result\ndef kernels_ready(",
+        "def kernels_ready(",
+        (
+            "tests/test_compile.py::"
+            "test_a_compiled_call_guards_on_no_environment_variable[kl_decomposition]",
+        ),
+    ),
+    Mutant(
         "c-log-pos-reduction-unbalanced",
         "the C kernels' logarithm reduces x to a mantissa in [1, 2), not [√½, √2)",
         "betavae_triton/tcvae/minibatch.c",

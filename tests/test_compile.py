@@ -336,6 +336,32 @@ def test_functional_form_compiles_without_breaks():
     assert torch._dynamo.explain(f)(x, h, mu, log_sigma).graph_break_count == 0
 
 
+@pytest.mark.parametrize("loss", ["beta_vae_loss", "kl_decomposition"])
+def test_a_compiled_call_guards_on_no_environment_variable(loss):
+    """The default backend (BETAVAE_TRITON_BACKEND) and the C kernels' switch are read once
+    when a call is traced, as constants (_dispatch._backend_variable, cpu.kernels_ready):
+    dynamo guards on no environment variable's value either way, and reading them inline
+    put a dozen guards on os.environ's internals into every compiled call's checks."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from betavae_triton import kl_decomposition
+
+    x, h, mu, log_sigma = _batch("normal", batch=6)
+
+    def vae(x, h, mu, log_sigma):
+        return beta_vae_loss(x, h, mu, log_sigma.exp(), 4.0, "normal")
+
+    def tcvae(x, h, mu, log_sigma):
+        return kl_decomposition(mu[:, :3] + 0.5, mu[:, :3], log_sigma[:, :3].exp(), 100)
+
+    fn = vae if loss == "beta_vae_loss" else tcvae
+    torch.compile(fn, dynamic=False)(x, h, mu, log_sigma)
+    (entry,) = _debug_get_cache_entry_list(fn.__code__)
+    guards = str(entry.guard_manager)
+    assert "TENSOR_MATCH" in guards  # the tree is the one this reads
+    assert "environ" not in guards
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dist", DISTS)
 def test_cuda_graphs_match_eager(dist):

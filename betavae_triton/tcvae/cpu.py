@@ -417,10 +417,14 @@ def kernels(dtype: torch.dtype) -> _Native | None:
     return native
 
 
+@torch.compiler.assume_constant_result
 def kernels_ready(dtype: torch.dtype) -> bool:
     """Whether the C kernels compute a call of ``dtype`` now: the switch read now, the
     kernels built or loaded once per process (:func:`kernels`). Traced by
-    ``torch.compile``, the switch is guarded on and the build's outcome is a constant."""
+    ``torch.compile``, the answer is a constant: dynamo guards on no environment
+    variable's value (a change of the switch after compiling takes effect at the next
+    compile, as it did when the switch was read inline), and the inline read cost every
+    compiled call a dozen guards on ``os.environ``'s internals."""
     return os.environ.get(ENV_SWITCH, "1") != "0" and _built(dtype)
 
 
