@@ -16,7 +16,7 @@ from ._checks import (
     check_weight,
     loss_weight,
 )
-from .tcvae import minibatch_terms, world
+from .tcvae import minibatch_terms, planned_terms, world
 from .vae import beta_vae_terms
 
 __all__ = [
@@ -561,6 +561,12 @@ def kl_decomposition(
     ----------
     .. [1] Chen et al., NeurIPS 2018 (see :func:`beta_tcvae_loss`).
     """
+    if not gather and bank_loc is None and bank_scale is None:
+        planned = planned_terms(
+            z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, check=True
+        )
+        if planned is not None:  # inside torch.compile: checked and routed once per trace
+            return planned
     world_size = world(gather, group)[1]
     dataset_size = check_tcvae_inputs(
         z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, validate_args, world_size

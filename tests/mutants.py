@@ -917,7 +917,8 @@ MUTANTS = (
         "    return call.mu.shape[0] <= FUSED_BATCH and not gradients_ahead(call)",
         "    return call.mu.shape[0] <= FUSED_BATCH",
         (
-            "tests/test_tcvae_compile.py::test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[16-4-step]",
+            "tests/test_tcvae_compile.py::"
+            "test_a_step_the_plan_declines_takes_the_same_route_traced[16-4]",
         ),
     ),
     Mutant(
@@ -928,7 +929,8 @@ MUTANTS = (
         "    if not triton and call.mu.numel() <= GRADIENTS_AHEAD and gradients_ahead(call):",
         "    if False:",
         (
-            "tests/test_tcvae_compile.py::test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-6-step]",
+            "tests/test_tcvae_compile.py::"
+            "test_a_step_the_plan_declines_takes_the_same_route_traced[64-6]",
         ),
     ),
     Mutant(
@@ -940,6 +942,85 @@ MUTANTS = (
         (
             "tests/test_tcvae_compile.py::"
             "test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-40-step]",
+        ),
+    ),
+    Mutant(
+        "tc-plan-never",
+        "a compiled call is never planned: its checks and route are traced (more guards)",
+        "betavae_triton/tcvae/terms.py",
+        "    if not torch.compiler.is_compiling():\n        return None\n"
+        "    tensors = (z, q_loc, q_scale)",
+        "    if True:\n        return None\n    tensors = (z, q_loc, q_scale)",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_a_compiled_step_on_the_c_kernels_is_checked_and_routed_once_per_trace",
+        ),
+    ),
+    Mutant(
+        "tc-plan-unchecked",
+        "kl_decomposition's plan skips the checks",
+        "betavae_triton/functional.py",
+        "z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, check=True",
+        "z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, check=False",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_a_compiled_call_the_plan_refuses_raises_the_checks_error"
+            "[dataset-smaller-than-the-batch]",
+        ),
+    ),
+    Mutant(
+        "tc-plan-raises-at-trace-time",
+        "the plan lets the checks' error out (dynamo wraps it), not the traced path",
+        "betavae_triton/tcvae/terms.py",
+        "        try:\n"
+        "            check_tcvae_inputs(*meta, dataset_size, estimator, q_is_logvar, False)\n"
+        "        except (TypeError, ValueError, RuntimeError):\n            return None\n",
+        "        check_tcvae_inputs(*meta, dataset_size, estimator, q_is_logvar, False)\n",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_a_compiled_call_the_plan_refuses_raises_the_checks_error[unknown-estimator]",
+        ),
+    ),
+    Mutant(
+        "tc-plan-weights-of-mss",
+        "the plan's weights are always \"mss\"'s",
+        "betavae_triton/tcvae/terms.py",
+        "    return tuple(estimator_weights(batch, dataset_size, estimator))",
+        '    return tuple(estimator_weights(batch, dataset_size, "mss"))',
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_a_planned_step_recompiles_for_another_dataset_size_or_estimator[mws]",
+        ),
+    ),
+    Mutant(
+        "tc-plan-symbolic-sizes",
+        "the plan is handed symbolic sizes (not made plain ints)",
+        "betavae_triton/tcvae/terms.py",
+        "        index(batch), index(latent), z.dtype, index(dataset_size), estimator, "
+        "q_is_logvar, check",
+        "        batch, latent, z.dtype, dataset_size, estimator, q_is_logvar, check",
+        ("tests/test_tcvae_compile.py::test_a_planned_step_with_dynamic_sizes_has_no_graph_break",),
+    ),
+    Mutant(
+        "tc-plan-any-size",
+        "the plan takes the forward with gradients at every size",
+        "betavae_triton/tcvae/terms.py",
+        "    if batch * latent > GRADIENTS_AHEAD or type(dataset_size) is not int:",
+        "    if type(dataset_size) is not int:",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-40-step]",
+        ),
+    ),
+    Mutant(
+        "tc-plan-ignores-grad-mode",
+        "the plan takes the forward with gradients for a no_grad call too",
+        "betavae_triton/tcvae/terms.py",
+        "    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):",
+        "    if False:",
+        (
+            "tests/test_tcvae_compile.py::"
+            "test_compiled_eager_backend_routes_each_call_to_its_cheapest_form[64-6-no_grad]",
         ),
     ),
     Mutant(

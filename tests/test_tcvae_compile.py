@@ -315,6 +315,151 @@ def test_compiled_eager_backend_routes_each_call_to_its_cheapest_form(batch, lat
             torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
 
 
+def _guard_tree(fn) -> str:
+    """The guard tree of ``fn``'s one compiled cache entry (dynamo's text)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    (entry,) = _debug_get_cache_entry_list(fn.__code__)
+    return str(entry.guard_manager)
+
+
+def test_a_compiled_step_on_the_c_kernels_is_checked_and_routed_once_per_trace():
+    """Inside ``torch.compile`` on the C kernels, a step's checks and route are two
+    constants to dynamo (``terms._c_route``, ``terms._weights``): the compiled function's
+    guards name them and none of the checks, the dispatch or the routing that a traced
+    call reads, and they are half of what they were (316 guard entries at 32 × 16 before
+    the plan, 166 with it; the compiled formula's: 72). Each entry costs about 60 ns a
+    call in a training step (``perf/RESULTS.md``, "an eighth pass")."""
+    if not _c_kernels_built():
+        pytest.fail("the C kernels are not built here: the plan serves them only")
+    _, _, z, mu, sigma = _inputs(32, 16, seed=6)
+
+    def step(z, mu, sigma):
+        return kl_decomposition(z, mu, sigma, 100, validate_args=False)
+
+    torch._dynamo.reset()
+    _terms_and_grads(torch.compile(step, fullgraph=True), z, mu, sigma)
+    guards = _guard_tree(step)
+    assert "_c_route" in guards and "_weights" in guards
+    for traced in ("check_tcvae_inputs", "resolve_backend", "gradients_ahead", "_fused"):
+        assert traced not in guards, traced
+    assert guards.count("+-") <= 200, guards.count("+-")
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss", "mss-reference"])
+def test_a_planned_step_recompiles_for_another_dataset_size_or_estimator(estimator):
+    """The plan reads N and the estimator as constants: dynamo guards on both where the
+    compiled function takes them as arguments (N made a plain int where it became
+    symbolic), so that each new value is a new trace with its own weights, and every call
+    is the oracle's."""
+    from reference.beta_tcvae import reference_beta_tcvae_terms
+
+    _, _, z, mu, sigma = _inputs(8, 3, seed=7)
+
+    def step(z, mu, sigma, n, estimator):
+        return kl_decomposition(z, mu, sigma, n, estimator, validate_args=False)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    for n in (10, 1000):
+        for name in ("mss", estimator):
+
+            def ours(*t, n=n, name=name):
+                return compiled(*t, n, name)
+
+            def oracle(*t, n=n, name=name):
+                return reference_beta_tcvae_terms(*(x.double() for x in t), n, name)
+
+            got, got_grads = _terms_and_grads(ours, z, mu, sigma)
+            want, want_grads = _terms_and_grads(oracle, z, mu, sigma)
+            torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+            for g, w in zip(got_grads, want_grads, strict=True):
+                torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ({"dataset_size": 4}, "smaller than the batch"),
+        ({"estimator": "msx"}, "estimator must be one of"),
+        ({"dataset_size": 2**63}, "below 2\\*\\*63"),
+    ],
+    ids=["dataset-smaller-than-the-batch", "unknown-estimator", "dataset-of-2-63"],
+)
+def test_a_compiled_call_the_plan_refuses_raises_the_checks_error(bad, error):
+    """Arguments that the checks refuse are left to the traced path by the plan, which
+    raises the checks' own error (a ValueError that says what is wrong), as in eager
+    mode: never dynamo's wrapping of an error raised at trace time."""
+    _, _, z, mu, sigma = _inputs(8, 3, seed=8)
+    n, estimator = bad.get("dataset_size", 100), bad.get("estimator", "mss")
+
+    def step(z, mu, sigma):
+        return kl_decomposition(z, mu, sigma, n, estimator, validate_args=False)
+
+    torch._dynamo.reset()
+    leaves = [t.clone().requires_grad_() for t in (z, mu, sigma)]
+    with pytest.raises(ValueError, match=error):
+        torch.compile(step)(*leaves)
+
+
+def test_a_planned_step_with_dynamic_sizes_has_no_graph_break():
+    """With symbolic sizes (``dynamic=True``) the plan takes the batch size as a plain
+    int (as the C kernels' weights did before it): no graph break, a trace per batch
+    size, and the oracle's values and gradients at each."""
+    from reference.beta_tcvae import reference_beta_tcvae_terms
+
+    def step(z, mu, sigma):
+        return kl_decomposition(z, mu, sigma, 100, validate_args=False)
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(step, backend=counter, dynamic=True, fullgraph=True)
+    for batch in (6, 9, 12):
+        _, _, z, mu, sigma = _inputs(batch, 3, seed=batch)
+        got, got_grads = _terms_and_grads(compiled, z, mu, sigma)
+        want, want_grads = _terms_and_grads(
+            lambda *t: reference_beta_tcvae_terms(*(x.double() for x in t), 100, "mss"),
+            z,
+            mu,
+            sigma,
+        )
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
+    assert counter.frame_count == 3
+
+
+@pytest.mark.parametrize("batch, latent", [(16, 4), (64, 6)])
+def test_a_step_the_plan_declines_takes_the_same_route_traced(batch, latent):
+    """Posteriors that share one σ (broadcast, (1, D)) are left to the traced path by the
+    plan (:func:`terms.planned_terms` takes one shape for z, μ and σ): a step that
+    differentiates the terms still calls the C kernels' forward with gradients while
+    B·D ≤ ``terms.GRADIENTS_AHEAD``, routed by the traced Python (its guards name it),
+    with the oracle's values and gradients."""
+    from reference.beta_tcvae import reference_beta_tcvae_terms
+
+    if not _c_kernels_built():
+        pytest.fail("the C kernels are not built here: the route is theirs")
+    _, _, z, mu, sigma = _inputs(batch, latent, seed=9)
+    shared = sigma[:1].clone()
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(_decomposition, backend=counter, fullgraph=True)
+    got, got_grads = _terms_and_grads(compiled, z, mu, shared)
+    operators = {t.split(".")[1] for t in _graph_targets(counter.graphs[0]) if "betavae" in t}
+    assert operators == {"tc_terms_and_gradients_c"}, operators
+    assert "gradients_ahead" in _guard_tree(_decomposition)
+
+    def oracle(z, mu, sigma):
+        sigma = sigma.expand_as(z)
+        return reference_beta_tcvae_terms(*(x.double() for x in (z, mu, sigma)), 100, "mss")
+
+    want, want_grads = _terms_and_grads(oracle, z, mu, shared)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch, latent", [(16, 4), (64, 40)])
 def test_a_compiled_step_refuses_second_derivatives_by_name(batch, latent):
     """Inside ``torch.compile``, a second derivative of the terms (``create_graph=True``,

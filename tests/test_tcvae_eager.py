@@ -253,11 +253,13 @@ def _terms_and_jacobians(z, mu, sigma, n, estimator, row_offset=0):
     adds them: ``([mi, tc, dw_kl], d/dz, d/dμ, d/dlog σ)``, term by term."""
     from betavae_triton.tcvae import decomposition
     from betavae_triton.tcvae.call import PairwiseCall
+    from betavae_triton.tcvae.weights import estimator_weights
 
     built = _tcvae_cpu.kernels(z.dtype) is not None
     assert built, f"no C kernels here: {_tcvae_cpu.unavailable_reason(z.dtype)}"
     call = PairwiseCall(z, mu, sigma.log(), row_offset, n, estimator).contiguous()
-    terms, *pairwise = _tcvae_cpu.terms_and_gradients(call)
+    weights = estimator_weights(mu.shape[0], n, estimator)
+    terms, *pairwise = _tcvae_cpu.terms_and_gradients(*call[:4], weights)
     for k in range(3):  # term k's gradients: a unit incoming gradient on it alone
         g_terms = torch.zeros(3, dtype=z.dtype)
         g_terms[k] = 1

@@ -493,14 +493,21 @@ def log_densities_bwd(call: PairwiseCall, saved: PairwiseSaved) -> tuple[Tensor,
     )
 
 
-def terms_and_gradients(call: PairwiseCall) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``([mi, tc, dw_kl], d/dz, d/dμ, d/d log σ)`` of ``call`` by the C forward kernel
-    that keeps each row's t and exponentials for the gradients (one pass over the
-    posteriors, no backward kernel): the terms (3,) and, term by term, the pairwise parts
-    of their gradients (3, B_l, D), (3, B, D), (3, B, D), without the samples' own parts
-    (:func:`.decomposition.add_own_gradients` adds them); the posteriors' from partial
-    sums over ranges of rows, added in range order."""
-    weights = estimator_weights(call.mu.shape[0], call.dataset_size, call.estimator)
+def terms_and_gradients(
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    row_offset: int,
+    weights: tuple,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``([mi, tc, dw_kl], d/dz, d/dμ, d/d log σ)`` of the samples ``z`` (rows
+    ``row_offset`` … of the batch; contiguous) against the posteriors (μ, log σ), by the C
+    forward kernel that keeps each row's t and exponentials for the gradients (one pass
+    over the posteriors, no backward kernel), with the estimator's ``weights``
+    (:func:`.weights.estimator_weights`: its code and log-weights): the terms (3,) and,
+    term by term, the pairwise parts of their gradients (3, B_l, D), (3, B, D), (3, B, D),
+    without the samples' own parts (:func:`.decomposition.add_own_gradients` adds them);
+    the posteriors' from partial sums over ranges of rows, added in range order."""
     return torch.ops.betavae_triton.tc_terms_and_gradients_c.default(
-        call.z, call.mu, call.log_sigma, call.row_offset, *weights
+        z, mu, log_sigma, row_offset, *weights
     )

@@ -90,6 +90,7 @@ from .call import (
     PairwiseSaved,
 )
 from .formula import formula_log_densities
+from .weights import estimator_weights
 
 if triton_available():
     from .launch import launch_log_densities_bwd, launch_log_densities_fwd
@@ -374,41 +375,55 @@ class _EagerTerms(torch.autograd.Function):
 class _TermsWithGradients(torch.autograd.Function):
     """β-TCVAE's three terms ``[mi, tc, dw_kl]`` of a call by the C kernels' operator that
     computes their gradients in the same pass (``tc_terms_and_gradients_c``), for a step
-    traced by ``torch.compile`` that will differentiate them (:func:`terms_with_gradients`):
-    its graph calls one operator forward and none backward, where the backward weighs the
-    saved gradients by the terms' incoming ones and adds the samples' own parts
-    (element-wise ops that inductor fuses into one kernel). Its backward is not
-    differentiable again: inside ``torch.compile`` AOTAutograd refuses a second derivative
-    ("does not currently support double backward"), as it does for every compiled step."""
+    traced by ``torch.compile`` that will differentiate them (:func:`terms_with_gradients`,
+    :func:`.terms.planned_terms`): its graph calls one operator forward and none backward,
+    where the backward weighs the saved gradients by the terms' incoming ones and adds the
+    samples' own parts (element-wise ops that inductor fuses into one kernel). It takes
+    the estimator's weights (the fields of :func:`.weights.estimator_weights`), not the
+    estimator: a plan decides them once per trace. Its backward is not differentiable
+    again: inside ``torch.compile`` AOTAutograd refuses a second derivative ("does not
+    currently support double backward"), as it does for every compiled step."""
 
     @staticmethod
-    def forward(ctx, z, mu, log_sigma, row_offset, dataset_size, estimator):
-        call = PairwiseCall(z, mu, log_sigma, row_offset, dataset_size, estimator)
-        terms, *pairwise = cpu.terms_and_gradients(call)
+    def forward(ctx, z, mu, log_sigma, row_offset, code, own, strat, rest):
+        weights = (code, own, strat, rest)
+        terms, *pairwise = cpu.terms_and_gradients(z, mu, log_sigma, row_offset, weights)
         ctx.save_for_backward(z, mu, log_sigma, *pairwise)
-        ctx.options = (row_offset, dataset_size, estimator)
+        ctx.row_offset = row_offset
         ctx.set_materialize_grads(False)
         return terms
 
     @staticmethod
     def backward(ctx, g_terms):
         if g_terms is None:
-            return (None,) * 6
+            return (None,) * 8
         z, mu, log_sigma, *pairwise = ctx.saved_tensors
         weights = g_terms[:, None, None]
         grads = [(weights * g).sum(0) for g in pairwise]
         # the samples' own parts, from the inputs: a compiled backward then reads z, μ and
         # log σ, and AOTAutograd refuses a second derivative with respect to any of them
-        call = PairwiseCall(z, mu, log_sigma, *ctx.options)
+        # (the own parts read the tensors and the row offset alone: no N, no estimator)
+        call = PairwiseCall(z, mu, log_sigma, ctx.row_offset, 0, "")
         decomposition.add_own_gradients(call, g_terms, *grads)
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def terms_with_gradients(call: PairwiseCall) -> Tensor:
     """``[mi, tc, dw_kl]`` of ``call`` (contiguous) by :class:`_TermsWithGradients`: inside
     ``torch.compile`` on the C kernels (:func:`c_kernels_in_graph`), for a step that will
     differentiate the terms (grad mode on, an input that requires grad)."""
-    return _TermsWithGradients.apply(*call)
+    weights = estimator_weights(call.mu.shape[0], call.dataset_size, call.estimator)
+    return weighed_terms_with_gradients(call.z, call.mu, call.log_sigma, call.row_offset, weights)
+
+
+def weighed_terms_with_gradients(
+    z: Tensor, mu: Tensor, log_sigma: Tensor, row_offset: int, weights: tuple
+) -> Tensor:
+    """:func:`terms_with_gradients` of the tensors of a call (contiguous) with the
+    estimator's ``weights`` given (the fields of :func:`.weights.estimator_weights`): what
+    a compiled call's plan (:func:`.terms.planned_terms`) applies, without a
+    :class:`.call.PairwiseCall` to trace."""
+    return _TermsWithGradients.apply(z, mu, log_sigma, row_offset, *weights)
 
 
 def gradients_ahead(call: PairwiseCall) -> bool:

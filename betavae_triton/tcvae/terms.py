@@ -18,9 +18,13 @@ global batch.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
+from .._checks import check_tcvae_inputs
 from .._dispatch import autograd_transform, requested_backend, resolve_backend
+from . import cpu
 from .call import PairwiseCall
 from .formula import formula_terms
 from .ops import (
@@ -32,7 +36,9 @@ from .ops import (
     tc_log_densities_eager_call,
     terms_with_gradients,
     untraced,
+    weighed_terms_with_gradients,
 )
+from .weights import estimator_weights
 
 Tensor = torch.Tensor
 
@@ -116,6 +122,112 @@ def _fused(call: PairwiseCall, triton: bool) -> bool:
     return call.mu.shape[0] <= FUSED_BATCH and not gradients_ahead(call)
 
 
+@torch.compiler.assume_constant_result
+def _c_route(
+    dtypes: tuple[torch.dtype, ...], devices: tuple[str, ...], backend: str | None
+) -> bool:
+    """Whether a compiled call of z, μ and σ (their ``dtypes`` and device types) on
+    ``backend`` is one the C kernels' forward with gradients may serve: the eager backend
+    on a CPU, the kernels built, not exporting, one dtype, float32 or float64. A constant
+    to ``torch.compile`` (:func:`planned_terms`)."""
+    try:
+        resolved = resolve_backend(requested_backend(backend), torch.device(devices[0]))
+    except (ValueError, RuntimeError):
+        return False
+    dtype = dtypes[0]
+    return (
+        resolved == "eager"
+        and devices == ("cpu",) * 3
+        and dtypes == (dtype,) * 3
+        and dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_exporting()
+        and cpu.kernels_ready(dtype)
+    )
+
+
+@torch.compiler.assume_constant_result
+def _weights(
+    batch: int,
+    latent: int,
+    dtype: torch.dtype,
+    dataset_size: int,
+    estimator: str,
+    q_is_logvar: bool,
+    check: bool,
+) -> tuple | None:
+    """The estimator's weights (:func:`.weights.estimator_weights`, a tuple) for a batch of
+    ``batch`` posteriors of ``latent`` dimensions in ``dtype``, or None where, with
+    ``check``, the checks of :mod:`.._checks` refuse the arguments (run here on meta tensors
+    of that shape and dtype; the traced path then raises their error). A constant to
+    ``torch.compile`` (:func:`planned_terms`)."""
+    if check:
+        meta = [torch.empty((batch, latent), dtype=dtype, device="meta") for _ in range(3)]
+        try:
+            check_tcvae_inputs(*meta, dataset_size, estimator, q_is_logvar, False)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    return tuple(estimator_weights(batch, dataset_size, estimator))
+
+
+def planned_terms(
+    z: Tensor,
+    q_loc: Tensor,
+    q_scale: Tensor,
+    dataset_size: int,
+    estimator: str,
+    q_is_logvar: bool,
+    backend: str | None,
+    check: bool,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Inside ``torch.compile``, ``(mi, tc, dw_kl)`` of a call (one batch, no gather, no
+    bank) on the route that :func:`minibatch_terms` takes for it, the C kernels' forward
+    with gradients, with its checks (``check``) and route decided by two constants to
+    dynamo (:func:`_c_route`, :func:`_weights`); or None where the traced path serves the
+    call: another route, broadcast posteriors, arguments the checks refuse (which it
+    raises).
+
+    Why: dynamo guards on every module global, function and constant that a traced call's
+    Python reads, and checks those guards before each later call of the compiled
+    function. Traced through the checks, dispatch and routing, a call on the C kernels
+    left 316 guard entries, some 18 µs a call at B × D = 32 × 16 in a training step
+    (about 60 ns each: the step in between evicts from the cache what they read),
+    against the compiled formula's 72 and 2–6 µs; dynamo runs the constants once per
+    trace and guards on nothing they read (``perf/RESULTS.md``, "an eighth pass"). What
+    they read is guarded on anyway: the tensors' shapes, dtypes and devices, grad mode,
+    the Python arguments. The batch size, the latent size and N become plain ints
+    (``operator.index``: a recompile per value where they were symbolic), as the
+    estimator's weights made the batch size and N on this route before.
+    """
+    if not torch.compiler.is_compiling():
+        return None
+    tensors = (z, q_loc, q_scale)
+    if not all(type(t) is Tensor for t in tensors):
+        return None
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return None  # (a step that does not differentiate the terms: another route)
+    if z.dim() != 2 or q_loc.shape != z.shape or q_scale.shape != z.shape:
+        return None
+    dtypes = tuple(t.dtype for t in tensors)
+    if not _c_route(dtypes, tuple(t.device.type for t in tensors), backend):
+        return None
+    batch, latent = z.shape
+    if batch * latent > GRADIENTS_AHEAD or type(dataset_size) is not int:
+        return None
+    index = operator.index
+    weights = _weights(
+        index(batch), index(latent), z.dtype, index(dataset_size), estimator, q_is_logvar, check
+    )
+    if weights is None:
+        return None
+    log_sigma = log_sigma_from(q_scale, q_is_logvar)
+    terms = weighed_terms_with_gradients(
+        z.contiguous(), q_loc.contiguous(), log_sigma.contiguous(), 0, weights
+    )
+    # (copies, as minibatch_terms returns them: views of one tensor cost AOTAutograd's
+    # runtime a replay per call)
+    return tuple(t.clone() for t in terms.unbind())
+
+
 def minibatch_terms(
     z: Tensor,
     q_loc: Tensor,
@@ -136,6 +248,12 @@ def minibatch_terms(
     serve, the eager backend computes the pairwise terms by :mod:`.formula` (plain
     autograd). ``bank``: ``(loc, scale)`` of K more posteriors, (K, D), scored after the
     (global) batch's with "mss"'s bank weights (:mod:`.weights`), without gradient."""
+    if not gather and bank is None:
+        planned = planned_terms(
+            z, q_loc, q_scale, dataset_size, estimator, q_is_logvar, backend, check=False
+        )
+        if planned is not None:
+            return planned
     dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     z = z.to(dtype)
     mu, second = (t.to(dtype) for t in (q_loc, q_scale))
