@@ -466,8 +466,8 @@ MUTANTS = (
         "c-bound-no-floor",
         "the C forward keeps its one-pass sum under the bound where it underflows",
         "betavae_triton/tcvae/minibatch.c",
-        "log_prod[i * latent + d] = total >= SUM_FLOOR && sh - sh == 0",
-        "log_prod[i * latent + d] = sh - sh == 0",
+        "        const int one_pass = total >= SUM_FLOOR && sh - sh == 0;",
+        "        const int one_pass = sh - sh == 0;",
         ("tests/test_tcvae_eager.py::test_samples_far_from_every_posterior_match_the_oracle",),
     ),
     Mutant(
@@ -515,8 +515,8 @@ MUTANTS = (
         "c-exp-of-one-half-of-the-scale",
         "the C kernels' e^x applies half of 2^k",
         "betavae_triton/tcvae/minibatch.c",
-        "    const float y = (p * s1) * s2;",
-        "    const float y = p * s1;",
+        "    const REAL y = (p * NAME(two_to)(k1)) * NAME(two_to)(k2);",
+        "    const REAL y = p * NAME(two_to)(k1);",
         (
             "tests/test_tcvae_eager.py::"
             "test_the_c_kernels_exponential_is_within_an_ulp_and_exact_at_its_limits[dtype0]",
@@ -537,8 +537,10 @@ MUTANTS = (
         "tc-c-first-range-only",
         "the posteriors' gradients keep the first thread range's partial sums only",
         "betavae_triton/tcvae/minibatch.c",
-        "    for (int k = 1; k < parts; ++k) /* in part order */",
-        "    for (int k = 1; k < 1; ++k) /* in part order */",
+        "    for (int k = 1; k < parts; ++k) /* in part order */\n"
+        "        for (int64_t e = 0; e < size; ++e) sums[e] += sums[k * size + e];",
+        "    for (int k = 1; k < 1; ++k) /* in part order */\n"
+        "        for (int64_t e = 0; e < size; ++e) sums[e] += sums[k * size + e];",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
@@ -819,8 +821,8 @@ MUTANTS = (
         "tc-c-own-posterior-row",
         "the C forward takes a rank's own posteriors from the batch's first rows",
         "betavae_triton/tcvae/minibatch.c",
-        "        const int64_t own_j = i + row_offset;",
-        "        const int64_t own_j = i;",
+        "NAME(row_terms)(z_row, mu_t, inv_t, c_t, i + row_offset, log_qz[i], lp, sums,",
+        "NAME(row_terms)(z_row, mu_t, inv_t, c_t, i, log_qz[i], lp, sums,",
         ("tests/test_tcvae_gather.py::test_two_ranks_equal_one_process_on_the_concatenated_batch",),
     ),
     Mutant(
@@ -1080,16 +1082,18 @@ MUTANTS = (
         "c-terms-sums-not-means",
         "the C forward returns the terms' sums over the rows, not their means",
         "betavae_triton/tcvae/minibatch.c",
-        "        terms[t] = (REAL)(total / (double)n_rows);",
-        "        terms[t] = (REAL)total;",
+        "        terms[t] = (REAL)(total / (double)n_rows);\n    }\n}\n",
+        "        terms[t] = (REAL)total;\n    }\n}\n",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(
         "c-terms-first-part-only",
         "the C forward keeps the first range of rows' sums (threads > 1)",
         "betavae_triton/tcvae/minibatch.c",
-        "total += part_terms[3 * k + t];",
-        "total += 0 * part_terms[3 * k + t];",
+        "total += part_terms[3 * k + t]; /* in part order */\n"
+        "        terms[t] = (REAL)(total / (double)n_rows);\n    }\n}\n",
+        "total += 0 * part_terms[3 * k + t]; /* in part order */\n"
+        "        terms[t] = (REAL)(total / (double)n_rows);\n    }\n}\n",
         ("tests/test_tcvae_eager.py::test_matches_the_oracle_in_float32[eager-mss]",),
     ),
     Mutant(

@@ -105,20 +105,17 @@
 #define MSS_REFERENCE 2
 #define MSS_BANK 3 /* MSS's layout, with strat = rest */
 
-/* e^x for x ≤ 0 (and a little above: the callers subtract a maximum, a bound or a
- * log-sum-exp), NaN for NaN, 0 for −inf and below the smallest normal number: Cody–Waite
- * reduction x = k·ln 2 + r, |r| ≤ ½ ln 2, a Taylor polynomial of r (error below one unit in the
- * last place: degree 7 for float, 13 for double), times 2^k by the exponent bits. Plain
- * arithmetic, so that the compiler vectorises the loops that call it. */
-static inline REAL NAME(exp_nonpos)(REAL x) {
+/* e^r for the reduction x = k·ln 2 + r, |r| ≤ ½ ln 2, of a finite x: Cody–Waite, k =
+ * round(x / ln 2) (by adding and subtracting 1.5·2^52, or 1.5·2^23 in float: vectorises, as
+ * floor does not without fast-math; NaN stays NaN), and a Taylor polynomial of r whose
+ * error is below one unit in the last place (degree 13 for double, 7 for float); k in *k.
+ * Plain arithmetic, so that the compiler vectorises the loops that call it. */
+static inline __attribute__((always_inline)) REAL NAME(exp_reduced)(REAL x, REAL *k) {
 #if REAL_IS_DOUBLE
-    const double lo_limit = -708.0, log2e = 1.4426950408889634;
+    const double log2e = 1.4426950408889634;
     const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-    double xc = x < lo_limit ? lo_limit : x; /* NaN stays NaN */
-    /* k = round(x / ln 2) by the 1.5·2^52 trick (|x / ln 2| < 2^51): vectorises, as
-     * floor does not without fast-math. */
-    double k = (xc * log2e + 6755399441055744.0) - 6755399441055744.0;
-    double r = (xc - k * ln2_hi) - k * ln2_lo;
+    const double kk = (x * log2e + 6755399441055744.0) - 6755399441055744.0;
+    const double r = (x - kk * ln2_hi) - kk * ln2_lo;
     double p = 1.0 / 6227020800.0;
     p = MULADD(p, r, 1.0 / 479001600.0);
     p = MULADD(p, r, 1.0 / 39916800.0);
@@ -133,17 +130,11 @@ static inline REAL NAME(exp_nonpos)(REAL x) {
     p = MULADD(p, r, 0.5);
     p = MULADD(p, r, 1.0);
     p = MULADD(p, r, 1.0);
-    int64_t bits = (int64_t)((int32_t)k + 1023) << 52;
-    double scale;
-    memcpy(&scale, &bits, sizeof scale);
-    double y = p * scale;
-    return x < lo_limit ? 0.0 : y;
 #else
-    const float lo_limit = -87.0f, log2e = 1.44269504f;
+    const float log2e = 1.44269504f;
     const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187045e-06f;
-    float xc = x < lo_limit ? lo_limit : x; /* NaN stays NaN */
-    float k = (xc * log2e + 12582912.0f) - 12582912.0f; /* round by 1.5·2^23 */
-    float r = (xc - k * ln2_hi) - k * ln2_lo;
+    const float kk = (x * log2e + 12582912.0f) - 12582912.0f;
+    const float r = (x - kk * ln2_hi) - kk * ln2_lo;
     float p = 1.0f / 40320.0f;
     p = MULADD(p, r, 1.0f / 5040.0f);
     p = MULADD(p, r, 1.0f / 720.0f);
@@ -153,72 +144,57 @@ static inline REAL NAME(exp_nonpos)(REAL x) {
     p = MULADD(p, r, 0.5f);
     p = MULADD(p, r, 1.0f);
     p = MULADD(p, r, 1.0f);
-    int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
-    return x < lo_limit ? 0.0f : y;
 #endif
+    *k = kk;
+    return p;
 }
 
-/* e^x for every x, by exp_nonpos's reduction and polynomial, with 2^k applied in two
- * halves (2^⌊k/2⌋ · 2^(k − ⌊k/2⌋), each a normal number) so that the result may be above 1,
- * or below the smallest normal number (rounded once, by the second product): 0 below
- * −104 (float) or −746 (double), +inf above 89 or 710, NaN for NaN. For 1/σ = e^{−log σ},
- * once per posterior: plain arithmetic, so that the loop that calls it vectorises. */
+/* 2^k for an integral k of the exponent range of a normal number (as REAL). */
+static inline REAL NAME(two_to)(REAL k) {
+#if REAL_IS_DOUBLE
+    const int64_t bits = (int64_t)((int32_t)k + 1023) << 52;
+#else
+    const int32_t bits = ((int32_t)k + 127) << 23;
+#endif
+    REAL scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return scale;
+}
+
+/* e^x for x ≤ 0 (and a little above: the callers subtract a maximum, a bound or a
+ * log-sum-exp), NaN for NaN, 0 for −inf and below the smallest normal number
+ * (exp_reduced's e^r times 2^k). */
+static inline REAL NAME(exp_nonpos)(REAL x) {
+#if REAL_IS_DOUBLE
+    const REAL lo_limit = -708.0;
+#else
+    const REAL lo_limit = -87.0f;
+#endif
+    const REAL xc = x < lo_limit ? lo_limit : x; /* NaN stays NaN */
+    REAL k;
+    const REAL p = NAME(exp_reduced)(xc, &k);
+    const REAL y = p * NAME(two_to)(k);
+    return x < lo_limit ? 0 : y;
+}
+
+/* e^x for every x, by exp_reduced, with 2^k applied in two halves (2^⌊k/2⌋ ·
+ * 2^(k − ⌊k/2⌋), each a normal number) so that the result may be above 1, or below the
+ * smallest normal number (rounded once, by the second product): 0 below −104 (float) or
+ * −746 (double), +inf above 89 or 710, NaN for NaN. For 1/σ = e^{−log σ}, once per
+ * posterior: plain arithmetic, so that the loop that calls it vectorises. */
 static inline REAL NAME(exp_of)(REAL x) {
 #if REAL_IS_DOUBLE
-    const double lo_limit = -746.0, hi_limit = 710.0, log2e = 1.4426950408889634;
-    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-    double xc = x < lo_limit ? lo_limit : x;
-    xc = xc > hi_limit ? hi_limit : xc; /* NaN stays NaN */
-    double k = (xc * log2e + 6755399441055744.0) - 6755399441055744.0;
-    double r = (xc - k * ln2_hi) - k * ln2_lo;
-    double p = 1.0 / 6227020800.0;
-    p = MULADD(p, r, 1.0 / 479001600.0);
-    p = MULADD(p, r, 1.0 / 39916800.0);
-    p = MULADD(p, r, 1.0 / 3628800.0);
-    p = MULADD(p, r, 1.0 / 362880.0);
-    p = MULADD(p, r, 1.0 / 40320.0);
-    p = MULADD(p, r, 1.0 / 5040.0);
-    p = MULADD(p, r, 1.0 / 720.0);
-    p = MULADD(p, r, 1.0 / 120.0);
-    p = MULADD(p, r, 1.0 / 24.0);
-    p = MULADD(p, r, 1.0 / 6.0);
-    p = MULADD(p, r, 0.5);
-    p = MULADD(p, r, 1.0);
-    p = MULADD(p, r, 1.0);
-    const int64_t ki = (int64_t)k, k1 = ki >> 1, k2 = ki - k1;
-    const int64_t bits1 = (k1 + 1023) << 52, bits2 = (k2 + 1023) << 52;
-    double s1, s2;
-    memcpy(&s1, &bits1, sizeof s1);
-    memcpy(&s2, &bits2, sizeof s2);
-    const double y = (p * s1) * s2;
-    return x < lo_limit ? 0.0 : y;
+    const REAL lo_limit = -746.0, hi_limit = 710.0;
 #else
-    const float lo_limit = -104.0f, hi_limit = 89.0f, log2e = 1.44269504f;
-    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187045e-06f;
-    float xc = x < lo_limit ? lo_limit : x;
-    xc = xc > hi_limit ? hi_limit : xc; /* NaN stays NaN */
-    float k = (xc * log2e + 12582912.0f) - 12582912.0f;
-    float r = (xc - k * ln2_hi) - k * ln2_lo;
-    float p = 1.0f / 40320.0f;
-    p = MULADD(p, r, 1.0f / 5040.0f);
-    p = MULADD(p, r, 1.0f / 720.0f);
-    p = MULADD(p, r, 1.0f / 120.0f);
-    p = MULADD(p, r, 1.0f / 24.0f);
-    p = MULADD(p, r, 1.0f / 6.0f);
-    p = MULADD(p, r, 0.5f);
-    p = MULADD(p, r, 1.0f);
-    p = MULADD(p, r, 1.0f);
-    const int32_t ki = (int32_t)k, k1 = ki >> 1, k2 = ki - k1;
-    const int32_t bits1 = (k1 + 127) << 23, bits2 = (k2 + 127) << 23;
-    float s1, s2;
-    memcpy(&s1, &bits1, sizeof s1);
-    memcpy(&s2, &bits2, sizeof s2);
-    const float y = (p * s1) * s2;
-    return x < lo_limit ? 0.0f : y;
+    const REAL lo_limit = -104.0f, hi_limit = 89.0f;
 #endif
+    REAL xc = x < lo_limit ? lo_limit : x;
+    xc = xc > hi_limit ? hi_limit : xc; /* NaN stays NaN */
+    REAL k;
+    const REAL p = NAME(exp_reduced)(xc, &k);
+    const REAL k1 = (REAL)((int32_t)k >> 1), k2 = k - k1;
+    const REAL y = (p * NAME(two_to)(k1)) * NAME(two_to)(k2);
+    return x < lo_limit ? 0 : y;
 }
 
 /* log x for a positive, finite, normal x (what else it returns is not used): x = 2^k·m with
