@@ -328,7 +328,7 @@ def test_a_compiled_step_on_the_c_kernels_is_checked_and_routed_once_per_trace()
     constants to dynamo (``terms._c_route``, ``terms._weights``): the compiled function's
     guards name them and none of the checks, the dispatch or the routing that a traced
     call reads, and they are half of what they were (316 guard entries at 32 × 16 before
-    the plan, 166 with it; the compiled formula's: 72). Each entry costs about 60 ns a
+    the plan, 138 with it; the compiled formula's: 72). Each entry costs about 60 ns a
     call in a training step (``perf/RESULTS.md``, "an eighth pass")."""
     if not _c_kernels_built():
         pytest.fail("the C kernels are not built here: the plan serves them only")

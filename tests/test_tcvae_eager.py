@@ -263,7 +263,7 @@ def _terms_and_jacobians(z, mu, sigma, n, estimator, row_offset=0):
     for k in range(3):  # term k's gradients: a unit incoming gradient on it alone
         g_terms = torch.zeros(3, dtype=z.dtype)
         g_terms[k] = 1
-        decomposition.add_own_gradients(call, g_terms, *(g[k] for g in pairwise))
+        decomposition.add_own_gradients(*call[:4], g_terms, *(g[k] for g in pairwise))
     return terms, *pairwise
 
 

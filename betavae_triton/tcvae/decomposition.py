@@ -75,16 +75,24 @@ def pairwise_gradients(
 
 
 def add_own_gradients(
-    call: PairwiseCall, g_terms: Tensor, grad_z: Tensor, grad_mu: Tensor, grad_log_sigma: Tensor
+    z: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    row_offset: int,
+    g_terms: Tensor,
+    grad_z: Tensor,
+    grad_mu: Tensor,
+    grad_log_sigma: Tensor,
 ) -> None:
-    """Add, in place, the gradients of the samples' own log q(z_i|x_i) and log p(z_i)."""
-    z = call.z
-    mu, log_sigma = _own(call)
+    """Add, in place, the gradients of the samples' own log q(z_i|x_i) and log p(z_i):
+    sample i's posterior is row ``row_offset + i`` of μ and log σ (the first four fields
+    of a :class:`.call.PairwiseCall`, which its callers pass; a compiled call's autograd
+    builds none)."""
+    rows = slice(row_offset, row_offset + z.shape[0])
     g_mi, _, g_dw = (g_terms / z.shape[0]).unbind()
-    inv_sigma = torch.exp(-log_sigma)
-    t = (z - mu) * inv_sigma
+    inv_sigma = torch.exp(-log_sigma[rows])
+    t = (z - mu[rows]) * inv_sigma
     g_t = g_mi * t * inv_sigma
     grad_z.sub_(g_t).add_(g_dw * z)
-    rows = slice(call.row_offset, call.row_offset + z.shape[0])
     grad_mu[rows] += g_t
     grad_log_sigma[rows] += g_mi * (t * t - 1)

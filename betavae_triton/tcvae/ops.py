@@ -149,7 +149,7 @@ def _backward_impl(
     else:
         grads = eager.log_densities_bwd(*args, *call[3:])
     if saved.g_terms is not None:
-        decomposition.add_own_gradients(call, saved.g_terms, *grads)
+        decomposition.add_own_gradients(*call[:4], saved.g_terms, *grads)
     return grads
 
 
@@ -223,7 +223,7 @@ def tc_log_densities_backward(
         grads = launch_log_densities_bwd(wrap_triton, *args, g_qz, g_prod, *call[3:])
     if g_terms is not None:
         grads = tuple(g.clone() for g in grads)  # (a triton_op's outputs: no aliasing)
-        decomposition.add_own_gradients(call, g_terms, *grads)
+        decomposition.add_own_gradients(*call[:4], g_terms, *grads)
     return grads
 
 
@@ -402,9 +402,7 @@ class _TermsWithGradients(torch.autograd.Function):
         grads = [(weights * g).sum(0) for g in pairwise]
         # the samples' own parts, from the inputs: a compiled backward then reads z, μ and
         # log σ, and AOTAutograd refuses a second derivative with respect to any of them
-        # (the own parts read the tensors and the row offset alone: no N, no estimator)
-        call = PairwiseCall(z, mu, log_sigma, ctx.row_offset, 0, "")
-        decomposition.add_own_gradients(call, g_terms, *grads)
+        decomposition.add_own_gradients(z, mu, log_sigma, ctx.row_offset, g_terms, *grads)
         return (*grads, None, None, None, None, None)
 
 

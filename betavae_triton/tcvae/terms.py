@@ -200,20 +200,25 @@ def planned_terms(
     (``operator.index``: a recompile per value where they were symbolic), as the
     estimator's weights made the batch size and N on this route before.
     """
+    # (written out, without generator expressions or builtins where an attribute or an
+    # operator will do: each one read is a guard entry, each generator a closure's)
     if not torch.compiler.is_compiling():
         return None
-    tensors = (z, q_loc, q_scale)
-    if not all(type(t) is Tensor for t in tensors):
+    if not (isinstance(z, Tensor) and isinstance(q_loc, Tensor) and isinstance(q_scale, Tensor)):
         return None
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if not (
+        torch.is_grad_enabled()
+        and (z.requires_grad or q_loc.requires_grad or q_scale.requires_grad)
+    ):
         return None  # (a step that does not differentiate the terms: another route)
     if z.dim() != 2 or q_loc.shape != z.shape or q_scale.shape != z.shape:
         return None
-    dtypes = tuple(t.dtype for t in tensors)
-    if not _c_route(dtypes, tuple(t.device.type for t in tensors), backend):
+    dtypes = (z.dtype, q_loc.dtype, q_scale.dtype)
+    devices = (z.device.type, q_loc.device.type, q_scale.device.type)
+    if not _c_route(dtypes, devices, backend):
         return None
     batch, latent = z.shape
-    if batch * latent > GRADIENTS_AHEAD or type(dataset_size) is not int:
+    if batch * latent > GRADIENTS_AHEAD or not isinstance(dataset_size, int):
         return None
     index = operator.index
     weights = _weights(
@@ -227,7 +232,8 @@ def planned_terms(
     )
     # (copies, as minibatch_terms returns them: views of one tensor cost AOTAutograd's
     # runtime a replay per call)
-    return tuple(t.clone() for t in terms.unbind())
+    mi, tc, dw_kl = terms.unbind()
+    return mi.clone(), tc.clone(), dw_kl.clone()
 
 
 def minibatch_terms(
