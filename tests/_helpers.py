@@ -599,3 +599,12 @@ def permute_batch(inputs: LossInputs, perm: torch.Tensor) -> LossInputs:
 
     x, p, loc, scale = (take(t) for t in inputs.tensors)
     return replace(inputs, x=x, p=p, q_loc=loc, q_scale=scale)
+
+
+def guard_tree(fn) -> str:
+    """Dynamo's text of the guard tree of ``fn``'s one compiled cache entry: what every
+    later call of the compiled function checks first."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    (entry,) = _debug_get_cache_entry_list(fn.__code__)
+    return str(entry.guard_manager)

@@ -14,6 +14,7 @@ import operator
 
 import pytest
 import torch
+from _helpers import guard_tree
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.distributions import Normal
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -315,14 +316,6 @@ def test_compiled_eager_backend_routes_each_call_to_its_cheapest_form(batch, lat
             torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
 
 
-def _guard_tree(fn) -> str:
-    """The guard tree of ``fn``'s one compiled cache entry (dynamo's text)."""
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
-
-    (entry,) = _debug_get_cache_entry_list(fn.__code__)
-    return str(entry.guard_manager)
-
-
 def test_a_compiled_step_on_the_c_kernels_is_checked_and_routed_once_per_trace():
     """Inside ``torch.compile`` on the C kernels, a step's checks and route are two
     constants to dynamo (``terms._c_route``, ``terms._weights``): the compiled function's
@@ -339,7 +332,7 @@ def test_a_compiled_step_on_the_c_kernels_is_checked_and_routed_once_per_trace()
 
     torch._dynamo.reset()
     _terms_and_grads(torch.compile(step, fullgraph=True), z, mu, sigma)
-    guards = _guard_tree(step)
+    guards = guard_tree(step)
     assert "_c_route" in guards and "_weights" in guards
     for traced in ("check_tcvae_inputs", "resolve_backend", "gradients_ahead", "_fused"):
         assert traced not in guards, traced
@@ -448,7 +441,7 @@ def test_a_step_the_plan_declines_takes_the_same_route_traced(batch, latent):
     got, got_grads = _terms_and_grads(compiled, z, mu, shared)
     operators = {t.split(".")[1] for t in _graph_targets(counter.graphs[0]) if "betavae" in t}
     assert operators == {"tc_terms_and_gradients_c"}, operators
-    assert "gradients_ahead" in _guard_tree(_decomposition)
+    assert "gradients_ahead" in guard_tree(_decomposition)
 
     def oracle(z, mu, sigma):
         sigma = sigma.expand_as(z)

@@ -425,12 +425,7 @@ def kernels_ready(dtype: torch.dtype) -> bool:
     variable's value (a change of the switch after compiling takes effect at the next
     compile, as it did when the switch was read inline), and the inline read cost every
     compiled call a dozen guards on ``os.environ``'s internals."""
-    return os.environ.get(ENV_SWITCH, "1") != "0" and _built(dtype)
-
-
-@torch.compiler.assume_constant_result
-def _built(dtype: torch.dtype) -> bool:
-    return kernels(dtype) is not None
+    return os.environ.get(ENV_SWITCH, "1") != "0" and kernels(dtype) is not None
 
 
 def unavailable_reason(dtype: torch.dtype = torch.float32) -> str | None:
