@@ -267,21 +267,22 @@ def test_untraced_eager_calls_skip_the_dispatcher_and_traced_ones_keep_the_opera
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["step", "no_grad"])
-@pytest.mark.parametrize("batch, latent", [(16, 4), (64, 6), (64, 16), (64, 40)])
+@pytest.mark.parametrize("batch, latent", [(16, 4), (64, 6), (64, 16), (64, 520)])
 def test_compiled_eager_backend_routes_each_call_to_its_cheapest_form(batch, latent, grad):
     """Inside ``torch.compile`` on the eager backend, where the C kernels are built: a step
     that differentiates the terms calls their forward with gradients
     (``tc_terms_and_gradients_c``) while B·D ≤ ``terms.GRADIENTS_AHEAD``, one operator
-    forward and none backward, and their forward and backward operators beyond (64 × 40);
+    forward and none backward, and their forward and backward operators beyond (64 × 520);
     a ``no_grad`` forward is the formula (fused by inductor) while B·B·D ≤ ``terms.FUSED``
     and B ≤ ``FUSED_BATCH`` (16 × 4), their forward operator beyond. Without them, the
-    formula while B·B·D ≤ ``FUSED``, the eager operator beyond (64 × 40). Either way the
+    formula while B·B·D ≤ ``FUSED``, the eager operator beyond (64 × 520). Either way the
     oracle's values and gradients, and three outputs of their own, not views of one tensor
     (whose views AOTAutograd's runtime would regenerate at every call: some 40 µs of a
     450 µs step at B × D = 32 × 6 on the CPU)."""
     from betavae_triton.tcvae.terms import FUSED, FUSED_BATCH, GRADIENTS_AHEAD
     from reference.beta_tcvae import reference_beta_tcvae_terms
 
+    assert 64 * 520 > GRADIENTS_AHEAD  # the case beyond it
     built = _c_kernels_built()
     small = batch * batch * latent <= FUSED
     if built and grad and batch * latent <= GRADIENTS_AHEAD:
@@ -453,12 +454,12 @@ def test_a_step_the_plan_declines_takes_the_same_route_traced(batch, latent):
         torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch, latent", [(16, 4), (64, 40)])
+@pytest.mark.parametrize("batch, latent", [(16, 4), (64, 520)])
 def test_a_compiled_step_refuses_second_derivatives_by_name(batch, latent):
     """Inside ``torch.compile``, a second derivative of the terms (``create_graph=True``,
     then a gradient of a gradient) with respect to any of z, μ and σ raises AOTAutograd's
     error, which names the limit, on the C kernels' two routes (their forward with
-    gradients at 16 × 4, their two operators at 64 × 40): never a missing or zero
+    gradients at 16 × 4, their two operators at 64 × 520): never a missing or zero
     gradient. Eagerly, second derivatives are served (``test_autograd_modes.py``)."""
     _, _, z, mu, sigma = _inputs(batch, latent, seed=2)
     torch._dynamo.reset()

@@ -131,6 +131,9 @@ _TOOLCHAINS: dict[str, _Toolchain | str] = {}
 _LIBRARIES: dict[bool, _Native | str] = {}
 _WARNED: set[str] = set()
 _OPERATORS: dict[str, ctypes.CDLL | str] = {}
+# The operators' namespace (its operators resolved at each call): read by a compiled call
+# without a ``torch`` of this module's (see terms.py's ``_is_compiling``).
+_OPS = torch.ops.betavae_triton
 
 
 def _cache_dir() -> Path:
@@ -503,6 +506,4 @@ def terms_and_gradients(
     term by term, the pairwise parts of their gradients (3, B_l, D), (3, B, D), (3, B, D),
     without the samples' own parts (:func:`.decomposition.add_own_gradients` adds them);
     the posteriors' from partial sums over ranges of rows, added in range order."""
-    return torch.ops.betavae_triton.tc_terms_and_gradients_c.default(
-        z, mu, log_sigma, row_offset, *weights
-    )
+    return _OPS.tc_terms_and_gradients_c.default(z, mu, log_sigma, row_offset, *weights)

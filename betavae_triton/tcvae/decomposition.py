@@ -90,7 +90,7 @@ def add_own_gradients(
     builds none)."""
     rows = slice(row_offset, row_offset + z.shape[0])
     g_mi, _, g_dw = (g_terms / z.shape[0]).unbind()
-    inv_sigma = torch.exp(-log_sigma[rows])
+    inv_sigma = (-log_sigma[rows]).exp()
     t = (z - mu[rows]) * inv_sigma
     g_t = g_mi * t * inv_sigma
     grad_z.sub_(g_t).add_(g_dw * z)

@@ -508,7 +508,12 @@ static void NAME(row_grad)(const REAL *restrict inv_t, const REAL *restrict c_t,
         }
         REAL acc_p[LANES] = {0}, acc_r[LANES] = {0};
         int64_t j = 0;
+        /* ivdep: the eight arrays are disjoint parts of the workspace, which GCC does not
+         * prove of pointers into one buffer; without it, it checks their overlap at every d
+         * and spills pointers (the forward with gradients 18.8 → 15.2 µs at 32 × 16, 63.7 →
+         * 46.5 at 64 × 16, one thread; the same bits). */
         for (; j + LANES <= batch; j += LANES)
+#pragma GCC ivdep
             for (int l = 0; l < LANES; ++l) {
                 const int64_t k = j + l;
                 const REAL t = t_d[k], p = s[k], r = e_d[k] * sc, tt = t * t - 1;

@@ -89,6 +89,8 @@ from .call import (
     PairwiseCall,
     PairwiseSaved,
 )
+from .cpu import terms_and_gradients as c_terms_and_gradients
+from .decomposition import add_own_gradients
 from .formula import formula_log_densities
 from .weights import estimator_weights
 
@@ -387,7 +389,7 @@ class _TermsWithGradients(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, mu, log_sigma, row_offset, code, own, strat, rest):
         weights = (code, own, strat, rest)
-        terms, *pairwise = cpu.terms_and_gradients(z, mu, log_sigma, row_offset, weights)
+        terms, *pairwise = c_terms_and_gradients(z, mu, log_sigma, row_offset, weights)
         ctx.save_for_backward(z, mu, log_sigma, *pairwise)
         ctx.row_offset = row_offset
         ctx.set_materialize_grads(False)
@@ -402,7 +404,7 @@ class _TermsWithGradients(torch.autograd.Function):
         grads = [(weights * g).sum(0) for g in pairwise]
         # the samples' own parts, from the inputs: a compiled backward then reads z, μ and
         # log σ, and AOTAutograd refuses a second derivative with respect to any of them
-        decomposition.add_own_gradients(z, mu, log_sigma, ctx.row_offset, g_terms, *grads)
+        add_own_gradients(z, mu, log_sigma, ctx.row_offset, g_terms, *grads)
         return (*grads, None, None, None, None, None)
 
 

@@ -65,13 +65,14 @@ FUSED_BATCH = 32
 #: Inside ``torch.compile`` on the C kernels, a step that differentiates the terms calls
 #: their forward with gradients (:func:`.ops.terms_with_gradients`: one operator call, no
 #: backward operator) while the posteriors hold at most this many values (B·D, the batch's
-#: and a bank's), and the forward and backward operators beyond. Measured on the 2-core CPU
-#: (one thread, 2026-12-07, ``perf/RESULTS.md``): the forward with gradients keeps each
-#: row's t and exponentials and four (D, B) partial sums, which outgrow the core's L1 cache
-#: from about B·D = 2^11; its kernel is 15–20% faster than the forward and backward
-#: kernels together at 32 × 6 to 64 × 16, within the spread at 128 × 16, and 5–10% slower
-#: from 128 × 10 and 256 × 10 up, where the second call's 5 µs no longer matters.
-GRADIENTS_AHEAD = 1 << 10
+#: and a bank's), and the forward and backward operators beyond. Measured on the 2-core
+#: CPU (2026-12-08, the C kernels alone, best of 5 alternating runs): the forward with
+#: gradients keeps each row's t and exponentials and four (D, B) partial sums, and is
+#: faster than the forward and backward kernels together at every size tried, 32 × 6 to
+#: 1024 × 32 (B·D = 2^15): 15.2 against 20.3 µs at 32 × 16, 158 against 237 at 128 × 16,
+#: 20.6 against 30.1 ms at 1024 × 32 with one thread; 354 against 528 µs at 256 × 16 with
+#: two. Beyond the sizes measured, the two operators.
+GRADIENTS_AHEAD = 1 << 15
 
 
 def world(gather: bool, group=None) -> tuple[int, int]:
@@ -122,6 +123,12 @@ def _fused(call: PairwiseCall, triton: bool) -> bool:
     if not c_kernels_in_graph(call.z):
         return True
     return call.mu.shape[0] <= FUSED_BATCH and not gradients_ahead(call)
+
+
+# (bound once, so that a compiled call reads no ``torch`` here: a module that torch's own
+# code the call traces reads too, and two names for one object cost a Python guard each)
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
 
 
 @torch.compiler.assume_constant_result
@@ -202,14 +209,11 @@ def planned_terms(
     """
     # (written out, without generator expressions or builtins where an attribute or an
     # operator will do: each one read is a guard entry, each generator a closure's)
-    if not torch.compiler.is_compiling():
+    if not _is_compiling():
         return None
     if not (isinstance(z, Tensor) and isinstance(q_loc, Tensor) and isinstance(q_scale, Tensor)):
         return None
-    if not (
-        torch.is_grad_enabled()
-        and (z.requires_grad or q_loc.requires_grad or q_scale.requires_grad)
-    ):
+    if not (_grad_enabled() and (z.requires_grad or q_loc.requires_grad or q_scale.requires_grad)):
         return None  # (a step that does not differentiate the terms: another route)
     if z.dim() != 2 or q_loc.shape != z.shape or q_scale.shape != z.shape:
         return None
