@@ -322,8 +322,10 @@ def test_a_compiled_step_on_the_c_kernels_is_checked_and_routed_once_per_trace()
     constants to dynamo (``terms._c_route``, ``terms._weights``): the compiled function's
     guards name them and none of the checks, the dispatch or the routing that a traced
     call reads, and they are half of what they were (316 guard entries at 32 × 16 before
-    the plan, 138 with it; the compiled formula's: 72). Each entry costs about 60 ns a
-    call in a training step (``perf/RESULTS.md``, "an eighth pass")."""
+    the plan, 125 with it; the compiled formula's: 72), and no object is reached by two
+    names (each such pair a Python guard: one is left, torch's ``Tensor`` read by
+    ``terms`` and by torch's own autograd.Function code). Each entry costs about 100 ns a
+    call in a training step (``perf/RESULTS.md``, "an eighth pass", "a ninth pass")."""
     if not _c_kernels_built():
         pytest.fail("the C kernels are not built here: the plan serves them only")
     _, _, z, mu, sigma = _inputs(32, 16, seed=6)
@@ -337,7 +339,8 @@ def test_a_compiled_step_on_the_c_kernels_is_checked_and_routed_once_per_trace()
     assert "_c_route" in guards and "_weights" in guards
     for traced in ("check_tcvae_inputs", "resolve_backend", "gradients_ahead", "_fused"):
         assert traced not in guards, traced
-    assert guards.count("+-") <= 200, guards.count("+-")
+    assert guards.count("+-") <= 150, guards.count("+-")
+    assert guards.count(" is G[") <= 1, [x for x in guards.splitlines() if " is G[" in x]
 
 
 @pytest.mark.parametrize("estimator", ["mws", "mss", "mss-reference"])

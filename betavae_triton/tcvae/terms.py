@@ -12,7 +12,7 @@ call, no backward operator: :func:`.ops.terms_with_gradients`, :data:`GRADIENTS_
 and a small batch that needs no gradient is the formula, which inductor fuses
 (:data:`FUSED`). A compiled call that takes the forward with gradients has its checks and
 route decided by two constants to dynamo, which it does not guard on
-(:func:`planned_terms`: a call's guards cost every later call some 60 ns each). With
+(:func:`planned_terms`: a call's guards cost every later call some 60–100 ns each). With
 ``gather``, the posteriors of every rank are all-gathered (with autograd) and this rank's
 samples are scored against all of them: the rank's rows are rows ``rank · B`` … of the
 global batch.
